@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up everything wmiscope needs on a fresh Debian machine with Python 3.11:
+# tshark (through apt, only when missing), a virtual environment in .venv with
+# wmiscope and its test dependencies. Safe to run again; quiet when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "${APT_UPDATED:-}" ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+    $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v tshark >/dev/null 2>&1; then
+    echo "setup: installing tshark (apt)" >&2
+    # wireshark-common asks whether non-root users may capture; the default (no) is fine.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
+    apt_install tshark
+fi
+
+PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null 2>&1; then
+    apt_install python3 python3-venv python3-pip
+fi
+"$PY" - <<'PYV' || { echo "setup: wmiscope needs Python 3.11 or newer" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PYV
+if [ ! -x .venv/bin/python ]; then
+    if ! "$PY" -m venv .venv >/dev/null 2>&1; then
+        rm -rf .venv
+        apt_install python3-venv
+        "$PY" -m venv .venv
+    fi
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
