@@ -1,0 +1,216 @@
+"""The wire engine end to end: a capture file in, named and paired calls out.
+
+    open_capture -> tcp_segment -> TcpReassembler -> DceRpcConnection -> DcomDecoder
+
+Every stage reports into one `Stats` so that nothing is silently dropped: each
+frame is TCP or not, each PDU is counted by type and by outcome (decoded,
+encrypted, unknown interface, malformed), and each call likewise; the parts add
+up to the totals (tests check it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .capture import open_capture, tcp_segment
+from .dcerpc import PTYPE_NAMES, DceRpcConnection
+from .dcom import DcomDecoder, IpidRegistry
+from .records import Call, ErrorRecord, Pdu
+from .tcp import TcpReassembler
+
+# A plausible connection-oriented DCE/RPC common header: rpc_vers 5, minor 0 or 1,
+# a known PDU type (0..19), any flags, a data representation of little- or
+# big-endian integers / ASCII / IEEE floats, then two zero octets.
+_RPC_HEADER = re.compile(rb"\x05[\x00\x01][\x00-\x13][\x00-\xff][\x00\x10]\x00\x00\x00", re.S)
+
+# How much of a connection we look at before deciding it is not DCE/RPC.
+DETECT_LIMIT = 64 * 1024
+
+PDU_OUTCOMES = ("decoded", "encrypted", "unknown_interface", "malformed")
+_CALL_PTYPES = frozenset((0, 2, 3))    # request, response, fault: PDUs that belong to a call
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    non_tcp_frames: int = 0
+    tcp_flows: int = 0
+    rpc_flows: int = 0
+    other_flows: int = 0
+    gaps: int = 0
+    gap_bytes: int = 0
+    pdus: int = 0
+    pdus_by_type: Counter = field(default_factory=Counter)
+    pdus_by_outcome: Counter = field(default_factory=Counter)
+    calls: int = 0
+    calls_by_outcome: Counter = field(default_factory=Counter)
+    errors: int = 0
+    errors_by_stage: Counter = field(default_factory=Counter)
+    tcp: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "non_tcp_frames": self.non_tcp_frames,
+            "tcp_flows": self.tcp_flows,
+            "dcerpc_flows": self.rpc_flows,
+            "other_flows": self.other_flows,
+            "gaps": self.gaps,
+            "gap_bytes": self.gap_bytes,
+            "pdus": self.pdus,
+            "pdus_by_type": {PTYPE_NAMES.get(k, str(k)): v for k, v in sorted(self.pdus_by_type.items())},
+            "pdus_by_outcome": {k: self.pdus_by_outcome.get(k, 0) for k in PDU_OUTCOMES},
+            "calls": self.calls,
+            "calls_by_outcome": {k: self.calls_by_outcome.get(k, 0) for k in PDU_OUTCOMES},
+            "errors": self.errors,
+            "errors_by_stage": dict(self.errors_by_stage),
+            "tcp": self.tcp,
+        }
+
+
+def call_outcome(call: Call) -> str:
+    """One outcome per call, the most serious first, so the four counts add up."""
+    if call.errors:
+        return "malformed"
+    if call.req_encrypted or call.resp_encrypted:
+        return "encrypted"
+    if call.interface is None:
+        return "unknown_interface"
+    return "decoded"
+
+
+class _Detector:
+    """Stands in for a connection's handler until its bytes show DCE/RPC.
+
+    Non-RPC flows (SMB, HTTP, LDAP ...) are then dropped at the cost of one
+    method call per segment instead of filling the error log; RPC flows seen
+    from their middle are handed over with every buffered byte, so the DCE/RPC
+    layer reports the resynchronisation itself.
+    """
+
+    __slots__ = ("conn", "analysis", "chunks", "size", "handler")
+
+    def __init__(self, conn, analysis: "Analysis"):
+        self.conn = conn
+        self.analysis = analysis
+        self.chunks: list | None = []
+        self.size = 0
+        self.handler = None
+        analysis.stats.tcp_flows += 1
+
+    def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
+        if self.handler is not None:
+            self.handler.on_data(direction, data, frame, ts)
+            return
+        chunks = self.chunks
+        if chunks is None:          # decided: not DCE/RPC
+            return
+        chunks.append((direction, data, frame, ts))
+        self.size += len(data)
+        if _RPC_HEADER.search(data[:DETECT_LIMIT]) is not None:
+            self._become_rpc()
+        elif self.size > DETECT_LIMIT:
+            self.chunks = None
+            self.analysis.stats.other_flows += 1
+
+    def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
+        stats = self.analysis.stats
+        stats.gaps += 1
+        stats.gap_bytes += missing or 0
+        if self.handler is not None:
+            self.handler.on_gap(direction, missing, frame)
+
+    def on_close(self, frame: int) -> None:
+        if self.handler is not None:
+            self.handler.on_close(frame)
+        elif self.chunks is not None:
+            self.chunks = None
+            self.analysis.stats.other_flows += 1
+
+    def _become_rpc(self) -> None:
+        self.analysis.stats.rpc_flows += 1
+        self.handler = DceRpcConnection(self.conn, self.analysis.emit)
+        chunks, self.chunks = self.chunks, None
+        for direction, data, frame, ts in chunks:
+            self.handler.on_data(direction, data, frame, ts)
+
+
+class Analysis:
+    """Runs a capture through the pipeline; iterate `run()` for the records.
+
+    want_pdus: also yield every Pdu record (the tshark cross-check uses them).
+    """
+
+    def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None):
+        self.stats = Stats()
+        self.want_pdus = want_pdus
+        self.registry = registry or IpidRegistry()
+        self.dcom = DcomDecoder(self.registry)
+        self._out: deque = deque()
+        self._call_pdus: dict[tuple[int, int], int] = {}
+
+    def emit(self, rec) -> None:
+        stats = self.stats
+        kind = type(rec)
+        if kind is Pdu:
+            stats.pdus += 1
+            stats.pdus_by_type[rec.ptype] += 1
+            if rec.ptype in _CALL_PTYPES:
+                key = (rec.conn, rec.call_id)
+                self._call_pdus[key] = self._call_pdus.get(key, 0) + 1
+            else:
+                stats.pdus_by_outcome["decoded"] += 1
+            if self.want_pdus:
+                self._out.append(rec)
+        elif kind is Call:
+            self.dcom.decode_call(rec)
+            outcome = call_outcome(rec)
+            stats.calls += 1
+            stats.calls_by_outcome[outcome] += 1
+            # The PDUs (fragments) that made up this call share its outcome.
+            stats.pdus_by_outcome[outcome] += self._call_pdus.pop((rec.conn, rec.call_id), 0)
+            self._out.append(rec)
+        elif kind is ErrorRecord:
+            stats.errors += 1
+            stats.errors_by_stage[rec.stage] += 1
+            self._out.append(rec)
+
+    def run(self, path) -> Iterator[object]:
+        stats = self.stats
+        out = self._out
+        capture_errors: list[ErrorRecord] = []
+        reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
+        feed = reassembler.feed
+        for frame, ts, linktype, data in open_capture(path, errors=capture_errors.append):
+            stats.frames += 1
+            seg = tcp_segment(linktype, data)
+            if seg is None:
+                stats.non_tcp_frames += 1
+            else:
+                feed(frame, ts, seg)
+            if out:
+                yield from _drain(out)
+        reassembler.finish()
+        stats.tcp = dict(reassembler.stats)
+        for err in capture_errors:
+            self.emit(err)
+        # PDUs whose call never completed (the DCE/RPC layer flushes open calls
+        # at close, so this is a safety net that keeps the counts adding up).
+        stats.pdus_by_outcome["malformed"] += sum(self._call_pdus.values())
+        self._call_pdus.clear()
+        yield from _drain(out)
+
+
+def _drain(out: deque) -> Iterator[object]:
+    while out:
+        yield out.popleft()
+
+
+def analyse(path, **kwargs) -> tuple[list, Stats]:
+    """Convenience for tests and small captures: every record in a list, and the stats."""
+    analysis = Analysis(**kwargs)
+    records = list(analysis.run(path))
+    return records, analysis.stats

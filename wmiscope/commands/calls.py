@@ -1,0 +1,63 @@
+"""wmiscope calls CAPTURE: one record per DCE/RPC call, request and response paired."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("capture", help="pcap or pcapng file (gzip-compressed is fine)")
+    p.add_argument("--format", choices=("jsonl", "table"), default="table",
+                   help="jsonl: one JSON object per call (and per error); table: one line per call")
+    p.add_argument("--no-errors", action="store_true",
+                   help="leave the error records out of the output (they still count in stats)")
+
+
+def run(args) -> int:
+    from wmiscope.dissectors.pipeline import Analysis, call_outcome
+    from wmiscope.dissectors.records import Call, ErrorRecord
+
+    from .output import call_dict, dumps, error_dict
+
+    analysis = Analysis()
+    write = sys.stdout.write
+    table = args.format == "table"
+    if table:
+        write(_TABLE_HEAD)
+    for rec in analysis.run(args.capture):
+        if type(rec) is Call:
+            d = call_dict(rec, call_outcome(rec))
+            write(_table_row(d) if table else dumps(d) + "\n")
+        elif type(rec) is ErrorRecord and not args.no_errors:
+            if table:
+                write(f"! {_error_line(rec)}\n")
+            else:
+                write(dumps({"type": "error", **error_dict(rec)}) + "\n")
+    s = analysis.stats
+    if table:
+        write(f"\n{s.calls} calls ({', '.join(f'{k} {v}' for k, v in s.as_dict()['calls_by_outcome'].items())}), "
+              f"{s.pdus} PDUs, {s.errors} errors, {s.frames} frames\n")
+    return 0
+
+
+_TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} state\n"
+
+
+def _table_row(d: dict) -> str:
+    req = d["request"]["frames"][1] if d["request"] else "-"
+    resp = d["response"]["frames"][1] if d["response"] else "-"
+    iface = d["interface"] or (f"?{d['interface_uuid']}" if d["interface_uuid"] else "?")
+    method = d["method"] or f"opnum {d['opnum']}"
+    auth = d["auth"]
+    auth_s = f"{auth['type_name']}/{auth['level_name']}" if auth else "-"
+    state = d["outcome"]
+    if d["fault"] is not None:
+        state += f" fault 0x{d['fault']:08x}"
+    ends = f"{d['client']} -> {d['server']}"
+    ctx = d["ctx_id"] if d["ctx_id"] is not None else "-"
+    return f"{req:>6} {resp:>6}  {ends:<44} {d['call_id']:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state}\n"
+
+
+def _error_line(e) -> str:
+    where = " ".join(f"{k}={getattr(e, k)}" for k in ("frame", "conn", "structure", "offset") if getattr(e, k) is not None)
+    return f"{e.stage}: {e.reason} ({where})"

@@ -1,0 +1,36 @@
+"""wmiscope stats CAPTURE: what the capture holds, counted so that the parts add up."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("capture", help="pcap or pcapng file (gzip-compressed is fine)")
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
+
+def run(args) -> int:
+    from wmiscope.dissectors.pipeline import Analysis
+
+    analysis = Analysis()
+    for _ in analysis.run(args.capture):
+        pass
+    d = analysis.stats.as_dict()
+    if args.json:
+        json.dump(d, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    w = sys.stdout.write
+    w(f"frames            {d['frames']:>8}   (not TCP: {d['non_tcp_frames']})\n")
+    w(f"TCP flows         {d['tcp_flows']:>8}   (DCE/RPC: {d['dcerpc_flows']}, other: {d['other_flows']})\n")
+    w(f"TCP gaps          {d['gaps']:>8}   ({d['gap_bytes']} bytes missing)\n")
+    w(f"DCE/RPC PDUs      {d['pdus']:>8}\n")
+    for name, n in d["pdus_by_type"].items():
+        w(f"  {name:<16}{n:>8}\n")
+    w("  by outcome:     " + ", ".join(f"{k} {v}" for k, v in d["pdus_by_outcome"].items()) + "\n")
+    w(f"calls             {d['calls']:>8}\n")
+    w("  by outcome:     " + ", ".join(f"{k} {v}" for k, v in d["calls_by_outcome"].items()) + "\n")
+    w(f"errors            {d['errors']:>8}   " + ", ".join(f"{k} {v}" for k, v in d["errors_by_stage"].items()) + "\n")
+    return 0
