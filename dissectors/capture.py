@@ -1,0 +1,707 @@
+"""Capture sources (pcap, pcapng, gzip, live) and link-layer decapsulation down to TCP.
+
+Two halves, both on the per-packet hot path:
+
+* `open_capture(path)` streams raw frames out of a capture file:
+  ``(frame number, epoch seconds, linktype, frame bytes)``. It reads the file in
+  large chunks and slices records out of them with precompiled `struct.Struct`s,
+  so memory stays at about one chunk whatever the file size.
+* `tcp_segment(linktype, frame)` peels the link layer, IPv4/IPv6 and the TCP
+  header off a frame and returns a `TcpSegment`, or None when the frame carries
+  no (first-fragment) TCP.
+
+Formats (the "pcap" and "pcapng" Internet-Drafts of the IETF OPSAWG):
+
+* pcap: both byte orders, microsecond (0xA1B2C3D4) and nanosecond (0xA1B23C4D)
+  magic, and the 24-byte-record variant (0xA1B2CD34).
+* pcapng: Section Header Blocks in either byte order and several sections per
+  file; Interface Description Blocks each with their own link type,
+  ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and the obsolete Packet
+  Blocks. Every other block type is skipped.
+* Either one gzip-compressed, recognised by its magic number, not its name.
+
+Errors: a truncated last record, a corrupt block or a damaged gzip stream ends the
+iteration with one `ErrorRecord` (stage "capture") instead of an exception. The
+record goes to the ``errors`` callback given to `open_capture` and is also kept
+in the reader's ``errors`` list. A file that is not a capture at all raises
+`CaptureFormatError` when it is opened (before the first frame).
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import os
+import socket
+import struct
+import time
+import zlib
+from typing import BinaryIO, Callable, Iterator, NamedTuple
+
+from .records import ErrorRecord
+
+__all__ = [
+    "RawFrame", "TcpSegment", "CaptureReader", "CaptureFormatError", "open_capture",
+    "live_capture", "tcp_segment", "counters", "reset_counters",
+]
+
+RawFrame = tuple[int, float, int, bytes]
+"""(frame number, 1-based as tshark counts; epoch seconds; linktype; frame bytes)"""
+
+CHUNK = 1 << 20
+# The largest record Wireshark accepts for ordinary link types
+# (WTAP_MAX_PACKET_SIZE_STANDARD); a bigger pcap record means a corrupt file.
+MAX_RECORD = 262144
+# A pcapng block may carry options besides its packet; anything this large is corruption.
+MAX_BLOCK = 16 << 20
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SHB_TYPE = 0x0A0D0D0A
+
+
+class CaptureFormatError(ValueError):
+    """The file is neither pcap nor pcapng (plain or gzip-compressed)."""
+
+
+# --- pcap ---------------------------------------------------------------------
+
+# magic as read little-endian -> (byte order, seconds per fraction unit, record header length)
+_PCAP_MAGICS = {
+    0xA1B2C3D4: ("<", 1e-6, 16), 0xD4C3B2A1: (">", 1e-6, 16),
+    0xA1B23C4D: ("<", 1e-9, 16), 0x4D3CB2A1: (">", 1e-9, 16),
+    # Kuznetzov's patched libpcap: four more octets (ifindex, protocol, pkt_type, pad) per record.
+    0xA1B2CD34: ("<", 1e-6, 24), 0x34CDB2A1: (">", 1e-6, 24),
+}
+_PCAP_FILE_HEADER = {bo: struct.Struct(bo + "IHHiIII") for bo in "<>"}
+_PCAP_RECORD = {bo: struct.Struct(bo + "IIII") for bo in "<>"}
+
+
+# --- pcapng -------------------------------------------------------------------
+
+class _PcapngStructs:
+    """The block layouts of one byte order (a section chooses its own)."""
+
+    __slots__ = ("block", "u32", "shb", "idb", "epb", "pb", "opt", "i64")
+
+    def __init__(self, bo: str):
+        self.block = struct.Struct(bo + "II")            # block type, block total length
+        self.u32 = struct.Struct(bo + "I")
+        self.shb = struct.Struct(bo + "HHq")             # after the byte-order magic: major, minor, section length
+        self.idb = struct.Struct(bo + "HHI")             # LinkType, reserved, SnapLen
+        self.epb = struct.Struct(bo + "IIIII")           # interface, ts high, ts low, captured, original
+        self.pb = struct.Struct(bo + "HHIIII")           # interface, drops, ts high, ts low, captured, original
+        self.opt = struct.Struct(bo + "HH")              # option code, option length
+        self.i64 = struct.Struct(bo + "q")
+
+
+_PCAPNG = {"<": _PcapngStructs("<"), ">": _PcapngStructs(">")}
+_BYTE_ORDER_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+
+_OPT_IF_TSRESOL = 9
+_OPT_IF_TSOFFSET = 14
+
+
+class _Interface:
+    __slots__ = ("linktype", "snaplen", "units", "offset")
+
+    def __init__(self, linktype: int, snaplen: int, units: int, offset: int):
+        self.linktype = linktype
+        self.snaplen = snaplen
+        self.units = units          # timestamp units per second
+        self.offset = offset        # if_tsoffset, seconds
+
+
+class _Prepended:
+    """A non-seekable stream with the octets already read for sniffing put back in front."""
+
+    def __init__(self, head: bytes, f):
+        self._head = head
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        head = self._head
+        if not head:
+            return self._f.read(n)
+        self._head = b""
+        if n < 0:
+            return head + self._f.read()
+        if n <= len(head):
+            self._head = head[n:]
+            return head[:n]
+        return head + self._f.read(n - len(head))
+
+
+class CaptureReader:
+    """Iterator over the `RawFrame`s of one capture file.
+
+    Attributes: ``format`` ("pcap" | "pcapng"), ``compressed`` (gzip),
+    ``errors`` (the ErrorRecords met, at most one since reading stops there),
+    ``frames`` (how many frames the file held, set when the iteration ends),
+    ``linktypes`` (link types seen in the file's headers).
+    ``for frame in reader`` runs the underlying generator directly.
+    """
+
+    def __init__(self, source, errors: Callable[[ErrorRecord], None] | None = None):
+        self.errors: list[ErrorRecord] = []
+        self._callback = errors
+        self.frames = 0
+        self.linktypes: list[int] = []
+        self.name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
+        if isinstance(source, (str, os.PathLike)):
+            # Unbuffered: we read megabyte chunks ourselves, a second buffer would only copy.
+            f = open(source, "rb", buffering=0)
+            self._owned = True
+        else:
+            f = source
+            self._owned = False
+        self._raw = f
+        try:
+            self._f, self.compressed, head = self._sniff(f)
+            self._offset = 0        # stream offset (after decompression) of the buffer's first octet
+            magic = head[:4]
+            if len(magic) < 4:
+                raise CaptureFormatError(f"{self.name}: too short to be a capture file")
+            if struct.unpack("<I", magic)[0] == _SHB_TYPE:
+                self.format = "pcapng"
+                self._gen = self._pcapng(head)
+            elif struct.unpack("<I", magic)[0] in _PCAP_MAGICS:
+                self.format = "pcap"
+                self._gen = self._pcap(head)
+            else:
+                raise CaptureFormatError(f"{self.name}: not a pcap or pcapng file (magic {magic.hex()})")
+        except BaseException:
+            if self._owned:
+                f.close()
+            raise
+
+    # The generator itself is the iterator: no Python-level __next__ per frame.
+    def __iter__(self) -> Iterator[RawFrame]:
+        return self._gen
+
+    def __next__(self) -> RawFrame:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._f is not self._raw:
+            self._f.close()         # a GzipFile does not close the file it was handed
+        if self._owned:
+            self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _sniff(self, f) -> tuple[BinaryIO, bool, bytes]:
+        """Opens gzip when the magic says so; returns (stream, compressed, first octets)."""
+        head = f.read(CHUNK)
+        while 0 < len(head) < 64:     # a pipe may hand out the first octets piecemeal
+            more = f.read(CHUNK)
+            if not more:
+                break
+            head += more
+        if head[:2] == _GZIP_MAGIC:
+            raw = _Prepended(head, f)
+            gz = gzip.GzipFile(fileobj=raw, mode="rb")
+            try:
+                head = gz.read1(CHUNK)
+                while 0 < len(head) < 64:
+                    more = gz.read1(CHUNK)
+                    if not more:
+                        break
+                    head += more
+            except (OSError, EOFError, zlib.error) as exc:
+                raise CaptureFormatError(f"{self.name}: damaged gzip stream ({exc})") from None
+            # read1: what has been decompressed so far comes out before a damaged
+            # or cut-short stream raises, so no frame before the damage is lost.
+            self._readfn = gz.read1
+            return gz, True, head
+        self._readfn = f.read
+        return f, False, head
+
+    def _read(self, n: int, frame: int) -> bytes | None:
+        """The next octets of the stream; b"" at its end, None when the stream is damaged."""
+        try:
+            return self._readfn(n)
+        except (OSError, EOFError, zlib.error) as exc:
+            if self.compressed:
+                self._fail(frame, self._offset, "gzip stream", f"compressed data damaged or cut short: {exc}")
+            else:
+                self._fail(frame, self._offset, "file", f"read failed: {exc}")
+            return None
+
+    def _fail(self, frame: int, offset: int, structure: str, reason: str) -> None:
+        rec = ErrorRecord(stage="capture", reason=reason, frame=frame, structure=structure, offset=offset)
+        self.errors.append(rec)
+        if self._callback is not None:
+            self._callback(rec)
+
+    def _finish(self, frames: int) -> None:
+        self.frames = frames
+        self._release()
+
+    # -- pcap -----------------------------------------------------------------------
+
+    def _pcap(self, buf: bytes) -> Iterator[RawFrame]:
+        magic = struct.unpack_from("<I", buf)[0]
+        bo, scale, hdrlen = _PCAP_MAGICS[magic]
+        header = _PCAP_FILE_HEADER[bo]
+        if len(buf) < header.size:
+            self._fail(1, 0, "pcap file header", "file ends inside the 24-octet file header")
+            self._finish(0)
+            return
+        _, major, minor, _, _, snaplen, network = header.unpack_from(buf)
+        # The upper half of the LinkType field carries FCS-length flags, not the type.
+        linktype = network & 0xFFFF
+        self.linktypes.append(linktype)
+        unpack = _PCAP_RECORD[bo].unpack_from
+        read = self._read
+        pos = header.size
+        n = len(buf)
+        frame = 0
+        try:
+            while True:
+                if n - pos < hdrlen:
+                    more = read(CHUNK, frame + 1)
+                    if not more:
+                        if more is not None and pos < n:
+                            self._fail(frame + 1, self._offset + pos, "pcap record header",
+                                       f"file ends inside a record header ({n - pos} of {hdrlen} octets)")
+                        return
+                    self._offset += pos
+                    buf = buf[pos:] + more
+                    pos = 0
+                    n = len(buf)
+                    continue
+                sec, frac, incl, orig = unpack(buf, pos)
+                if incl > MAX_RECORD:
+                    self._fail(frame + 1, self._offset + pos, "pcap record header",
+                               f"captured length {incl} exceeds {MAX_RECORD}: corrupt record")
+                    return
+                end = pos + hdrlen + incl
+                if end > n:
+                    more = read(max(CHUNK, end - n), frame + 1)
+                    if not more:
+                        if more is not None:
+                            self._fail(frame + 1, self._offset + pos, "pcap record",
+                                       f"file ends inside a record ({n - pos - hdrlen} of {incl} octets)")
+                        return
+                    self._offset += pos
+                    buf = buf[pos:] + more
+                    pos = 0
+                    n = len(buf)
+                    continue
+                frame += 1
+                yield frame, sec + frac * scale, linktype, buf[pos + hdrlen:end]
+                pos = end
+        finally:
+            self._finish(frame)
+
+    # -- pcapng ---------------------------------------------------------------------
+
+    def _pcapng(self, buf: bytes) -> Iterator[RawFrame]:
+        read = self._read
+        pos = 0
+        n = len(buf)
+        frame = 0
+        ifaces: list[_Interface] = []
+        S = _PCAPNG["<"]
+        last_ts = 0.0
+        try:
+            while True:
+                # A block: type, total length, body, total length again.
+                if n - pos < 12:
+                    more = read(CHUNK, frame + 1)
+                    if not more:
+                        if more is not None and pos < n:
+                            self._fail(frame + 1, self._offset + pos, "pcapng block header",
+                                       f"file ends inside a block header ({n - pos} octets)")
+                        return
+                    self._offset += pos
+                    buf = buf[pos:] + more
+                    pos = 0
+                    n = len(buf)
+                    continue
+                btype, blen = S.block.unpack_from(buf, pos)
+                if btype == _SHB_TYPE:
+                    # The Section Header Block's byte-order magic fixes the byte order
+                    # of everything up to the next section, its own length included.
+                    bo = _BYTE_ORDER_MAGIC.get(buf[pos + 8:pos + 12])
+                    if bo is None:
+                        self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
+                                   f"bad byte-order magic {buf[pos + 8:pos + 12].hex()}")
+                        return
+                    S = _PCAPNG[bo]
+                    blen = S.u32.unpack_from(buf, pos + 4)[0]
+                if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+                    self._fail(frame + 1, self._offset + pos, "pcapng block",
+                               f"block type {btype:#x} has impossible total length {blen}")
+                    return
+                end = pos + blen
+                if end > n:
+                    more = read(max(CHUNK, end - n), frame + 1)
+                    if not more:
+                        if more is not None:
+                            self._fail(frame + 1, self._offset + pos, "pcapng block",
+                                       f"file ends inside a block of type {btype:#x} "
+                                       f"({n - pos} of {blen} octets)")
+                        return
+                    self._offset += pos
+                    buf = buf[pos:] + more
+                    pos = 0
+                    n = len(buf)
+                    continue
+                if S.u32.unpack_from(buf, end - 4)[0] != blen:
+                    self._fail(frame + 1, self._offset + pos, "pcapng block",
+                               f"block type {btype:#x}: leading and trailing total lengths differ")
+                    return
+                if btype == 6:                              # Enhanced Packet Block
+                    ifid, hi, lo, caplen, _ = S.epb.unpack_from(buf, pos + 8)
+                    if caplen > blen - 32 or ifid >= len(ifaces):
+                        self._fail(frame + 1, self._offset + pos, "pcapng Enhanced Packet Block",
+                                   f"captured length {caplen} in a {blen}-octet block"
+                                   if caplen > blen - 32 else
+                                   f"interface {ifid} not described (only {len(ifaces)})")
+                        return
+                    iface = ifaces[ifid]
+                    frame += 1
+                    last_ts = ((hi << 32) | lo) / iface.units + iface.offset
+                    yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
+                elif btype == 3:                            # Simple Packet Block
+                    if not ifaces:
+                        self._fail(frame + 1, self._offset + pos, "pcapng Simple Packet Block",
+                                   "no interface described before it")
+                        return
+                    iface = ifaces[0]
+                    caplen = min(S.u32.unpack_from(buf, pos + 8)[0], blen - 16)
+                    if iface.snaplen:
+                        caplen = min(caplen, iface.snaplen)
+                    frame += 1
+                    # An SPB has no timestamp; it takes the previous packet's rather than 1970.
+                    yield frame, last_ts, iface.linktype, buf[pos + 12:pos + 12 + caplen]
+                elif btype == 1:                            # Interface Description Block
+                    if blen < 20:
+                        self._fail(frame + 1, self._offset + pos, "pcapng Interface Description Block",
+                                   f"block of {blen} octets is shorter than its fixed part")
+                        return
+                    ifaces.append(self._interface(S, buf, pos, end))
+                elif btype == 2:                            # Packet Block (obsolete)
+                    ifid, _, hi, lo, caplen, _ = S.pb.unpack_from(buf, pos + 8)
+                    if caplen > blen - 32 or ifid >= len(ifaces):
+                        self._fail(frame + 1, self._offset + pos, "pcapng Packet Block",
+                                   f"captured length {caplen} in a {blen}-octet block"
+                                   if caplen > blen - 32 else
+                                   f"interface {ifid} not described (only {len(ifaces)})")
+                        return
+                    iface = ifaces[ifid]
+                    frame += 1
+                    last_ts = ((hi << 32) | lo) / iface.units + iface.offset
+                    yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
+                elif btype == _SHB_TYPE:
+                    if blen < 28:
+                        self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
+                                   f"block of {blen} octets is shorter than its fixed part")
+                        return
+                    major = S.shb.unpack_from(buf, pos + 12)[0]
+                    if major != 1:
+                        self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
+                                   f"unsupported major version {major}")
+                        return
+                    ifaces = []                             # interface ids are per section
+                # any other block type (statistics, name resolution, custom ...) is skipped
+                pos = end
+        finally:
+            self._finish(frame)
+
+    def _interface(self, S: _PcapngStructs, buf: bytes, pos: int, end: int) -> _Interface:
+        linktype, _, snaplen = S.idb.unpack_from(buf, pos + 8)
+        units, offset = 1_000_000, 0
+        opt = pos + 16
+        stop = end - 4
+        while opt + 4 <= stop:
+            code, length = S.opt.unpack_from(buf, opt)
+            if code == 0:
+                break
+            value = opt + 4
+            if value + length > stop:
+                break
+            if code == _OPT_IF_TSRESOL and length >= 1:
+                r = buf[value]
+                # High bit set: a negative power of two, else a negative power of ten.
+                units = 1 << (r & 0x7F) if r & 0x80 else 10 ** r
+            elif code == _OPT_IF_TSOFFSET and length >= 8:
+                offset = S.i64.unpack_from(buf, value)[0]
+            opt = value + ((length + 3) & ~3)
+        self.linktypes.append(linktype)
+        return _Interface(linktype, snaplen, units, offset)
+
+
+def open_capture(path: str | os.PathLike | BinaryIO,
+                 errors: Callable[[ErrorRecord], None] | None = None) -> CaptureReader:
+    """Frames of a pcap/pcapng file (gzip-compressed or not), streamed.
+
+    ``path`` may also be an open binary file object (a pipe works: nothing seeks).
+    ``errors`` receives the ErrorRecord (stage "capture") that ends a damaged file;
+    the returned reader keeps it in ``reader.errors`` as well.
+    Raises CaptureFormatError for a file that is no capture, OSError when it cannot be read.
+    """
+    return CaptureReader(path, errors)
+
+
+def live_capture(interface: str, bpf: str = "tcp", count: int | None = None) -> Iterator[RawFrame]:
+    """Frames captured live on ``interface`` through scapy's level-2 listening socket.
+
+    The kernel applies ``bpf``; nothing is dissected by scapy: the raw bytes are
+    yielded with the link type of the interface, numbered from 1. The socket is
+    opened by this call (so capture starts now, and missing privileges raise
+    PermissionError here, not at the first frame). Stops after ``count`` frames if
+    given; closing the iterator closes the socket.
+    """
+    from scapy.config import conf
+    import scapy.layers.l2  # noqa: F401  (registers the link types of conf.l2types)
+
+    sock = conf.L2listen(iface=interface, filter=bpf)
+    return _live_frames(sock, conf, count)
+
+
+def _live_frames(sock, conf, count: int | None) -> Iterator[RawFrame]:
+    linktype = conf.l2types.layer2num.get(getattr(sock, "LL", None), 1)
+    # On Linux, scapy's own receive routine also hands back the packet-socket address,
+    # whose packet type lets us drop the outgoing copy the loopback device shows of
+    # every packet (libpcap does the same); elsewhere the portable recv_raw is used.
+    receive = getattr(sock, "_recv_raw", None)
+    ins = getattr(sock, "ins", None)
+    try:
+        loopback = receive is not None and ins.getsockname()[3] == _ARPHRD_LOOPBACK
+    except (OSError, AttributeError, IndexError, TypeError):
+        loopback = False
+    frame = 0
+    try:
+        while count is None or frame < count:
+            if receive is not None:
+                data, sa_ll, ts = receive(ins, 65535)
+                if loopback and sa_ll[2] == _PACKET_OUTGOING:
+                    continue
+            else:
+                cls, data, ts = sock.recv_raw()
+                if cls is not None:
+                    linktype = conf.l2types.layer2num.get(cls, linktype)
+            if not data:
+                continue
+            frame += 1
+            yield frame, float(ts) if ts is not None else time.time(), linktype, data
+    finally:
+        sock.close()
+
+
+_ARPHRD_LOOPBACK = 772
+_PACKET_OUTGOING = 4
+
+
+# --- link layer, IP, TCP ------------------------------------------------------------
+
+class TcpSegment(NamedTuple):
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    payload: bytes
+
+
+# What was not turned into a TcpSegment, by cause. Module-wide: the pipeline reads
+# and resets them per run (reset_counters()).
+counters = {"not_tcp": 0, "malformed": 0, "truncated": 0, "fragments": 0, "unsupported_linktype": 0}
+
+
+def reset_counters() -> dict:
+    """The counters so far, and zero them."""
+    snapshot = dict(counters)
+    for k in counters:
+        counters[k] = 0
+    return snapshot
+
+
+_ETH_IPV4 = struct.Struct("!HBxH2xHxB")   # EtherType at 12, then IPv4: ver/IHL, total length, flags/fragment, protocol
+_IPV4 = struct.Struct("!BxH2xHxB")       # ver/IHL, total length, flags/fragment offset, protocol
+_IPV6 = struct.Struct("!B3xHB")          # version/class, payload length, next header
+_TCP = struct.Struct("!HHIIH")           # ports, sequence, acknowledgement, data offset/flags
+_U16 = struct.Struct("!H")
+_U32LE = struct.Struct("<I")
+_new_segment = tuple.__new__
+
+_VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))     # 802.1Q, 802.1ad, the old QinQ outer tag
+_IPV6_EXTENSIONS = frozenset((0, 43, 60))              # hop-by-hop, routing, destination options
+_NULL_INET6 = frozenset((24, 28, 30))                  # AF_INET6 of NetBSD/OpenBSD, FreeBSD, Darwin
+_RAW_IP = frozenset((101, 12, 14))
+
+# (src, dst) text for the eight (IPv4) or 32 (IPv6) address octets: a capture has
+# few hosts, so after warm-up an address pair costs one dict lookup.
+_pairs: dict[bytes, tuple[str, str]] = {}
+_PAIR_CACHE_MAX = 1 << 16
+
+
+def _pair(key: bytes) -> tuple[str, str]:
+    if len(_pairs) >= _PAIR_CACHE_MAX:
+        _pairs.clear()
+    if len(key) == 8:
+        pair = (socket.inet_ntop(socket.AF_INET, key[:4]), socket.inet_ntop(socket.AF_INET, key[4:]))
+    else:
+        pair = (str(ipaddress.IPv6Address(key[:16])), str(ipaddress.IPv6Address(key[16:])))
+    _pairs[key] = pair
+    return pair
+
+
+def _tcp(data: bytes, t: int, end: int, addrs: bytes) -> TcpSegment | None:
+    """The TCP header at t; the segment (header and payload) ends at end."""
+    sport, dport, seq, ack, off_flags = _TCP.unpack_from(data, t)
+    start = t + ((off_flags >> 10) & 0x3C)
+    if start < t + 20 or start > end:
+        counters["malformed"] += 1
+        return None
+    pair = _pairs.get(addrs) or _pair(addrs)
+    return _new_segment(TcpSegment, (pair[0], sport, pair[1], dport, seq, ack, off_flags & 0x1FF,
+                                     data[start:end]))
+
+
+def _ipv4(data: bytes, off: int) -> TcpSegment | None:
+    vihl, total, frag, proto = _IPV4.unpack_from(data, off)
+    ihl = (vihl & 0x0F) << 2
+    if vihl >> 4 != 4 or ihl < 20:
+        counters["malformed"] += 1
+        return None
+    if proto != 6:
+        counters["not_tcp"] += 1
+        return None
+    if frag & 0x1FFF:
+        counters["fragments"] += 1
+        return None
+    end = off + total
+    if total == 0:
+        end = len(data)                 # TCP segmentation offload on the capturing host
+    elif total < ihl:
+        counters["malformed"] += 1
+        return None
+    elif end > len(data):
+        counters["truncated"] += 1      # cut by the snapshot length: what is there is delivered
+        end = len(data)
+    return _tcp(data, off + ihl, end, data[off + 12:off + 20])
+
+
+def _ipv6(data: bytes, off: int) -> TcpSegment | None:
+    vtc, plen, nh = _IPV6.unpack_from(data, off)
+    if vtc >> 4 != 6:
+        counters["malformed"] += 1
+        return None
+    end = off + 40 + plen
+    if plen == 0 or end > len(data):    # a jumbogram, or cut by the snapshot length
+        if plen:
+            counters["truncated"] += 1
+        end = len(data)
+    addrs = data[off + 8:off + 40]
+    p = off + 40
+    while nh != 6:
+        if nh in _IPV6_EXTENSIONS:
+            nh, hlen = data[p], (data[p + 1] + 1) << 3
+        elif nh == 44:                  # fragment header: only the first fragment holds TCP
+            if _U16.unpack_from(data, p + 2)[0] & 0xFFF8:
+                counters["fragments"] += 1
+                return None
+            nh, hlen = data[p], 8
+        elif nh == 51:                  # authentication header, length in 4-octet units minus 2
+            nh, hlen = data[p], (data[p + 1] + 2) << 2
+        else:
+            counters["not_tcp"] += 1
+            return None
+        p += hlen
+        if p > end:
+            counters["malformed"] += 1
+            return None
+    return _tcp(data, p, end, addrs)
+
+
+def _ethertype(data: bytes, off: int, etype: int) -> TcpSegment | None:
+    while etype in _VLAN_TYPES:
+        etype = _U16.unpack_from(data, off + 2)[0]
+        off += 4
+    if etype == 0x0800:
+        return _ipv4(data, off)
+    if etype == 0x86DD:
+        return _ipv6(data, off)
+    counters["not_tcp"] += 1
+    return None
+
+
+def _raw_ip(data: bytes, off: int) -> TcpSegment | None:
+    version = data[off] >> 4
+    if version == 4:
+        return _ipv4(data, off)
+    if version == 6:
+        return _ipv6(data, off)
+    counters["malformed"] += 1
+    return None
+
+
+def tcp_segment(linktype: int, data: bytes) -> TcpSegment | None:
+    """The TCP segment a frame carries, or None (not TCP, non-first fragment, malformed).
+
+    Link types: 1 Ethernet (802.1Q / 802.1ad / QinQ tags), 113 Linux SLL, 276
+    Linux SLL2, 101/12/14 raw IP, 228 raw IPv4, 229 raw IPv6, 0 and 108 BSD
+    loopback (family in either byte order). The IP total / payload length trims
+    Ethernet padding; a frame cut short by the snapshot length yields what it
+    holds (the reassembler then sees the missing bytes as a gap). Why a frame
+    was refused is counted in the module's ``counters``.
+    """
+    try:
+        if linktype == 1:
+            etype, vihl, total, frag, proto = _ETH_IPV4.unpack_from(data, 12)
+            # Fast path: untagged IPv4 without options, unfragmented TCP.
+            if etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and total >= 40:
+                end = 14 + total
+                if end > len(data):
+                    counters["truncated"] += 1
+                    end = len(data)
+                sport, dport, seq, ack, off_flags = _TCP.unpack_from(data, 34)
+                start = 34 + ((off_flags >> 10) & 0x3C)
+                if start < 54 or start > end:
+                    counters["malformed"] += 1
+                    return None
+                addrs = data[26:34]
+                pair = _pairs.get(addrs) or _pair(addrs)
+                return _new_segment(TcpSegment, (pair[0], sport, pair[1], dport, seq, ack,
+                                                 off_flags & 0x1FF, data[start:end]))
+            return _ethertype(data, 14, etype)
+        if linktype == 113:                 # Linux cooked v1: protocol at 14, 16-octet header
+            return _ethertype(data, 16, _U16.unpack_from(data, 14)[0])
+        if linktype == 276:                 # Linux cooked v2: protocol first, 20-octet header
+            return _ethertype(data, 20, _U16.unpack_from(data, 0)[0])
+        if linktype in _RAW_IP:
+            return _raw_ip(data, 0)
+        if linktype == 228:
+            return _ipv4(data, 0)
+        if linktype == 229:
+            return _ipv6(data, 0)
+        if linktype == 0 or linktype == 108:
+            family = _U32LE.unpack_from(data, 0)[0]
+            if family > 0xFFFF:             # written in the other byte order
+                family = int.from_bytes(data[:4], "big")
+            if family == 2:
+                return _ipv4(data, 4)
+            if family in _NULL_INET6:
+                return _ipv6(data, 4)
+            counters["not_tcp"] += 1
+            return None
+        counters["unsupported_linktype"] += 1
+        return None
+    except (struct.error, IndexError):
+        counters["malformed"] += 1
+        return None

@@ -1,0 +1,664 @@
+"""Bidirectional TCP reassembly (RFC 9293 sequence space), holes marked as gaps.
+
+`TcpReassembler.feed` takes the `TcpSegment`s of a capture in frame order and hands
+each connection's two byte streams, in order and exactly once, to a
+`StreamHandler` made for that connection. What it copes with:
+
+* retransmissions and keep-alives (old bytes are dropped; a retransmission whose
+  bytes differ from what was seen first is counted as an overlap conflict and
+  reported, the first-seen bytes are kept),
+* out-of-order segments (buffered until contiguous, at most ``max_pending_bytes``
+  per direction),
+* holes that will never be filled (a segment lost by the capture, not the network):
+  the missing length goes to ``on_gap`` and delivery goes on after the hole. A hole
+  is declared as soon as it is known to be final — the peer acknowledged bytes the
+  capture never showed (tshark's "ACKed segment that wasn't captured") — or when
+  the pending buffer overflows, when both sides have sent FIN, at RST, at eviction
+  and at `finish`;
+* captures that start mid-connection (no SYN: each direction starts at its first
+  seen sequence number), 32-bit wraparound, SYN and FIN each taking one sequence
+  number, and a 5-tuple reused by a new connection.
+
+Connection numbering follows tshark's ``tcp.stream``: a new index for each 5-tuple
+first seen, and again when a SYN (without ACK) arrives with an initial sequence
+number other than the one the connection started with. After FIN/RST a
+connection's state is released; its 5-tuple is remembered (a bounded number of
+them) so that late ACKs and retransmissions are not taken for a new connection.
+
+Which side is the client: the sender of a SYN (or the receiver of a SYN+ACK),
+``client_known_by="syn"``. Without a handshake, ``client_known_by="heuristic"``,
+decided in this order: the side on port 135 (the RPC endpoint mapper and DCOM
+activation port) is the server; else, when the first payload is a connection-oriented
+DCE/RPC PDU (C706 12.6), its type says who sent it (request, bind, alter_context,
+auth3 come from the client; response, fault, bind_ack, bind_nak, alter_context_resp
+from the server); else the side whose port is below 49152 (not in the IANA dynamic
+range) while the other's is in it; else the lower port. A connection first seen
+through a segment without payload is decided again on its first payload, before any
+byte has been delivered.
+
+Memory: per direction at most ``max_pending_bytes`` (and 4096 segments) of
+buffered data, ``max_total_pending_bytes`` over all connections, at most
+``max_connections`` live connections (beyond that the least recently active
+eighth is closed and reported), and of a closed connection only its 5-tuple. To
+judge a retransmission's bytes, only the last payload delivered per direction is
+kept: an older conflicting retransmission is dropped without comparison.
+
+Hot path: a segment of a known connection arriving exactly at the expected
+sequence number with no buffered data costs one dict lookup, a few attribute
+updates and the handler call.
+"""
+
+from __future__ import annotations
+
+import traceback
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .capture import TcpSegment
+from .records import ErrorRecord
+
+__all__ = ["TcpConnection", "StreamHandler", "TcpReassembler", "FIN", "SYN", "RST", "PSH", "ACK"]
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+_CTL = FIN | SYN | RST
+_MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_WRAP = 1 << 32
+
+RPC_PORT = 135
+DYNAMIC_PORTS = 49152          # IANA dynamic/private range starts here (RFC 6335)
+IMPLAUSIBLE_GAP = 1 << 30      # a hole this large is reported with missing=None
+
+# Connection-oriented DCE/RPC PDU types by the side that sends them (C706 12.6.4).
+_RPC_CLIENT_PTYPES = frozenset((0, 11, 14, 16, 18, 19))    # request, bind, alter_context, auth3, co_cancel, orphaned
+_RPC_SERVER_PTYPES = frozenset((2, 3, 12, 13, 15, 17))     # response, fault, bind_ack, bind_nak, alter_context_resp, shutdown
+
+
+@dataclass(slots=True)
+class TcpConnection:
+    """One TCP connection as the layers above see it.
+
+    index: like tshark's tcp.stream (0-based). The counters at the end are final once
+    the connection has been closed (FIN, RST, eviction or `finish`).
+    """
+
+    index: int
+    client: tuple[str, int]
+    server: tuple[str, int]
+    first_frame: int
+    client_known_by: str                    # "syn" | "heuristic"
+    last_frame: int = 0
+    closed_by: str | None = None            # "fin" | "rst" | "reused" | "evicted" | "finish"
+    bytes: list[int] = field(default_factory=lambda: [0, 0])       # delivered, per direction
+    gaps: list[int] = field(default_factory=lambda: [0, 0])        # holes, per direction
+    gap_bytes: list[int] = field(default_factory=lambda: [0, 0])   # known missing bytes, per direction
+
+
+class StreamHandler(Protocol):
+    def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
+        """In-order bytes; direction 0 client->server, 1 server->client."""
+
+    def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
+        """Bytes known to be missing (None if unknown); the data that follows comes after the hole."""
+
+    def on_close(self, frame: int) -> None:
+        """The connection is over; nothing more is delivered."""
+
+
+class _NullHandler:
+    def on_data(self, direction, data, frame, ts):
+        pass
+
+    def on_gap(self, direction, missing, frame):
+        pass
+
+    def on_close(self, frame):
+        pass
+
+
+class _Half:
+    """One direction of a connection: the byte stream one side sends.
+
+    Positions (pos, pending starts, fin) count from the direction's first sequence
+    number (position 0 at ``base``), unwrapped, so they only grow.
+    """
+
+    __slots__ = ("conn", "direction", "peer", "on_data", "base", "nraw", "pos", "skipped",
+                 "pending", "pending_bytes", "acked", "fin", "done", "slow", "last", "last_frame")
+
+    def __init__(self, conn: "_Conn", direction: int, on_data):
+        self.conn = conn
+        self.direction = direction
+        self.peer: _Half = self
+        self.on_data = on_data
+        self.base: int | None = None    # raw sequence number of position 0; None until seen
+        self.nraw: int | None = None    # raw sequence number expected next
+        self.pos = 0                    # position expected next
+        self.skipped = 0                # positions not delivered: SYN, FIN, gaps
+        self.pending: list = []         # sorted, non-overlapping (start, payload, frame, ts)
+        self.pending_bytes = 0
+        self.acked: int | None = None   # latest acknowledgement number the peer sent for us
+        self.fin: int | None = None     # position of our FIN, once seen
+        self.done = False               # FIN reached in order: nothing more to deliver
+        self.slow = True                # the fast path may not be taken (see _Half.update)
+        self.last = b""                 # the last payload delivered; it ends at pos
+        self.last_frame = 0
+
+    def update(self) -> None:
+        self.slow = (self.base is None or self.done or bool(self.pending)
+                     or self.fin is not None or self.conn.tentative)
+
+
+class _Conn:
+    __slots__ = ("rec", "handler", "halves", "keys", "tentative")
+
+    def __init__(self, rec: TcpConnection, handler):
+        self.rec = rec
+        self.handler = handler
+        self.keys: tuple = ()               # ((directional 4-tuple, the half it sends), ...)
+        self.tentative = False
+        self.halves: tuple[_Half, _Half] = ()  # type: ignore[assignment]
+
+
+class TcpReassembler:
+    """Feeds each connection's in-order bytes to a handler made by ``handler_factory``.
+
+    max_pending_bytes: out-of-order bytes buffered per direction before the hole in
+    front of them is declared a gap (at most 4096 buffered segments likewise);
+    max_total_pending_bytes: the same bound over all connections. max_connections: live connections kept; beyond
+    it the least recently active eighth is flushed, closed and reported (stage "tcp").
+    closed_memory: how many closed connections' 5-tuples are remembered.
+    errors: receives ErrorRecords (stage "tcp"); without it they are kept in
+    ``error_records`` (the first 1000). A handler that raises is reported there too,
+    and the stream goes on.
+    """
+
+    def __init__(self, handler_factory: Callable[[TcpConnection], StreamHandler], *,
+                 max_pending_bytes: int = 4 << 20,
+                 errors: Callable[[ErrorRecord], None] | None = None,
+                 max_connections: int = 10000,
+                 closed_memory: int = 65536,
+                 max_total_pending_bytes: int = 256 << 20):
+        self._factory = handler_factory
+        self.max_pending_bytes = max_pending_bytes
+        self.max_total_pending_bytes = max_total_pending_bytes
+        self._pending_total = 0
+        self.max_pending_segments = 4096
+        self.max_connections = max_connections
+        self.closed_memory = closed_memory
+        self._errors = errors
+        self.error_records: list[ErrorRecord] = []
+        self._flows: dict[tuple, _Half] = {}        # (src, sport, dst, dport) -> the half it sends
+        self._live: dict[int, _Conn] = {}           # index -> connection, in creation order
+        self._closed: dict[tuple, tuple[int, int | None]] = {}  # directional key -> (index, first seq)
+        self._next_index = 0
+        self._frames = 0
+        self._payload_segments = 0
+        self._c = dict.fromkeys((
+            "flows", "closed", "evicted", "reused", "retransmissions", "keepalives",
+            "out_of_order", "overlaps", "overlap_conflicts", "gaps", "gap_bytes", "late_segments",
+            "pending_overflows", "handler_errors", "errors"), 0)
+        self._closed_bytes = 0
+
+    # -- public -----------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict:
+        """Counters: frames (segments fed), tcp_segments (those with payload), flows
+        (connections opened), live, closed, evicted, reused (5-tuples reused), bytes
+        (delivered), retransmissions, keepalives, out_of_order, overlaps (partly old
+        segments), overlap_conflicts, gaps, gap_bytes, late_segments (after close),
+        pending_overflows, handler_errors, errors."""
+        out = {"frames": self._frames, "tcp_segments": self._payload_segments}
+        out.update(self._c)
+        live_bytes = 0
+        for conn in self._live.values():
+            for h in conn.halves:
+                live_bytes += h.pos - h.skipped
+        out["bytes"] = self._closed_bytes + live_bytes
+        out["live"] = len(self._live)
+        return out
+
+    def feed(self, frame: int, ts: float, seg: TcpSegment) -> None:
+        self._frames += 1
+        h = self._flows.get(seg[:4])
+        if h is not None and seg[4] == h.nraw and not h.slow and not seg[6] & _CTL:
+            # The common case: the next bytes of a connection with nothing buffered.
+            if seg[6] & ACK:
+                # The acknowledgement first: it may prove the peer's hole lost and
+                # release the peer's buffered bytes, which the capture saw earlier.
+                p = h.peer
+                p.acked = seg[5]
+                if p.slow:
+                    self._peer_acked(p, frame)
+            h.last_frame = frame
+            payload = seg[7]
+            if payload:
+                self._payload_segments += 1
+                n = len(payload)
+                h.nraw = (h.nraw + n) & _MASK
+                h.pos += n
+                h.last = payload
+                try:
+                    h.on_data(h.direction, payload, frame, ts)
+                except Exception as exc:  # noqa: BLE001 - one bad handler must not end the run
+                    self._handler_failed(h.conn, exc, frame)
+            return
+        self._slow(frame, ts, seg, h)
+
+    def finish(self) -> None:
+        """Flushes every live connection (pending data after a hole: on_gap then
+        on_data) and closes it. Safe to call twice."""
+        for conn in list(self._live.values()):
+            last = max(conn.halves[0].last_frame, conn.halves[1].last_frame, conn.rec.first_frame)
+            self._close(conn, last, "finish", remember=True)
+
+    # -- the slow path ----------------------------------------------------------------
+
+    def _slow(self, frame: int, ts: float, seg: TcpSegment, h: _Half | None) -> None:
+        src, sport, dst, dport, seq, ack, flags, payload = seg
+        if h is None:
+            key = (src, sport, dst, dport)
+            gone = self._closed.get(key)
+            if gone is not None:
+                # The 5-tuple of a closed connection: only a new SYN opens another.
+                if flags & (SYN | ACK) != SYN or seq == gone[1]:
+                    self._c["late_segments"] += 1
+                    return
+                self._c["reused"] += 1
+            h = self._open(frame, seg)
+        elif flags & (SYN | ACK) == SYN and h.base is not None and seq != h.base:
+            # A SYN with another initial sequence number: the 5-tuple is reused.
+            self._c["reused"] += 1
+            self._close(h.conn, frame, "reused", remember=False)
+            h = self._open(frame, seg)
+        conn = h.conn
+        h.last_frame = frame
+        if payload:
+            self._payload_segments += 1
+            if conn.tentative:
+                self._decide_again(conn, h, payload)
+
+        if h.base is None:
+            # First segment of this direction: its sequence number starts the stream.
+            h.base = h.nraw = seq
+            h.pos = 0
+        delta = (seq - h.nraw) & _MASK
+        if delta >= _HALF:
+            delta -= _WRAP
+        start = h.pos + delta
+        if flags & SYN:
+            if start == h.pos and h.pos == 0 and not h.skipped:
+                h.skipped = 1               # the SYN's own sequence number
+                h.pos = 1
+                h.nraw = (h.base + 1) & _MASK
+            start += 1
+
+        if flags & RST:
+            self._close(conn, frame, "rst", remember=True)
+            return
+
+        if flags & ACK:
+            # Before this segment's bytes: see the fast path.
+            p = h.peer
+            p.acked = ack
+            if p is not h:
+                self._peer_acked(p, frame)
+
+        if payload and not h.done:
+            self._accept(h, start, payload, frame, ts)
+        elif payload:
+            self._c["late_segments"] += 1
+
+        if flags & FIN and h.fin is None and not h.done:
+            h.fin = start + len(payload)
+            if h.fin < h.pos:               # a FIN for bytes already delivered: take it here
+                h.fin = h.pos
+            self._reach_fin(h)
+
+        a, b = conn.halves
+        if a.fin is not None and b.fin is not None:
+            # Both sides have said they are done: whatever is still missing stays missing.
+            self._close(conn, frame, "fin", remember=True)
+            return
+        a.update()
+        b.update()
+
+    def _accept(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
+        n = len(payload)
+        end = start + n
+        pos = h.pos
+        if end <= pos:
+            # Entirely old: a keep-alive (one octet just below the window, whose value
+            # means nothing) or a retransmission.
+            if n == 1 and end == pos:
+                self._c["keepalives"] += 1
+            else:
+                self._c["retransmissions"] += 1
+                self._compare_delivered(h, start, payload, frame)
+            return
+        if start < pos:
+            self._c["overlaps"] += 1
+            self._compare_delivered(h, start, payload, frame)
+            payload = payload[pos - start:]
+            start = pos
+        if start == pos and not h.pending:
+            self._deliver(h, payload, frame, ts)
+        else:
+            self._buffer(h, start, payload, frame, ts)
+            self._drain(h)
+            self._settle(h, frame)
+        self._reach_fin(h)
+
+    def _compare_delivered(self, h: _Half, start: int, payload: bytes, frame: int) -> None:
+        """Old bytes against the last delivered payload, the ones we still hold."""
+        last = h.last
+        lo = h.pos - len(last)
+        a = max(start, lo)
+        b = min(start + len(payload), h.pos)
+        if a < b and payload[a - start:b - start] != last[a - lo:b - lo]:
+            self._conflict(h, frame, b - a)
+
+    def _conflict(self, h: _Half, frame: int, n: int) -> None:
+        self._c["overlap_conflicts"] += 1
+        self._error(f"{n} retransmitted octets differ from the first-seen ones "
+                    f"(direction {h.direction}); the first-seen bytes are kept", frame, h.conn)
+
+    def _buffer(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
+        """Keeps the parts of [start, start+len) not yet buffered (first-seen bytes win)."""
+        pend = h.pending
+        end = start + len(payload)
+        i = bisect_right(pend, start, key=_start) - 1
+        if i < 0 or pend[i][0] + len(pend[i][1]) <= start:
+            i += 1
+        pieces = []
+        cur = start
+        j = i
+        overlapped = False
+        while j < len(pend) and pend[j][0] < end:
+            s, p = pend[j][0], pend[j][1]
+            e = s + len(p)
+            if s > cur:
+                pieces.append((cur, min(s, end)))
+            lo, hi = max(cur, s), min(end, e)
+            if lo < hi:
+                overlapped = True
+                if payload[lo - start:hi - start] != p[lo - s:hi - s]:
+                    self._conflict(h, frame, hi - lo)
+            cur = max(cur, e)
+            j += 1
+        if cur < end:
+            pieces.append((cur, end))
+        if overlapped:
+            if not pieces:
+                self._c["retransmissions"] += 1
+                return
+            self._c["overlaps"] += 1
+        elif start > h.pos:
+            self._c["out_of_order"] += 1
+        for s, e in pieces:
+            piece = payload if (s == start and e == end) else payload[s - start:e - start]
+            k = bisect_right(pend, s, key=_start)
+            pend.insert(k, (s, piece, frame, ts))
+            h.pending_bytes += e - s
+            self._pending_total += e - s
+        if (h.pending_bytes > self.max_pending_bytes or len(pend) > self.max_pending_segments
+                or self._pending_total > self.max_total_pending_bytes):
+            # Bounded memory: the hole in front is taken as lost until the buffer fits
+            # (all of this direction's buffer when the reassembler's total is exceeded).
+            self._c["pending_overflows"] += 1
+            over_total = self._pending_total > self.max_total_pending_bytes
+            while pend and (over_total or h.pending_bytes > self.max_pending_bytes
+                            or len(pend) > self.max_pending_segments):
+                self._gap(h, pend[0][0] - h.pos, frame)
+                self._drain(h)
+
+    def _drain(self, h: _Half) -> None:
+        """Delivers buffered segments that have become contiguous."""
+        pend = h.pending
+        while pend and pend[0][0] <= h.pos:
+            s, payload, frame, ts = pend.pop(0)
+            h.pending_bytes -= len(payload)
+            self._pending_total -= len(payload)
+            if s < h.pos:
+                if s + len(payload) <= h.pos:
+                    continue
+                payload = payload[h.pos - s:]
+            self._deliver(h, payload, frame, ts)
+
+    def _deliver(self, h: _Half, payload: bytes, frame: int, ts: float) -> None:
+        n = len(payload)
+        h.pos += n
+        h.nraw = (h.nraw + n) & _MASK
+        h.last = payload
+        try:
+            h.on_data(h.direction, payload, frame, ts)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(h.conn, exc, frame)
+
+    def _gap(self, h: _Half, missing: int, frame: int) -> None:
+        if missing <= 0:
+            return
+        h.pos += missing
+        h.skipped += missing
+        h.nraw = (h.nraw + missing) & _MASK
+        h.last = b""
+        rec = h.conn.rec
+        self._c["gaps"] += 1
+        rec.gaps[h.direction] += 1
+        # A jump this large is no lost segment but sequence numbers that make no
+        # sense (a connection seen from its middle reusing its 5-tuple, garbage):
+        # how much is missing is unknown.
+        known = missing < IMPLAUSIBLE_GAP
+        if known:
+            self._c["gap_bytes"] += missing
+            rec.gap_bytes[h.direction] += missing
+        try:
+            h.conn.handler.on_gap(h.direction, missing if known else None, frame)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(h.conn, exc, frame)
+
+    def _next_hole_end(self, h: _Half) -> int | None:
+        """Where the bytes after the hole at pos start: the first buffered segment, or the FIN."""
+        ends = []
+        if h.pending:
+            ends.append(h.pending[0][0])
+        if h.fin is not None and not h.done:
+            ends.append(h.fin)
+        return min(ends) if ends else None
+
+    def _settle(self, h: _Half, frame: int) -> None:
+        """Declares the part of the hole at pos that the peer has acknowledged: the
+        capture missed those bytes, no retransmission will bring them."""
+        if h.acked is None or h.nraw is None:
+            return
+        delta = (h.acked - h.nraw) & _MASK
+        if delta == 0 or delta >= _HALF:
+            return
+        acked = h.pos + delta
+        while True:
+            nxt = self._next_hole_end(h)
+            if nxt is None or nxt <= h.pos or acked <= h.pos:
+                break
+            self._gap(h, min(acked, nxt) - h.pos, frame)
+            self._drain(h)
+        self._reach_fin(h)
+
+    def _peer_acked(self, h: _Half, frame: int) -> None:
+        if h.pending or (h.fin is not None and not h.done):
+            self._settle(h, frame)
+
+    def _reach_fin(self, h: _Half) -> None:
+        if h.fin is not None and not h.done and h.pos >= h.fin and not h.pending:
+            h.done = True
+            h.pos += 1                      # the FIN's own sequence number
+            h.skipped += 1
+            h.nraw = (h.nraw + 1) & _MASK
+
+    def _flush(self, h: _Half, frame: int) -> None:
+        """Takes every remaining hole as lost and delivers what was buffered after it."""
+        while h.pending:
+            self._gap(h, h.pending[0][0] - h.pos, frame)
+            self._drain(h)
+        if h.fin is not None and not h.done and h.fin > h.pos:
+            self._gap(h, h.fin - h.pos, frame)
+        self._reach_fin(h)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _open(self, frame: int, seg: TcpSegment) -> _Half:
+        src, sport, dst, dport, seq, ack, flags, payload = seg
+        fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
+        tentative = False
+        if flags & SYN:
+            sender_is_client = not flags & ACK
+            known_by = "syn"
+        else:
+            sender_is_client = _sender_is_client(sport, dport, payload)
+            known_by = "heuristic"
+            tentative = not payload and sport != RPC_PORT and dport != RPC_PORT
+        if sender_is_client:
+            client, server = (src, sport), (dst, dport)
+        else:
+            client, server = (dst, dport), (src, sport)
+        rec = TcpConnection(self._next_index, client, server, frame, known_by)
+        self._next_index += 1
+        self._c["flows"] += 1
+        try:
+            handler = self._factory(rec)
+        except Exception as exc:  # noqa: BLE001
+            handler = _NullHandler()
+            self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index)
+        conn = _Conn(rec, handler)
+        conn.tentative = tentative
+        on_data = handler.on_data
+        sent = _Half(conn, 0 if sender_is_client else 1, on_data)
+        if fwd == rev:                      # a socket connected to itself: one stream
+            sent.peer = sent
+            conn.halves = (sent, sent)
+            conn.keys = ((fwd, sent),)
+            self._flows[fwd] = sent
+        else:
+            received = _Half(conn, 1 - sent.direction, on_data)
+            sent.peer, received.peer = received, sent
+            conn.halves = (sent, received) if sender_is_client else (received, sent)
+            conn.keys = ((fwd, sent), (rev, received))
+            self._flows[fwd] = sent
+            self._flows[rev] = received
+        self._closed.pop(fwd, None)
+        self._closed.pop(rev, None)
+        sent.last_frame = frame
+        if len(self._live) >= self.max_connections:
+            self._evict(frame)
+        self._live[rec.index] = conn
+        return sent
+
+    def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
+        """A connection opened on an empty segment: its first payload may tell the roles."""
+        conn.tentative = False
+        sender_is_client = _rpc_sender_is_client(payload)
+        if sender_is_client is None or sender_is_client == (h.direction == 0):
+            return
+        rec = conn.rec
+        rec.client, rec.server = rec.server, rec.client
+        a, b = conn.halves
+        if a is b:
+            return
+        a.direction, b.direction = 1, 0
+        conn.halves = (b, a)
+
+    def _close(self, conn: _Conn, frame: int, why: str, remember: bool) -> None:
+        if self._live.pop(conn.rec.index, None) is None:
+            return
+        for h in conn.halves:
+            self._flush(h, frame)
+        rec = conn.rec
+        rec.closed_by = why
+        rec.last_frame = max(frame, conn.halves[0].last_frame, conn.halves[1].last_frame)
+        for h in set(conn.halves):
+            delivered = h.pos - h.skipped
+            rec.bytes[h.direction] = delivered
+            self._closed_bytes += delivered
+        self._c["closed"] += 1
+        try:
+            conn.handler.on_close(frame)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(conn, exc, frame)
+        flows = self._flows
+        closed = self._closed
+        for key, h in conn.keys:
+            if flows.get(key) is h:
+                del flows[key]
+            if remember:
+                closed[key] = (rec.index, h.base)
+        while len(closed) > self.closed_memory:
+            del closed[next(iter(closed))]
+        for h in conn.halves:               # release the buffers at once
+            self._pending_total -= h.pending_bytes
+            h.pending_bytes = 0
+            h.pending = []
+            h.last = b""
+            h.on_data = None
+
+    def _evict(self, frame: int) -> None:
+        """Room for one more connection: close the least recently active eighth."""
+        conns = sorted(self._live.values(),
+                       key=lambda c: max(c.halves[0].last_frame, c.halves[1].last_frame))
+        victims = conns[:max(1, len(conns) // 8)]
+        for conn in victims:
+            self._c["evicted"] += 1
+            self._error(f"more than {self.max_connections} live connections: connection "
+                        f"{conn.rec.index} evicted (idle since frame "
+                        f"{max(conn.halves[0].last_frame, conn.halves[1].last_frame)})",
+                        frame, conn.rec.index)
+            self._close(conn, frame, "evicted", remember=False)
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _error(self, reason: str, frame: int, conn) -> None:
+        index = conn.rec.index if isinstance(conn, _Conn) else conn
+        rec = ErrorRecord(stage="tcp", reason=reason, frame=frame, conn=index)
+        self._c["errors"] += 1
+        if self._errors is not None:
+            self._errors(rec)
+        elif len(self.error_records) < 1000:
+            self.error_records.append(rec)
+
+    def _handler_failed(self, conn: _Conn, exc: Exception, frame: int) -> None:
+        self._c["handler_errors"] += 1
+        self._error(f"stream handler raised {_describe(exc)}", frame, conn)
+
+
+def _start(entry) -> int:
+    return entry[0]
+
+
+def _describe(exc: Exception) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}" if where else ""
+    return f"{type(exc).__name__}: {exc}{at}"
+
+
+def _rpc_sender_is_client(payload: bytes) -> bool | None:
+    """The role a connection-oriented DCE/RPC common header (rpc_vers 5) implies, if any."""
+    if len(payload) >= 16 and payload[0] == 5 and payload[1] <= 1:
+        ptype = payload[2]
+        if ptype in _RPC_CLIENT_PTYPES:
+            return True
+        if ptype in _RPC_SERVER_PTYPES:
+            return False
+    return None
+
+
+def _sender_is_client(sport: int, dport: int, payload: bytes) -> bool:
+    if dport == RPC_PORT:
+        return True
+    if sport == RPC_PORT:
+        return False
+    by_rpc = _rpc_sender_is_client(payload)
+    if by_rpc is not None:
+        return by_rpc
+    if (sport < DYNAMIC_PORTS) != (dport < DYNAMIC_PORTS):
+        return dport < DYNAMIC_PORTS
+    return dport < sport

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Speed of the bottom of the wire engine against tshark, on the same file in the same run.
+
+    python scripts/bench_capture.py [CAPTURE ...] [--size MB] [--keep PATH] [--no-tshark]
+
+Times three nested stages on each capture: reading frames (open_capture),
+decapsulating TCP (tcp_segment), and reassembling with a no-op handler
+(TcpReassembler). Besides the captures named, it times a large synthetic file made
+by `replicate()` from the real wmimplant.pcap (every copy with its own addresses,
+so every connection is new). tshark runs `-Y dcerpc -T fields` on each file for
+the ratio. Figures: packets/s and MB/s of the file size.
+
+`replicate(src, dst, target_bytes)` is importable for other benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = ROOT.parent / "shared" / "captures" / "wmimplant.pcap"
+
+sys.path.insert(0, str(ROOT))
+from wmiscope.dissectors.capture import open_capture, tcp_segment  # noqa: E402
+from wmiscope.dissectors.tcp import TcpReassembler  # noqa: E402
+
+_PCAP_HEADER = struct.Struct("<IHHiIII")
+_PCAP_RECORD = struct.Struct("<IIII")
+
+
+def replicate(src, dst, target_bytes: int) -> int:
+    """Writes a classic pcap at dst made of copies of src until it holds target_bytes.
+
+    Copy i moves every IPv4 address of src (Ethernet frames) to 10.0.0.0/8 as
+    ``i * 256 + k + 1`` (k the address's rank of first appearance), so copies never
+    share a TCP connection, and shifts time by i times (src's duration + 1 s).
+    Other frames are copied unchanged. Returns the number of frames written.
+    """
+    frames = list(open_capture(src))
+    if not frames:
+        raise ValueError(f"{src}: no frames")
+    linktype = frames[0][2]
+    frames = [f for f in frames if f[2] == linktype]
+    t0 = frames[0][1]
+    span = frames[-1][1] - t0 + 1.0
+    hosts: dict[bytes, int] = {}
+    templates = []          # (relative ts, frame bytes, offset of the IPv4 addresses or -1)
+    for _, ts, lt, data in frames:
+        off = -1
+        if lt == 1 and len(data) >= 34 and data[12:14] == b"\x08\x00":
+            off = 26
+            for a in (data[26:30], data[30:34]):
+                hosts.setdefault(a, len(hosts))
+        templates.append((ts - t0, data, off))
+    if len(hosts) > 255:
+        raise ValueError("source has more than 255 IPv4 hosts")
+    written = 0
+    size = _PCAP_HEADER.size
+    copy = 0
+    with open(dst, "wb") as out:
+        out.write(_PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+        while size < target_bytes:
+            base = copy * 256
+            mapped = {a: (0x0A000000 + base + k + 1).to_bytes(4, "big") for a, k in hosts.items()}
+            shift = t0 + copy * span
+            chunk = []
+            for rel, data, off in templates:
+                if off >= 0:
+                    data = data[:26] + mapped[data[26:30]] + mapped[data[30:34]] + data[34:]
+                ts = shift + rel
+                sec = int(ts)
+                chunk.append(_PCAP_RECORD.pack(sec, int((ts - sec) * 1e6), len(data), len(data)))
+                chunk.append(data)
+                size += 16 + len(data)
+                written += 1
+            out.write(b"".join(chunk))
+            copy += 1
+            if copy >= 1 << 16:
+                break
+    return written
+
+
+class _NoOp:
+    __slots__ = ()
+
+    def on_data(self, direction, data, frame, ts):
+        pass
+
+    def on_gap(self, direction, missing, frame):
+        pass
+
+    def on_close(self, frame):
+        pass
+
+
+_NOOP = _NoOp()
+
+
+def _stage_read(path) -> int:
+    n = 0
+    for _ in open_capture(path):
+        n += 1
+    return n
+
+
+def _stage_segment(path) -> int:
+    n = 0
+    seg = tcp_segment
+    for _, _, lt, data in open_capture(path):
+        seg(lt, data)
+        n += 1
+    return n
+
+
+def _stage_reassemble(path) -> tuple[int, dict]:
+    n = 0
+    seg = tcp_segment
+    r = TcpReassembler(lambda conn: _NOOP)
+    feed = r.feed
+    for frame, ts, lt, data in open_capture(path):
+        s = seg(lt, data)
+        if s is not None:
+            feed(frame, ts, s)
+        n += 1
+    r.finish()
+    return n, r.stats
+
+
+def _best(fn, path, repeat: int):
+    best = None
+    result = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn(path)
+        dt = time.perf_counter() - t
+        best = dt if best is None else min(best, dt)
+    return best, result
+
+
+def _tshark(path) -> float | None:
+    if shutil.which("tshark") is None:
+        return None
+    t = time.perf_counter()
+    subprocess.run(["tshark", "-r", str(path), "-Y", "dcerpc", "-T", "fields",
+                    "-e", "frame.number", "-e", "dcerpc.cn_call_id", "-e", "dcerpc.opnum"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - t
+
+
+def bench(path, *, tshark: bool = True, repeat: int = 3) -> None:
+    size = os.path.getsize(path)
+    mb = size / 1e6
+    t_read, packets = _best(_stage_read, path, repeat)
+    t_seg, _ = _best(_stage_segment, path, repeat)
+    t_all, (_, stats) = _best(_stage_reassemble, path, repeat)
+    print(f"{Path(path).name}: {packets} packets, {mb:.1f} MB, {stats['flows']} TCP connections")
+    for name, t in (("read", t_read), ("read+tcp_segment", t_seg), ("read+segment+reassemble", t_all)):
+        print(f"  {name:26s} {t:8.3f} s  {packets / t:>10,.0f} packets/s  {mb / t:8.1f} MB/s"
+              f"  {t / packets * 1e6:6.2f} us/packet")
+    if tshark:
+        t_ts = _tshark(path)
+        if t_ts is not None:
+            print(f"  {'tshark -Y dcerpc -T fields':26s} {t_ts:8.3f} s  {packets / t_ts:>10,.0f} packets/s"
+                  f"  {mb / t_ts:8.1f} MB/s")
+            print(f"  ratio: ours (read+segment+reassemble) is {t_ts / t_all:.1f}x tshark's speed")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("captures", nargs="*", help="captures to time (besides the synthetic one)")
+    ap.add_argument("--size", type=float, default=100.0, help="synthetic file size in MB (0: none)")
+    ap.add_argument("--source", default=str(DEFAULT_SOURCE), help="capture the synthetic file replicates")
+    ap.add_argument("--keep", help="write the synthetic file here and keep it")
+    ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per stage; the best is reported")
+    args = ap.parse_args(argv)
+    for path in args.captures:
+        bench(path, tshark=not args.no_tshark, repeat=args.repeat)
+    if args.size > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = args.keep or os.path.join(tmp, "replicated.pcap")
+            t = time.perf_counter()
+            n = replicate(args.source, dst, int(args.size * 1e6))
+            print(f"(replicated {Path(args.source).name} into {n} frames in {time.perf_counter() - t:.1f} s)")
+            bench(dst, tshark=not args.no_tshark, repeat=args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
