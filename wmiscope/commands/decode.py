@@ -1,0 +1,185 @@
+"""wmiscope decode FILE --as KIND: decode one WMI encoding cut out of a capture.
+
+KIND                 what FILE holds
+encoding-unit        [MS-WMIO] 2.2.1 EncodingUnit (signature 0x12345678)
+object-block         [MS-WMIO] 2.2.5 ObjectBlock (no signature, no length)
+object-array         [MS-WMI] 2.2.14 ObjectArray (WBEMDATA)
+context              [MS-WMI] 2.2.13.1 IWbemContextBuffer, or the whole
+                     OBJREF_CUSTOM that carries it (starting with MEOW)
+instance-blob        [MS-WMI] 2.2.16 WBEM_INSTANCE_BLOB; --template names a file
+                     with the template class as an EncodingUnit
+
+A malformed input gives one line on stderr, naming the structure and the
+offset, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+KINDS = ("encoding-unit", "object-block", "object-array", "context", "instance-blob")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("file", metavar="FILE", help="file holding the bytes ('-' for stdin)")
+    p.add_argument("--as", dest="kind", required=True, choices=KINDS, help="what the bytes are")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", dest="format", action="store_const", const="json",
+                     help="print the decoded structure as JSON (default)")
+    out.add_argument("--mof", dest="format", action="store_const", const="mof",
+                     help="print the CIM objects as MOF")
+    p.set_defaults(format="json")
+    p.add_argument("--hex", action="store_true",
+                   help="FILE (and --template) hold hex text; whitespace and colons are ignored")
+    p.add_argument("--offset", type=offset, default=0,
+                   help="where the encoding starts in FILE (default 0; 0x.. accepted)")
+    p.add_argument("--template", metavar="FILE",
+                   help="instance-blob: the template class as an EncodingUnit")
+
+
+def offset(text: str) -> int:
+    value = int(text, 0)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+class _Failure(Exception):
+    """A user-facing failure: one line on stderr, exit 1."""
+
+
+def run(args) -> int:
+    try:
+        data = _read(args.file, args.hex)
+        template = None
+        if args.kind == "instance-blob":
+            if not args.template:
+                raise _Failure("--as instance-blob needs --template FILE (the template class EncodingUnit)")
+            template = _template(_read(args.template, args.hex), args.template)
+        elif args.template:
+            raise _Failure("--template only applies to --as instance-blob")
+        if args.offset > len(data):
+            raise _Failure(f"--offset {args.offset} is past the end of the {len(data)} bytes")
+        text = _decode(args.kind, data, args.offset, template, args.format)
+    except _Failure as e:
+        return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
+        from wmiscope.formats.errors import DecodeError, EncodeError
+
+        if isinstance(e, DecodeError):
+            return _fail(f"{args.file}: {e}")
+        if isinstance(e, (EncodeError, OSError)):
+            return _fail(str(e))
+        return _fail(f"{args.file}: internal error {type(e).__name__}: {e}")
+    sys.stdout.write(text)
+    if not text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"wmiscope decode: {' '.join(message.split())}\n")
+    return 1
+
+
+def _read(path: str, hex_text: bool) -> bytes:
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise _Failure(f"{path}: {e.strerror or e}") from None
+    if not hex_text:
+        return raw
+    text = raw.decode("ascii", "replace")
+    cleaned = "".join(text.replace(":", " ").split())
+    if cleaned[:2].lower() == "0x":
+        cleaned = cleaned[2:]
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        bad = next((i for i, c in enumerate(cleaned) if c not in "0123456789abcdefABCDEF"), None)
+        where = f"character {cleaned[bad]!r}" if bad is not None else "an odd number of hex digits"
+        raise _Failure(f"{path}: not hex text ({where})") from None
+
+
+def _template(data: bytes, path: str):
+    from wmiscope.formats import wmio
+    from wmiscope.formats.errors import DecodeError
+
+    try:
+        obj = wmio.parse_encoding_unit(data, 0)
+    except DecodeError as e:
+        raise _Failure(f"{path} (template): {e}") from None
+    return obj if isinstance(obj, wmio.WmiClass) else obj.class_
+
+
+def _decode(kind: str, data: bytes, offset: int, template, fmt: str) -> str:
+    from wmiscope.formats import wmio
+
+    if kind == "encoding-unit":
+        objects, doc = _single(wmio.parse_encoding_unit(data, offset))
+    elif kind == "object-block":
+        objects, doc = _single(wmio.parse_object_block(data, offset))
+    elif kind == "object-array":
+        from wmiscope.formats.object_array import parse_object_array
+
+        arr = parse_object_array(data, None, offset)
+        objects, doc = arr.objects, arr.to_json()
+    elif kind == "context":
+        from wmiscope.formats import context
+
+        if data[offset:offset + 4] == b"MEOW":
+            ctx = context.parse_context_objref(data, offset)
+        else:
+            ctx = context.parse_context(data, offset)
+        objects, doc = _context_objects(ctx), ctx.to_json()
+        if fmt == "mof":
+            return _context_mof(ctx, wmio)
+    else:
+        from wmiscope.formats.refresher import parse_instance_blob
+
+        objects = parse_instance_blob(data, template, offset)
+        doc = {"structure": "WBEM_INSTANCE_BLOB", "numObjects": len(objects),
+               "objects": [wmio.to_json(o) for o in objects]}
+    if fmt == "mof":
+        return "\n".join(wmio.to_mof(o) for o in objects)
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default)
+
+
+def _single(obj):
+    from wmiscope.formats import wmio
+
+    return [obj], wmio.to_json(obj)
+
+
+def _context_objects(ctx) -> list:
+    from wmiscope.formats import wmio
+
+    found = []
+    for p in ctx.properties:
+        values = p.value if isinstance(p.value, list) else [p.value]
+        found.extend(v for v in values if isinstance(v, (wmio.WmiClass, wmio.WmiInstance)))
+    return found
+
+
+def _context_mof(ctx, wmio) -> str:
+    """Context properties as MOF comments, embedded objects as MOF."""
+    lines = [f"// IWbemContext {', '.join(str(g) for g in ctx.guids)}"]
+    for p in ctx.properties:
+        values = p.value if isinstance(p.value, list) else [p.value]
+        if any(isinstance(v, (wmio.WmiClass, wmio.WmiInstance)) for v in values):
+            lines.append(f"// {p.name} ({p.type_name}):")
+            lines.extend(wmio.to_mof(v) for v in values)
+        else:
+            lines.append(f"// {p.name} ({p.type_name}) = {json.dumps(p.value, ensure_ascii=False)}")
+    return "\n".join(lines)
+
+
+def _json_default(v):
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    return str(v)
