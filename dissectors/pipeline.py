@@ -117,9 +117,15 @@ class _Detector:
             self.analysis.stats.other_flows += 1
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
-        stats = self.analysis.stats
-        stats.gaps += 1
-        stats.gap_bytes += missing or 0
+        analysis = self.analysis
+        analysis.stats.gaps += 1
+        analysis.stats.gap_bytes += missing or 0
+        # A gap is reported where it is found, so the analyst sees why the calls
+        # around it are incomplete.
+        side = "client->server" if direction == 0 else "server->client"
+        size = f"{missing} bytes" if missing is not None else "an unknown number of bytes"
+        analysis.emit(ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}",
+                                  frame=frame, conn=self.conn.index))
         if self.handler is not None:
             self.handler.on_gap(direction, missing, frame)
 
