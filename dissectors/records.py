@@ -71,6 +71,7 @@ class Pdu:
     contexts: list[PresentationContext] = field(default_factory=list)  # bind/alter/ack
     assoc_group: int | None = None
     sec_addr: str | None = None     # bind_ack secondary address
+    extra: dict | None = None       # ptype-specific rest: max_xmit_frag/max_recv_frag, cancel_count, versions
 
 
 @dataclass(slots=True)
