@@ -1,0 +1,478 @@
+"""A small NDR 2.0 reader and writer (C706 chapter 14, MS-RPCE 2.2.5).
+
+Only what DCOM and WMI stubs need: primitives with their natural alignment,
+pointers as referent IDs (unique / full; top-level [ref] pointers are not on the
+wire), deferred pointees, conformant / varying / conformant-varying arrays,
+[string] wchar_t / char strings, BSTR (MS-OAUT 2.2.23.2 FLAGGED_WORD_BLOB behind a
+unique pointer), MInterfacePointer (MS-DCOM 2.2.14) and GUIDs.
+
+Alignment is counted from `base`: the start of the stub for a PDU body, the start
+of the NDR data for a type-serialized blob (MS-RPCE 2.2.6) nested in a stub.
+
+Every count read from the wire is checked against the bytes that remain before it
+is used, so a hostile 0xFFFFFFFF costs one comparison; every failure is a
+`DecodeError(structure, offset, reason)` with the absolute offset in `buf` and the
+spec name the caller put in `reader.structure`.
+
+Deferred pointees: NDR writes the pointees of the pointers embedded in a
+structure or array after that whole construct, each pointee followed at once by
+its own deferred pointees. `defer(refid, fn, *args)` queues a pointee reader and
+`flush()` runs the queue in that order (depth-first), for readers and writers
+alike. Decoders with a fixed, shallow layout may also read pointees by hand.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid as _uuid
+
+from ..formats.errors import DecodeError
+
+__all__ = [
+    "DecodeError", "NdrReader", "NdrWriter", "guid_text", "guid_bytes",
+    "GUID_NULL", "MAX_DEFER_DEPTH",
+]
+
+GUID_NULL = "00000000-0000-0000-0000-000000000000"
+MAX_DEFER_DEPTH = 32
+
+_STRUCTS = {
+    True: {k: struct.Struct("<" + k) for k in "BbHhIiQqfd"},
+    False: {k: struct.Struct(">" + k) for k in "BbHhIiQqfd"},
+}
+_GUID_LE = struct.Struct("<IHH8s")
+_BLOB_HEADER = struct.Struct("<III")        # FLAGGED_WORD_BLOB conformance, cBytes, clSize
+_GUID_BE = struct.Struct(">IHH8s")
+
+
+def guid_text(buf: bytes, offset: int = 0, little_endian: bool = True) -> str:
+    """A GUID (MS-DTYP 2.3.4.2: Data1-3 in the stream's byte order, Data4 as bytes)."""
+    d1, d2, d3, d4 = (_GUID_LE if little_endian else _GUID_BE).unpack_from(buf, offset)
+    h = d4.hex()
+    return f"{d1:08x}-{d2:04x}-{d3:04x}-{h[:4]}-{h[4:]}"
+
+
+def guid_bytes(text: str, little_endian: bool = True) -> bytes:
+    u = _uuid.UUID(text.strip("{}"))
+    return u.bytes_le if little_endian else u.bytes
+
+
+class NdrReader:
+    """Reads NDR from `buf[pos:end]`; `pos` is public so that callers can note offsets."""
+
+    __slots__ = ("buf", "pos", "end", "base", "little", "structure", "_s", "_queue", "_depth", "_full")
+
+    def __init__(self, buf: bytes, pos: int = 0, end: int | None = None, *,
+                 base: int | None = None, little_endian: bool = True, structure: str = "NDR"):
+        if not isinstance(buf, bytes):
+            buf = bytes(buf)
+        self.buf = buf
+        self.end = len(buf) if end is None else min(end, len(buf))
+        self.pos = pos
+        self.base = pos if base is None else base
+        self.little = little_endian
+        self.structure = structure
+        self._s = _STRUCTS[little_endian]
+        self._queue: list = []
+        self._depth = 0
+        self._full: set[int] = set()
+
+    # -- failures and bounds ------------------------------------------------------------
+
+    def fail(self, reason: str, offset: int | None = None):
+        raise DecodeError(self.structure, self.pos if offset is None else offset, reason)
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def need(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.end:
+            self.fail(f"need {n} bytes, {self.end - self.pos} left")
+
+    def align(self, n: int) -> None:
+        r = (self.pos - self.base) % n
+        if r:
+            p = self.pos + n - r
+            if p > self.end:
+                self.fail(f"alignment to {n} runs past the end")
+            self.pos = p
+
+    # -- primitives (each aligned to its size, C706 14.2.2) ----------------------------
+
+    def _read(self, code: str, size: int):
+        r = (self.pos - self.base) % size
+        p = self.pos + (size - r if r else 0)
+        if p + size > self.end:
+            self.fail(f"need {size} bytes, {max(self.end - p, 0)} left")
+        self.pos = p + size
+        return self._s[code].unpack_from(self.buf, p)[0]
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            self.fail("need 1 byte, 0 left")
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def u16(self) -> int:
+        return self._read("H", 2)
+
+    def i16(self) -> int:
+        return self._read("h", 2)
+
+    def u32(self) -> int:
+        return self._read("I", 4)
+
+    def i32(self) -> int:
+        return self._read("i", 4)
+
+    def u64(self) -> int:
+        return self._read("Q", 8)
+
+    def i64(self) -> int:
+        return self._read("q", 8)
+
+    def f32(self) -> float:
+        return self._read("f", 4)
+
+    def f64(self) -> float:
+        return self._read("d", 8)
+
+    def guid(self) -> str:
+        self.align(4)
+        self.need(16)
+        p = self.pos
+        self.pos = p + 16
+        return guid_text(self.buf, p, self.little)
+
+    def raw(self, n: int) -> bytes:
+        self.need(n)
+        p = self.pos
+        self.pos = p + n
+        return self.buf[p:p + n]
+
+    def skip(self, n: int) -> None:
+        self.need(n)
+        self.pos += n
+
+    # -- pointers ---------------------------------------------------------------------
+
+    def referent(self) -> int:
+        """A unique or full pointer's referent ID (0 is NULL)."""
+        return self._read("I", 4)
+
+    def full_referent(self) -> tuple[int, bool]:
+        """A full pointer: (referent ID, whether its pointee follows, i.e. first time seen)."""
+        ref = self._read("I", 4)
+        if ref == 0 or ref in self._full:
+            return ref, False
+        self._full.add(ref)
+        return ref, True
+
+    def defer(self, refid: int, fn, *args) -> None:
+        """Queue the reader of an embedded pointer's pointee (nothing for NULL)."""
+        if refid:
+            self._queue.append((fn, args))
+
+    def flush(self) -> None:
+        """Read the queued pointees in NDR order, each followed by its own deferred pointees."""
+        queue = self._queue
+        if not queue:
+            return
+        self._depth += 1
+        if self._depth > MAX_DEFER_DEPTH:
+            self.fail(f"pointers nested deeper than {MAX_DEFER_DEPTH}")
+        self._queue = []
+        for fn, args in queue:
+            fn(*args)
+            self.flush()
+        self._depth -= 1
+
+    # -- arrays -----------------------------------------------------------------------
+
+    def count(self, elem_size: int, what: str = "array") -> int:
+        """A conformance (max count) whose elements of `elem_size` bytes must fit in what remains."""
+        n = self._read("I", 4)
+        if n * max(elem_size, 1) > self.end - self.pos:
+            self.fail(f"{what} count {n} exceeds the {self.end - self.pos} bytes left", self.pos - 4)
+        return n
+
+    def varying(self, max_count: int | None, elem_size: int, what: str = "array") -> tuple[int, int]:
+        """(offset, actual count) of a varying array, checked against max_count and the buffer."""
+        start = self.pos
+        offset = self._read("I", 4)
+        actual = self._read("I", 4)
+        if max_count is not None and offset + actual > max_count:
+            self.fail(f"{what} offset {offset} + actual count {actual} exceed max count {max_count}", start)
+        if actual * max(elem_size, 1) > self.end - self.pos:
+            self.fail(f"{what} actual count {actual} exceeds the {self.end - self.pos} bytes left", start + 4)
+        return offset, actual
+
+    def u16_array(self, n: int) -> list[int]:
+        self.align(2)
+        self.need(2 * n)
+        p = self.pos
+        self.pos = p + 2 * n
+        return list(struct.unpack_from(("<" if self.little else ">") + "%dH" % n, self.buf, p))
+
+    def u32_array(self, n: int) -> list[int]:
+        self.align(4)
+        self.need(4 * n)
+        p = self.pos
+        self.pos = p + 4 * n
+        return list(struct.unpack_from(("<" if self.little else ">") + "%dI" % n, self.buf, p))
+
+    def i32_array(self, n: int) -> list[int]:
+        self.align(4)
+        self.need(4 * n)
+        p = self.pos
+        self.pos = p + 4 * n
+        return list(struct.unpack_from(("<" if self.little else ">") + "%di" % n, self.buf, p))
+
+    def u64_array(self, n: int) -> list[int]:
+        self.align(8)
+        self.need(8 * n)
+        p = self.pos
+        self.pos = p + 8 * n
+        return list(struct.unpack_from(("<" if self.little else ">") + "%dQ" % n, self.buf, p))
+
+    def guid_array(self, n: int) -> list[str]:
+        self.align(4)
+        self.need(16 * n)
+        p = self.pos
+        self.pos = p + 16 * n
+        buf, le = self.buf, self.little
+        return [guid_text(buf, p + 16 * i, le) for i in range(n)]
+
+    def conformant_guids(self, what: str = "GUID array") -> list[str]:
+        return self.guid_array(self.count(16, what))
+
+    def conformant_u32s(self, what: str = "array") -> list[int]:
+        return self.u32_array(self.count(4, what))
+
+    def conformant_bytes(self, what: str = "byte array") -> bytes:
+        return self.raw(self.count(1, what))
+
+    # -- strings ----------------------------------------------------------------------
+
+    def wstring(self) -> str:
+        """[string] wchar_t*: conformant varying UTF-16, the terminating NUL dropped."""
+        n = self.count(0, "string")
+        _, actual = self.varying(n, 2, "string")
+        data = self.raw(2 * actual)
+        s = data.decode("utf-16-le" if self.little else "utf-16-be", "replace")
+        return s[:-1] if s.endswith("\x00") else s
+
+    def cstring(self) -> str:
+        """[string] char*: conformant varying 8-bit characters, the terminating NUL dropped."""
+        n = self.count(0, "string")
+        _, actual = self.varying(n, 1, "string")
+        data = self.raw(actual)
+        if data.endswith(b"\x00"):
+            data = data[:-1]
+        return data.decode("latin-1")
+
+    def unique_wstring(self) -> str | None:
+        return self.wstring() if self.referent() else None
+
+    def flagged_word_blob(self) -> str | None:
+        """FLAGGED_WORD_BLOB (MS-OAUT 2.2.23.1): conformance, cBytes, clSize, clSize wchar.
+
+        Little-endian whatever the stream's data representation; cBytes 0xFFFFFFFF is a
+        NULL BSTR; an odd cBytes leaves a last byte that is no character."""
+        self.align(4)
+        start = self.pos
+        self.need(12)
+        n, cbytes, cl = _BLOB_HEADER.unpack_from(self.buf, start)
+        self.pos = start + 12
+        if 2 * n > self.end - self.pos:
+            self.fail(f"FLAGGED_WORD_BLOB count {n} exceeds the {self.end - self.pos} bytes left", start)
+        if cl > n:
+            self.fail(f"clSize {cl} exceeds the conformance {n}", start + 8)
+        data = self.raw(2 * cl)
+        if cbytes == 0xFFFFFFFF:
+            return None
+        if cbytes < 2 * cl:
+            data = data[:cbytes & ~1]
+        return data.decode("utf-16-le", "replace")
+
+    def bstr(self) -> str | None:
+        """BSTR on the wire: a unique pointer to a FLAGGED_WORD_BLOB (None for a NULL BSTR,
+        by NULL pointer or by cBytes 0xFFFFFFFF)."""
+        return self.flagged_word_blob() if self.referent() else None
+
+    # -- MInterfacePointer ------------------------------------------------------------
+
+    def interface_pointer_data(self) -> tuple[int, int]:
+        """MInterfacePointer (MS-DCOM 2.2.14) pointee: (offset, length) of abData in `buf`.
+
+        The OBJREF itself is left in place for the caller (dcom.parse_objref)."""
+        start = self.pos
+        n = self.count(1, "MInterfacePointer")
+        cnt = self.u32()
+        if cnt != n:
+            self.fail(f"ulCntData {cnt} does not match the conformance {n}", start)
+        p = self.pos
+        self.pos = p + n
+        return p, n
+
+    def interface_pointer(self) -> tuple[int, int] | None:
+        """A [unique] MInterfacePointer*: None when NULL."""
+        return self.interface_pointer_data() if self.referent() else None
+
+
+class NdrWriter:
+    """Builds NDR the way Windows does (referent IDs 0x00020000, +4 each)."""
+
+    __slots__ = ("buf", "little", "_s", "_next_ref", "_queue", "_depth")
+
+    def __init__(self, *, little_endian: bool = True, referent_base: int = 0x00020000):
+        self.buf = bytearray()
+        self.little = little_endian
+        self._s = _STRUCTS[little_endian]
+        self._next_ref = referent_base
+        self._queue: list = []
+        self._depth = 0
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def align(self, n: int) -> None:
+        r = len(self.buf) % n
+        if r:
+            self.buf += b"\x00" * (n - r)
+
+    def _put(self, code: str, size: int, v) -> None:
+        self.align(size)
+        self.buf += self._s[code].pack(v)
+
+    def u8(self, v: int) -> None:
+        self.buf.append(v & 0xFF)
+
+    def u16(self, v: int) -> None:
+        self._put("H", 2, v)
+
+    def i16(self, v: int) -> None:
+        self._put("h", 2, v)
+
+    def u32(self, v: int) -> None:
+        self._put("I", 4, v)
+
+    def i32(self, v: int) -> None:
+        self._put("i", 4, v)
+
+    def u64(self, v: int) -> None:
+        self._put("Q", 8, v)
+
+    def i64(self, v: int) -> None:
+        self._put("q", 8, v)
+
+    def f32(self, v: float) -> None:
+        self._put("f", 4, v)
+
+    def f64(self, v: float) -> None:
+        self._put("d", 8, v)
+
+    def guid(self, text: str) -> None:
+        self.align(4)
+        self.buf += guid_bytes(text, self.little)
+
+    def raw(self, data: bytes) -> None:
+        self.buf += data
+
+    def referent(self, present: bool = True) -> int:
+        if not present:
+            self.u32(0)
+            return 0
+        ref = self._next_ref
+        self._next_ref += 4
+        self.u32(ref)
+        return ref
+
+    def defer(self, refid: int, fn, *args) -> None:
+        if refid:
+            self._queue.append((fn, args))
+
+    def flush(self) -> None:
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        for fn, args in queue:
+            fn(*args)
+            self.flush()
+
+    # arrays and strings
+
+    def count(self, n: int) -> None:
+        self.u32(n)
+
+    def u16_array(self, values) -> None:
+        for v in values:
+            self.u16(v)
+
+    def u32_array(self, values) -> None:
+        for v in values:
+            self.u32(v)
+
+    def u64_array(self, values) -> None:
+        for v in values:
+            self.u64(v)
+
+    def guid_array(self, values) -> None:
+        for v in values:
+            self.guid(v)
+
+    def conformant_guids(self, values) -> None:
+        self.count(len(values))
+        self.guid_array(values)
+
+    def conformant_u32s(self, values) -> None:
+        self.count(len(values))
+        self.u32_array(values)
+
+    def conformant_bytes(self, data: bytes) -> None:
+        self.count(len(data))
+        self.raw(data)
+
+    def wstring(self, s: str) -> None:
+        data = (s + "\x00").encode("utf-16-le" if self.little else "utf-16-be", "surrogatepass")
+        n = len(data) // 2
+        self.u32(n)
+        self.u32(0)
+        self.u32(n)
+        self.raw(data)
+
+    def cstring(self, s: str) -> None:
+        data = s.encode("latin-1") + b"\x00"
+        self.u32(len(data))
+        self.u32(0)
+        self.u32(len(data))
+        self.raw(data)
+
+    def unique_wstring(self, s: str | None) -> None:
+        if self.referent(s is not None):
+            self.wstring(s)
+
+    def flagged_word_blob(self, s: str | None) -> None:
+        """Always little-endian (MS-OAUT 2.2.23.1); None writes the NULL-BSTR form."""
+        data = b"" if s is None else s.encode("utf-16-le", "surrogatepass")
+        n = len(data) // 2
+        self.align(4)
+        self.buf += _BLOB_HEADER.pack(n, 0xFFFFFFFF if s is None else len(data), n) + data
+
+    def bstr(self, s: str | None) -> None:
+        if self.referent(s is not None):
+            self.flagged_word_blob(s)
+
+    def interface_pointer_data(self, objref: bytes) -> None:
+        self.u32(len(objref))
+        self.u32(len(objref))
+        self.raw(objref)
+
+    def interface_pointer(self, objref: bytes | None) -> None:
+        if self.referent(objref is not None):
+            self.interface_pointer_data(objref)
