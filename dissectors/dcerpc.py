@@ -667,6 +667,7 @@ class DceRpcConnection:
                     ctx.abstract_uuid if ctx is not None else None)
         call.opnum = pdu.opnum
         call.ipid = pdu.object_uuid
+        call.drep = pdu.drep
         auth = pdu.auth
         if auth is not None:
             call.auth_type = auth.auth_type

@@ -1332,7 +1332,7 @@ class DcomDecoder:
         key_iid = IID_IREMUNKNOWN if (iid == IID_IREMUNKNOWN2 and call.opnum in (3, 4, 5)) else iid
         req_fn, resp_fn = _DECODERS.get((key_iid, call.opnum), (None, None))
         structured = (key_iid, call.opnum) in _DECODERS
-        little = (getattr(call, "drep", 0x10) & 0x10) != 0
+        little = (call.drep & 0x10) != 0
         decoded: dict = {}
         request: dict = {}
         ok = [False, False]

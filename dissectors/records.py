@@ -105,6 +105,7 @@ class Call:
     auth_principal: str | None = None
     decoded: dict | None = None     # stage-specific decoded parameters (DCOM / WMI)
     errors: list[ErrorRecord] = field(default_factory=list)
+    drep: int = 0x10                # data representation of the request (0x10: little-endian NDR)
 
 
 def as_dict(rec) -> dict:
