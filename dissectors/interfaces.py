@@ -9,7 +9,8 @@ section 6 (IRemoteSCMActivator, IActivation, IObjectExporter, IRemUnknown(2));
 MS-OAUT 3.1.4 (IDispatch).
 
 Interface entry
-    name, uuid (lower-case text), group ("wmi" | "dcom"), base (name of the
+    name, uuid (lower-case text), group ("wmi" | "dcom" | "rpc": plain RPC
+    interfaces seen beside WMI, named but not decoded), base (name of the
     interface it derives from, or None), orpc (True when calls carry the implicit
     ORPCTHIS / ORPCTHAT of MS-DCOM 2.2.13: every COM object interface; False for the
     plain RPC interfaces IRemoteSCMActivator, IActivation, IObjectExporter), local
@@ -309,6 +310,36 @@ _DCOM = [
            local=True, spec="MS-DCOM 2.2.22"),
     _iface("IContext", "000001c0-0000-0000-c000-000000000046", "dcom", "IUnknown", [],
            local=True, spec="MS-DCOM 2.2.20"),
+    # ITypeInfo comes back from IDispatch::GetTypeInfo; its Remote* methods keep these opnums.
+    _iface("ITypeInfo", "00020401-0000-0000-c000-000000000046", "dcom", "IUnknown", [
+        _m(n, name) for n, name in (
+            (3, "GetTypeAttr"), (4, "GetTypeComp"), (5, "GetFuncDesc"), (6, "GetVarDesc"),
+            (7, "GetNames"), (8, "GetRefTypeOfImplType"), (9, "GetImplTypeFlags"),
+            (12, "GetDocumentation"), (13, "GetDllEntry"), (14, "GetRefTypeInfo"),
+            (16, "CreateInstance"), (17, "GetMops"), (18, "GetContainingTypeLib"))
+    ], spec="MS-OAUT 3.7.4"),
+    # Plain RPC interfaces that travel beside WMI (endpoint mapper, the domain
+    # controller calls a login triggers): named so that they are not counted as
+    # unknown; their stubs are not decoded (no parameters listed).
+    _iface("epmapper", "e1af8308-5d1f-11c9-91a4-08002b14a0fa", "rpc", None, [
+        _m(n, name) for n, name in (
+            (0, "ept_insert"), (1, "ept_delete"), (2, "ept_lookup"), (3, "ept_map"),
+            (4, "ept_lookup_handle_free"), (5, "ept_inq_object"), (6, "ept_mgmt_delete"))
+    ], orpc=False, spec="C706 appendix O; MS-RPCE 2.2.1.2.5"),
+    _iface("netlogon", "12345678-1234-abcd-ef00-01234567cffb", "rpc", None, [
+        _m(n, name) for n, name in (
+            (0, "NetrLogonUasLogon"), (1, "NetrLogonUasLogoff"), (2, "NetrLogonSamLogon"),
+            (3, "NetrLogonSamLogoff"), (4, "NetrServerReqChallenge"), (5, "NetrServerAuthenticate"),
+            (6, "NetrServerPasswordSet"), (15, "NetrServerAuthenticate2"), (21, "NetrLogonGetCapabilities"),
+            (26, "NetrServerAuthenticate3"), (29, "NetrLogonGetDomainInfo"), (30, "NetrServerPasswordSet2"),
+            (34, "DsrGetDcNameEx2"), (39, "NetrLogonSamLogonEx"), (40, "DsrEnumerateDomainTrusts"),
+            (45, "NetrLogonSamLogonWithFlags"))
+    ], orpc=False, spec="MS-NRPC 3.5.4"),
+    _iface("drsuapi", "e3514235-4b06-11d1-ab04-00c04fc2dcd2", "rpc", None, [
+        _m(n, name) for n, name in (
+            (0, "IDL_DRSBind"), (1, "IDL_DRSUnbind"), (2, "IDL_DRSReplicaSync"), (3, "IDL_DRSGetNCChanges"),
+            (4, "IDL_DRSUpdateRefs"), (12, "IDL_DRSCrackNames"), (16, "IDL_DRSDomainControllerInfo"))
+    ], orpc=False, spec="MS-DRSR 4.1"),
 ]
 
 INTERFACES: list[dict] = _WMI + _DCOM

@@ -337,7 +337,9 @@ def test_covenant_login_ex_and_server_alive2():
 
 
 def test_wmimplant_and_others_every_dcom_call_named_no_errors():
-    expect_unnamed = {WMIMPLANT: 6, INVOKE: 2, WMIEXECPRO: 0, MMC20: 31}
+    # EPM, Netlogon and DRSUAPI calls are named from the table's "rpc" group; in
+    # the bind-less mmc20 capture only the ITypeInfo context (4 calls) is known.
+    expect_unnamed = {WMIMPLANT: 0, INVOKE: 0, WMIEXECPRO: 0, MMC20: 27}
     for name, unnamed in expect_unnamed.items():
         calls, reg = decoded(name)
         assert sum(c.interface is None for c in calls.values()) == unnamed, name

@@ -168,7 +168,8 @@ def test_method_names(uuid, opnum, name):
 
 def test_unknowns_are_none():
     assert I.method_name("9556dc99-828c-11cf-a37e-00aa003240c7", 26) is None
-    assert I.method_name("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3) is None   # EPM: not a WMI/DCOM entry
+    assert I.method_name("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 99) is None  # EPM has no opnum 99
+    assert I.method_name("00000000-1111-2222-3333-444444444444", 3) is None
     assert I.interface_by_uuid(None) is None
     assert I.method_name(None, None) is None
 
@@ -236,7 +237,7 @@ def test_json_dump_is_valid_and_complete():
     assert len({i["uuid"] for i in data["interfaces"]}) == len(data["interfaces"])
     n_methods = 0
     for i in data["interfaces"]:
-        assert i["group"] in ("wmi", "dcom")
+        assert i["group"] in ("wmi", "dcom", "rpc")
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", i["uuid"])
         assert i["base"] is None or i["base"] in names
         opnums = [m["opnum"] for m in i["methods"]]
