@@ -10,6 +10,7 @@ up to the totals (tests check it).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -184,13 +185,16 @@ class Analysis:
             stats.errors_by_stage[rec.stage] += 1
             self._out.append(rec)
 
-    def run(self, path) -> Iterator[object]:
+    def run(self, source) -> Iterator[object]:
+        """source: a capture file's path, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
         capture_errors: list[ErrorRecord] = []
         reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
         feed = reassembler.feed
-        for frame, ts, linktype, data in open_capture(path, errors=capture_errors.append):
+        if isinstance(source, (str, bytes, os.PathLike)):
+            source = open_capture(source, errors=capture_errors.append)
+        for frame, ts, linktype, data in source:
             stats.frames += 1
             seg = tcp_segment(linktype, data)
             if seg is None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 
 
+from .output import add_source_arguments, open_source
+
+
 def add_arguments(p) -> None:
-    p.add_argument("capture", help="pcap or pcapng file (gzip-compressed is fine)")
+    add_source_arguments(p)
     p.add_argument("--format", choices=("jsonl", "table"), default="table",
                    help="jsonl: one JSON object per call (and per error); table: one line per call")
     p.add_argument("--no-errors", action="store_true",
@@ -24,7 +27,7 @@ def run(args) -> int:
     table = args.format == "table"
     if table:
         write(_TABLE_HEAD)
-    for rec in analysis.run(args.capture):
+    for rec in analysis.run(open_source(args)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")

@@ -78,3 +78,20 @@ def _default(o):
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
     return str(o)
+
+
+def add_source_arguments(p) -> None:
+    p.add_argument("capture", nargs="?", help="pcap or pcapng file (gzip-compressed is fine)")
+    p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
+    p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
+    p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+
+
+def open_source(args):
+    """The capture file, or a live capture; exactly one must be named."""
+    if bool(args.capture) == bool(args.interface):
+        raise SystemExit("wmiscope: name a CAPTURE file or a live --interface (one of the two)")
+    if args.interface:
+        from wmiscope.dissectors.capture import live_capture
+        return live_capture(args.interface, args.filter, args.count)
+    return args.capture

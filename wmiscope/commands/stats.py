@@ -6,8 +6,11 @@ import json
 import sys
 
 
+from .output import add_source_arguments, open_source
+
+
 def add_arguments(p) -> None:
-    p.add_argument("capture", help="pcap or pcapng file (gzip-compressed is fine)")
+    add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
 
@@ -15,7 +18,7 @@ def run(args) -> int:
     from wmiscope.dissectors.pipeline import Analysis
 
     analysis = Analysis()
-    for _ in analysis.run(args.capture):
+    for _ in analysis.run(open_source(args)):
         pass
     d = analysis.stats.as_dict()
     if args.json:
