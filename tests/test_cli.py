@@ -99,3 +99,15 @@ def test_hostile_traffic_beside_a_real_session_leaves_it_intact(tmp_path):
     d = stats.as_dict()
     assert sum(d["pdus_by_outcome"].values()) == d["pdus"]
     assert sum(d["calls_by_outcome"].values()) == d["calls"]
+
+
+def test_non_wmi_dcom_captures_are_never_called_wmi():
+    from wmiscope.dissectors import interfaces
+
+    for name, named in (("dcom_mmc20_application.pcapng", {"IDispatch", "ITypeInfo"}),
+                        ("impacket_dcomexec.pcapng", {"IRemoteSCMActivator", "IDispatch"})):
+        records, _ = analyse(CAPTURES / name)
+        calls = [r for r in records if type(r) is Call]
+        groups = {(interfaces.interface_by_uuid(c.interface_uuid) or {}).get("group") for c in calls}
+        assert "wmi" not in groups, name
+        assert {c.interface for c in calls if c.interface} == named, name
