@@ -208,33 +208,25 @@ class NdrReader:
             self.fail(f"{what} actual count {actual} exceeds the {self.end - self.pos} bytes left", start + 4)
         return offset, actual
 
-    def u16_array(self, n: int) -> list[int]:
-        self.align(2)
-        self.need(2 * n)
+    def _array(self, code: str, size: int, n: int) -> list:
+        """n primitives of one struct code, aligned to their size (NDR 14.3.2)."""
+        self.align(size)
+        self.need(size * n)
         p = self.pos
-        self.pos = p + 2 * n
-        return list(struct.unpack_from(("<" if self.little else ">") + "%dH" % n, self.buf, p))
+        self.pos = p + size * n
+        return list(struct.unpack_from(("<" if self.little else ">") + "%d%s" % (n, code), self.buf, p))
+
+    def u16_array(self, n: int) -> list[int]:
+        return self._array("H", 2, n)
 
     def u32_array(self, n: int) -> list[int]:
-        self.align(4)
-        self.need(4 * n)
-        p = self.pos
-        self.pos = p + 4 * n
-        return list(struct.unpack_from(("<" if self.little else ">") + "%dI" % n, self.buf, p))
+        return self._array("I", 4, n)
 
     def i32_array(self, n: int) -> list[int]:
-        self.align(4)
-        self.need(4 * n)
-        p = self.pos
-        self.pos = p + 4 * n
-        return list(struct.unpack_from(("<" if self.little else ">") + "%di" % n, self.buf, p))
+        return self._array("i", 4, n)
 
     def u64_array(self, n: int) -> list[int]:
-        self.align(8)
-        self.need(8 * n)
-        p = self.pos
-        self.pos = p + 8 * n
-        return list(struct.unpack_from(("<" if self.little else ">") + "%dQ" % n, self.buf, p))
+        return self._array("Q", 8, n)
 
     def guid_array(self, n: int) -> list[str]:
         self.align(4)
