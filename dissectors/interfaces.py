@@ -372,6 +372,17 @@ STRUCTS: dict[str, dict] = {
         ["m_szMachineName", "unique<string>"], ["m_dwProcessId", "ulong"], ["m_guidRefresherId", "GUID"]]},
     "_WBEM_REFRESH_INFO": {"spec": "MS-WMI 2.2.20", "fields": [
         ["m_lType", "long"], ["m_Info", "WBEM_REFRESH_INFO_UNION"], ["m_lCancelId", "long"]]},
+    "_WBEM_REFRESH_INFO_REMOTE": {"spec": "MS-WMI 2.2.27", "fields": [
+        ["m_pRefresher", "IWbemRemoteRefresher*"], ["m_pTemplate", "IWbemClassObject*"], ["m_Guid", "GUID"]]},
+    "_WBEM_REFRESH_INFO_NON_HIPERF": {"spec": "MS-WMI 2.2.26", "fields": [
+        ["m_wszNamespace", "unique<wstring>"], ["m_pTemplate", "IWbemClassObject*"]]},
+    # A non-encapsulated union: its discriminant (switch_type) goes on the wire right before
+    # the arm, and must equal the field of the enclosing structure named by switch_is.
+    "WBEM_REFRESH_INFO_UNION": {"spec": "MS-WMI 2.2.28", "fields": [],
+                                "union": {"switch_type": "long", "switch_is": "m_lType", "arms": [
+                                    [3, "m_Remote", "_WBEM_REFRESH_INFO_REMOTE"],
+                                    [6, "m_NonHiPerf", "_WBEM_REFRESH_INFO_NON_HIPERF"],
+                                    [0, "m_hres", "HRESULT"]]}},
     "_WBEM_RECONNECT_INFO": {"spec": "MS-WMI 2.2.22", "fields": [
         ["m_lType", "long"], ["m_pwcsPath", "unique<wstring>"]]},
     "_WBEM_RECONNECT_RESULTS": {"spec": "MS-WMI 2.2.23", "fields": [["m_lId", "long"], ["m_hr", "HRESULT"]]},
