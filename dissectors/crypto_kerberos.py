@@ -1,0 +1,653 @@
+"""Kerberos keys, ticket decryption and DCE-style per-message tokens, from a keytab.
+
+What an analyst with the service's keys can recover from a captured AP exchange:
+
+- keytab files (MIT format 0x0502, as ktutil / ktpass write them);
+- string-to-key: AES128/AES256 (RFC 3962 4: PBKDF2-HMAC-SHA1 then DK(tkey,
+  "kerberos")) and RC4-HMAC (RFC 4757 2: the NT hash);
+- the simplified profile of RFC 3961 5.3 for aes*-cts-hmac-sha1-96 (RFC 3962:
+  AES in CBC mode with ciphertext stealing, HMAC-SHA1-96, DK key derivation with
+  n-fold) and RFC 4757 RC4-HMAC, both ways;
+- the AP-REQ's ticket (key usage 2) -> EncTicketPart.key, the session key; its
+  authenticator (usage 11) -> the initiator's subkey, sequence number and GSS
+  flags (RFC 4121 4.1.1); the AP-REP (usage 12) -> the acceptor's subkey;
+- per-message Wrap tokens the way DCE/RPC carries them (MS-KILE 3.4.5.4, GSS_WrapEx
+  with GSS_C_DCE_STYLE): the token header and the rotated trailer in the auth
+  verifier, the data encrypted in place in the stub. RFC 4121 4.2.6.2 tokens for
+  AES (rotation by RRC + EC, the encrypted header copy checked, the checksum over
+  the sign-only PDU header and sec_trailer when header signing is in use) and
+  RFC 4757 7.3 tokens for RC4.
+
+Every parser is bounded by its buffer and raises only `KerberosCryptoError`
+(a wrong key, a damaged token) or DecodeError (from the shared DER reader).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .auth import _der_int, _der_octets, _expect, _krb_principal, _tagged, _der_string
+from .crypto_ntlm import Rc4, UnsealError, hmac_md5, ntowfv1
+
+try:
+    from ..formats.errors import DecodeError
+except ImportError:  # pragma: no cover
+    from wmiscope.formats.errors import DecodeError
+
+ETYPE_AES128 = 17
+ETYPE_AES256 = 18
+ETYPE_RC4 = 23
+AES_KEY_SIZES = {ETYPE_AES128: 16, ETYPE_AES256: 32}
+
+# RFC 4120 7.5.1 / RFC 4121 2 key usage numbers
+USAGE_TICKET = 2
+USAGE_AUTHENTICATOR = 11
+USAGE_AP_REP = 12
+KG_USAGE_ACCEPTOR_SEAL = 22
+KG_USAGE_INITIATOR_SEAL = 24
+
+# RFC 4121 4.2.2 token flags
+FLAG_SENT_BY_ACCEPTOR = 1
+FLAG_SEALED = 2
+FLAG_ACCEPTOR_SUBKEY = 4
+GSS_C_DCE_STYLE = 0x1000
+
+_HMAC_LEN = 12                   # HMAC-SHA1-96
+_BLOCK = 16
+_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")
+_CFX_HEADER = struct.Struct(">HBBHHQ")      # TOK_ID, Flags, Filler, EC, RRC, SND_SEQ
+
+
+class KerberosCryptoError(Exception):
+    """A ciphertext that does not decrypt under a key (integrity check failed), or a bad token."""
+
+
+# --------------------------------------------------------------------------
+# RFC 3961 5.1: n-fold and DK; RFC 3962: AES-CTS
+
+
+def n_fold(data: bytes, nbytes: int) -> bytes:
+    """RFC 3961 5.1 n-fold: replicate data, each copy rotated 13 bits right, and add the
+    lcm-length string in nbytes chunks with end-around carry."""
+    k = len(data)
+    lcm = k * nbytes // _gcd(k, nbytes)
+    bits = k * 8
+    value = int.from_bytes(data, "big")
+    copies = bytearray()
+    for i in range(lcm // k):
+        r = (13 * i) % bits
+        rotated = ((value >> r) | (value << (bits - r))) & ((1 << bits) - 1)
+        copies += rotated.to_bytes(k, "big")
+    total = 0
+    mod = 1 << (nbytes * 8)
+    for off in range(0, lcm, nbytes):
+        total += int.from_bytes(copies[off:off + nbytes], "big")
+        while total >= mod:
+            total = (total & (mod - 1)) + (total >> (nbytes * 8))
+    return total.to_bytes(nbytes, "big")
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _aes_ecb(key: bytes, block: bytes, decrypt: bool = False) -> bytes:
+    c = Cipher(algorithms.AES(key), modes.ECB())
+    op = c.decryptor() if decrypt else c.encryptor()
+    return op.update(block) + op.finalize()
+
+
+def aes_cts_encrypt(key: bytes, plaintext: bytes) -> bytes:
+    """AES-CBC with ciphertext stealing, zero IV, the last two blocks always swapped (RFC 3962 5)."""
+    n = len(plaintext)
+    if n < _BLOCK:
+        raise KerberosCryptoError(f"AES-CTS needs a block at least, got {n} octets")
+    if n == _BLOCK:
+        return _aes_ecb(key, plaintext)
+    pad = (-n) % _BLOCK
+    enc = Cipher(algorithms.AES(key), modes.CBC(b"\x00" * _BLOCK)).encryptor()
+    c = enc.update(plaintext + b"\x00" * pad) + enc.finalize()
+    last = len(c) - _BLOCK
+    return c[:last - _BLOCK] + c[last:] + c[last - _BLOCK:last - _BLOCK + _BLOCK - pad]
+
+
+def aes_cts_decrypt(key: bytes, ciphertext: bytes) -> bytes:
+    n = len(ciphertext)
+    if n < _BLOCK:
+        raise KerberosCryptoError(f"AES-CTS ciphertext of {n} octets")
+    if n == _BLOCK:
+        return _aes_ecb(key, ciphertext, True)
+    r = n - _BLOCK * ((n - 1) // _BLOCK)          # octets in the final (stolen) block, 1..16
+    head = n - r - _BLOCK                         # the full blocks before the swapped pair
+    swapped_last = ciphertext[head:head + _BLOCK]  # the last CBC block, moved forward
+    d = _aes_ecb(key, swapped_last, True)
+    prev = ciphertext[head + _BLOCK:] + d[r:]     # the second-to-last CBC block, restored
+    dec = Cipher(algorithms.AES(key), modes.CBC(b"\x00" * _BLOCK)).decryptor()
+    front = dec.update(ciphertext[:head] + prev) + dec.finalize()
+    tail = bytes(a ^ b for a, b in zip(d[:r], prev))
+    return front + tail
+
+
+def _dr(key: bytes, constant: bytes, size: int) -> bytes:
+    """RFC 3961 5.1 DR: chained encryptions of the n-folded constant."""
+    block = constant if len(constant) == _BLOCK else n_fold(constant, _BLOCK)
+    out = b""
+    while len(out) < size:
+        block = _aes_ecb(key, block)
+        out += block
+    return out[:size]
+
+
+def string_to_key(etype: int, password: str, salt: str | bytes = b"", iterations: int = 4096) -> "Key":
+    """RFC 3962 4 (AES) / RFC 4757 2 (RC4: the NT hash, no salt)."""
+    if etype == ETYPE_RC4:
+        return Key(etype, ntowfv1(password))
+    size = AES_KEY_SIZES.get(etype)
+    if size is None:
+        raise KerberosCryptoError(f"string-to-key for etype {etype} is not supported")
+    salt_b = salt.encode("utf-8") if isinstance(salt, str) else salt
+    tkey = hashlib.pbkdf2_hmac("sha1", password.encode("utf-8"), salt_b, iterations, size)
+    return Key(etype, _dr(tkey, b"kerberos", size))
+
+
+def default_salt(realm: str, components: list[str]) -> str:
+    """RFC 4120 4: the realm followed by the principal's name components."""
+    return realm + "".join(components)
+
+
+# --------------------------------------------------------------------------
+# keys
+
+
+class Key:
+    """An encryption key of one etype, with the usage-derived keys cached (RFC 3961 3)."""
+
+    __slots__ = ("etype", "value", "_derived")
+
+    def __init__(self, etype: int, value: bytes):
+        self.etype = etype
+        self.value = bytes(value)
+        self._derived: dict[int, tuple[bytes, bytes]] = {}
+
+    def __repr__(self) -> str:          # never the key itself
+        return f"Key(etype={self.etype}, {len(self.value)} octets)"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Key) and other.etype == self.etype and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((self.etype, self.value))
+
+    def usage_keys(self, usage: int) -> tuple[bytes, bytes]:
+        """(Ke, Ki) for an AES usage: DK(base, usage | 0xAA), DK(base, usage | 0x55)."""
+        keys = self._derived.get(usage)
+        if keys is None:
+            size = len(self.value)
+            u = struct.pack(">I", usage)
+            keys = (_dr(self.value, u + b"\xaa", size), _dr(self.value, u + b"\x55", size))
+            self._derived[usage] = keys
+        return keys
+
+    def encrypt(self, usage: int, plaintext: bytes, confounder: bytes) -> bytes:
+        """RFC 3961 5.3 / RFC 4757 3 encryption with a caller-chosen confounder (the generator's)."""
+        if self.etype == ETYPE_RC4:
+            k1 = hmac_md5(self.value, struct.pack("<I", 8 if usage == 3 else usage))
+            checksum = hmac_md5(k1, confounder[:8] + plaintext)
+            return checksum + Rc4(hmac_md5(k1, checksum)).update(confounder[:8] + plaintext)
+        ke, ki = self.usage_keys(usage)
+        data = confounder[:_BLOCK] + plaintext
+        return aes_cts_encrypt(ke, data) + hmac.digest(ki, data, "sha1")[:_HMAC_LEN]
+
+    def decrypt(self, usage: int, ciphertext: bytes) -> bytes:
+        """The plaintext, or KerberosCryptoError when the integrity check fails (a wrong key)."""
+        if self.etype == ETYPE_RC4:
+            if len(ciphertext) < 24:
+                raise KerberosCryptoError(f"RC4-HMAC ciphertext of {len(ciphertext)} octets")
+            k1 = hmac_md5(self.value, struct.pack("<I", 8 if usage == 3 else usage))
+            checksum = ciphertext[:16]
+            plain = Rc4(hmac_md5(k1, checksum)).update(ciphertext[16:])
+            if not hmac.compare_digest(hmac_md5(k1, plain), checksum):
+                raise KerberosCryptoError("integrity check failed")
+            return plain[8:]
+        if self.etype not in AES_KEY_SIZES:
+            raise KerberosCryptoError(f"etype {self.etype} is not supported")
+        if len(ciphertext) < _BLOCK + _HMAC_LEN:
+            raise KerberosCryptoError(f"AES ciphertext of {len(ciphertext)} octets")
+        ke, ki = self.usage_keys(usage)
+        plain = aes_cts_decrypt(ke, ciphertext[:-_HMAC_LEN])
+        if not hmac.compare_digest(hmac.digest(ki, plain, "sha1")[:_HMAC_LEN], ciphertext[-_HMAC_LEN:]):
+            raise KerberosCryptoError("integrity check failed")
+        return plain[_BLOCK:]
+
+
+# --------------------------------------------------------------------------
+# keytab files (MIT krb5 keytab format 0x0502, big-endian; 0x0501 files from big-endian hosts)
+
+
+@dataclass(slots=True)
+class KeytabEntry:
+    realm: str
+    components: list[str]
+    name_type: int
+    timestamp: int
+    kvno: int
+    key: Key
+
+    @property
+    def principal(self) -> str:
+        return "/".join(self.components) + "@" + self.realm
+
+
+_MAX_KEYTAB_ENTRIES = 4096
+
+
+def parse_keytab(data: bytes) -> list[KeytabEntry]:
+    """Every entry of a keytab file; raises DecodeError naming the offset of what is wrong."""
+    if len(data) < 2 or data[0] != 5 or data[1] not in (1, 2):
+        raise DecodeError("keytab", 0, "not a keytab (expected version 0x0501 or 0x0502)")
+    v1 = data[1] == 1
+    out: list[KeytabEntry] = []
+    off = 2
+    n = len(data)
+    while off + 4 <= n and len(out) < _MAX_KEYTAB_ENTRIES:
+        (size,) = struct.unpack_from(">i", data, off)
+        off += 4
+        if size == 0:
+            break
+        if size < 0:                          # a hole left by a deleted entry
+            off += -size
+            continue
+        end = off + size
+        if end > n:
+            raise DecodeError("keytab entry", off - 4, f"entry of {size} octets runs past the file")
+        try:
+            out.append(_keytab_entry(data, off, end, v1))
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise DecodeError("keytab entry", off, f"truncated entry: {exc}") from None
+        off = end
+    return out
+
+
+def _keytab_entry(data: bytes, p: int, end: int, v1: bool) -> KeytabEntry:
+    def counted(p: int) -> tuple[bytes, int]:
+        (k,) = struct.unpack_from(">H", data, p)
+        if p + 2 + k > end:
+            raise DecodeError("keytab entry", p, f"counted string of {k} octets runs past the entry")
+        return data[p + 2:p + 2 + k], p + 2 + k
+
+    (count,) = struct.unpack_from(">H", data, p)
+    p += 2
+    if v1:
+        count -= 1                             # version 1 counted the realm too
+    realm, p = counted(p)
+    comps = []
+    for _ in range(count):
+        c, p = counted(p)
+        comps.append(c.decode("utf-8", "replace"))
+    name_type = 0
+    if not v1:
+        (name_type,) = struct.unpack_from(">I", data, p)
+        p += 4
+    timestamp, vno8, etype = struct.unpack_from(">IBH", data, p)
+    p += 7
+    keyvalue, p = counted(p)
+    kvno = vno8
+    if p + 4 <= end:                           # the 32-bit kvno that later versions append
+        (kvno32,) = struct.unpack_from(">I", data, p)
+        if kvno32:
+            kvno = kvno32
+    return KeytabEntry(realm.decode("utf-8", "replace"), comps, name_type, timestamp, kvno, Key(etype, keyvalue))
+
+
+def build_keytab(entries: list[KeytabEntry]) -> bytes:
+    """A version 0x0502 keytab (for the sample generator and tests)."""
+    out = bytearray(b"\x05\x02")
+    for e in entries:
+        body = struct.pack(">H", len(e.components)) + _counted(e.realm.encode())
+        for c in e.components:
+            body += _counted(c.encode())
+        body += struct.pack(">IIBH", e.name_type, e.timestamp, e.kvno & 0xFF, e.key.etype)
+        body += _counted(e.key.value) + struct.pack(">I", e.kvno)
+        out += struct.pack(">i", len(body)) + body
+    return bytes(out)
+
+
+def _counted(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
+
+
+# --------------------------------------------------------------------------
+# the AP exchange (RFC 4120 5.3, 5.5)
+
+
+@dataclass(slots=True)
+class TicketPart:
+    """What EncTicketPart (RFC 4120 5.3) tells: the session key and the client."""
+    session_key: Key
+    client: str                       # cname@crealm
+
+
+@dataclass(slots=True)
+class AuthenticatorPart:
+    """RFC 4120 5.5.1 Authenticator, with the RFC 4121 4.1.1 GSS checksum flags."""
+    client: str
+    subkey: Key | None = None
+    seq_number: int | None = None
+    gss_flags: int | None = None
+
+
+@dataclass(slots=True)
+class ApRepPart:
+    """RFC 4120 5.5.2 EncAPRepPart."""
+    subkey: Key | None = None
+    seq_number: int | None = None
+
+
+def _app_body(buf: bytes, tag: int, what: str) -> dict[int, tuple[int, int]]:
+    s, e = _expect(buf, 0, len(buf), tag, what)
+    s, e = _expect(buf, s, e, 0x30, what)
+    return _tagged(buf, s, e, what)
+
+
+def _encryption_key(buf: bytes, s: int, e: int, what: str) -> Key:
+    s, e = _expect(buf, s, e, 0x30, what)
+    f = _tagged(buf, s, e, what)
+    if 0 not in f or 1 not in f:
+        raise DecodeError(what, s, "EncryptionKey without keytype or keyvalue")
+    ks, ke = _der_octets(buf, *f[1], what + ".keyvalue")
+    return Key(_der_int(buf, *f[0], what + ".keytype"), buf[ks:ke])
+
+
+def _principal_text(buf: bytes, f: dict, name_tag: int, realm_tag: int, what: str) -> str:
+    name = "/".join(_krb_principal(buf, *f[name_tag], what + ".cname")[1]) if name_tag in f else "?"
+    realm = _der_string(buf, *f[realm_tag], what + ".crealm") if realm_tag in f else "?"
+    return f"{name}@{realm}"
+
+
+def parse_enc_ticket_part(plain: bytes) -> TicketPart:
+    what = "EncTicketPart"
+    f = _app_body(plain, 0x63, what)
+    if 1 not in f:
+        raise DecodeError(what, 0, "EncTicketPart without key")
+    return TicketPart(_encryption_key(plain, *f[1], what + ".key"), _principal_text(plain, f, 3, 2, what))
+
+
+def parse_authenticator(plain: bytes) -> AuthenticatorPart:
+    what = "Authenticator"
+    f = _app_body(plain, 0x62, what)
+    out = AuthenticatorPart(_principal_text(plain, f, 2, 1, what))
+    if 3 in f:                                  # Checksum: RFC 4121 4.1.1 for type 0x8003
+        cs, ce = _expect(plain, *f[3], 0x30, what + ".cksum")
+        cf = _tagged(plain, cs, ce, what + ".cksum")
+        if 0 in cf and 1 in cf and _der_int(plain, *cf[0], what + ".cksumtype") == 0x8003:
+            vs, ve = _der_octets(plain, *cf[1], what + ".checksum")
+            if ve - vs >= 24:
+                out.gss_flags = struct.unpack_from("<I", plain, vs + 20)[0]
+    if 6 in f:
+        out.subkey = _encryption_key(plain, *f[6], what + ".subkey")
+    if 7 in f:
+        out.seq_number = _der_int(plain, *f[7], what + ".seq-number") & 0xFFFFFFFF
+    return out
+
+
+def parse_enc_ap_rep_part(plain: bytes) -> ApRepPart:
+    what = "EncAPRepPart"
+    f = _app_body(plain, 0x7B, what)
+    out = ApRepPart()
+    if 2 in f:
+        out.subkey = _encryption_key(plain, *f[2], what + ".subkey")
+    if 3 in f:
+        out.seq_number = _der_int(plain, *f[3], what + ".seq-number") & 0xFFFFFFFF
+    return out
+
+
+# --------------------------------------------------------------------------
+# per-message tokens, DCE style
+
+
+def _rotate_right(data: bytes, n: int) -> bytes:
+    if not data:
+        return data
+    n %= len(data)
+    return data[len(data) - n:] + data[:len(data) - n] if n else data
+
+
+def _rotate_left(data: bytes, n: int) -> bytes:
+    if not data:
+        return data
+    n %= len(data)
+    return data[n:] + data[:n] if n else data
+
+
+def cfx_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, acceptor_subkey: bool,
+                 confounder: bytes, sign_head: bytes = b"", sign_tail: bytes = b"",
+                 ec: int = 16, rrc: int = 28, filler: bytes | None = None) -> tuple[bytes, bytes]:
+    """GSS_WrapEx (MS-KILE 3.4.5.4.1, RFC 4121 4.2.4) -> (verifier token, data sealed in place).
+
+    plain: the stub with its auth padding (a multiple of the block size);
+    sign_head / sign_tail: the sign-only buffers around it (PDU header, sec_trailer).
+    """
+    flags = FLAG_SEALED | (FLAG_SENT_BY_ACCEPTOR if acceptor else 0) | (FLAG_ACCEPTOR_SUBKEY if acceptor_subkey else 0)
+    header = _CFX_HEADER.pack(0x0504, flags, 0xFF, ec, rrc, seq)
+    enc_header = _CFX_HEADER.pack(0x0504, flags, 0xFF, ec, 0, seq)
+    pad = filler if filler is not None else b"\x00" * ec
+    ke, ki = key.usage_keys(KG_USAGE_ACCEPTOR_SEAL if acceptor else KG_USAGE_INITIATOR_SEAL)
+    conf = confounder[:_BLOCK]
+    c = aes_cts_encrypt(ke, conf + plain + pad + enc_header)
+    h = hmac.digest(ki, conf + sign_head + plain + sign_tail + pad + enc_header, "sha1")[:_HMAC_LEN]
+    rotated = _rotate_right(c + h, rrc + ec)
+    split = len(rotated) - len(plain)
+    return header + rotated[:split], rotated[split:]
+
+
+def cfx_unwrap_dce(key: Key, token: bytes, sealed: bytes, signed: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The clear data of an RFC 4121 Wrap token in DCE style; KerberosCryptoError if it does not verify.
+
+    signed: candidate (sign_head, sign_tail) pairs (with and without header signing).
+    """
+    if len(token) < 16 or token[0] != 5 or token[1] != 4:
+        raise KerberosCryptoError("not an RFC 4121 Wrap token")
+    _tok, flags, filler, ec, rrc, _seq = _CFX_HEADER.unpack_from(token)
+    if not flags & FLAG_SEALED:
+        raise KerberosCryptoError("Wrap token without confidentiality")
+    ke, ki = key.usage_keys(KG_USAGE_ACCEPTOR_SEAL if flags & FLAG_SENT_BY_ACCEPTOR else KG_USAGE_INITIATOR_SEAL)
+    rotated = token[16:] + sealed
+    if len(rotated) < 2 * _BLOCK + ec + _HMAC_LEN:
+        raise KerberosCryptoError(f"Wrap token of {len(rotated)} octets is too short for EC {ec}")
+    # MS-KILE rotates by RRC + EC; RFC 4121 proper by RRC alone: the header copy tells which
+    for shift in dict.fromkeys((rrc + ec, rrc)):
+        ct = _rotate_left(rotated, shift)
+        plain = aes_cts_decrypt(ke, ct[:-_HMAC_LEN])
+        copy = plain[-16:]
+        if copy[:6] == token[:6] and copy[8:16] == token[8:16]:
+            break
+    else:
+        raise KerberosCryptoError("the encrypted token header does not match (wrong key?)")
+    data = plain[_BLOCK:len(plain) - ec - 16]
+    conf, trailer = plain[:_BLOCK], plain[len(plain) - ec - 16:]
+    mac = ct[-_HMAC_LEN:]
+    for head, tail in signed:
+        if hmac.compare_digest(hmac.digest(ki, conf + head + data + tail + trailer, "sha1")[:_HMAC_LEN], mac):
+            return data
+    raise KerberosCryptoError("the Wrap token checksum does not verify")
+
+
+_RC4_TOKEN_LEN = 32                   # TOK_ID .. Confounder (RFC 4757 7.3)
+
+
+def _rc4_token_body(token: bytes) -> bytes:
+    """The 32 octets after the GSS framing of an RFC 4757 Wrap token."""
+    if len(token) < 2 or token[0] != 0x60:
+        raise KerberosCryptoError("not a GSS-framed RFC 4757 token")
+    at = token.find(_KRB5_OID_DER, 2, 6 + len(_KRB5_OID_DER))   # after 0x60 and a 1..4-octet length
+    if at < 0:
+        raise KerberosCryptoError("RFC 4757 token without the Kerberos OID")
+    body = token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + _RC4_TOKEN_LEN]
+    if len(body) < _RC4_TOKEN_LEN or body[:2] != b"\x02\x01":
+        raise KerberosCryptoError("not an RFC 4757 Wrap token")
+    if body[2:4] != b"\x11\x00" or body[4:6] != b"\x10\x00":
+        raise KerberosCryptoError(f"RFC 4757 token with SGN_ALG {body[2:4].hex()} / SEAL_ALG {body[4:6].hex()}")
+    return body
+
+
+def _rc4_checksum(key: bytes, head8: bytes, conf: bytes, data: bytes) -> bytes:
+    ksign = hmac_md5(key, b"signaturekey\x00")
+    return hmac_md5(ksign, hashlib.md5(struct.pack("<I", 13) + head8 + conf + data).digest())[:8]
+
+
+def _rc4_kcrypt(key: bytes, seq4: bytes) -> bytes:
+    klocal = bytes(b ^ 0xF0 for b in key)
+    return hmac_md5(hmac_md5(klocal, b"\x00\x00\x00\x00"), seq4)
+
+
+def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: bytes,
+                 sign_head: bytes = b"", sign_tail: bytes = b"") -> tuple[bytes, bytes]:
+    """RFC 4757 7.3 GSS_Wrap in DCE style -> (verifier token, data sealed in place)."""
+    head8 = b"\x02\x01\x11\x00\x10\x00\xff\xff"
+    conf = confounder[:8]
+    cksum = _rc4_checksum(key.value, head8, conf, sign_head + plain + sign_tail)
+    seq_plain = struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
+    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
+    snd_seq = Rc4(kseq).update(seq_plain)
+    rc4 = Rc4(_rc4_kcrypt(key.value, seq_plain[:4]))
+    enc_conf = rc4.update(conf)
+    sealed = rc4.update(plain)
+    body = head8 + snd_seq + cksum + enc_conf
+    # MS-KILE 3.4.5.1: the GSS length does not count the application data
+    framing = b"\x60" + bytes((len(_KRB5_OID_DER) + len(body),)) + _KRB5_OID_DER
+    return framing + body, sealed
+
+
+def rc4_unwrap_dce(key: Key, token: bytes, sealed: bytes, signed: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    body = _rc4_token_body(token)
+    snd_seq, cksum, enc_conf = body[8:16], body[16:24], body[24:32]
+    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
+    seq_plain = Rc4(kseq).update(snd_seq)
+    if seq_plain[4:] not in (b"\x00" * 4, b"\xff" * 4):
+        raise KerberosCryptoError("RFC 4757 sequence number does not decrypt (wrong key?)")
+    rc4 = Rc4(_rc4_kcrypt(key.value, seq_plain[:4]))
+    conf = rc4.update(enc_conf)
+    data = rc4.update(sealed)
+    for head, tail in signed:
+        if hmac.compare_digest(_rc4_checksum(key.value, body[:8], conf, head + data + tail), cksum):
+            return data
+    raise KerberosCryptoError("the RFC 4757 token checksum does not verify")
+
+
+# --------------------------------------------------------------------------
+# one security context on DCE/RPC
+
+
+@dataclass(slots=True)
+class KerberosContextKeys:
+    """The keys of one Kerberos security context, as recovered from its AP exchange."""
+    service: str                      # sname@realm of the ticket
+    client: str                       # cname@crealm from the decrypted ticket
+    session_key: Key
+    initiator_subkey: Key | None = None
+    acceptor_subkey: Key | None = None
+    gss_flags: int | None = None
+    initiator_seq: int | None = None
+    acceptor_seq: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def candidates(self, flags: int | None) -> list[Key]:
+        """Keys to try for a token, the one RFC 4121 4.2.2 designates first."""
+        order = []
+        if flags is not None and flags & FLAG_ACCEPTOR_SUBKEY and self.acceptor_subkey:
+            order.append(self.acceptor_subkey)
+        order += [k for k in (self.initiator_subkey, self.acceptor_subkey, self.session_key) if k is not None]
+        return list(dict.fromkeys(order))
+
+
+def recover_context_keys(ap_req, ap_rep, service_keys: list[Key]) -> KerberosContextKeys:
+    """Decrypt the ticket with the first service key that opens it, then the authenticator and AP-REP.
+
+    Raises KerberosCryptoError with a user-facing reason when no key opens the ticket.
+    """
+    if not ap_req.ticket_cipher:
+        raise KerberosCryptoError("the AP-REQ carries no ticket cipher text")
+    ticket = None
+    for key in service_keys:
+        if key.etype != ap_req.ticket_etype:
+            continue
+        try:
+            ticket = parse_enc_ticket_part(key.decrypt(USAGE_TICKET, ap_req.ticket_cipher))
+            break
+        except KerberosCryptoError:
+            continue
+        except DecodeError as exc:
+            raise KerberosCryptoError(f"the ticket decrypts but does not parse: {exc}") from None
+    if ticket is None:
+        tried = sum(k.etype == ap_req.ticket_etype for k in service_keys)
+        raise KerberosCryptoError(f"none of the {tried} key(s) of its etype given decrypts its ticket "
+                                  f"(no key for this principal)" if tried else "no key of its etype was given")
+    out = KerberosContextKeys(ap_req.principal, ticket.client, ticket.session_key)
+    try:
+        auth = parse_authenticator(ticket.session_key.decrypt(USAGE_AUTHENTICATOR, ap_req.authenticator_cipher))
+        out.initiator_subkey, out.gss_flags, out.initiator_seq = auth.subkey, auth.gss_flags, auth.seq_number
+    except (KerberosCryptoError, DecodeError) as exc:
+        out.notes.append(f"authenticator: {exc}")
+    if ap_rep is not None and ap_rep.cipher:
+        try:
+            rep = parse_enc_ap_rep_part(ticket.session_key.decrypt(USAGE_AP_REP, ap_rep.cipher))
+            out.acceptor_subkey, out.acceptor_seq = rep.subkey, rep.seq_number
+        except (KerberosCryptoError, DecodeError) as exc:
+            out.notes.append(f"AP-REP: {exc}")
+    return out
+
+
+class KerberosDceSecurity:
+    """Kerberos packet privacy on DCE/RPC PDUs: RFC 4121 (AES) or RFC 4757 (RC4) tokens."""
+
+    __slots__ = ("keys", "_hit", "whole_pdu")
+
+    def __init__(self, keys: KerberosContextKeys):
+        self.keys = keys
+        self._hit: dict[tuple[int, int | None], Key] = {}   # (token kind, flags) -> the key that worked
+        self.whole_pdu: bool | None = None
+
+    def unseal(self, direction: int, pdu: bytes, stub_span: tuple[int, int], verifier) -> bytes:
+        start, end = stub_span
+        stop = end + verifier.pad_len
+        sealed = pdu[start:stop]
+        whole = ((pdu[:start], pdu[stop:stop + 8]), (b"", b""))
+        signed = whole if self.whole_pdu is not False else whole[::-1]
+        token = verifier.token
+        if token[:2] == b"\x05\x04":
+            kind, flags, unwrap = 0, token[2], cfx_unwrap_dce
+        elif token[:1] == b"\x60":
+            kind, flags, unwrap = 1, None, rc4_unwrap_dce
+        else:
+            raise UnsealError(f"unknown Kerberos per-message token {token[:4].hex()} for {self.keys.client}")
+        cached = self._hit.get((kind, flags))
+        keys = [cached] if cached is not None else self.keys.candidates(flags)
+        last = "no key"
+        for key in keys:
+            if (kind == 0) != (key.etype in AES_KEY_SIZES):
+                continue
+            try:
+                data = unwrap(key, token, sealed, signed)
+            except KerberosCryptoError as exc:
+                last = str(exc)
+                continue
+            self._hit[(kind, flags)] = key
+            if self.whole_pdu is None:
+                self.whole_pdu = _verifies_with_header(unwrap, key, token, sealed, whole[0])
+            return data[:end - start]
+        raise UnsealError(f"the Kerberos Wrap token does not verify for {self.keys.client} ({last})")
+
+
+def _verifies_with_header(unwrap, key: Key, token: bytes, sealed: bytes, head_tail) -> bool:
+    try:
+        unwrap(key, token, sealed, (head_tail,))
+        return True
+    except KerberosCryptoError:
+        return False
