@@ -18,9 +18,9 @@ fixed nesting of the formats, a small DER reader of our own) and raises only
 Security contexts: `AuthContexts` holds, for one TCP connection, an `AuthContext`
 per auth_context_id (MS-RPCE 3.3.1.5.4 lets several share a connection). Each keeps
 the handshake tokens it saw and the principal they reveal. `AuthContext.unseal` is
-the hook for decrypting packet-privacy stubs: it returns None today; a later
-implementation gets the user's secrets through the `key_provider` given to
-`AuthContexts`.
+the hook for decrypting packet-privacy stubs: it hands them to the `key_provider`
+given to `AuthContexts` (dissectors.credentials.ConnectionKeys, which holds the
+analyst's secrets), and returns None when there is none.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 try:
     from ..formats.errors import DecodeError
@@ -461,6 +460,8 @@ class KerberosApReq:
     ticket_etype: int
     ticket_kvno: int | None
     authenticator_etype: int
+    ticket_cipher: bytes = b""         # Ticket.enc-part.cipher (EncTicketPart under the service key)
+    authenticator_cipher: bytes = b""  # authenticator.cipher (under the ticket's session key)
     kind = "KRB_AP_REQ"
 
     @property
@@ -477,6 +478,7 @@ class KerberosApRep:
     """RFC 4120 5.5.2 KRB_AP_REP."""
     etype: int
     kvno: int | None = None
+    cipher: bytes = b""                # enc-part.cipher (EncAPRepPart under the session key)
     kind = "KRB_AP_REP"
 
 
@@ -588,6 +590,13 @@ def _krb_encrypted_data(buf, s: int, e: int, what: str) -> tuple[int, int | None
     return etype, kvno
 
 
+def _krb_cipher(buf, s: int, e: int, what: str) -> bytes:
+    """RFC 4120 5.2.9 EncryptedData.cipher, kept for decryption with the user's keys."""
+    s, e = _expect(buf, s, e, 0x30, what)
+    f = _tagged(buf, s, e, what)
+    return bytes(buf[slice(*_der_octets(buf, *f[2], what + ".cipher"))]) if 2 in f else b""
+
+
 def _krb_principal(buf, s: int, e: int, what: str) -> tuple[int, list[str]]:
     """RFC 4120 5.2.2 PrincipalName -> (name-type, name-string)."""
     s, e = _expect(buf, s, e, 0x30, what)
@@ -621,7 +630,8 @@ def _krb_ap_req(buf, s: int, e: int) -> KerberosApReq:
     stype, sname = _krb_principal(buf, *tf[2], "Ticket.sname")
     tkt_etype, kvno = _krb_encrypted_data(buf, *tf[3], "Ticket.enc-part")
     auth_etype, _ = _krb_encrypted_data(buf, *f[4], what + ".authenticator")
-    return KerberosApReq(opts, realm, sname, stype, tkt_etype, kvno, auth_etype)
+    return KerberosApReq(opts, realm, sname, stype, tkt_etype, kvno, auth_etype,
+                         _krb_cipher(buf, *tf[3], "Ticket.enc-part"), _krb_cipher(buf, *f[4], what + ".authenticator"))
 
 
 def _krb_ap_rep(buf, s: int, e: int) -> KerberosApRep:
@@ -630,7 +640,7 @@ def _krb_ap_rep(buf, s: int, e: int) -> KerberosApRep:
     f = _tagged(buf, s, e, what)
     if 2 not in f:
         raise DecodeError(what, s, "AP-REP without enc-part")
-    return KerberosApRep(*_krb_encrypted_data(buf, *f[2], what + ".enc-part"))
+    return KerberosApRep(*_krb_encrypted_data(buf, *f[2], what + ".enc-part"), _krb_cipher(buf, *f[2], what + ".enc-part"))
 
 
 def _krb_error(buf, s: int, e: int) -> KerberosError:
@@ -887,7 +897,9 @@ def token_summary(token) -> str:
 # --------------------------------------------------------------------------
 # security contexts of a connection
 
-KeyProvider = Callable[["AuthContext"], object]
+# An object with unseal(context, direction, pdu_bytes, stub_span, verifier) -> bytes | None
+# (dissectors.credentials.ConnectionKeys).
+KeyProvider = object
 
 
 @dataclass(slots=True)
@@ -918,6 +930,8 @@ class AuthContext:
     verifier_kinds: dict[str, int] = field(default_factory=dict)    # per-message token kind -> count
     handshakes: int = 0              # how many times this context id was (re)established
     key_provider: KeyProvider | None = None
+    security: object | None = None   # the key provider's unsealing state for this context
+    frame: int | None = None         # frame of the sealed PDU being unsealed (for the provider's messages)
 
     def add_token(self, frame: int, direction: int, ptype: int, raw: bytes) -> HandshakeToken:
         try:
@@ -971,14 +985,15 @@ class AuthContext:
         excluded (the sealed region runs on to the sec_trailer: end + verifier.pad_len);
         verifier: the PDU's AuthVerifier (its token is the signature / Wrap header).
 
-        Today no keys are known, so this returns None. The hook for later: a
-        `key_provider(context)` supplied by the user returns the secret material
-        (NT hash / password for NTLMSSP, a keytab for Kerberos) from which the
-        session key is derived using the tokens kept in `self.tokens`.
+        Without a key provider this returns None. With one (dissectors.credentials.
+        ConnectionKeys, built from the analyst's passwords, NT hashes and keytabs),
+        the provider derives the session keys from the tokens kept in `self.tokens`
+        on the first sealed PDU, keeps its state in `self.security`, and returns the
+        clear stub (or None, having said once why not).
         """
         if self.key_provider is None:
             return None
-        return None
+        return self.key_provider.unseal(self, direction, pdu_bytes, stub_span, verifier)
 
 
 def classify_verifier(token: bytes, auth_type: int | None = None) -> str:
@@ -1008,7 +1023,7 @@ def classify_verifier(token: bytes, auth_type: int | None = None) -> str:
 class AuthContexts:
     """The security contexts of one connection, keyed by auth_context_id (MS-RPCE 2.2.2.11).
 
-    key_provider: passed to every AuthContext, for a later unsealing implementation.
+    key_provider: passed to every AuthContext, to unseal packet-privacy stubs (see AuthContext.unseal).
     """
 
     __slots__ = ("contexts", "key_provider", "latest")
@@ -1054,4 +1069,12 @@ def _is_initial_token(token: bytes) -> bool:
     """A first-leg token: NTLM NEGOTIATE, a GSS InitialContextToken (SPNEGO init / Kerberos AP-REQ)."""
     if token[:8] == NTLMSSP_SIGNATURE:
         return token[8:12] == b"\x01\x00\x00\x00"
-    return token[:1] in (b"\x60", b"\x6e") or token[:1] == b"\xa0"
+    if token[:1] == b"\x60":
+        # a GSS-framed Kerberos token is initial only as an AP-REQ (TOK_ID 01 00, RFC 1964 1.1):
+        # the DCE-style third leg frames the client's AP-REP (02 00) the same way
+        at = token.find(_KRB5_OID_DER, 2, 6 + len(_KRB5_OID_DER))
+        return at < 0 or token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + 2] == b"\x01\x00"
+    return token[:1] == b"\x6e" or token[:1] == b"\xa0"
+
+
+_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")

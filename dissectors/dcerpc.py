@@ -335,7 +335,8 @@ class _Direction:
 
 class _Half:
     """One side (request or response) of a call being reassembled."""
-    __slots__ = ("data", "size", "sealed", "dropped", "done", "first_frame", "last_frame", "ts", "frags", "gap")
+    __slots__ = ("data", "size", "sealed", "dropped", "done", "first_frame", "last_frame", "ts", "frags", "gap",
+                 "decrypted")
 
     def __init__(self, first_frame: int) -> None:
         self.data: bytearray | bytes | None = None
@@ -348,6 +349,7 @@ class _Half:
         self.ts = 0.0
         self.frags = 0
         self.gap = False
+        self.decrypted = False      # some fragment was sealed and decrypted with the analyst's keys
 
 
 class _CallState:
@@ -365,7 +367,8 @@ class DceRpcConnection:
     conn: the TCP stage's connection (.index, .client, .server); emit: receives the
     Pdu, Call and ErrorRecord records in stream order; auth: the connection's
     security contexts (a fresh AuthContexts when None; pass one built with a
-    key_provider to let sealed stubs be decrypted once that is implemented).
+    key_provider (dissectors.credentials.ConnectionKeys) to have sealed stubs decrypted:
+    calls then say req_decrypted / resp_decrypted).
 
     A Call is emitted when its response's last fragment or a fault arrives; a
     response whose request was not captured is emitted at once (its request can no
@@ -596,12 +599,16 @@ class DceRpcConnection:
                     self.stats["sealed_pdus"] += 1
                     clear = None
                     if actx is not None and actx.key_provider is not None:
+                        actx.frame = pdu.frame
                         clear = actx.unseal(direction, bytes(src[pos:pos + frag_len]), span, auth)
                     if clear is None:
                         self.emit(pdu)
                         self._fragment(pdu, True)
                         return
                     pdu.stub = clear
+                    self.emit(pdu)
+                    self._fragment(pdu, False, True)
+                    return
             self.emit(pdu)
             self._fragment(pdu, False)
             return
@@ -692,7 +699,7 @@ class DceRpcConnection:
             self._finish(old, None)
         return st
 
-    def _fragment(self, pdu: Pdu, sealed: bool) -> None:
+    def _fragment(self, pdu: Pdu, sealed: bool, decrypted: bool = False) -> None:
         flags = pdu.flags
         is_req = pdu.ptype == REQUEST
         st = self._calls.get(pdu.call_id)
@@ -737,6 +744,8 @@ class DceRpcConnection:
         half.ts = pdu.ts
         n = len(pdu.stub)
         half.size += n
+        if decrypted:
+            half.decrypted = True
         if sealed:
             half.sealed = True
         elif not half.dropped:
@@ -794,9 +803,11 @@ class DceRpcConnection:
             if is_req:
                 call.req_frames, call.req_ts, call.req_stub = frames, half.ts, stub
                 call.req_stub_len, call.req_encrypted = half.size, half.sealed
+                call.req_decrypted = half.decrypted and not half.sealed
             else:
                 call.resp_frames, call.resp_ts, call.resp_stub = frames, half.ts, stub
                 call.resp_stub_len, call.resp_encrypted = half.size, half.sealed
+                call.resp_decrypted = half.decrypted and not half.sealed
         self.stats["calls"] += 1
         self.emit(call)
 

@@ -16,11 +16,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .auth import AuthContexts
 from .capture import open_capture, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
 from .dcom import DcomDecoder, IpidRegistry
+from .operations import Operations
 from .records import Call, ErrorRecord, Pdu
 from .tcp import TcpReassembler
+from .wmi import WmiDecoder
 
 # A plausible connection-oriented DCE/RPC common header: rpc_vers 5, minor 0 or 1,
 # a known PDU type (0..19), any flags, a data representation of little- or
@@ -139,7 +142,7 @@ class _Detector:
 
     def _become_rpc(self) -> None:
         self.analysis.stats.rpc_flows += 1
-        self.handler = DceRpcConnection(self.conn, self.analysis.emit)
+        self.handler = DceRpcConnection(self.conn, self.analysis.emit, auth=self.analysis.auth_contexts(self.conn))
         chunks, self.chunks = self.chunks, None
         for direction, data, frame, ts in chunks:
             self.handler.on_data(direction, data, frame, ts)
@@ -149,15 +152,27 @@ class Analysis:
     """Runs a capture through the pipeline; iterate `run()` for the records.
 
     want_pdus: also yield every Pdu record (the tshark cross-check uses them).
+    credentials: the analyst's secrets (dissectors.credentials.Credentials): sealed
+    stubs they open are decrypted and decoded like clear ones.
     """
 
-    def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None):
+    def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None, credentials=None):
         self.stats = Stats()
+        self.credentials = credentials
         self.want_pdus = want_pdus
         self.registry = registry or IpidRegistry()
         self.dcom = DcomDecoder(self.registry)
+        self.operations = Operations()
+        self.wmi = WmiDecoder(self.operations)
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
+
+    def auth_contexts(self, conn) -> AuthContexts | None:
+        """A connection's security contexts, able to unseal when credentials were given."""
+        if not self.credentials:
+            return None
+        from .credentials import ConnectionKeys
+        return AuthContexts(key_provider=ConnectionKeys(self.credentials, getattr(conn, "index", None), self.emit))
 
     def emit(self, rec) -> None:
         stats = self.stats
@@ -174,6 +189,8 @@ class Analysis:
                 self._out.append(rec)
         elif kind is Call:
             self.dcom.decode_call(rec)
+            self.wmi.decode_call(rec)
+            self.operations.observe(rec)
             outcome = call_outcome(rec)
             stats.calls += 1
             stats.calls_by_outcome[outcome] += 1

@@ -99,6 +99,8 @@ class Call:
     resp_stub: bytes | None = None
     resp_stub_len: int = 0
     resp_encrypted: bool = False
+    req_decrypted: bool = False     # sealed on the wire, decrypted with the analyst's credentials
+    resp_decrypted: bool = False
     fault: int | None = None        # fault status when the call failed at the RPC layer
     auth_type: int | None = None
     auth_level: int | None = None
@@ -106,6 +108,7 @@ class Call:
     decoded: dict | None = None     # stage-specific decoded parameters (DCOM / WMI)
     errors: list[ErrorRecord] = field(default_factory=list)
     drep: int = 0x10                # data representation of the request (0x10: little-endian NDR)
+    operation: dict | None = None   # the WMI operation this call belongs to (dissectors/operations.py)
 
 
 def as_dict(rec) -> dict:

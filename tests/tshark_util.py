@@ -64,3 +64,20 @@ def encoding_units(data: bytes) -> list[bytes]:
         else:
             pos = data.find(ENCODING_UNIT_SIGNATURE, pos + 1)
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def sample_secrets() -> dict[str, Path]:
+    """The sealed samples' test-only keytab and credentials file, written by the
+    generator into a temporary directory (they are not kept in the repository)."""
+    import atexit
+    import importlib.util
+    import shutil as _shutil
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("generate", PCAPS / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    directory = Path(tempfile.mkdtemp(prefix="wmiscope-secrets-"))
+    atexit.register(_shutil.rmtree, directory, True)
+    return gen.write_secrets(directory)

@@ -17,6 +17,7 @@ COMMANDS = {
     "calls": "one record per DCE/RPC call (request and response paired), as JSON lines or a table",
     "stats": "frames, TCP flows, gaps, PDUs by type, and calls by outcome; the parts add up",
     "decode": "decode one WMI encoding (MS-WMIO object, ObjectArray, context, refresher blob) from a file",
+    "transcript": "every request and response field by field, in the dialect of the MS-WMI section 4 traces",
 }
 
 

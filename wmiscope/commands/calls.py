@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 
-from .output import add_source_arguments, open_source
+from .output import add_source_arguments, make_analysis, open_source
 
 
 def add_arguments(p) -> None:
@@ -17,12 +17,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from wmiscope.dissectors.pipeline import Analysis, call_outcome
+    from wmiscope.dissectors.pipeline import call_outcome
     from wmiscope.dissectors.records import Call, ErrorRecord
 
     from .output import call_dict, dumps, error_dict
 
-    analysis = Analysis()
+    analysis = make_analysis(args)
     write = sys.stdout.write
     table = args.format == "table"
     if table:
@@ -54,6 +54,8 @@ def _table_row(d: dict) -> str:
     auth = d["auth"]
     auth_s = f"{auth['type_name']}/{auth['level_name']}" if auth else "-"
     state = d["outcome"]
+    if d.get("decrypted"):
+        state += " (decrypted)"
     if d["fault"] is not None:
         state += f" fault 0x{d['fault']:08x}"
     ends = f"{d['client']} -> {d['server']}"

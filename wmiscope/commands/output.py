@@ -30,11 +30,11 @@ def error_dict(err) -> dict:
 
 
 def call_dict(call, outcome: str) -> dict:
-    def half(frames, ts, stub_len, encrypted):
+    def half(frames, ts, stub_len, encrypted, decrypted):
         if frames is None:
             return None
         return {"frames": list(frames), "time": iso(ts), "epoch": ts,
-                "stub_len": stub_len, "encrypted": encrypted}
+                "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted}
 
     d = {
         "type": "call",
@@ -49,8 +49,9 @@ def call_dict(call, outcome: str) -> dict:
         "opnum": call.opnum,
         "method": call.method,
         "ipid": call.ipid,
-        "request": half(call.req_frames, call.req_ts, call.req_stub_len, call.req_encrypted),
-        "response": half(call.resp_frames, call.resp_ts, call.resp_stub_len, call.resp_encrypted),
+        "request": half(call.req_frames, call.req_ts, call.req_stub_len, call.req_encrypted, call.req_decrypted),
+        "response": half(call.resp_frames, call.resp_ts, call.resp_stub_len, call.resp_encrypted,
+                         call.resp_decrypted),
         "fault": call.fault,
         "auth": None if call.auth_type is None else {
             "type": call.auth_type,
@@ -60,8 +61,10 @@ def call_dict(call, outcome: str) -> dict:
             "principal": call.auth_principal,
         },
         "encrypted": call.req_encrypted or call.resp_encrypted,
+        "decrypted": call.req_decrypted or call.resp_decrypted,   # sealed on the wire, opened with the credentials
         "outcome": outcome,
         "errors": [error_dict(e) for e in call.errors],
+        "operation": call.operation,
     }
     if call.decoded:
         d["decoded"] = call.decoded
@@ -77,6 +80,12 @@ def _default(o):
         return bytes(o).hex()
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
+    # Decoded WMI objects (classes, instances, contexts, ObjectArrays) ride in a
+    # Param's "object"; JSON shows them through the formats' own to_json.
+    from wmiscope.dissectors.wmi import object_json
+    from wmiscope.formats import wmio
+    if isinstance(o, (wmio.WmiClass, wmio.WmiInstance)) or hasattr(o, "to_json"):
+        return object_json(o)
     return str(o)
 
 
@@ -85,6 +94,53 @@ def add_source_arguments(p) -> None:
     p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
     p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+    add_credential_arguments(p)
+
+
+def add_credential_arguments(p) -> None:
+    """Secrets that unseal packet-privacy traffic (NTLMSSP and Kerberos), for every command reading captures."""
+    g = p.add_argument_group(
+        "decryption", "sealed (packet privacy) stubs are decrypted and decoded when the secrets are given; "
+        "a connection they do not open gets one 'auth' error saying why, and stays encrypted")
+    g.add_argument("--user", metavar="DOMAIN\\USER",
+                   help="the user --password / --nt-hash belong to (without it they are tried for any user)")
+    g.add_argument("--password", action="append", default=[], metavar="PASSWORD",
+                   help="the user's password (NTLM; Kerberos RC4/AES with the default salt); "
+                        "a --credentials file keeps it off the command line")
+    g.add_argument("--nt-hash", action="append", default=[], metavar="HEX",
+                   help="the user's NT hash (32 hex digits, or LM:NT)")
+    g.add_argument("--keytab", action="append", default=[], metavar="FILE",
+                   help="a keytab with the service's Kerberos keys")
+    g.add_argument("--credentials", action="append", default=[], metavar="FILE",
+                   help="a credentials file: lines 'password DOMAIN\\USER SECRET', 'nthash DOMAIN\\USER HEX', "
+                        "'key PRINCIPAL ETYPE HEX [KVNO]', 'keytab PATH'")
+
+
+def credentials_from_args(args):
+    """The Credentials the options name, or None when none were given (a bad file ends the run)."""
+    from wmiscope.dissectors.credentials import Credentials, CredentialsError
+
+    cred = Credentials()
+    user = getattr(args, "user", None)
+    try:
+        for pw in getattr(args, "password", None) or ():
+            cred.add_password(user, pw)
+        for h in getattr(args, "nt_hash", None) or ():
+            cred.add_nt_hash(user, h)
+        for path in getattr(args, "keytab", None) or ():
+            cred.add_keytab(path)
+        for path in getattr(args, "credentials", None) or ():
+            cred.load(path)
+    except CredentialsError as exc:
+        raise SystemExit(f"wmiscope: {exc}") from None
+    return cred or None
+
+
+def make_analysis(args, **kwargs):
+    """An Analysis for a capture-reading command, with the credentials its options name."""
+    from wmiscope.dissectors.pipeline import Analysis
+
+    return Analysis(credentials=credentials_from_args(args), **kwargs)
 
 
 def open_source(args):

@@ -6,7 +6,7 @@ import json
 import sys
 
 
-from .output import add_source_arguments, open_source
+from .output import add_source_arguments, make_analysis, open_source
 
 
 def add_arguments(p) -> None:
@@ -15,9 +15,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from wmiscope.dissectors.pipeline import Analysis
 
-    analysis = Analysis()
+    analysis = make_analysis(args)
     for _ in analysis.run(open_source(args)):
         pass
     d = analysis.stats.as_dict()
