@@ -95,7 +95,7 @@ class _Detector:
     layer reports the resynchronisation itself.
     """
 
-    __slots__ = ("conn", "analysis", "chunks", "size", "handler")
+    __slots__ = ("conn", "analysis", "chunks", "size", "handler", "from_start")
 
     def __init__(self, conn, analysis: "Analysis"):
         self.conn = conn
@@ -103,6 +103,8 @@ class _Detector:
         self.chunks: list | None = []
         self.size = 0
         self.handler = None
+        # True while the bytes seen are known to start at the connection's first byte.
+        self.from_start = conn.client_known_by == "syn"
         analysis.stats.tcp_flows += 1
 
     def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
@@ -114,11 +116,26 @@ class _Detector:
             return
         chunks.append((direction, data, frame, ts))
         self.size += len(data)
-        if _RPC_HEADER.search(data[:DETECT_LIMIT]) is not None:
+        if self.from_start:
+            # Seen from its handshake, a DCE/RPC connection starts with a header at
+            # its very first byte (the client's bind); anything else (SMB, LDAP ...)
+            # is not ours, however much a stray run of its bytes looks like one.
+            first = b"".join(d for dr, d, _, _ in chunks if dr == chunks[0][0])
+            if len(first) < 16:
+                return
+            if _RPC_HEADER.match(first) is not None:
+                self._become_rpc()
+            else:
+                self._not_rpc()
+        elif _RPC_HEADER.search(data[:DETECT_LIMIT]) is not None:
+            # Seen from its middle: the next PDU boundary can be anywhere.
             self._become_rpc()
         elif self.size > DETECT_LIMIT:
-            self.chunks = None
-            self.analysis.stats.other_flows += 1
+            self._not_rpc()
+
+    def _not_rpc(self) -> None:
+        self.chunks = None
+        self.analysis.stats.other_flows += 1
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         analysis = self.analysis
@@ -132,13 +149,14 @@ class _Detector:
                                   frame=frame, conn=self.conn.index))
         if self.handler is not None:
             self.handler.on_gap(direction, missing, frame)
+        else:
+            self.from_start = False     # what follows a hole can start anywhere in a PDU
 
     def on_close(self, frame: int) -> None:
         if self.handler is not None:
             self.handler.on_close(frame)
         elif self.chunks is not None:
-            self.chunks = None
-            self.analysis.stats.other_flows += 1
+            self._not_rpc()
 
     def _become_rpc(self) -> None:
         self.analysis.stats.rpc_flows += 1

@@ -111,3 +111,12 @@ def test_non_wmi_dcom_captures_are_never_called_wmi():
         groups = {(interfaces.interface_by_uuid(c.interface_uuid) or {}).get("group") for c in calls}
         assert "wmi" not in groups, name
         assert {c.interface for c in calls if c.interface} == named, name
+
+
+def test_other_tcp_traffic_is_not_taken_for_dce_rpc():
+    """wmimplant.pcap carries SMB2 and LDAP beside WMI; a stray DCE/RPC-looking run of
+    bytes inside a negotiation must not turn SMB into a stream of dcerpc errors."""
+    _, stats = analyse(CAPTURES / "wmimplant.pcap")
+    d = stats.as_dict()
+    assert d["errors"] == 0 and d["other_flows"] >= 1
+    assert d["calls_by_outcome"] == {"decoded": 102, "encrypted": 12, "unknown_interface": 0, "malformed": 0}
