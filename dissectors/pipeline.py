@@ -170,18 +170,20 @@ class Analysis:
     """Runs a capture through the pipeline; iterate `run()` for the records.
 
     want_pdus: also yield every Pdu record (the tshark cross-check uses them).
+    objects: decode the MS-WMIO objects inside calls (off for outputs that never show them).
     credentials: the analyst's secrets (dissectors.credentials.Credentials): sealed
     stubs they open are decrypted and decoded like clear ones.
     """
 
-    def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None, credentials=None):
+    def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None, credentials=None,
+                 objects: bool = True):
         self.stats = Stats()
         self.credentials = credentials
         self.want_pdus = want_pdus
         self.registry = registry or IpidRegistry()
         self.dcom = DcomDecoder(self.registry)
         self.operations = Operations()
-        self.wmi = WmiDecoder(self.operations)
+        self.wmi = WmiDecoder(self.operations, objects=objects)
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
 

@@ -145,10 +145,11 @@ def plain(v):
 class _Ctx:
     """Per stub: the buffer, errors that did not stop the walk, the caller's state."""
 
-    __slots__ = ("buf", "soft", "state", "call", "notes", "params")
+    __slots__ = ("buf", "soft", "state", "call", "notes", "params", "objects")
 
-    def __init__(self, buf: bytes, state, call):
+    def __init__(self, buf: bytes, state, call, objects: bool = True):
         self.buf = buf
+        self.objects = objects
         self.soft: list[DecodeError] = []
         self.state = state
         self.call = call
@@ -284,16 +285,52 @@ def _read_mip(r: NdrReader, ctx: _Ctx) -> InterfacePointer:
         ctx.soft.append(e)
         return p
     p.objref = o
-    if o.flags == OBJREF_CUSTOM and o.clsid in _PAYLOAD_DECODERS:
-        structure, parse = _PAYLOAD_DECODERS[o.clsid]
+    if ctx.objects and o.flags == OBJREF_CUSTOM and o.clsid in _PAYLOAD_DECODERS:
         start = o.payload_offset
-        payload = buf[start:start + o.payload_length]
         try:
-            p.obj = _located(structure, start, parse, payload)
+            p.obj = _PAYLOADS.decode(o.clsid, start, buf[start:start + o.payload_length])
         except DecodeError as e:
             p.error = e
             ctx.soft.append(e)
     return p
+
+
+class _PayloadCache:
+    """Decoded WMI objects by their exact bytes, least recently used out.
+
+    Sessions fetch the same class definitions again and again (every wmiexec run
+    asks for Win32_Process; every login for __NAMESPACE and its provider classes),
+    and a class is the costliest thing we decode. Objects from here are shared:
+    callers read them, never change them. Bounded by a byte budget, not a count,
+    since one object can be close to a megabyte.
+    """
+
+    def __init__(self, budget: int = 32 << 20, largest: int = 1 << 20):
+        self.budget = budget
+        self.largest = largest
+        self.used = 0
+        self.items: dict[tuple[str, bytes], object] = {}
+
+    def decode(self, clsid: str, start: int, payload: bytes):
+        structure, parse = _PAYLOAD_DECODERS[clsid]
+        key = (clsid, payload)
+        items = self.items
+        obj = items.pop(key, None)
+        if obj is None:
+            # Errors are not kept: their offsets depend on where the payload sat.
+            obj = _located(structure, start, parse, payload)
+            if len(payload) > self.largest:
+                return obj
+            self.used += len(payload)
+            while self.used > self.budget and items:
+                old = next(iter(items))
+                del items[old]
+                self.used -= len(old[1])
+        items[key] = obj
+        return obj
+
+
+_PAYLOADS = _PayloadCache()
 
 
 _PAYLOAD_DECODERS = {
@@ -981,7 +1018,7 @@ def _parse_array_at(buf: bytes, start: int, end: int, cache) -> _oa.ObjectArray:
 
 def _special_object_array(pp, v, d, ctx) -> None:
     """IWbemWCOSmartEnum::Next pBuffer: an ObjectArray (2.2.14) against the enumeration's cache."""
-    if not v:
+    if not v or not ctx.objects:
         return
     cache = ctx.state.class_cache(ctx.call)
     try:
@@ -998,7 +1035,7 @@ def _special_object_array(pp, v, d, ctx) -> None:
 
 def _special_refreshed(pp, v, d, ctx) -> None:
     """IWbemRemoteRefresher::RemoteRefresh paObjects: each blob against its request's template."""
-    if not v:
+    if not v or not ctx.objects:
         return
     objects = []
     for i, (item, j) in enumerate(zip(v, d["value"])):
@@ -1051,8 +1088,8 @@ _SPECIAL_DECODERS = {"object_array": _special_object_array, "refreshed_objects":
 
 
 def _decode_direction(plan: _MethodPlan, stub: bytes, params_offset: int, little: bool, state, call,
-                      response: bool) -> StubDecode:
-    ctx = _Ctx(stub, state, call)
+                      response: bool, objects: bool = True) -> StubDecode:
+    ctx = _Ctx(stub, state, call, objects)
     r = NdrReader(stub, params_offset, base=0, little_endian=little, structure=plan.label)
     plans = plan.response if response else plan.request
     params, ret, errors, failed = _decode_params(plan, plans, r, ctx, response)
@@ -1106,8 +1143,12 @@ class WmiDecoder:
     "error" ({"structure", "offset", "reason"})}.
     """
 
-    def __init__(self, state: WmiState | None = None):
+    def __init__(self, state: WmiState | None = None, *, objects: bool = True):
         self.state = state if state is not None else DefaultWmiState()
+        # objects=False: interface pointers are shown, but the MS-WMIO objects and
+        # ObjectArrays inside them are not decoded (the outputs that never show them
+        # - the calls table, stats - need not pay for them).
+        self.objects = objects
 
     def decode_call(self, call: Call) -> None:
         try:
@@ -1133,7 +1174,8 @@ class WmiDecoder:
                 continue
             if direction == 1 and call.fault is not None:
                 continue
-            out = _decode_direction(plan, stub, part["params_offset"], little, self.state, call, direction == 1)
+            out = _decode_direction(plan, stub, part["params_offset"], little, self.state, call, direction == 1,
+                                    self.objects)
             part["params"] = out.params
             if direction == 1:
                 part["return"] = out.ret

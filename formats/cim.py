@@ -158,13 +158,24 @@ _MOF_FLAVORS = (
 )
 
 
-def flavor_names(flavor: int) -> list[str]:
-    """Names of the flavor bits set, in the spec's words (unknown bits as hex)."""
+def _flavor_names(flavor: int) -> tuple[str, ...]:
     names = [f.name for f in QualifierFlavor if flavor & f]
     rest = flavor & ~sum(QualifierFlavor)
     if rest:
         names.append(f"0x{rest:02x}")
-    return names
+    return tuple(names)
+
+
+# A flavor is one octet: its names are looked up, not recomputed, because IntFlag
+# arithmetic costs microseconds and every qualifier of every decoded class asks.
+_FLAVOR_NAMES = [_flavor_names(v) for v in range(256)]
+
+
+def flavor_names(flavor: int) -> list[str]:
+    """Names of the flavor bits set, in the spec's words (unknown bits as hex)."""
+    if 0 <= flavor < 256:
+        return list(_FLAVOR_NAMES[flavor])
+    return list(_flavor_names(flavor))
 
 
 def mof_flavors(flavor: int) -> list[str]:

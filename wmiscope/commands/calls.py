@@ -22,7 +22,7 @@ def run(args) -> int:
 
     from .output import call_dict, dumps, error_dict
 
-    analysis = make_analysis(args)
+    analysis = make_analysis(args, objects=args.format == "jsonl")
     write = sys.stdout.write
     table = args.format == "table"
     if table:

@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
 
-    analysis = make_analysis(args)
+    analysis = make_analysis(args, objects=False)   # counts need no MS-WMIO objects
     for _ in analysis.run(open_source(args)):
         pass
     d = analysis.stats.as_dict()
