@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from ..formats.errors import DecodeError
 from . import interfaces as _if
 from .ndr import GUID_NULL, NdrReader, NdrWriter, guid_bytes, guid_text
-from .records import Call, ErrorRecord
+from .records import Call, ErrorRecord, guarded
+from .records import call_frame as _frame
 
 __all__ = [
     "StringBinding", "SecurityBinding", "DualStringArray", "StdObjRef", "ObjRef",
@@ -1274,11 +1275,6 @@ _DECODERS = {
 }
 
 
-def _frame(call: Call, direction: int) -> int | None:
-    frames = call.req_frames if direction == 0 else call.resp_frames
-    return frames[1] if frames else None
-
-
 # ---------------------------------------------------------------------------------------
 # the decoder
 
@@ -1289,11 +1285,7 @@ class DcomDecoder:
         self.registry = registry if registry is not None else IpidRegistry()
 
     def decode_call(self, call: Call) -> None:
-        try:
-            self._decode(call)
-        except Exception as e:  # a decoder bug must not stop the pipeline: it becomes a located record
-            call.errors.append(ErrorRecord(stage="dcom", reason=f"internal error: {type(e).__name__}: {e}",
-                                           frame=_frame(call, 0), conn=call.conn))
+        guarded("dcom", self._decode, call)
 
     # naming --------------------------------------------------------------------------
 

@@ -111,6 +111,22 @@ class Call:
     operation: dict | None = None   # the WMI operation this call belongs to (dissectors/operations.py)
 
 
+def call_frame(call: Call, direction: int) -> int | None:
+    """The frame where a call's request (0) or response (1) completed."""
+    frames = call.req_frames if direction == 0 else call.resp_frames
+    return frames[1] if frames else None
+
+
+def guarded(stage: str, decode, call: Call) -> None:
+    """decode(call), with any bug of a decoder turned into a located record on the call:
+    a stage never stops the pipeline."""
+    try:
+        decode(call)
+    except Exception as e:  # noqa: BLE001 - that is the point
+        call.errors.append(ErrorRecord(stage=stage, reason=f"internal error: {type(e).__name__}: {e}",
+                                       frame=call_frame(call, 0), conn=call.conn))
+
+
 def as_dict(rec) -> dict:
     """A record as plain JSON-able data (bytes become their length)."""
     out = {}

@@ -54,7 +54,8 @@ from .dcom import (
     build_objref, parse_objref, read_orpcthat, read_orpcthis, write_orpcthat, write_orpcthis,
 )
 from .ndr import GUID_NULL, NdrReader, NdrWriter
-from .records import Call, ErrorRecord
+from .records import Call, ErrorRecord, guarded
+from .records import call_frame as _frame
 
 __all__ = [
     "WmiDecoder", "WmiState", "DefaultWmiState", "InterfacePointer", "StubDecode",
@@ -1151,11 +1152,7 @@ class WmiDecoder:
         self.objects = objects
 
     def decode_call(self, call: Call) -> None:
-        try:
-            self._decode(call)
-        except Exception as e:  # a decoder bug must not stop the pipeline: it becomes a located record
-            call.errors.append(ErrorRecord(stage="wmi", reason=f"internal error: {type(e).__name__}: {e}",
-                                           frame=_frame(call, 0), conn=call.conn))
+        guarded("wmi", self._decode, call)
 
     def _decode(self, call: Call) -> None:
         info = _if.interface_by_uuid(call.interface_uuid)
@@ -1185,11 +1182,6 @@ class WmiDecoder:
             for e in out.errors:
                 call.errors.append(ErrorRecord(stage="wmi", reason=e.reason, frame=frame, conn=call.conn,
                                                structure=e.structure, offset=e.offset))
-
-
-def _frame(call: Call, direction: int) -> int | None:
-    frames = call.req_frames if direction == 0 else call.resp_frames
-    return frames[1] if frames else None
 
 
 # ---------------------------------------------------------------------------------------
