@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import re
 import struct
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -294,6 +295,24 @@ def _read_mip(r: NdrReader, ctx: _Ctx) -> InterfacePointer:
             p.error = e
             ctx.soft.append(e)
     return p
+
+
+_JSON_OF: dict[int, tuple] = {}     # id(object) -> (weak reference, its JSON), for shared objects
+
+
+def _object_json_shared(obj):
+    """wmio.to_json, once per object: objects from the payload cache are shared by every
+    call that carried the same bytes, and rendering a class costs more than decoding
+    its JSON text. Keyed by identity (the dataclasses are unhashable), checked through
+    a weak reference so a recycled id never returns another object's JSON."""
+    hit = _JSON_OF.get(id(obj))
+    if hit is not None and hit[0]() is obj:
+        return hit[1]
+    out = wmio.to_json(obj)
+    if len(_JSON_OF) >= 4096:
+        _JSON_OF.clear()
+    _JSON_OF[id(obj)] = (weakref.ref(obj), out)
+    return out
 
 
 class _PayloadCache:
@@ -872,7 +891,7 @@ def object_json(obj):
     if obj is None:
         return None
     if isinstance(obj, (wmio.WmiClass, wmio.WmiInstance)):
-        return wmio.to_json(obj)
+        return _object_json_shared(obj)
     if isinstance(obj, list):
         return [object_json(x) for x in obj]
     return obj.to_json()

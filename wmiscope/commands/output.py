@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import orjson
+
 AUTH_TYPES = {0: "none", 9: "SPNEGO", 10: "NTLMSSP", 14: "SCHANNEL", 16: "Kerberos", 68: "Netlogon", 255: "default"}
 AUTH_LEVELS = {1: "none", 2: "connect", 3: "call", 4: "packet", 5: "integrity", 6: "privacy"}
 
@@ -71,8 +73,19 @@ def call_dict(call, outcome: str) -> dict:
     return d
 
 
+# Dataclasses (the WMI objects) and datetimes go to _default, as with json, instead of
+# orjson's own field-by-field rendering.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
+    """One compact JSON line. orjson writes it several times faster than the standard
+    library (JSON lines of decoded objects are the costliest output); anything orjson
+    refuses (an integer past 64 bits, a key it cannot take) goes through json."""
+    try:
+        return orjson.dumps(obj, default=_default, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
 def _default(o):
