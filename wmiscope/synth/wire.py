@@ -1,7 +1,7 @@
-"""Builders for synthetic captures: pcap files, TCP sessions, DCE/RPC PDUs.
+"""The wire of a synthetic capture: pcap files, TCP sessions, DCE/RPC PDUs.
 
 The project's own sample captures (pcaps/generate.py) and the hostile-input
-tests are made with these. They write what Windows writes on the wire
+tests are framed with these. They write what Windows writes on the wire
 (Ethernet II, IPv4, TCP with a handshake, MSS-sized segments, ACKs, a FIN
 exchange; DCE/RPC v5.0 little-endian with fragmentation at max_xmit_frag), so
 that tshark reads the result as it reads real traffic; tests check that it does.
@@ -213,6 +213,12 @@ def request(call_id: int, ctx_id: int, opnum: int, stub: bytes, *, object_uuid: 
 
 def response(call_id: int, ctx_id: int, stub: bytes, *, max_frag: int = 5840) -> list[bytes]:
     return _fragments(2, call_id, lambda hint, i: struct.pack("<IHBx", hint, ctx_id, 0), stub, max_frag)
+
+
+def auth3(call_id: int) -> bytes:
+    """rpc_auth_3 (16) before its sec_trailer: four octets of pad (MS-RPCE 2.2.2.10); the
+    third leg of a handshake goes after them (wmiscope.synth.sealing adds it)."""
+    return _pdu(16, PFC_FIRST_FRAG | PFC_LAST_FRAG, call_id, b"\x00" * 4)
 
 
 def fault(call_id: int, ctx_id: int, status: int) -> bytes:
