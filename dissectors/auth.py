@@ -18,9 +18,10 @@ fixed nesting of the formats, a small DER reader of our own) and raises only
 Security contexts: `AuthContexts` holds, for one TCP connection, an `AuthContext`
 per auth_context_id (MS-RPCE 3.3.1.5.4 lets several share a connection). Each keeps
 the handshake tokens it saw and the principal they reveal. `AuthContext.unseal` is
-the hook for decrypting packet-privacy stubs: it hands them to the `key_provider`
-given to `AuthContexts` (dissectors.credentials.ConnectionKeys, which holds the
-analyst's secrets), and returns None when there is none.
+the hook for decrypting packet-privacy stubs, `AuthContext.verify` the one for
+checking the signatures of packet-integrity PDUs: both hand the PDU to the
+`key_provider` given to `AuthContexts` (dissectors.credentials.ConnectionKeys,
+which holds the analyst's secrets), and return None when there is none.
 """
 
 from __future__ import annotations
@@ -265,6 +266,7 @@ class NtlmNegotiate:
     domain: str | None = None
     workstation: str | None = None
     version: NtlmVersion | None = None
+    raw: bytes = field(default=b"", repr=False, compare=False)   # the message as sent (for the MIC)
     kind = "NTLMSSP_NEGOTIATE"
 
 
@@ -277,6 +279,7 @@ class NtlmChallenge:
     target_info: dict[str, object] = field(default_factory=dict)   # AvId name -> value
     timestamp: str | None = None                                  # MsvAvTimestamp
     version: NtlmVersion | None = None
+    raw: bytes = field(default=b"", repr=False, compare=False)
     kind = "NTLMSSP_CHALLENGE"
 
 
@@ -298,6 +301,7 @@ class NtlmAuthenticate:
     client_challenge: bytes | None = None          # NTLMv2_CLIENT_CHALLENGE.ChallengeFromClient
     client_timestamp: str | None = None
     client_target_info: dict[str, object] = field(default_factory=dict)
+    raw: bytes = field(default=b"", repr=False, compare=False)
     kind = "NTLMSSP_AUTH"
 
     @property
@@ -401,7 +405,7 @@ def _parse_ntlmssp(data, off: int):
             dom = _ntlm_text(data, d, False) if d else None
             ws = _ntlm_text(data, w, False) if w else None
             first = min([s[0] for s in (d, w) if s] or [off + n])
-        return NtlmNegotiate(flags, dom, ws, _ntlm_version(data, off + 32, flags, first))
+        return NtlmNegotiate(flags, dom, ws, _ntlm_version(data, off + 32, flags, first), bytes(data[off:]))
     if mtype == 2:
         what = "CHALLENGE_MESSAGE"
         if n < 48:
@@ -414,7 +418,7 @@ def _parse_ntlmssp(data, off: int):
         first = min([s[0] for s in (t, i) if s] or [off + n])
         return NtlmChallenge(
             flags, bytes(data[off + 24:off + 32]), _ntlm_text(data, t, unicode) if t else None,
-            info, info.get("MsvAvTimestamp"), _ntlm_version(data, off + 48, flags, first))
+            info, info.get("MsvAvTimestamp"), _ntlm_version(data, off + 48, flags, first), bytes(data[off:]))
     if mtype == 3:
         what = "AUTHENTICATE_MESSAGE"
         if n < 64:
@@ -433,7 +437,7 @@ def _parse_ntlmssp(data, off: int):
             _ntlm_version(data, off + 64, flags, first),
             # the MIC sits between Version and the payload when the payload leaves room for it
             bytes(data[off + 72:off + 88]) if first >= off + 88 and n >= 88 else None,
-            nt_bytes, bytes(data[lm[0]:lm[1]]) if lm else b"")
+            nt_bytes, bytes(data[lm[0]:lm[1]]) if lm else b"", raw=bytes(data[off:]))
         if msg.ntlm_version == 2 and len(nt_bytes) >= 44:
             # NTLMv2_RESPONSE: NTProofStr(16) + NTLMv2_CLIENT_CHALLENGE (MS-NLMP 2.2.2.7)
             msg.client_timestamp = filetime_text(_U64.unpack_from(nt_bytes, 24)[0])
@@ -898,6 +902,7 @@ def token_summary(token) -> str:
 # security contexts of a connection
 
 # An object with unseal(context, direction, pdu_bytes, stub_span, verifier) -> bytes | None
+# and verify(context, direction, pdu_bytes, stub_span, verifier) -> bool | None
 # (dissectors.credentials.ConnectionKeys).
 KeyProvider = object
 
@@ -994,6 +999,17 @@ class AuthContext:
         if self.key_provider is None:
             return None
         return self.key_provider.unseal(self, direction, pdu_bytes, stub_span, verifier)
+
+    def verify(self, direction: int, pdu_bytes: bytes, stub_span: tuple[int, int], verifier) -> bool | None:
+        """Check the signature of a packet-integrity PDU (level 5: stub in clear, MS-RPCE 3.3.1.5.2.2).
+
+        Same arguments as `unseal`. True when the verifier verifies, False when it
+        does not (the provider says so once per context), None when it cannot be
+        checked (no key provider, or no keys for this context).
+        """
+        if self.key_provider is None:
+            return None
+        return self.key_provider.verify(self, direction, pdu_bytes, stub_span, verifier)
 
 
 def classify_verifier(token: bytes, auth_type: int | None = None) -> str:

@@ -19,28 +19,35 @@ ticket's principal first, then every other key of the ticket's etype (the
 ticket's checksum tells the right one).
 
 `ConnectionKeys` is what dissectors.auth.AuthContexts(key_provider=...) gets for
-one TCP connection: on the first sealed PDU of a security context it derives that
-context's keys from the handshake the context kept (NTLMSSP: MS-NLMP 3.3, 3.4;
-Kerberos: the ticket and AP-REP), then unseals every sealed PDU of the context.
-When it cannot (no secret for that user, a wrong one, a signature that does not
-verify), it says so once per connection and auth context, as an ErrorRecord of
-stage "auth"; those stubs stay encrypted and nothing else changes.
+one TCP connection: on the first sealed (level 6) or signed (level 5) PDU of a
+security context it derives that context's keys from the handshake the context
+kept (NTLMSSP: MS-NLMP 3.3, 3.4, with the AUTHENTICATE message's MIC checked;
+Kerberos: the ticket and AP-REP), then unseals every sealed PDU of the context
+and verifies the signature of every signed one. When it cannot (no secret for
+that user, a wrong one, a signature that does not verify), it says so once per
+auth context, as an ErrorRecord of stage "auth" (a refusal to derive keys, once per
+connection even when the same user opens several contexts on it); sealed stubs
+stay encrypted, signed ones stay unverified (Call.req_verified / resp_verified
+None, False for the PDU that failed), and nothing else changes. A MIC that does
+not verify is said once too; the keys are still used.
 
 No secret is ever logged or put in a message; `repr(Credentials)` counts them.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from dataclasses import dataclass
 
-from .auth import AuthContext, KerberosApRep, KerberosApReq, NtlmAuthenticate, NtlmChallenge, inner_token
+from .auth import (AuthContext, KerberosApRep, KerberosApReq, NtlmAuthenticate, NtlmChallenge, NtlmNegotiate,
+                   inner_token)
 from .crypto_kerberos import (AES_KEY_SIZES, ETYPE_AES128, ETYPE_AES256, ETYPE_RC4, Key, KerberosContextKeys,
                               KerberosCryptoError, KerberosDceSecurity, default_salt, parse_keytab,
                               recover_context_keys, string_to_key)
-from .crypto_ntlm import (NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealError, exported_session_key, lmowfv1,
-                          ntowfv1)
+from .crypto_ntlm import (MIC_LEN, NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealError, authenticate_mic,
+                          exported_session_key, lmowfv1, ntowfv1)
 from .records import ErrorRecord
 
 try:
@@ -276,7 +283,8 @@ NO_KEYS = _NoKeys()
 
 
 class ConnectionKeys:
-    """Unseals the packet-privacy PDUs of one TCP connection (the AuthContexts key_provider)."""
+    """Unseals the packet-privacy PDUs and verifies the packet-integrity ones of one TCP connection
+    (the AuthContexts key_provider)."""
 
     __slots__ = ("credentials", "conn", "emit", "_reported")
 
@@ -284,17 +292,11 @@ class ConnectionKeys:
         self.credentials = credentials
         self.conn = conn
         self.emit = emit
-        self._reported: set[int] = set()
+        self._reported: set = set()      # auth context ids and refusals already said
 
     def unseal(self, ctx: AuthContext, direction: int, pdu_bytes: bytes, stub_span: tuple[int, int],
                verifier) -> bytes | None:
-        state = ctx.security
-        if state is None:
-            try:
-                state = ctx.security = self._establish(ctx)
-            except Exception as exc:  # noqa: BLE001 - hostile handshakes must not stop the run
-                self._report(ctx, f"internal error deriving the keys: {type(exc).__name__}: {exc}")
-                state = ctx.security = NO_KEYS
+        state = self._state(ctx, True)
         if state is NO_KEYS:
             return None
         try:
@@ -303,18 +305,51 @@ class ConnectionKeys:
             why = str(exc)
         except Exception as exc:  # noqa: BLE001 - a damaged PDU is reported, never raised
             why = f"internal error unsealing: {type(exc).__name__}: {exc}"
-        self._report(ctx, f"{why} (call_id {int.from_bytes(pdu_bytes[12:16], 'little')}, "
-                          f"{'request' if direction == 0 else 'response'})")
+        self._report(ctx, f"{why} ({_which(pdu_bytes, direction)})", True)
         return None
 
-    def _report(self, ctx: AuthContext, why: str) -> None:
-        if ctx.ctx_id in self._reported:
-            return
-        self._reported.add(ctx.ctx_id)
-        self.emit(ErrorRecord("auth", f"cannot decrypt auth context {ctx.ctx_id}: {why}; "
-                                      f"its sealed stubs stay encrypted", ctx.frame, self.conn, "auth_value"))
+    def verify(self, ctx: AuthContext, direction: int, pdu_bytes: bytes, stub_span: tuple[int, int],
+               verifier) -> bool | None:
+        """True / False for the signature of a packet-integrity PDU, None without keys (see AuthContext.verify)."""
+        state = self._state(ctx, False)
+        if state is NO_KEYS:
+            return None
+        try:
+            state.verify(direction, pdu_bytes, stub_span, verifier)
+            return True
+        except UnsealError as exc:
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a damaged PDU is reported, never raised
+            why = f"internal error verifying: {type(exc).__name__}: {exc}"
+        self._report(ctx, f"{why} ({_which(pdu_bytes, direction)})", False)
+        return False
 
-    def _establish(self, ctx: AuthContext):
+    def _state(self, ctx: AuthContext, sealed: bool):
+        """The context's security state, derived on its first protected PDU (NO_KEYS when it cannot be)."""
+        state = ctx.security
+        if state is None:
+            try:
+                state = ctx.security = self._establish(ctx, sealed)
+            except Exception as exc:  # noqa: BLE001 - hostile handshakes must not stop the run
+                self._report(ctx, f"internal error deriving the keys: {type(exc).__name__}: {exc}", sealed)
+                state = ctx.security = NO_KEYS
+        return state
+
+    def _report(self, ctx: AuthContext, why: str, sealed: bool, refusal: bool = False) -> None:
+        # a refusal (no keys) is said once per connection even when the same user opens several
+        # contexts on it, as impacket does with one alter_context per interface
+        key = why if refusal else ctx.ctx_id
+        if key in self._reported or ctx.ctx_id in self._reported:
+            return
+        self._reported.update((key, ctx.ctx_id))
+        if sealed:
+            reason = f"cannot decrypt auth context {ctx.ctx_id}: {why}; its sealed stubs stay encrypted"
+        else:
+            reason = (f"cannot verify the signatures of auth context {ctx.ctx_id}: {why}; "
+                      f"its signed stubs are decoded unverified")
+        self.emit(ErrorRecord("auth", reason, ctx.frame, self.conn, "auth_value"))
+
+    def _establish(self, ctx: AuthContext, sealed: bool = True):
         tokens = [(t.direction, inner_token(t.token)) for t in ctx.tokens if t.error is None]
         ntlm_auth = next((tok for d, tok in tokens if isinstance(tok, NtlmAuthenticate)), None)
         ap_req = next((tok for d, tok in tokens if isinstance(tok, KerberosApReq)), None)
@@ -326,10 +361,10 @@ class ConnectionKeys:
             if not ctx.tokens:
                 raise _Refusal("no handshake of this context was captured (the capture starts after it), "
                                "so no session key can be derived")
-            raise _Refusal(f"no decryption for {ctx.mechanism or f'auth type {ctx.auth_type}'} "
-                           f"(only NTLMSSP and Kerberos are supported)")
+            raise _Refusal(f"no {'decryption' if sealed else 'signature verification'} for "
+                           f"{ctx.mechanism or f'auth type {ctx.auth_type}'} (only NTLMSSP and Kerberos are supported)")
         except _Refusal as exc:
-            self._report(ctx, str(exc))
+            self._report(ctx, str(exc), sealed, refusal=True)
             return NO_KEYS
 
     def _ntlm(self, ctx: AuthContext, tokens, auth: NtlmAuthenticate) -> NtlmDceSecurity:
@@ -347,10 +382,35 @@ class ConnectionKeys:
             except NtlmKeyError as exc:
                 reasons.append(str(exc))
                 continue
+            self._check_mic(ctx, tokens, auth, key)
             return NtlmDceSecurity(NtlmSession(flags, key), auth.principal)
         what = "the password or NT hash given" if len(secrets) == 1 else f"none of the {len(secrets)} secrets given"
         raise _Refusal(f"{who}: {what} for this user does not verify ({'; '.join(dict.fromkeys(reasons))}), "
                        f"so no signature would verify")
+
+    def _check_mic(self, ctx: AuthContext, tokens, auth: NtlmAuthenticate, exported: bytes) -> None:
+        """MS-NLMP 3.1.5.1.2 / 3.2.5.1.2: when the client says it sent a MIC (MsvAvFlags 0x2), the MIC
+        must be HMAC_MD5(ExportedSessionKey, NEGOTIATE | CHALLENGE | AUTHENTICATE with the MIC zeroed).
+        A mismatch means the handshake messages are not those the client signed (a relay that
+        removed a flag or the MIC itself); it is said once, and the keys are still used."""
+        flags = auth.client_target_info.get("MsvAvFlags")
+        if not isinstance(flags, int) or not flags & 0x2:
+            return
+        negotiate = next((tok for d, tok in tokens if isinstance(tok, NtlmNegotiate)), None)
+        challenge = next((tok for d, tok in tokens if isinstance(tok, NtlmChallenge)), None)
+        frame = next((t.frame for t in ctx.tokens if inner_token(t.token) is auth), ctx.frame)
+        who = f"NTLMSSP user {auth.principal}"
+        if auth.mic is None or len(auth.mic) != MIC_LEN:
+            why = "announces a MIC (MsvAvFlags 0x2) but has no room for one"
+        elif negotiate is None or not negotiate.raw or not challenge.raw or not auth.raw:
+            return                      # the capture misses a message the MIC covers: nothing to say
+        elif hmac.compare_digest(authenticate_mic(exported, negotiate.raw, challenge.raw, auth.raw), auth.mic):
+            return
+        else:
+            why = ("carries a MIC that does not verify (MS-NLMP 3.1.5.1.2): the NEGOTIATE, CHALLENGE "
+                   "or AUTHENTICATE message was altered on the way, e.g. by an NTLM relay")
+        self.emit(ErrorRecord("auth", f"auth context {ctx.ctx_id}: the AUTHENTICATE message of {who} {why}",
+                              frame, self.conn, "AUTHENTICATE_MESSAGE.MIC"))
 
     def _kerberos(self, tokens, ap_req: KerberosApReq) -> KerberosDceSecurity:
         ap_rep = next((tok for d, tok in tokens if d == 1 and isinstance(tok, KerberosApRep)), None)
@@ -369,3 +429,8 @@ class ConnectionKeys:
 
 class _Refusal(Exception):
     pass
+
+
+def _which(pdu_bytes: bytes, direction: int) -> str:
+    """'call_id N, request' for a message about one PDU."""
+    return f"call_id {int.from_bytes(pdu_bytes[12:16], 'little')}, {'request' if direction == 0 else 'response'}"

@@ -16,7 +16,11 @@ What an analyst with the service's keys can recover from a captured AP exchange:
   verifier, the data encrypted in place in the stub. RFC 4121 4.2.6.2 tokens for
   AES (rotation by RRC + EC, the encrypted header copy checked, the checksum over
   the sign-only PDU header and sec_trailer when header signing is in use) and
-  RFC 4757 7.3 tokens for RC4.
+  RFC 4757 7.3 tokens for RC4;
+- at packet integrity (DCE/RPC level 5, stubs in clear) the per-message MIC
+  tokens: RFC 4121 4.2.6.1 (checksum over the signed buffers, then the token
+  header; key usage 23 / 25) and RFC 4757 7.2 (RC4: MD5 of usage 15, the token
+  header and the data, under the signature key).
 
 Every parser is bounded by its buffer and raises only `KerberosCryptoError`
 (a wrong key, a damaged token) or DecodeError (from the shared DER reader).
@@ -49,7 +53,9 @@ USAGE_TICKET = 2
 USAGE_AUTHENTICATOR = 11
 USAGE_AP_REP = 12
 KG_USAGE_ACCEPTOR_SEAL = 22
+KG_USAGE_ACCEPTOR_SIGN = 23
 KG_USAGE_INITIATOR_SEAL = 24
+KG_USAGE_INITIATOR_SIGN = 25
 
 # RFC 4121 4.2.2 token flags
 FLAG_SENT_BY_ACCEPTOR = 1
@@ -61,6 +67,8 @@ _HMAC_LEN = 12                   # HMAC-SHA1-96
 _BLOCK = 16
 _KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")
 _CFX_HEADER = struct.Struct(">HBBHHQ")      # TOK_ID, Flags, Filler, EC, RRC, SND_SEQ
+_MIC_HEADER = struct.Struct(">HB5sQ")       # TOK_ID, Flags, Filler (5 x 0xFF), SND_SEQ (RFC 4121 4.2.6.1)
+_MIC_FILLER = b"\xff" * 5
 
 
 class KerberosCryptoError(Exception):
@@ -174,7 +182,7 @@ class Key:
     def __init__(self, etype: int, value: bytes):
         self.etype = etype
         self.value = bytes(value)
-        self._derived: dict[int, tuple[bytes, bytes]] = {}
+        self._derived: dict[object, tuple[bytes, bytes]] = {}
 
     def __repr__(self) -> str:          # never the key itself
         return f"Key(etype={self.etype}, {len(self.value)} octets)"
@@ -194,6 +202,20 @@ class Key:
             keys = (_dr(self.value, u + b"\xaa", size), _dr(self.value, u + b"\x55", size))
             self._derived[usage] = keys
         return keys
+
+    def checksum(self, usage: int, data: bytes) -> bytes:
+        """The keyed checksum of the etype: hmac-sha1-96-aes under Kc = DK(base, usage | 0x99)
+        (RFC 3961 5.4, RFC 3962), or RFC 4757 4's HMAC-MD5 under the signature key."""
+        if self.etype == ETYPE_RC4:
+            ksign = hmac_md5(self.value, b"signaturekey\x00")
+            return hmac_md5(ksign, hashlib.md5(struct.pack("<I", usage) + data).digest())
+        kc = self._derived.get(("Kc", usage))
+        if kc is None:
+            kc = _dr(self.value, struct.pack(">I", usage) + b"\x99", len(self.value))
+            self._derived[("Kc", usage)] = (kc, kc)
+        else:
+            kc = kc[0]
+        return hmac.digest(kc, data, "sha1")[:_HMAC_LEN]
 
     def encrypt(self, usage: int, plaintext: bytes, confounder: bytes) -> bytes:
         """RFC 3961 5.3 / RFC 4757 3 encryption with a caller-chosen confounder (the generator's)."""
@@ -480,26 +502,31 @@ def cfx_unwrap_dce(key: Key, token: bytes, sealed: bytes, signed: tuple[tuple[by
 
 
 _RC4_TOKEN_LEN = 32                   # TOK_ID .. Confounder (RFC 4757 7.3)
+_RC4_MIC_LEN = 24                     # TOK_ID .. SGN_CKSUM (RFC 4757 7.2)
+_RC4_WRAP_HEAD = b"\x02\x01\x11\x00\x10\x00\xff\xff"
+_RC4_MIC_HEAD = b"\x01\x01\x11\x00\xff\xff\xff\xff"
+_RC4_USAGE_SEAL, _RC4_USAGE_SIGN = 13, 15     # the checksum usages of Wrap and GetMIC (RFC 4757 7.2, 7.3)
 
 
-def _rc4_token_body(token: bytes) -> bytes:
-    """The 32 octets after the GSS framing of an RFC 4757 Wrap token."""
+def _rc4_token_body(token: bytes, mic: bool = False) -> bytes:
+    """The octets after the GSS framing of an RFC 4757 Wrap (32) or MIC (24) token."""
     if len(token) < 2 or token[0] != 0x60:
         raise KerberosCryptoError("not a GSS-framed RFC 4757 token")
     at = token.find(_KRB5_OID_DER, 2, 6 + len(_KRB5_OID_DER))   # after 0x60 and a 1..4-octet length
     if at < 0:
         raise KerberosCryptoError("RFC 4757 token without the Kerberos OID")
-    body = token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + _RC4_TOKEN_LEN]
-    if len(body) < _RC4_TOKEN_LEN or body[:2] != b"\x02\x01":
-        raise KerberosCryptoError("not an RFC 4757 Wrap token")
-    if body[2:4] != b"\x11\x00" or body[4:6] != b"\x10\x00":
+    size, head = (_RC4_MIC_LEN, _RC4_MIC_HEAD) if mic else (_RC4_TOKEN_LEN, _RC4_WRAP_HEAD)
+    body = token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + size]
+    if len(body) < size or body[:2] != head[:2]:
+        raise KerberosCryptoError(f"not an RFC 4757 {'MIC' if mic else 'Wrap'} token")
+    if body[2:6] != head[2:6]:
         raise KerberosCryptoError(f"RFC 4757 token with SGN_ALG {body[2:4].hex()} / SEAL_ALG {body[4:6].hex()}")
     return body
 
 
-def _rc4_checksum(key: bytes, head8: bytes, conf: bytes, data: bytes) -> bytes:
+def _rc4_checksum(key: bytes, head8: bytes, conf: bytes, data: bytes, usage: int = _RC4_USAGE_SEAL) -> bytes:
     ksign = hmac_md5(key, b"signaturekey\x00")
-    return hmac_md5(ksign, hashlib.md5(struct.pack("<I", 13) + head8 + conf + data).digest())[:8]
+    return hmac_md5(ksign, hashlib.md5(struct.pack("<I", usage) + head8 + conf + data).digest())[:8]
 
 
 def _rc4_kcrypt(key: bytes, seq4: bytes) -> bytes:
@@ -510,7 +537,7 @@ def _rc4_kcrypt(key: bytes, seq4: bytes) -> bytes:
 def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: bytes,
                  sign_head: bytes = b"", sign_tail: bytes = b"") -> tuple[bytes, bytes]:
     """RFC 4757 7.3 GSS_Wrap in DCE style -> (verifier token, data sealed in place)."""
-    head8 = b"\x02\x01\x11\x00\x10\x00\xff\xff"
+    head8 = _RC4_WRAP_HEAD
     conf = confounder[:8]
     cksum = _rc4_checksum(key.value, head8, conf, sign_head + plain + sign_tail)
     seq_plain = struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
@@ -539,6 +566,55 @@ def rc4_unwrap_dce(key: Key, token: bytes, sealed: bytes, signed: tuple[tuple[by
         if hmac.compare_digest(_rc4_checksum(key.value, body[:8], conf, head + data + tail), cksum):
             return data
     raise KerberosCryptoError("the RFC 4757 token checksum does not verify")
+
+
+# ---- per-message MIC tokens (packet integrity: the data is signed, not sealed)
+
+
+def _seq_plain(seq: int, acceptor: bool) -> bytes:
+    """RFC 4757 7.2 SND_SEQ before encryption: the sequence number and the direction filler."""
+    return struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
+
+
+def cfx_get_mic_dce(key: Key, data: bytes, seq: int, acceptor: bool, acceptor_subkey: bool) -> bytes:
+    """GSS_GetMICEx (RFC 4121 4.2.6.1) -> the MIC token; data: the signed buffers in order
+    (PDU header, stub with its padding, sec_trailer when header signing is in use)."""
+    flags = (FLAG_SENT_BY_ACCEPTOR if acceptor else 0) | (FLAG_ACCEPTOR_SUBKEY if acceptor_subkey else 0)
+    header = _MIC_HEADER.pack(0x0404, flags, _MIC_FILLER, seq)
+    return header + key.checksum(KG_USAGE_ACCEPTOR_SIGN if acceptor else KG_USAGE_INITIATOR_SIGN, data + header)
+
+
+def cfx_verify_mic(key: Key, token: bytes, candidates: tuple[bytes, ...]) -> int:
+    """Index of the candidate data an RFC 4121 MIC token verifies; KerberosCryptoError if none."""
+    if len(token) < 16 + _HMAC_LEN or token[:2] != b"\x04\x04" or token[3:8] != _MIC_FILLER:
+        raise KerberosCryptoError("not an RFC 4121 MIC token")
+    header, mac = token[:16], token[16:]
+    usage = KG_USAGE_ACCEPTOR_SIGN if token[2] & FLAG_SENT_BY_ACCEPTOR else KG_USAGE_INITIATOR_SIGN
+    for i, data in enumerate(candidates):
+        if hmac.compare_digest(key.checksum(usage, data + header)[:len(mac)], mac):
+            return i
+    raise KerberosCryptoError("the MIC token checksum does not verify")
+
+
+def rc4_get_mic_dce(key: Key, data: bytes, seq: int, acceptor: bool) -> bytes:
+    """RFC 4757 7.2 GSS_GetMIC -> the GSS-framed MIC token (37 octets)."""
+    cksum = _rc4_checksum(key.value, _RC4_MIC_HEAD, b"", data, _RC4_USAGE_SIGN)
+    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
+    body = _RC4_MIC_HEAD + Rc4(kseq).update(_seq_plain(seq, acceptor)) + cksum
+    return b"\x60" + bytes((len(_KRB5_OID_DER) + len(body),)) + _KRB5_OID_DER + body
+
+
+def rc4_verify_mic(key: Key, token: bytes, candidates: tuple[bytes, ...]) -> int:
+    """Index of the candidate data an RFC 4757 MIC token verifies; KerberosCryptoError if none."""
+    body = _rc4_token_body(token, mic=True)
+    snd_seq, cksum = body[8:16], body[16:24]
+    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
+    if Rc4(kseq).update(snd_seq)[4:] not in (b"\x00" * 4, b"\xff" * 4):
+        raise KerberosCryptoError("RFC 4757 sequence number does not decrypt (wrong key?)")
+    for i, data in enumerate(candidates):
+        if hmac.compare_digest(_rc4_checksum(key.value, body[:8], b"", data, _RC4_USAGE_SIGN), cksum):
+            return i
+    raise KerberosCryptoError("the RFC 4757 MIC checksum does not verify")
 
 
 # --------------------------------------------------------------------------
@@ -643,6 +719,39 @@ class KerberosDceSecurity:
                 self.whole_pdu = _verifies_with_header(unwrap, key, token, sealed, whole[0])
             return data[:end - start]
         raise UnsealError(f"the Kerberos Wrap token does not verify for {self.keys.client} ({last})")
+
+    def verify(self, direction: int, pdu: bytes, stub_span: tuple[int, int], verifier) -> None:
+        """Check the MIC token of a packet-integrity PDU (level 5, stub in clear); UnsealError if it fails.
+
+        Signed with header signing: the PDU up to its auth_value; without: the stub and its padding.
+        """
+        start, end = stub_span
+        stop = end + verifier.pad_len
+        whole, body = pdu[:stop + 8], pdu[start:stop]
+        candidates = (whole, body) if self.whole_pdu is not False else (body, whole)
+        token = verifier.token
+        if token[:2] == b"\x04\x04":
+            kind, flags, check = 2, token[2], cfx_verify_mic
+        elif token[:1] == b"\x60":
+            kind, flags, check = 3, None, rc4_verify_mic
+        else:
+            raise UnsealError(f"unknown Kerberos MIC token {token[:4].hex()} for {self.keys.client}")
+        cached = self._hit.get((kind, flags))
+        keys = [cached] if cached is not None else self.keys.candidates(flags)
+        last = "no key"
+        for key in keys:
+            if kind == 3 and key.etype != ETYPE_RC4:
+                continue
+            try:
+                hit = check(key, token, candidates)
+            except KerberosCryptoError as exc:
+                last = str(exc)
+                continue
+            self._hit[(kind, flags)] = key
+            if self.whole_pdu is None:
+                self.whole_pdu = candidates[hit] is whole
+            return
+        raise UnsealError(f"the Kerberos MIC token does not verify for {self.keys.client} ({last})")
 
 
 def _verifies_with_header(unwrap, key: Key, token: bytes, sealed: bytes, head_tail) -> bool:

@@ -19,7 +19,12 @@ client and server computed:
 unseals with it. `NtlmDceSecurity` applies it to DCE/RPC PDUs (MS-RPCE
 3.3.1.5.2.2: the stub and its auth padding are sealed; the signature covers the
 whole PDU up to the auth_value, or only the body when the peers do without
-header signing: both are tried, the one that verifies is remembered).
+header signing: both are tried, the one that verifies is remembered). At packet
+integrity (level 5) the stub travels in clear and only the signature is checked;
+the RC4 handle still moves by the signature's checksum (with key exchange) or
+its whole encrypted part (without extended session security), as the sender's
+did. `authenticate_mic` recomputes the AUTHENTICATE message's MIC (MS-NLMP
+3.1.5.1.2), which binds the three handshake messages together.
 
 Nothing here keeps or prints a password; errors name the user and the reason.
 """
@@ -296,6 +301,18 @@ def exported_session_key(challenge, authenticate, nt_hash: bytes,
     return flags, kx
 
 
+# AUTHENTICATE_MESSAGE layout (MS-NLMP 2.2.1.3): the MIC follows the 8-octet Version at 64
+MIC_OFFSET = 72
+MIC_LEN = 16
+
+
+def authenticate_mic(exported: bytes, negotiate: bytes, challenge: bytes, authenticate: bytes) -> bytes:
+    """MIC of MS-NLMP 3.1.5.1.2: HMAC_MD5(ExportedSessionKey, NEGOTIATE | CHALLENGE | AUTHENTICATE),
+    the AUTHENTICATE message taken with its MIC field zeroed."""
+    zeroed = authenticate[:MIC_OFFSET] + b"\x00" * MIC_LEN + authenticate[MIC_OFFSET + MIC_LEN:]
+    return hmac_md5(exported, negotiate + challenge + zeroed)
+
+
 # --------------------------------------------------------------------------
 # message security (MS-NLMP 3.4.2 - 3.4.4), connection-oriented
 
@@ -386,7 +403,7 @@ class NtlmSession:
 
 
 class UnsealError(Exception):
-    """A sealed PDU that does not decrypt or whose signature does not verify."""
+    """A sealed PDU that does not decrypt, or a sealed or signed one whose signature does not verify."""
 
 
 class NtlmDceSecurity:
@@ -411,6 +428,22 @@ class NtlmDceSecurity:
         if self.whole_pdu is None:
             self.whole_pdu = candidates[hit] is whole
         return plain[:end - start]
+
+    def verify(self, direction: int, pdu: bytes, stub_span: tuple[int, int], verifier) -> None:
+        """Check the signature of a packet-integrity PDU (MS-RPCE 3.3.1.5.2.2, level 5); UnsealError if it fails.
+
+        The stub is clear: the candidates are the PDU up to its auth_value (header
+        signing) and the stub with its auth padding alone.
+        """
+        start, end = stub_span
+        stop = end + verifier.pad_len
+        whole, body = pdu[:stop + 8], pdu[start:stop]
+        candidates = (whole, body) if self.whole_pdu is not False else (body, whole)
+        hit = self.session.verify(direction, candidates, verifier.token)
+        if hit < 0:
+            raise UnsealError(f"the NTLMSSP signature does not verify for {self.principal}")
+        if self.whole_pdu is None:
+            self.whole_pdu = candidates[hit] is whole
 
     @staticmethod
     def seal(session: NtlmSession, direction: int, pdu_head: bytes, plain: bytes, trailer: bytes,

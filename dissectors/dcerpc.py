@@ -336,7 +336,7 @@ class _Direction:
 class _Half:
     """One side (request or response) of a call being reassembled."""
     __slots__ = ("data", "size", "sealed", "dropped", "done", "first_frame", "last_frame", "ts", "frags", "gap",
-                 "decrypted")
+                 "decrypted", "verified")
 
     def __init__(self, first_frame: int) -> None:
         self.data: bytearray | bytes | None = None
@@ -350,6 +350,7 @@ class _Half:
         self.frags = 0
         self.gap = False
         self.decrypted = False      # some fragment was sealed and decrypted with the analyst's keys
+        self.verified: bool | None = None   # level 5: every fragment's signature verified / one did not
 
 
 class _CallState:
@@ -367,8 +368,9 @@ class DceRpcConnection:
     conn: the TCP stage's connection (.index, .client, .server); emit: receives the
     Pdu, Call and ErrorRecord records in stream order; auth: the connection's
     security contexts (a fresh AuthContexts when None; pass one built with a
-    key_provider (dissectors.credentials.ConnectionKeys) to have sealed stubs decrypted:
-    calls then say req_decrypted / resp_decrypted).
+    key_provider (dissectors.credentials.ConnectionKeys) to have sealed stubs decrypted
+    and the signatures of packet-integrity PDUs verified: calls then say
+    req_decrypted / resp_decrypted and req_verified / resp_verified).
 
     A Call is emitted when its response's last fragment or a fault arrives; a
     response whose request was not captured is emitted at once (its request can no
@@ -609,6 +611,13 @@ class DceRpcConnection:
                     self.emit(pdu)
                     self._fragment(pdu, False, True)
                     return
+                if auth.auth_level == 5 and actx is not None and actx.key_provider is not None:
+                    # packet integrity: the stub is clear, its signature is checked (MS-RPCE 3.3.1.5.2.2)
+                    actx.frame = pdu.frame
+                    verified = actx.verify(direction, bytes(src[pos:pos + frag_len]), span, auth)
+                    self.emit(pdu)
+                    self._fragment(pdu, False, verified=verified)
+                    return
             self.emit(pdu)
             self._fragment(pdu, False)
             return
@@ -699,7 +708,7 @@ class DceRpcConnection:
             self._finish(old, None)
         return st
 
-    def _fragment(self, pdu: Pdu, sealed: bool, decrypted: bool = False) -> None:
+    def _fragment(self, pdu: Pdu, sealed: bool, decrypted: bool = False, verified: bool | None = None) -> None:
         flags = pdu.flags
         is_req = pdu.ptype == REQUEST
         st = self._calls.get(pdu.call_id)
@@ -746,6 +755,10 @@ class DceRpcConnection:
         half.size += n
         if decrypted:
             half.decrypted = True
+        if half.frags == 1:
+            half.verified = verified
+        elif half.verified is not False:      # True only while every fragment verified; one failure sticks
+            half.verified = False if verified is False else verified and half.verified
         if sealed:
             half.sealed = True
         elif not half.dropped:
@@ -804,10 +817,12 @@ class DceRpcConnection:
                 call.req_frames, call.req_ts, call.req_stub = frames, half.ts, stub
                 call.req_stub_len, call.req_encrypted = half.size, half.sealed
                 call.req_decrypted = half.decrypted and not half.sealed
+                call.req_verified = half.verified
             else:
                 call.resp_frames, call.resp_ts, call.resp_stub = frames, half.ts, stub
                 call.resp_stub_len, call.resp_encrypted = half.size, half.sealed
                 call.resp_decrypted = half.decrypted and not half.sealed
+                call.resp_verified = half.verified
         self.stats["calls"] += 1
         self.emit(call)
 

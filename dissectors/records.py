@@ -101,6 +101,8 @@ class Call:
     resp_encrypted: bool = False
     req_decrypted: bool = False     # sealed on the wire, decrypted with the analyst's credentials
     resp_decrypted: bool = False
+    req_verified: bool | None = None   # level 5 (integrity): every signature verified / one did not; None: not checked
+    resp_verified: bool | None = None
     fault: int | None = None        # fault status when the call failed at the RPC layer
     auth_type: int | None = None
     auth_level: int | None = None

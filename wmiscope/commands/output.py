@@ -32,11 +32,12 @@ def error_dict(err) -> dict:
 
 
 def call_dict(call, outcome: str) -> dict:
-    def half(frames, ts, stub_len, encrypted, decrypted):
+    def half(frames, ts, stub_len, encrypted, decrypted, verified):
         if frames is None:
             return None
         return {"frames": list(frames), "time": iso(ts), "epoch": ts,
-                "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted}
+                "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted,
+                "verified": verified}   # signed (level 5) and checked with the credentials; None: not checked
 
     d = {
         "type": "call",
@@ -51,9 +52,10 @@ def call_dict(call, outcome: str) -> dict:
         "opnum": call.opnum,
         "method": call.method,
         "ipid": call.ipid,
-        "request": half(call.req_frames, call.req_ts, call.req_stub_len, call.req_encrypted, call.req_decrypted),
+        "request": half(call.req_frames, call.req_ts, call.req_stub_len, call.req_encrypted, call.req_decrypted,
+                        call.req_verified),
         "response": half(call.resp_frames, call.resp_ts, call.resp_stub_len, call.resp_encrypted,
-                         call.resp_decrypted),
+                         call.resp_decrypted, call.resp_verified),
         "fault": call.fault,
         "auth": None if call.auth_type is None else {
             "type": call.auth_type,
