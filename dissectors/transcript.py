@@ -453,9 +453,13 @@ class TranscriptRenderer:
                           f"{AUTH_TYPE_NAMES.get(call.auth_type, call.auth_type)}/{_level(call.auth_level)})")
         elif side is not None and "params" in side:
             items, fields = self._wmi_fields(call, info, side, stub, request)
+            mech = f"{AUTH_TYPE_NAMES.get(call.auth_type, call.auth_type)}/{_level(call.auth_level)}"
             if getattr(call, "req_decrypted" if request else "resp_decrypted", False):
-                fields.insert(0, f"  (decrypted: sealed with {AUTH_TYPE_NAMES.get(call.auth_type, call.auth_type)}"
-                                 f"/{_level(call.auth_level)}, opened with the given credentials)")
+                fields.insert(0, f"  (decrypted: sealed with {mech}, opened with the given credentials)")
+            verified = call.req_verified if request else call.resp_verified
+            if verified is not None:
+                fields.insert(0, f"  (signed with {mech}: the signature "
+                                 f"{'verifies' if verified else 'does NOT verify'} with the given credentials)")
             header = side.get("orpcthis" if request else "orpcthat")
             if self.all and header is not None:
                 pre.append(f"+ DCOM: WMI protocol {direction}, {_orpc_text(header, request)}")

@@ -342,3 +342,18 @@ def test_the_json_of_a_verified_call_says_so(capsys):
     assert [(c["method"], c["auth"]["level_name"], c["request"]["verified"], c["response"]["verified"])
             for c in calls] == [("NTLMLogin", "integrity", True, True), ("GetObject", "integrity", True, True),
                                 ("ExecMethod", "integrity", True, True)]
+
+
+def test_transcript_says_whether_each_signature_verified():
+    from wmiscope.dissectors.transcript import render
+
+    creds = Credentials()
+    creds.load(tshark_util.sample_secrets()["wmi-sealed-samples.credentials"])
+    lines = list(render(analyse(SIGNED, credentials=creds)[0]))
+    checked = [line for line in lines if line.startswith("  (signed with NTLMSSP/integrity")]
+    assert len(checked) == 6 and all("the signature verifies" in line for line in checked)
+    wrong = Credentials()
+    wrong.add_password("WMILAB\\analyst", "not-the-password")
+    lines = list(render(analyse(SIGNED, credentials=wrong)[0]))
+    assert not any(line.startswith("  (signed with") for line in lines)     # nothing checked, nothing claimed
+    assert sum(line.startswith("! auth:") for line in lines) == 1
