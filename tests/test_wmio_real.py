@@ -235,6 +235,7 @@ def test_noclass_against_real_class():
 
 def test_real_encodings_fuzzed():
     rng = random.Random(99)
+    outcomes = {"decoded": 0, "located error": 0}
     seeds = [unit("impacket_wmiexec.pcapng", 66), unit("wmimplant.pcap", 203), unit("impacket_wmiexec.pcapng", 115)]
     for _ in range(200):
         b = bytearray(rng.choice(seeds))
@@ -246,8 +247,12 @@ def test_real_encodings_fuzzed():
                 b[i:i + 4] = struct.pack("<I", rng.choice([0xFFFFFFFF, 0x80000003, 0x7FFFFFF0, rng.randrange(4096)]))
         try:
             wmio.to_json(wmio.parse_encoding_unit(bytes(b)))
-        except DecodeError:
-            pass
+            outcomes["decoded"] += 1
+        except DecodeError as e:        # anything else fails the test
+            assert e.structure and e.offset >= 0
+            outcomes["located error"] += 1
+    # Mutations both slip through as other values and break structures: the fuzzing reached both.
+    assert outcomes["decoded"] > 0 and outcomes["located error"] > 0, outcomes
 
 
 # --- independence: impacket's decoder on the same real bytes -----------------
