@@ -243,6 +243,24 @@ class CaptureReader:
         if self._callback is not None:
             self._callback(rec)
 
+    def _refill(self, buf: bytes, pos: int, missing: int, frame: int, structure: str,
+                cut_short: str) -> bytes | None:
+        """The unread rest of ``buf`` (from ``pos``) with the next octets of the stream behind it.
+
+        Called when the record or block at ``pos`` lacks ``missing`` octets: at least a
+        chunk is read, so this runs about once per megabyte and the per-record path only
+        slices. None ends the iteration: at a damaged stream (already reported), or at
+        the end of the stream, where a record begun at ``pos`` is reported as
+        ``cut_short``; a stream ending exactly between records is no error.
+        """
+        more = self._read(max(CHUNK, missing), frame)
+        if not more:
+            if more is not None and pos < len(buf):
+                self._fail(frame, self._offset + pos, structure, cut_short)
+            return None
+        self._offset += pos
+        return buf[pos:] + more
+
     def _finish(self, frames: int) -> None:
         self.frames = frames
         self._release()
@@ -262,23 +280,18 @@ class CaptureReader:
         linktype = network & 0xFFFF
         self.linktypes.append(linktype)
         unpack = _PCAP_RECORD[bo].unpack_from
-        read = self._read
+        refill = self._refill
         pos = header.size
         n = len(buf)
         frame = 0
         try:
             while True:
                 if n - pos < hdrlen:
-                    more = read(CHUNK, frame + 1)
-                    if not more:
-                        if more is not None and pos < n:
-                            self._fail(frame + 1, self._offset + pos, "pcap record header",
-                                       f"file ends inside a record header ({n - pos} of {hdrlen} octets)")
+                    buf = refill(buf, pos, hdrlen - (n - pos), frame + 1, "pcap record header",
+                                 f"file ends inside a record header ({n - pos} of {hdrlen} octets)")
+                    if buf is None:
                         return
-                    self._offset += pos
-                    buf = buf[pos:] + more
-                    pos = 0
-                    n = len(buf)
+                    pos, n = 0, len(buf)
                     continue
                 sec, frac, incl, orig = unpack(buf, pos)
                 if incl > MAX_RECORD:
@@ -287,16 +300,11 @@ class CaptureReader:
                     return
                 end = pos + hdrlen + incl
                 if end > n:
-                    more = read(max(CHUNK, end - n), frame + 1)
-                    if not more:
-                        if more is not None:
-                            self._fail(frame + 1, self._offset + pos, "pcap record",
-                                       f"file ends inside a record ({n - pos - hdrlen} of {incl} octets)")
+                    buf = refill(buf, pos, end - n, frame + 1, "pcap record",
+                                 f"file ends inside a record ({n - pos - hdrlen} of {incl} octets)")
+                    if buf is None:
                         return
-                    self._offset += pos
-                    buf = buf[pos:] + more
-                    pos = 0
-                    n = len(buf)
+                    pos, n = 0, len(buf)
                     continue
                 frame += 1
                 yield frame, sec + frac * scale, linktype, buf[pos + hdrlen:end]
@@ -307,7 +315,7 @@ class CaptureReader:
     # -- pcapng ---------------------------------------------------------------------
 
     def _pcapng(self, buf: bytes) -> Iterator[RawFrame]:
-        read = self._read
+        refill = self._refill
         pos = 0
         n = len(buf)
         frame = 0
@@ -318,16 +326,11 @@ class CaptureReader:
             while True:
                 # A block: type, total length, body, total length again.
                 if n - pos < 12:
-                    more = read(CHUNK, frame + 1)
-                    if not more:
-                        if more is not None and pos < n:
-                            self._fail(frame + 1, self._offset + pos, "pcapng block header",
-                                       f"file ends inside a block header ({n - pos} octets)")
+                    buf = refill(buf, pos, 12 - (n - pos), frame + 1, "pcapng block header",
+                                 f"file ends inside a block header ({n - pos} octets)")
+                    if buf is None:
                         return
-                    self._offset += pos
-                    buf = buf[pos:] + more
-                    pos = 0
-                    n = len(buf)
+                    pos, n = 0, len(buf)
                     continue
                 btype, blen = S.block.unpack_from(buf, pos)
                 if btype == _SHB_TYPE:
@@ -346,17 +349,11 @@ class CaptureReader:
                     return
                 end = pos + blen
                 if end > n:
-                    more = read(max(CHUNK, end - n), frame + 1)
-                    if not more:
-                        if more is not None:
-                            self._fail(frame + 1, self._offset + pos, "pcapng block",
-                                       f"file ends inside a block of type {btype:#x} "
-                                       f"({n - pos} of {blen} octets)")
+                    buf = refill(buf, pos, end - n, frame + 1, "pcapng block",
+                                 f"file ends inside a block of type {btype:#x} ({n - pos} of {blen} octets)")
+                    if buf is None:
                         return
-                    self._offset += pos
-                    buf = buf[pos:] + more
-                    pos = 0
-                    n = len(buf)
+                    pos, n = 0, len(buf)
                     continue
                 if S.u32.unpack_from(buf, end - 4)[0] != blen:
                     self._fail(frame + 1, self._offset + pos, "pcapng block",
@@ -364,58 +361,54 @@ class CaptureReader:
                     return
                 if btype == 6:                              # Enhanced Packet Block
                     ifid, hi, lo, caplen, _ = S.epb.unpack_from(buf, pos + 8)
-                    if caplen > blen - 32 or ifid >= len(ifaces):
-                        self._fail(frame + 1, self._offset + pos, "pcapng Enhanced Packet Block",
-                                   f"captured length {caplen} in a {blen}-octet block"
-                                   if caplen > blen - 32 else
-                                   f"interface {ifid} not described (only {len(ifaces)})")
-                        return
-                    iface = ifaces[ifid]
-                    frame += 1
-                    last_ts = ((hi << 32) | lo) / iface.units + iface.offset
-                    yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
-                elif btype == 3:                            # Simple Packet Block
-                    if not ifaces:
-                        self._fail(frame + 1, self._offset + pos, "pcapng Simple Packet Block",
-                                   "no interface described before it")
-                        return
-                    iface = ifaces[0]
-                    caplen = min(S.u32.unpack_from(buf, pos + 8)[0], blen - 16)
-                    if iface.snaplen:
-                        caplen = min(caplen, iface.snaplen)
-                    frame += 1
-                    # An SPB has no timestamp; it takes the previous packet's rather than 1970.
-                    yield frame, last_ts, iface.linktype, buf[pos + 12:pos + 12 + caplen]
-                elif btype == 1:                            # Interface Description Block
-                    if blen < 20:
-                        self._fail(frame + 1, self._offset + pos, "pcapng Interface Description Block",
-                                   f"block of {blen} octets is shorter than its fixed part")
-                        return
-                    ifaces.append(self._interface(S, buf, pos, end))
-                elif btype == 2:                            # Packet Block (obsolete)
+                elif btype == 2:                            # Packet Block (obsolete): an EPB with a drops count
                     ifid, _, hi, lo, caplen, _ = S.pb.unpack_from(buf, pos + 8)
-                    if caplen > blen - 32 or ifid >= len(ifaces):
-                        self._fail(frame + 1, self._offset + pos, "pcapng Packet Block",
-                                   f"captured length {caplen} in a {blen}-octet block"
-                                   if caplen > blen - 32 else
-                                   f"interface {ifid} not described (only {len(ifaces)})")
-                        return
-                    iface = ifaces[ifid]
-                    frame += 1
-                    last_ts = ((hi << 32) | lo) / iface.units + iface.offset
-                    yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
-                elif btype == _SHB_TYPE:
-                    if blen < 28:
-                        self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
-                                   f"block of {blen} octets is shorter than its fixed part")
-                        return
-                    major = S.shb.unpack_from(buf, pos + 12)[0]
-                    if major != 1:
-                        self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
-                                   f"unsupported major version {major}")
-                        return
-                    ifaces = []                             # interface ids are per section
-                # any other block type (statistics, name resolution, custom ...) is skipped
+                else:
+                    if btype == 3:                          # Simple Packet Block
+                        if not ifaces:
+                            self._fail(frame + 1, self._offset + pos, "pcapng Simple Packet Block",
+                                       "no interface described before it")
+                            return
+                        iface = ifaces[0]
+                        caplen = min(S.u32.unpack_from(buf, pos + 8)[0], blen - 16)
+                        if iface.snaplen:
+                            caplen = min(caplen, iface.snaplen)
+                        frame += 1
+                        # An SPB has no timestamp; it takes the previous packet's rather than 1970.
+                        yield frame, last_ts, iface.linktype, buf[pos + 12:pos + 12 + caplen]
+                    elif btype == 1:                        # Interface Description Block
+                        if blen < 20:
+                            self._fail(frame + 1, self._offset + pos, "pcapng Interface Description Block",
+                                       f"block of {blen} octets is shorter than its fixed part")
+                            return
+                        ifaces.append(self._interface(S, buf, pos, end))
+                    elif btype == _SHB_TYPE:
+                        if blen < 28:
+                            self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
+                                       f"block of {blen} octets is shorter than its fixed part")
+                            return
+                        major = S.shb.unpack_from(buf, pos + 12)[0]
+                        if major != 1:
+                            self._fail(frame + 1, self._offset + pos, "pcapng Section Header Block",
+                                       f"unsupported major version {major}")
+                            return
+                        ifaces = []                         # interface ids are per section
+                    # any other block type (statistics, name resolution, custom ...) is skipped
+                    pos = end
+                    continue
+                # An Enhanced or obsolete Packet Block: the packet follows 28 octets of header.
+                # The other kinds continue above, so the common EPB tests btype only once.
+                if caplen > blen - 32 or ifid >= len(ifaces):
+                    self._fail(frame + 1, self._offset + pos,
+                               "pcapng Enhanced Packet Block" if btype == 6 else "pcapng Packet Block",
+                               f"captured length {caplen} in a {blen}-octet block"
+                               if caplen > blen - 32 else
+                               f"interface {ifid} not described (only {len(ifaces)})")
+                    return
+                iface = ifaces[ifid]
+                frame += 1
+                last_ts = ((hi << 32) | lo) / iface.units + iface.offset
+                yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
                 pos = end
         finally:
             self._finish(frame)

@@ -296,33 +296,32 @@ class ConnectionKeys:
 
     def unseal(self, ctx: AuthContext, direction: int, pdu_bytes: bytes, stub_span: tuple[int, int],
                verifier) -> bytes | None:
-        state = self._state(ctx, True)
-        if state is NO_KEYS:
-            return None
-        try:
-            return state.unseal(direction, pdu_bytes, stub_span, verifier)
-        except UnsealError as exc:
-            why = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a damaged PDU is reported, never raised
-            why = f"internal error unsealing: {type(exc).__name__}: {exc}"
-        self._report(ctx, f"{why} ({_which(pdu_bytes, direction)})", True)
-        return None
+        """The clear stub of a packet-privacy PDU; None without keys or when it does not open."""
+        return self._protected(ctx, True, direction, pdu_bytes, stub_span, verifier)[1]
 
     def verify(self, ctx: AuthContext, direction: int, pdu_bytes: bytes, stub_span: tuple[int, int],
                verifier) -> bool | None:
         """True / False for the signature of a packet-integrity PDU, None without keys (see AuthContext.verify)."""
-        state = self._state(ctx, False)
+        return self._protected(ctx, False, direction, pdu_bytes, stub_span, verifier)[0]
+
+    def _protected(self, ctx: AuthContext, sealed: bool, direction: int, pdu_bytes: bytes,
+                   stub_span: tuple[int, int], verifier) -> tuple[bool | None, object]:
+        """Unseals (sealed) or verifies one PDU with the context's security state:
+        (True, what the state returned), (False, None) once the failure is reported,
+        (None, None) without keys. A damaged PDU is reported, never raised."""
+        state = self._state(ctx, sealed)
         if state is NO_KEYS:
-            return None
+            return None, None
         try:
-            state.verify(direction, pdu_bytes, stub_span, verifier)
-            return True
+            if sealed:
+                return True, state.unseal(direction, pdu_bytes, stub_span, verifier)
+            return True, state.verify(direction, pdu_bytes, stub_span, verifier)
         except UnsealError as exc:
             why = str(exc)
         except Exception as exc:  # noqa: BLE001 - a damaged PDU is reported, never raised
-            why = f"internal error verifying: {type(exc).__name__}: {exc}"
-        self._report(ctx, f"{why} ({_which(pdu_bytes, direction)})", False)
-        return False
+            why = f"internal error {'unsealing' if sealed else 'verifying'}: {type(exc).__name__}: {exc}"
+        self._report(ctx, f"{why} ({_which(pdu_bytes, direction)})", sealed)
+        return False, None
 
     def _state(self, ctx: AuthContext, sealed: bool):
         """The context's security state, derived on its first protected PDU (NO_KEYS when it cannot be)."""

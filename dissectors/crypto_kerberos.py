@@ -697,28 +697,14 @@ class KerberosDceSecurity:
         whole = ((pdu[:start], pdu[stop:stop + 8]), (b"", b""))
         signed = whole if self.whole_pdu is not False else whole[::-1]
         token = verifier.token
-        if token[:2] == b"\x05\x04":
-            kind, flags, unwrap = 0, token[2], cfx_unwrap_dce
-        elif token[:1] == b"\x60":
-            kind, flags, unwrap = 1, None, rc4_unwrap_dce
-        else:
-            raise UnsealError(f"unknown Kerberos per-message token {token[:4].hex()} for {self.keys.client}")
-        cached = self._hit.get((kind, flags))
-        keys = [cached] if cached is not None else self.keys.candidates(flags)
-        last = "no key"
-        for key in keys:
-            if (kind == 0) != (key.etype in AES_KEY_SIZES):
-                continue
-            try:
-                data = unwrap(key, token, sealed, signed)
-            except KerberosCryptoError as exc:
-                last = str(exc)
-                continue
-            self._hit[(kind, flags)] = key
-            if self.whole_pdu is None:
-                self.whole_pdu = _verifies_with_header(unwrap, key, token, sealed, whole[0])
-            return data[:end - start]
-        raise UnsealError(f"the Kerberos Wrap token does not verify for {self.keys.client} ({last})")
+        cfx, flags = self._token_form(token, b"\x05\x04", "per-message")
+        kind, unwrap = (0, cfx_unwrap_dce) if cfx else (1, rc4_unwrap_dce)
+        key, data = self._first_key(kind, flags, "Wrap",
+                                    lambda key: cfx == (key.etype in AES_KEY_SIZES),
+                                    lambda key: unwrap(key, token, sealed, signed))
+        if self.whole_pdu is None:
+            self.whole_pdu = _verifies_with_header(unwrap, key, token, sealed, whole[0])
+        return data[:end - start]
 
     def verify(self, direction: int, pdu: bytes, stub_span: tuple[int, int], verifier) -> None:
         """Check the MIC token of a packet-integrity PDU (level 5, stub in clear); UnsealError if it fails.
@@ -730,28 +716,46 @@ class KerberosDceSecurity:
         whole, body = pdu[:stop + 8], pdu[start:stop]
         candidates = (whole, body) if self.whole_pdu is not False else (body, whole)
         token = verifier.token
-        if token[:2] == b"\x04\x04":
-            kind, flags, check = 2, token[2], cfx_verify_mic
-        elif token[:1] == b"\x60":
-            kind, flags, check = 3, None, rc4_verify_mic
-        else:
-            raise UnsealError(f"unknown Kerberos MIC token {token[:4].hex()} for {self.keys.client}")
+        cfx, flags = self._token_form(token, b"\x04\x04", "MIC")
+        kind, check = (2, cfx_verify_mic) if cfx else (3, rc4_verify_mic)
+        _, hit = self._first_key(kind, flags, "MIC",
+                                 lambda key: cfx or key.etype == ETYPE_RC4,
+                                 lambda key: check(key, token, candidates))
+        if self.whole_pdu is None:
+            self.whole_pdu = candidates[hit] is whole
+
+    def _token_form(self, token: bytes, cfx_tok_id: bytes, what: str) -> tuple[bool, int | None]:
+        """(RFC 4121 token, its Flags) of a per-message token: an RFC 4121 one starts with its
+        TOK_ID and carries Flags next; an RFC 4757 (RC4) one sits in the GSS-API framing
+        (0x60) and has none. UnsealError for anything else."""
+        if token[:2] == cfx_tok_id:
+            return True, token[2]
+        if token[:1] == b"\x60":
+            return False, None
+        raise UnsealError(f"unknown Kerberos {what} token {token[:4].hex()} for {self.keys.client}")
+
+    def _first_key(self, kind: int, flags: int | None, token_name: str, usable, attempt) -> tuple[Key, object]:
+        """(key, attempt(key)) for the first usable key whose attempt raises no KerberosCryptoError.
+
+        The key that worked last time for this kind of token (and flags: sent by the
+        acceptor or not, acceptor subkey or not) is the only one tried, else every
+        candidate of the context, and the one that works is remembered: a connection
+        settles on its key at the first PDU. UnsealError with the last reason when none works.
+        """
         cached = self._hit.get((kind, flags))
         keys = [cached] if cached is not None else self.keys.candidates(flags)
         last = "no key"
         for key in keys:
-            if kind == 3 and key.etype != ETYPE_RC4:
+            if not usable(key):
                 continue
             try:
-                hit = check(key, token, candidates)
+                result = attempt(key)
             except KerberosCryptoError as exc:
                 last = str(exc)
                 continue
             self._hit[(kind, flags)] = key
-            if self.whole_pdu is None:
-                self.whole_pdu = candidates[hit] is whole
-            return
-        raise UnsealError(f"the Kerberos MIC token does not verify for {self.keys.client} ({last})")
+            return key, result
+        raise UnsealError(f"the Kerberos {token_name} token does not verify for {self.keys.client} ({last})")
 
 
 def _verifies_with_header(unwrap, key: Key, token: bytes, sealed: bytes, head_tail) -> bool:

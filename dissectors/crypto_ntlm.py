@@ -420,13 +420,7 @@ class NtlmDceSecurity:
         start, end = stub_span
         stop = end + verifier.pad_len
         plain = self.session.decrypt(direction, pdu[start:stop])
-        whole = pdu[:start] + plain + pdu[stop:stop + 8]
-        candidates = (whole, plain) if self.whole_pdu is not False else (plain, whole)
-        hit = self.session.verify(direction, candidates, verifier.token)
-        if hit < 0:
-            raise UnsealError(f"the NTLMSSP signature does not verify for {self.principal}")
-        if self.whole_pdu is None:
-            self.whole_pdu = candidates[hit] is whole
+        self._check(direction, pdu[:start] + plain + pdu[stop:stop + 8], plain, verifier.token)
         return plain[:end - start]
 
     def verify(self, direction: int, pdu: bytes, stub_span: tuple[int, int], verifier) -> None:
@@ -437,9 +431,14 @@ class NtlmDceSecurity:
         """
         start, end = stub_span
         stop = end + verifier.pad_len
-        whole, body = pdu[:stop + 8], pdu[start:stop]
+        self._check(direction, pdu[:stop + 8], pdu[start:stop], verifier.token)
+
+    def _check(self, direction: int, whole: bytes, body: bytes, signature: bytes) -> None:
+        """The signature covers either the whole PDU up to its auth_value (header signing
+        negotiated) or the stub and its padding alone; the form the first verifying
+        signature used is tried first from then on. UnsealError if neither verifies."""
         candidates = (whole, body) if self.whole_pdu is not False else (body, whole)
-        hit = self.session.verify(direction, candidates, verifier.token)
+        hit = self.session.verify(direction, candidates, signature)
         if hit < 0:
             raise UnsealError(f"the NTLMSSP signature does not verify for {self.principal}")
         if self.whole_pdu is None:

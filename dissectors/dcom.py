@@ -511,11 +511,22 @@ def _serialized(buf: bytes, p: int, end: int, structure: str) -> NdrReader:
     return NdrReader(buf, start, start + blen, base=start, little_endian=little, structure=structure)
 
 
+def _read_objref(r: NdrReader) -> ObjRef:
+    """An MInterfacePointer pointee read in place: the OBJREF it carries."""
+    off, n = r.interface_pointer_data()
+    return parse_objref(r.buf, off, off + n)
+
+
 def _objref_summary(r: NdrReader) -> dict:
     """An MInterfacePointer pointee read in place, summarized by its OBJREF."""
-    off, n = r.interface_pointer_data()
-    o = parse_objref(r.buf, off, off + n)
-    return o.to_dict()
+    return _read_objref(r).to_dict()
+
+
+def _interface_pointers(r: NdrReader, what: str) -> list[ObjRef | None]:
+    """A conformant array of unique MInterfacePointer* (2.2.14): the referent IDs, then
+    the pointee of each non-NULL one in order; a NULL pointer stays None."""
+    refs = r.u32_array(r.count(4, what))
+    return [_read_objref(r) if ref else None for ref in refs]
 
 
 def _prop_instantiation(r: NdrReader) -> dict:
@@ -595,22 +606,34 @@ def _prop_security(r: NdrReader) -> dict:
     return d
 
 
-def _prop_scm_request(r: NdrReader) -> dict:
+def _scm_info(r: NdrReader, structure: str, read_info) -> dict:
+    """ScmRequestInfoData (2.2.22.2.4) and ScmReplyInfoData (2.2.22.2.8) share one layout:
+    pdwReserved (a unique DWORD*, MUST be NULL) then a unique pointer to the custom
+    structure, whose fields `read_info(r, d)` puts into the returned dict."""
     reserved = r.referent()
-    request = r.referent()
+    info = r.referent()
     d: dict = {}
     if reserved:
         r.u32()
-    if request:                                # customREMOTE_REQUEST_SCM_INFO (2.2.22.2.4.1)
-        r.structure = "customREMOTE_REQUEST_SCM_INFO"
-        d["client_imp_level"] = r.u32()
-        n = r.u16()
-        ref = r.referent()
-        seqs = r.u16_array(r.count(2, "pRequestedProtseqs")) if ref else []
-        if len(seqs) != n:
-            r.fail(f"cRequestedProtseqs {n} but {len(seqs)} protocol sequences")
-        d["requested_protseqs"] = seqs
+    if info:
+        r.structure = structure
+        read_info(r, d)
     return d
+
+
+def _prop_scm_request(r: NdrReader) -> dict:
+    return _scm_info(r, "customREMOTE_REQUEST_SCM_INFO", _remote_request_scm_info)
+
+
+def _remote_request_scm_info(r: NdrReader, d: dict) -> None:
+    """customREMOTE_REQUEST_SCM_INFO (2.2.22.2.4.1)."""
+    d["client_imp_level"] = r.u32()
+    n = r.u16()
+    ref = r.referent()
+    seqs = r.u16_array(r.count(2, "pRequestedProtseqs")) if ref else []
+    if len(seqs) != n:
+        r.fail(f"cRequestedProtseqs {n} but {len(seqs)} protocol sequences")
+    d["requested_protseqs"] = seqs
 
 
 def _ndr_dualstringarray(r: NdrReader) -> DualStringArray:
@@ -632,9 +655,8 @@ def _prop_props_out(r: NdrReader) -> dict:
     hrs = r.conformant_u32s("PropsOutInfo.phresults") if phr else []
     objrefs: list = []
     if pintf:
-        refs = r.u32_array(r.count(4, "PropsOutInfo.ppIntfData"))
-        for ref in refs:
-            objrefs.append(_objref_summary(r) if ref else None)
+        objrefs = [o.to_dict() if o is not None else None
+                   for o in _interface_pointers(r, "PropsOutInfo.ppIntfData")]
     if not len(iids) == len(hrs) == len(objrefs) == n:
         r.fail(f"cIfs {n} but {len(iids)} IIDs, {len(hrs)} HRESULTs, {len(objrefs)} interface pointers")
     out = []
@@ -647,21 +669,18 @@ def _prop_props_out(r: NdrReader) -> dict:
 
 
 def _prop_scm_reply(r: NdrReader) -> dict:
-    reserved = r.referent()
-    reply = r.referent()
-    d: dict = {}
-    if reserved:
-        r.u32()
-    if reply:                                  # customREMOTE_REPLY_SCM_INFO (2.2.22.2.8.1)
-        r.structure = "customREMOTE_REPLY_SCM_INFO"
-        d["oxid"] = r.u64()
-        bindings = r.referent()
-        d["ipid_remunknown"] = r.guid()
-        d["authn_hint"] = r.u32()
-        d["server_version"] = f"{r.u16()}.{r.u16()}"
-        if bindings:
-            d["oxid_bindings"] = _ndr_dualstringarray(r)
-    return d
+    return _scm_info(r, "customREMOTE_REPLY_SCM_INFO", _remote_reply_scm_info)
+
+
+def _remote_reply_scm_info(r: NdrReader, d: dict) -> None:
+    """customREMOTE_REPLY_SCM_INFO (2.2.22.2.8.1)."""
+    d["oxid"] = r.u64()
+    bindings = r.referent()
+    d["ipid_remunknown"] = r.guid()
+    d["authn_hint"] = r.u32()
+    d["server_version"] = f"{r.u16()}.{r.u16()}"
+    if bindings:
+        d["oxid_bindings"] = _ndr_dualstringarray(r)
 
 
 def _prop_instance(r: NdrReader) -> dict:
@@ -1038,6 +1057,25 @@ def _remote_activation_req(r: NdrReader, out: dict, dec, call: Call) -> None:
     out["requested_protseqs"] = seqs
 
 
+def _returned_interfaces(objrefs: list[ObjRef | None], iids: list, hrs: list, dec, call: Call, source: str, *,
+                         with_ipid: bool = False) -> list[dict]:
+    """The interface pointers a reply hands out (RemoteActivation, RemQueryInterface2), one
+    entry each: the IID the request asked for at that position (else the OBJREF's own), its
+    HRESULT and the OBJREF, which the registry learns."""
+    frame = _frame(call, 1)
+    out = []
+    for i, o in enumerate(objrefs):
+        iid = iids[i] if i < len(iids) else (o.iid if o else None)
+        e = {"iid": iid, "interface": _iface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
+        if o is not None:
+            e["objref"] = o.to_dict()
+            if with_ipid and o.std is not None:
+                e["ipid"] = o.std.ipid
+            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source=source)
+        out.append(e)
+    return out
+
+
 def _remote_activation_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
     out["orpcthat"] = read_orpcthat(r)
     r.structure = "RemoteActivation"
@@ -1050,30 +1088,12 @@ def _remote_activation_resp(r: NdrReader, out: dict, dec, call: Call, request: d
     out["authn_hint"] = r.u32()
     out["server_version"] = f"{r.u16()}.{r.u16()}"
     out["hresult"] = r.u32()
-    refs = r.u32_array(r.count(4, "ppInterfaceData"))
-    objrefs = []
-    for ref in refs:
-        if ref:
-            off, n = r.interface_pointer_data()
-            objrefs.append(parse_objref(r.buf, off, off + n))
-        else:
-            objrefs.append(None)
+    objrefs = _interface_pointers(r, "ppInterfaceData")
     hrs = r.conformant_u32s("pResults")
     out["status"] = r.u32()
-    requested = request.get("requested_iids") or []
-    frame = _frame(call, 1)
-    ifs = []
-    for i, o in enumerate(objrefs):
-        iid = requested[i] if i < len(requested) else (o.iid if o else None)
-        e = {"iid": iid, "interface": _iface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
-        if o is not None:
-            e["objref"] = o.to_dict()
-            if o.std is not None:
-                e["ipid"] = o.std.ipid
-                dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source="activation")
-        ifs.append(e)
-    out["interfaces"] = ifs
-    _finish_oxid_reply(out, dec, call, oxid, frame)
+    out["interfaces"] = _returned_interfaces(objrefs, request.get("requested_iids") or [], hrs, dec, call,
+                                             "activation", with_ipid=True)
+    _finish_oxid_reply(out, dec, call, oxid, _frame(call, 1))
 
 
 def _resolve_oxid_req(r: NdrReader, out: dict, dec, call: Call) -> None:
@@ -1148,18 +1168,24 @@ def _server_alive2_resp(r: NdrReader, out: dict, dec, call: Call, request: dict)
     out["status"] = r.u32()
 
 
+def _requested_iids(r: NdrReader, out: dict, what: str) -> None:
+    """cIids (unsigned short) and the conformant IID array it counts, as RemQueryInterface
+    and RemQueryInterface2 (3.1.1.5.6) both end their requests."""
+    n = r.u16()
+    iids = r.conformant_guids(what)
+    if len(iids) != n:
+        r.fail(f"cIids {n} but {len(iids)} IIDs")
+    out["iids"] = iids
+    out["interfaces"] = [_iface_name(i) for i in iids]
+
+
 def _rem_qi_req(r: NdrReader, out: dict, dec, call: Call) -> None:
     r.structure = "RemQueryInterface"
     out["ipid"] = r.guid()
     e = dec.registry.lookup(out["ipid"])
     out["object_interface"] = e.interface if e else None
     out["refs"] = r.u32()
-    n = r.u16()
-    iids = r.conformant_guids("RemQueryInterface.iids")
-    if len(iids) != n:
-        r.fail(f"cIids {n} but {len(iids)} IIDs")
-    out["iids"] = iids
-    out["interfaces"] = [_iface_name(i) for i in iids]
+    _requested_iids(r, out, "RemQueryInterface.iids")
 
 
 def _rem_qi_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
@@ -1198,37 +1224,15 @@ def _rem_qi2_req(r: NdrReader, out: dict, dec, call: Call) -> None:
     out["ipid"] = r.guid()
     e = dec.registry.lookup(out["ipid"])
     out["object_interface"] = e.interface if e else None
-    n = r.u16()
-    iids = r.conformant_guids("RemQueryInterface2.iids")
-    if len(iids) != n:
-        r.fail(f"cIids {n} but {len(iids)} IIDs")
-    out["iids"] = iids
-    out["interfaces"] = [_iface_name(i) for i in iids]
+    _requested_iids(r, out, "RemQueryInterface2.iids")
 
 
 def _rem_qi2_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
     r.structure = "RemQueryInterface2"
     hrs = r.conformant_u32s("RemQueryInterface2.phr")
-    refs = r.u32_array(r.count(4, "RemQueryInterface2.ppMIF"))
-    objrefs = []
-    for ref in refs:
-        if ref:
-            off, n = r.interface_pointer_data()
-            objrefs.append(parse_objref(r.buf, off, off + n))
-        else:
-            objrefs.append(None)
+    objrefs = _interface_pointers(r, "RemQueryInterface2.ppMIF")
     out["hresult"] = r.u32()
-    iids = request.get("iids") or []
-    frame = _frame(call, 1)
-    res = []
-    for i, o in enumerate(objrefs):
-        iid = iids[i] if i < len(iids) else (o.iid if o else None)
-        e = {"iid": iid, "interface": _iface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
-        if o is not None:
-            e["objref"] = o.to_dict()
-            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source="remqi")
-        res.append(e)
-    out["results"] = res
+    out["results"] = _returned_interfaces(objrefs, request.get("iids") or [], hrs, dec, call, "remqi")
 
 
 def _rem_refs_req(r: NdrReader, out: dict, dec, call: Call) -> None:
@@ -1330,32 +1334,13 @@ class DcomDecoder:
         ok = [False, False]
 
         if call.req_stub is not None:
-            r = NdrReader(call.req_stub, little_endian=little)
-            try:
-                if orpc:
-                    request["orpcthis"] = read_orpcthis(r)
-                if req_fn is not None:
-                    req_fn(r, request, self, call)
-                elif not structured:
-                    request["params_offset"] = r.pos
-                ok[0] = True
-            except DecodeError as e:
-                self._error(call, 0, e)
+            ok[0] = self._decode_stub(call, 0, request, little, orpc, structured, req_fn)
             decoded["request"] = request
 
         if call.resp_stub is not None and call.fault is None:
             response: dict = {}
-            r = NdrReader(call.resp_stub, little_endian=little)
-            try:
-                if orpc:
-                    response["orpcthat"] = read_orpcthat(r)
-                if resp_fn is not None:
-                    resp_fn(r, response, self, call, request)
-                elif not structured:
-                    response["params_offset"] = r.pos
-                ok[1] = True
-            except DecodeError as e:
-                self._error(call, 1, e)
+            # the response decoder also sees the request: a reply's arrays follow what was asked
+            ok[1] = self._decode_stub(call, 1, response, little, orpc, structured, resp_fn, request)
             decoded["response"] = response
 
         # every interface pointer on the wire teaches the registry, whoever carries it
@@ -1382,6 +1367,28 @@ class DcomDecoder:
             decoded["notes"] = notes
         if decoded:
             call.decoded = decoded
+
+    def _decode_stub(self, call: Call, direction: int, out: dict, little: bool, orpc: bool, structured: bool,
+                     fn, *request) -> bool:
+        """One direction's stub into `out`: ORPCTHIS / ORPCTHAT (2.2.13) first on an ORPC
+        interface, then the method's decoder, or where its parameters start for a method that
+        has none. False after a DecodeError, which becomes an error record of the call; what
+        was decoded before it stays in `out`."""
+        r = NdrReader(call.resp_stub if direction else call.req_stub, little_endian=little)
+        try:
+            if orpc:
+                if direction:
+                    out["orpcthat"] = read_orpcthat(r)
+                else:
+                    out["orpcthis"] = read_orpcthis(r)
+            if fn is not None:
+                fn(r, out, self, call, *request)
+            elif not structured:
+                out["params_offset"] = r.pos
+            return True
+        except DecodeError as e:
+            self._error(call, direction, e)
+            return False
 
     def _error(self, call: Call, direction: int, e: DecodeError) -> None:
         call.errors.append(ErrorRecord(stage="dcom", reason=e.reason, frame=_frame(call, direction),

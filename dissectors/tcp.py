@@ -58,7 +58,7 @@ from typing import Callable, Protocol
 from .capture import TcpSegment
 from .records import ErrorRecord
 
-__all__ = ["TcpConnection", "StreamHandler", "TcpReassembler", "FIN", "SYN", "RST", "PSH", "ACK"]
+__all__ = ["TcpConnection", "StreamHandler", "NullHandler", "TcpReassembler", "FIN", "SYN", "RST", "PSH", "ACK"]
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _CTL = FIN | SYN | RST
@@ -106,7 +106,12 @@ class StreamHandler(Protocol):
         """The connection is over; nothing more is delivered."""
 
 
-class _NullHandler:
+class NullHandler:
+    """A StreamHandler that discards everything: the stand-in for a connection whose handler
+    factory failed, and the no-op consumer that benchmarks time the reassembly with."""
+
+    __slots__ = ()
+
     def on_data(self, direction, data, frame, ts):
         pass
 
@@ -528,7 +533,7 @@ class TcpReassembler:
         try:
             handler = self._factory(rec)
         except Exception as exc:  # noqa: BLE001
-            handler = _NullHandler()
+            handler = NullHandler()
             self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index)
         conn = _Conn(rec, handler)
         conn.tentative = tentative

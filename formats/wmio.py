@@ -659,6 +659,29 @@ def parse_raw(buf: bytes, offset: int = 0, end: int | None = None, *, unit: bool
 # model layer
 # --------------------------------------------------------------------------
 
+def _named(items, name: str):
+    """The first of `items` (qualifiers, properties, methods) called `name`, or None.
+
+    Case-insensitive: CIM names are (DSP0004), and Windows keeps whatever case the
+    schema author wrote while callers ask with the documented one."""
+    low = name.lower()
+    for item in items:
+        if item.name.lower() == low:
+            return item
+    return None
+
+
+class _Qualified:
+    """What Property, Method and WmiClass share: a qualifier set (2.2.59) in `qualifiers`."""
+
+    __slots__ = ()
+
+    def qualifier(self, name: str, default=None):
+        """The value of the qualifier of that name, else `default`."""
+        q = _named(self.qualifiers, name)
+        return default if q is None else q.value
+
+
 @dataclass
 class Qualifier:
     """2.2.60 Qualifier: a name, flavor bits (2.2.62), a CIM type and a value."""
@@ -678,7 +701,7 @@ class Qualifier:
 
 
 @dataclass
-class Property:
+class Property(_Qualified):
     """2.2.30 PropertyInfo plus its NdTable bits and ValueTable value.
 
     cimtype   PropertyType as on the wire (array bit 0x2000 and the Inherited
@@ -713,13 +736,6 @@ class Property:
         """PropertyType's Inherited bit (2.2.32): declared in a superclass."""
         return bool(self.cimtype & CIM_INHERITED_FLAG)
 
-    def qualifier(self, name: str, default=None):
-        low = name.lower()
-        for q in self.qualifiers:
-            if q.name.lower() == low:
-                return q.value
-        return default
-
     @property
     def is_key(self) -> bool:
         return bool(self.qualifier("key", False))
@@ -731,7 +747,7 @@ class Property:
 
 
 @dataclass
-class Method:
+class Method(_Qualified):
     """2.2.40 MethodDescription with its qualifiers and signatures resolved.
     in_params / out_params are the __PARAMETERS classes of the
     MethodSignatureBlocks (None when the HeapRef or the block is empty)."""
@@ -743,16 +759,10 @@ class Method:
     in_params: "WmiClass | None" = None
     out_params: "WmiClass | None" = None
 
-    def qualifier(self, name: str, default=None):
-        low = name.lower()
-        for q in self.qualifiers:
-            if q.name.lower() == low:
-                return q.value
-        return default
 
 
 @dataclass
-class WmiClass:
+class WmiClass(_Qualified):
     """A CIM class: a ClassAndMethodsPart (2.2.14).
 
     For an object decoded from a ClassType (2.2.11) this is CurrentClass and
@@ -779,25 +789,10 @@ class WmiClass:
         return self.derivation[0] if self.derivation else None
 
     def get_property(self, name: str) -> Property | None:
-        low = name.lower()
-        for p in self.properties:
-            if p.name.lower() == low:
-                return p
-        return None
+        return _named(self.properties, name)
 
     def get_method(self, name: str) -> Method | None:
-        low = name.lower()
-        for m in self.methods:
-            if m.name.lower() == low:
-                return m
-        return None
-
-    def qualifier(self, name: str, default=None):
-        low = name.lower()
-        for q in self.qualifiers:
-            if q.name.lower() == low:
-                return q.value
-        return default
+        return _named(self.methods, name)
 
     @property
     def key_properties(self) -> list[Property]:

@@ -30,7 +30,7 @@ DEFAULT_SOURCE = ROOT.parent / "shared" / "captures" / "wmimplant.pcap"
 
 sys.path.insert(0, str(ROOT))
 from wmiscope.dissectors.capture import open_capture, tcp_segment  # noqa: E402
-from wmiscope.dissectors.tcp import TcpReassembler  # noqa: E402
+from wmiscope.dissectors.tcp import NullHandler, TcpReassembler  # noqa: E402
 
 _PCAP_HEADER = struct.Struct("<IHHiIII")
 _PCAP_RECORD = struct.Struct("<IIII")
@@ -88,20 +88,7 @@ def replicate(src, dst, target_bytes: int) -> int:
     return written
 
 
-class _NoOp:
-    __slots__ = ()
-
-    def on_data(self, direction, data, frame, ts):
-        pass
-
-    def on_gap(self, direction, missing, frame):
-        pass
-
-    def on_close(self, frame):
-        pass
-
-
-_NOOP = _NoOp()
+_NOOP = NullHandler()
 
 
 def _stage_read(path) -> int:

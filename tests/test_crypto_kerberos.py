@@ -8,13 +8,12 @@ RFC 4121 / RFC 4757 per-message tokens, both ways.
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 
 import pytest
 
 import tshark_util
-from tshark_util import PCAPS, ROOT
+from tshark_util import generator
 from wmiscope.dissectors import auth as A
 from wmiscope.dissectors import crypto_kerberos as K
 from wmiscope.formats.errors import DecodeError
@@ -22,14 +21,7 @@ from wmiscope.formats.errors import DecodeError
 H = bytes.fromhex
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "pcaps" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-GEN = _generator()
+GEN = generator()
 
 
 @pytest.mark.parametrize("nbytes, data, expected", [

@@ -11,44 +11,27 @@ on the samples and on the real captures.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import struct
-from types import SimpleNamespace
 
 import pytest
 
 import tshark_util
-from tshark_util import CAPTURES, PCAPS, ROOT
-from wmiscope.dissectors.auth import AuthContexts
-from wmiscope.dissectors.credentials import ConnectionKeys, Credentials, CredentialsError, UserName
-from wmiscope.dissectors.dcerpc import DceRpcConnection
+from session_util import CREDS, call_pdus, damaged_sessions, payload_pdus, replay, sample_credentials
+from tshark_util import CAPTURES, PCAPS, generator
+from wmiscope.dissectors.credentials import Credentials, CredentialsError, UserName
 from wmiscope.dissectors.pipeline import Analysis, analyse, call_outcome
 from wmiscope.dissectors.records import Call, ErrorRecord, Pdu, as_dict
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "pcaps" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-GEN = _generator()
+GEN = generator()
 CLEAR = PCAPS / "wmi-process-create.pcap"
 NTLM = PCAPS / "wmi-process-create-ntlm-sealed.pcap"
 KERB = PCAPS / "wmi-process-create-kerberos-sealed.pcap"
 KEYTAB = tshark_util.sample_secrets()["wmi-process-create-kerberos.keytab"]
-CREDS = tshark_util.sample_secrets()["wmi-sealed-samples.credentials"]
 LM_WMI = CAPTURES / "LM_WMI_ProcessCallCreate.pcapng"
 needs_tshark = pytest.mark.skipif(not tshark_util.have_tshark(), reason="tshark not installed")
-
-
-def sample_credentials() -> Credentials:
-    c = Credentials()
-    c.load(CREDS)
-    return c
 
 
 def calls_of(path, credentials=None):
@@ -148,26 +131,12 @@ def test_tshark_clear_stubs_equal_the_decrypted_ones():
 # the generator's sealing, opened by impacket alone (scapy cuts the TCP payloads)
 
 
-def _payload_pdus(path):
-    from scapy.all import TCP, rdpcap
-
-    out = []
-    for pkt in rdpcap(str(path)):
-        data = bytes(pkt[TCP].payload) if TCP in pkt else b""
-        if len(data) >= 16 and data[0] == 5:
-            direction = 0 if pkt[TCP].dport == GEN.SERVER[1] else 1
-            out.append((direction, data))
-    return out
-
-
 def _clear_plaintexts():
     """Each clear fragment's stub, padded to 16 as the sealed session pads it, in order per direction."""
     out = {0: [], 1: []}
-    for direction, pdu in _payload_pdus(CLEAR):
-        if pdu[2] in (0, 2):
-            hdr = 24 + (16 if pdu[2] == 0 and pdu[3] & 0x80 else 0)
-            stub = pdu[hdr:]
-            out[direction].append(stub + b"\x00" * ((-len(stub)) % 16))
+    for direction, pdu, hdr, _ in call_pdus(payload_pdus(CLEAR)):
+        stub = pdu[hdr:]
+        out[direction].append(stub + b"\x00" * ((-len(stub)) % 16))
     return out
 
 
@@ -175,7 +144,7 @@ def test_impacket_opens_the_ntlm_sample():
     from Cryptodome.Cipher import ARC4
     from impacket import ntlm as I
 
-    pdus = _payload_pdus(NTLM)
+    pdus = payload_pdus(NTLM)
     auth3 = next(p for d, p in pdus if p[2] == 16)
     challenge = next(p for d, p in pdus if p[2] == 12)
     auth_msg = I.NTLMAuthChallengeResponse()
@@ -193,12 +162,7 @@ def test_impacket_opens_the_ntlm_sample():
     for d, mode in ((0, "Client"), (1, "Server")):
         handles[d] = (I.SIGNKEY(flags, exported, mode), ARC4.new(I.SEALKEY(flags, exported, mode)).encrypt)
     opened = {0: [], 1: []}
-    for d, pdu in pdus:
-        if pdu[2] not in (0, 2):
-            continue
-        auth_len = struct.unpack_from("<H", pdu, 10)[0]
-        trailer_at = len(pdu) - auth_len - 8
-        hdr = 24 + (16 if pdu[2] == 0 and pdu[3] & 0x80 else 0)
+    for d, pdu, hdr, trailer_at in call_pdus(pdus):
         sign_key, handle = handles[d]
         plain = handle(pdu[hdr:trailer_at])
         signature = I.SIGN(flags, sign_key, pdu[:hdr] + plain + pdu[trailer_at:trailer_at + 8], seq[d], handle)
@@ -215,7 +179,7 @@ def test_impacket_opens_the_kerberos_sample():
     from impacket.krb5.gssapi import GSSAPI_AES256
     from pyasn1.codec.der import decoder
 
-    pdus = _payload_pdus(KERB)
+    pdus = payload_pdus(KERB)
     bind, ack = pdus[0][1], pdus[1][1]
     req = decoder.decode(bind[bind.index(b"\x6e\x82"):], asn1Spec=AP_REQ())[0]
     service_key = IC.Key(18, GEN.sample_service_key(18).value)
@@ -231,12 +195,7 @@ def test_impacket_opens_the_kerberos_sample():
     aes = IC._AES256CTS
     clear = _clear_plaintexts()
     opened = {0: [], 1: []}
-    for d, pdu in pdus:
-        if pdu[2] not in (0, 2):
-            continue
-        auth_len = struct.unpack_from("<H", pdu, 10)[0]
-        trailer_at = len(pdu) - auth_len - 8
-        hdr = 24 + (16 if pdu[2] == 0 and pdu[3] & 0x80 else 0)
+    for d, pdu, hdr, trailer_at in call_pdus(pdus):
         token = pdu[trailer_at + 8:]
         ec, rrc = struct.unpack_from(">HH", token, 4)
         assert token[2] == (7 if d else 6) and (ec, rrc) == (16, 28)
@@ -300,16 +259,6 @@ def test_tshark_agrees_on_the_variants(variant, tmp_path):
 # several security contexts on one connection, and a damaged PDU
 
 
-def _connection(steps, credentials):
-    out: list = []
-    conn = SimpleNamespace(index=4, client=GEN.CLIENT, server=GEN.SERVER)
-    h = DceRpcConnection(conn, out.append, auth=AuthContexts(key_provider=ConnectionKeys(credentials, 4, out.append)))
-    for frame, (direction, pdu) in enumerate(steps, 1):
-        h.on_data(direction, pdu, frame, float(frame))
-    h.on_close(len(steps) + 1)
-    return out
-
-
 def _two_context_session(tamper: int | None = None):
     """NTLM on auth context 0 and Kerberos on auth context 3, requests alternating between them."""
     synth = GEN.synth
@@ -335,7 +284,7 @@ def _two_context_session(tamper: int | None = None):
 
 def test_several_auth_contexts_on_one_connection_each_with_its_keys():
     steps, stubs = _two_context_session()
-    out = _connection(steps, sample_credentials())
+    out = replay(steps, sample_credentials())
     calls = [r for r in out if type(r) is Call]
     assert [(c.req_stub, c.resp_stub) for c in calls] == stubs
     assert [c.auth_type for c in calls] == [10, 9] * 3 and all(c.req_decrypted for c in calls)
@@ -345,7 +294,7 @@ def test_several_auth_contexts_on_one_connection_each_with_its_keys():
 @pytest.mark.parametrize("tamper", [2, 3])
 def test_a_pdu_whose_signature_fails_stays_encrypted_and_is_said_once(tamper):
     steps, stubs = _two_context_session(tamper)
-    out = _connection(steps, sample_credentials())
+    out = replay(steps, sample_credentials())
     calls = [r for r in out if type(r) is Call]
     errors = [r for r in out if type(r) is ErrorRecord]
     assert len(errors) == 1 and errors[0].stage == "auth" and errors[0].conn == 4
@@ -494,20 +443,10 @@ def test_transcript_of_the_decrypted_samples_is_the_clear_one(capsys):
 @pytest.mark.parametrize("make", [GEN.NtlmSealer, GEN.KerberosSealer, lambda: GEN.KerberosSealer(etype=23)],
                          ids=["ntlm", "kerberos", "kerberos-rc4"])
 def test_damaged_handshakes_and_sealed_pdus_never_break_the_run(make, tmp_path):
-    import random
-
     GEN.process_create(tmp_path / "s.pcap", make())
-    steps = _payload_pdus(tmp_path / "s.pcap")            # one PDU per frame in these sessions
-    rnd = random.Random(1234)
-    for _ in range(60):
-        damaged = list(steps)
-        for _ in range(rnd.randint(1, 3)):
-            i = rnd.randrange(len(damaged))
-            d, pdu = damaged[i]
-            j = rnd.randrange(16, len(pdu))                 # keep the common header: damage the body / token
-            pdu = pdu[:j] + bytes([pdu[j] ^ (1 << rnd.randrange(8))]) + pdu[j + 1:]
-            damaged[i] = (d, pdu)
-        out = _connection(damaged, sample_credentials())
+    steps = payload_pdus(tmp_path / "s.pcap")
+    for damaged in damaged_sessions(steps, seed=1234, count=60):
+        out = replay(damaged, sample_credentials())
         calls = [r for r in out if type(r) is Call]
         auth_errors = [r for r in out if type(r) is ErrorRecord and r.stage == "auth"]
         assert len(calls) == 3

@@ -7,24 +7,16 @@ DCE/RPC stubs, impacket's MS-WMIO decoder for the objects inside them.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 
 import pytest
 
-from tshark_util import PCAPS, ROOT, encoding_units, stubs
+from tshark_util import PCAPS, encoding_units, generator, stubs
 from wmiscope.dissectors.pipeline import analyse
 from wmiscope.dissectors.records import Call
 
 SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap"))
 WARNING = 0x600000   # Wireshark expert severity: chat < note < warning < error
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "pcaps" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_samples_exist():
@@ -33,7 +25,7 @@ def test_samples_exist():
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_sample_is_what_the_generator_writes(name, tmp_path):
-    gen = _generator()
+    gen = generator()
     gen.SAMPLES[name](tmp_path / name)
     assert (tmp_path / name).read_bytes() == (PCAPS / name).read_bytes(), \
         "pcaps/ is stale: run `python pcaps/generate.py`"

@@ -14,45 +14,28 @@ so it is only asked to read the sample (tests/test_samples.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import random
 import struct
-from types import SimpleNamespace
 
 import pytest
 
 import tshark_util
-from tshark_util import CAPTURES, PCAPS, ROOT
+from session_util import CREDS, damaged_sessions, payload_pdus, replay, sample_credentials, stub_at
+from tshark_util import CAPTURES, PCAPS, generator
 from wmiscope.dissectors import crypto_kerberos as K
 from wmiscope.dissectors import crypto_ntlm as N
-from wmiscope.dissectors.auth import AuthContexts, parse_token
-from wmiscope.dissectors.credentials import ConnectionKeys, Credentials
-from wmiscope.dissectors.dcerpc import DceRpcConnection
+from wmiscope.dissectors.auth import parse_token
+from wmiscope.dissectors.credentials import Credentials
 from wmiscope.dissectors.pipeline import analyse, call_outcome
 from wmiscope.dissectors.records import Call, ErrorRecord, as_dict
 from wmiscope.synth.sealing import KerberosSigner, NtlmSealer, NtlmSigner
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "pcaps" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-GEN = _generator()
+GEN = generator()
 CLEAR = PCAPS / "wmi-process-create.pcap"
 SIGNED = PCAPS / "wmi-process-create-ntlm-signed.pcap"
-CREDS = tshark_util.sample_secrets()["wmi-sealed-samples.credentials"]
 WMIEXEC = CAPTURES / "impacket_wmiexec.pcapng"
 WMIEXECPRO = CAPTURES / "wmiexecpro-create-start-service.pcap"
-
-
-def sample_credentials() -> Credentials:
-    c = Credentials()
-    c.load(CREDS)
-    return c
 
 
 def wrong_password() -> Credentials:
@@ -65,34 +48,8 @@ def split(records):
     return [r for r in records if type(r) is Call], [r for r in records if type(r) is ErrorRecord]
 
 
-def _payload_pdus(path):
-    """(direction, PDU) of each frame of a sample (one PDU per frame in these sessions)."""
-    from scapy.all import TCP, rdpcap
-
-    out = []
-    for pkt in rdpcap(str(path)):
-        data = bytes(pkt[TCP].payload) if TCP in pkt else b""
-        if len(data) >= 16 and data[0] == 5:
-            out.append((0 if pkt[TCP].dport == GEN.SERVER[1] else 1, data))
-    return out
-
-
-def _connection(steps, credentials):
-    out: list = []
-    conn = SimpleNamespace(index=4, client=GEN.CLIENT, server=GEN.SERVER)
-    h = DceRpcConnection(conn, out.append, auth=AuthContexts(key_provider=ConnectionKeys(credentials, 4, out.append)))
-    for frame, (direction, pdu) in enumerate(steps, 1):
-        h.on_data(direction, pdu, frame, float(frame))
-    h.on_close(len(steps) + 1)
-    return out
-
-
 def _flip(pdu: bytes, at: int) -> bytes:
     return pdu[:at] + bytes([pdu[at] ^ 0x01]) + pdu[at + 1:]
-
-
-def _stub_at(pdu: bytes) -> int:
-    return 24 + (16 if pdu[2] == 0 and pdu[3] & 0x80 else 0)
 
 
 # ---------------------------------------------------------------------------
@@ -128,7 +85,7 @@ def test_impacket_signs_the_sample_as_we_do():
     from Cryptodome.Cipher import ARC4
     from impacket import ntlm as I
 
-    pdus = _payload_pdus(SIGNED)
+    pdus = payload_pdus(SIGNED)
     bind, ack, auth3 = (next(p for d, p in pdus if p[2] == t) for t in (11, 12, 16))
     neg = bind[len(bind) - struct.unpack_from("<H", bind, 10)[0]:]
     chal = ack[len(ack) - struct.unpack_from("<H", ack, 10)[0]:]
@@ -191,13 +148,13 @@ def test_every_mechanism_verifies_at_level_5(make, tmp_path):
 ], ids=["ntlmv2", "ntlmv1", "kerberos-aes", "kerberos-rc4"])
 def test_an_altered_stub_is_said_once_and_the_rest_verifies(make, who, tmp_path):
     GEN.process_create(tmp_path / "s.pcap", make())
-    steps = _payload_pdus(tmp_path / "s.pcap")
+    steps = payload_pdus(tmp_path / "s.pcap")
     calls_at = [i for i, (d, p) in enumerate(steps) if p[2] == 0]
     # the GetObject request (call_id 4) and the ExecMethod one (call_id 5): one stub octet each
     for i in calls_at[1:]:
         d, pdu = steps[i]
-        steps[i] = (d, _flip(pdu, _stub_at(pdu) + 40))
-    calls, errors = split(_connection(steps, sample_credentials()))
+        steps[i] = (d, _flip(pdu, stub_at(pdu) + 40))
+    calls, errors = split(replay(steps, sample_credentials()))
     assert len(errors) == 1
     e = errors[0]
     assert (e.stage, e.conn, e.structure) == ("auth", 4, "auth_value")
@@ -209,11 +166,11 @@ def test_an_altered_stub_is_said_once_and_the_rest_verifies(make, who, tmp_path)
 
 
 def test_an_altered_signature_of_one_fragment_marks_the_whole_reply():
-    steps = _payload_pdus(SIGNED)
+    steps = payload_pdus(SIGNED)
     frags = [i for i, (d, p) in enumerate(steps) if p[2] == 2 and not p[3] & 0x02]
     d, pdu = steps[frags[1]]                                             # GetObject's second fragment
     steps[frags[1]] = (d, _flip(pdu, len(pdu) - 6))                     # in the checksum
-    calls, errors = split(_connection(steps, sample_credentials()))
+    calls, errors = split(replay(steps, sample_credentials()))
     assert len(errors) == 1 and "(call_id 4, response)" in errors[0].reason
     assert [c.resp_verified for c in calls] == [True, False, True]
 
@@ -221,7 +178,7 @@ def test_an_altered_signature_of_one_fragment_marks_the_whole_reply():
 @pytest.mark.parametrize("make", [NtlmSigner, NtlmSealer], ids=["signed", "sealed"])
 def test_a_mic_that_does_not_verify_is_said_once(make, tmp_path):
     GEN.process_create(tmp_path / "s.pcap", make())
-    steps = _payload_pdus(tmp_path / "s.pcap")
+    steps = payload_pdus(tmp_path / "s.pcap")
     i = next(i for i, (d, p) in enumerate(steps) if p[2] == 16)
     d, auth3 = steps[i]
     token = auth3[28:]
@@ -230,7 +187,7 @@ def test_a_mic_that_does_not_verify_is_said_once(make, tmp_path):
     ws_at = 28 + struct.unpack_from("<I", token, 48)[0]
     assert ws.workstation == "WKS-ANALYST7" and auth3[ws_at] == ord("W")
     steps[i] = (d, auth3[:ws_at] + b"V" + auth3[ws_at + 1:])
-    calls, errors = split(_connection(steps, sample_credentials()))
+    calls, errors = split(replay(steps, sample_credentials()))
     assert [(e.stage, e.frame, e.structure) for e in errors] == [("auth", i + 1, "AUTHENTICATE_MESSAGE.MIC")]
     assert "NTLMSSP user WMILAB\\analyst" in errors[0].reason and "does not verify" in errors[0].reason
     # the keys are right all the same: every call opens / verifies
@@ -238,13 +195,13 @@ def test_a_mic_that_does_not_verify_is_said_once(make, tmp_path):
 
 
 def test_a_zeroed_mic_is_noticed_and_a_wrong_password_checks_none():
-    steps = _payload_pdus(SIGNED)
+    steps = payload_pdus(SIGNED)
     i = next(i for i, (d, p) in enumerate(steps) if p[2] == 16)
     d, auth3 = steps[i]
     steps[i] = (d, auth3[:28 + 72] + b"\x00" * 16 + auth3[28 + 88:])
-    _, errors = split(_connection(steps, sample_credentials()))
+    _, errors = split(replay(steps, sample_credentials()))
     assert [e.structure for e in errors] == ["AUTHENTICATE_MESSAGE.MIC"]
-    _, errors = split(_connection(steps, wrong_password()))
+    _, errors = split(replay(steps, wrong_password()))
     assert [e.structure for e in errors] == ["auth_value"]           # no key, no MIC check: the one message
 
 
@@ -252,15 +209,9 @@ def test_a_zeroed_mic_is_noticed_and_a_wrong_password_checks_none():
                          ids=["ntlm", "kerberos", "kerberos-rc4"])
 def test_damaged_signed_pdus_never_break_the_run(make, tmp_path):
     GEN.process_create(tmp_path / "s.pcap", make())
-    steps = _payload_pdus(tmp_path / "s.pcap")
-    rnd = random.Random(5)
-    for _ in range(40):
-        damaged = list(steps)
-        for _ in range(rnd.randint(1, 3)):
-            i = rnd.randrange(len(damaged))
-            d, pdu = damaged[i]
-            damaged[i] = (d, _flip(pdu, rnd.randrange(16, len(pdu))))
-        calls, errors = split(_connection(damaged, sample_credentials()))
+    steps = payload_pdus(tmp_path / "s.pcap")
+    for damaged in damaged_sessions(steps, seed=5, count=40, any_bit=False):
+        calls, errors = split(replay(damaged, sample_credentials()))
         auth = [e for e in errors if e.stage == "auth"]
         assert len(calls) == 3 and not any("internal error" in e.reason for e in auth)
         assert len([e for e in auth if e.reason.startswith("cannot verify")]) <= 1

@@ -66,18 +66,26 @@ def encoding_units(data: bytes) -> list[bytes]:
     return found
 
 
+def generator():
+    """pcaps/generate.py as a module (a script, not in a package, so it is loaded by path).
+
+    Each call loads a fresh copy, so that no test sees what another did to its globals."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate", PCAPS / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
 @functools.lru_cache(maxsize=None)
 def sample_secrets() -> dict[str, Path]:
     """The sealed samples' test-only keytab and credentials file, written by the
     generator into a temporary directory (they are not kept in the repository)."""
     import atexit
-    import importlib.util
     import shutil as _shutil
     import tempfile
 
-    spec = importlib.util.spec_from_file_location("generate", PCAPS / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
     directory = Path(tempfile.mkdtemp(prefix="wmiscope-secrets-"))
     atexit.register(_shutil.rmtree, directory, True)
-    return gen.write_secrets(directory)
+    return generator().write_secrets(directory)
