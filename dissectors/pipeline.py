@@ -192,7 +192,7 @@ class Analysis:
         if not self.credentials:
             return None
         from .credentials import ConnectionKeys
-        return AuthContexts(key_provider=ConnectionKeys(self.credentials, getattr(conn, "index", None), self.emit))
+        return AuthContexts(key_provider=ConnectionKeys(self.credentials, conn.index, self.emit))
 
     def emit(self, rec) -> None:
         stats = self.stats

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-
-from .output import add_source_arguments, make_analysis, open_source
+from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source,
+                     summary_line)
 
 
 def add_arguments(p) -> None:
@@ -19,8 +19,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from wmiscope.dissectors.pipeline import call_outcome
     from wmiscope.dissectors.records import Call, ErrorRecord
-
-    from .output import call_dict, dumps, error_dict
 
     analysis = make_analysis(args, objects=args.format == "jsonl")
     write = sys.stdout.write
@@ -38,8 +36,7 @@ def run(args) -> int:
                 write(dumps({"type": "error", **error_dict(rec)}) + "\n")
     s = analysis.stats
     if table:
-        write(f"\n{s.calls} calls ({', '.join(f'{k} {v}' for k, v in s.as_dict()['calls_by_outcome'].items())}), "
-              f"{s.pdus} PDUs, {s.errors} errors, {s.frames} frames\n")
+        write("\n" + summary_line(s))
     return 0
 
 

@@ -22,6 +22,12 @@ def endpoint(ep) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def summary_line(stats) -> str:
+    """The closing line of the calls table and the transcript: the counts that add up."""
+    outcomes = ", ".join(f"{k} {v}" for k, v in stats.as_dict()["calls_by_outcome"].items())
+    return f"{stats.calls} calls ({outcomes}), {stats.pdus} PDUs, {stats.errors} errors, {stats.frames} frames\n"
+
+
 def error_dict(err) -> dict:
     d = {"stage": err.stage, "reason": err.reason}
     for k in ("frame", "conn", "structure", "offset"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import add_source_arguments, make_analysis, open_source
+from .output import add_source_arguments, make_analysis, open_source, summary_line
 
 
 def add_arguments(p) -> None:
@@ -20,7 +20,6 @@ def add_arguments(p) -> None:
                         "auth3 PDUs between calls")
     p.add_argument("--no-operations", action="store_true",
                    help="leave out the [op-N Kind] tag that names the WMI operation each call belongs to")
-    p.add_argument("--format", choices=("text",), default="text", help="output format (text)")
 
 
 def run(args) -> int:
@@ -32,7 +31,5 @@ def run(args) -> int:
     write = sys.stdout.write
     for line in renderer.render(analysis.run(open_source(args))):
         write(line + "\n")
-    s = analysis.stats
-    outcomes = ", ".join(f"{k} {v}" for k, v in s.as_dict()["calls_by_outcome"].items())
-    write(f"{s.calls} calls ({outcomes}), {s.errors} errors, {s.frames} frames\n")
+    write(summary_line(analysis.stats))
     return 0
