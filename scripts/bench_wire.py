@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import DEFAULT_SOURCE, replicate  # noqa: E402
+from bench_capture import DEFAULT_SOURCE, replicate, tshark_command  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, int, int]:
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     runs = {
         "wmiscope calls": [wmiscope, "calls", str(path)],
         "calls --jsonl": [wmiscope, "calls", str(path), "--format", "jsonl"],
-        "tshark": ["tshark", "-r", str(path), "-Y", "dcerpc", "-T", "fields", "-e", "frame.number",
-                   "-e", "dcerpc.cn_call_id", "-e", "dcerpc.opnum"],
+        "tshark": tshark_command(path),
     }
     results = {}
     for name, cmd in runs.items():
