@@ -53,23 +53,19 @@ OBJREF_SIGNATURE = b"MEOW"                     # 0x574f454d little-endian
 OBJREF_STANDARD, OBJREF_HANDLER, OBJREF_CUSTOM, OBJREF_EXTENDED = 1, 2, 4, 8
 OBJREF_KINDS = {1: "standard", 2: "handler", 4: "custom", 8: "extended"}
 OBJREF_EXTENDED_SIGNATURE = 0x4E535956
-SORF_NOPING = 0x1000
 MAX_ACTPROP_LIMIT = 10                          # CustomHeader.cIfs range (2.2.28.1)
 MAX_SCAN_ERRORS = 8                             # malformed OBJREF candidates reported one by one, per stub
 
-IID_IUNKNOWN = "00000000-0000-0000-c000-000000000046"
-IID_IREMUNKNOWN = "00000131-0000-0000-c000-000000000046"
-IID_IREMUNKNOWN2 = "00000143-0000-0000-c000-000000000046"
-IID_ISYSTEMACTIVATOR = "000001a0-0000-0000-c000-000000000046"
-IID_IACTIVATION = "4d9f4ab8-7d1c-11cf-861e-0020af6e7c57"
-IID_IOBJECTEXPORTER = "99fcfec4-5260-101b-bbcb-00aa0021347a"
-IID_IACTIVATION_PROPERTIES_IN = "000001a2-0000-0000-c000-000000000046"
-IID_IACTIVATION_PROPERTIES_OUT = "000001a3-0000-0000-c000-000000000046"
+IID_IREMUNKNOWN = _if.uuid_of("IRemUnknown")
+IID_IREMUNKNOWN2 = _if.uuid_of("IRemUnknown2")
+IID_ISYSTEMACTIVATOR = _if.uuid_of("IRemoteSCMActivator")
+IID_IACTIVATION = _if.uuid_of("IActivation")
+IID_IOBJECTEXPORTER = _if.uuid_of("IObjectExporter")
 
-CLSID_ACTIVATION_PROPERTIES_IN = "00000338-0000-0000-c000-000000000046"
-CLSID_ACTIVATION_PROPERTIES_OUT = "00000339-0000-0000-c000-000000000046"
-CLSID_WBEM_CLASS_OBJECT_MARSHALER = "4590f812-1d3a-11d0-891f-00aa004b2e24"
-CLSID_WBEM_CONTEXT_MARSHALER = "674b6698-ee92-11d0-ad71-00c04fd8fdff"
+CLSID_ACTIVATION_PROPERTIES_IN = _if.uuid_of("ActivationPropertiesIn")
+CLSID_ACTIVATION_PROPERTIES_OUT = _if.uuid_of("ActivationPropertiesOut")
+CLSID_WBEM_CLASS_OBJECT_MARSHALER = _if.uuid_of("WbemClassObject unmarshaler")
+CLSID_WBEM_CONTEXT_MARSHALER = _if.uuid_of("WbemContext unmarshaler")
 
 # OBJREF_CUSTOM payloads whose format (MS-WMIO / IWbemContextBuffer) holds no OBJREF:
 # scan_objrefs steps over them, so no byte of a WMI object can pose as an interface pointer.
@@ -95,11 +91,6 @@ _PORT = re.compile(r"\[(\d{1,5})\]$")
 
 def _hex64(v: int | None) -> str | None:
     return None if v is None else f"0x{v:016x}"
-
-
-def _iface_name(iid: str | None) -> str | None:
-    i = _if.interface_by_uuid(iid)
-    return i["name"] if i else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,7 +248,7 @@ class ObjRef:
 
     @property
     def interface(self) -> str | None:
-        return _iface_name(self.iid)
+        return _if.interface_name(self.iid)
 
     def to_dict(self) -> dict:
         d = {"offset": self.offset, "length": self.length, "kind": self.kind, "flags": self.flags,
@@ -653,17 +644,14 @@ def _prop_props_out(r: NdrReader) -> dict:
     piid, phr, pintf = r.referent(), r.referent(), r.referent()
     iids = r.conformant_guids("PropsOutInfo.piid") if piid else []
     hrs = r.conformant_u32s("PropsOutInfo.phresults") if phr else []
-    objrefs: list = []
-    if pintf:
-        objrefs = [o.to_dict() if o is not None else None
-                   for o in _interface_pointers(r, "PropsOutInfo.ppIntfData")]
+    objrefs = _interface_pointers(r, "PropsOutInfo.ppIntfData") if pintf else []
     if not len(iids) == len(hrs) == len(objrefs) == n:
         r.fail(f"cIfs {n} but {len(iids)} IIDs, {len(hrs)} HRESULTs, {len(objrefs)} interface pointers")
     out = []
     for iid, hr, objref in zip(iids, hrs, objrefs):
-        e = {"iid": iid, "hresult": hr, "interface": _iface_name(iid)}
+        e = {"iid": iid, "hresult": hr, "interface": _if.interface_name(iid)}
         if objref is not None:
-            e["objref"] = objref
+            e["objref"] = objref               # an ObjRef until the reply's decoder has learned it
         out.append(e)
     return {"interfaces": out}
 
@@ -698,15 +686,16 @@ def _prop_instance(r: NdrReader) -> dict:
 
 # CLSID of a property (CustomHeader.pclsid) -> (spec name, decoder of its NDR body)
 ACTIVATION_PROPERTIES = {
-    "000001ab-0000-0000-c000-000000000046": ("InstantiationInfoData", _prop_instantiation),
-    "000001b9-0000-0000-c000-000000000046": ("SpecialPropertiesData", _prop_special),
-    "000001a5-0000-0000-c000-000000000046": ("ActivationContextInfoData", _prop_activation_context),
-    "000001a4-0000-0000-c000-000000000046": ("LocationInfoData", _prop_location),
-    "000001a6-0000-0000-c000-000000000046": ("SecurityInfoData", _prop_security),
-    "000001aa-0000-0000-c000-000000000046": ("ScmRequestInfoData", _prop_scm_request),
-    "000001ad-0000-0000-c000-000000000046": ("InstanceInfoData", _prop_instance),
-    "00000339-0000-0000-c000-000000000046": ("PropsOutInfo", _prop_props_out),
-    "000001b6-0000-0000-c000-000000000046": ("ScmReplyInfoData", _prop_scm_reply),
+    _if.uuid_of(clsid): (name, fn) for clsid, name, fn in (
+        ("InstantiationInfo", "InstantiationInfoData", _prop_instantiation),
+        ("SpecialSystemProperties", "SpecialPropertiesData", _prop_special),
+        ("ActivationContextInfo", "ActivationContextInfoData", _prop_activation_context),
+        ("ServerLocationInfo", "LocationInfoData", _prop_location),
+        ("SecurityInfo", "SecurityInfoData", _prop_security),
+        ("ScmRequestInfo", "ScmRequestInfoData", _prop_scm_request),
+        ("InstanceInfo", "InstanceInfoData", _prop_instance),
+        ("ActivationPropertiesOut", "PropsOutInfo", _prop_props_out),    # CLSID_PropsOutInfo is the same
+        ("ScmReplyInfo", "ScmReplyInfoData", _prop_scm_reply))
 }
 
 
@@ -715,8 +704,9 @@ def decode_activation_properties(buf: bytes, offset: int, length: int) -> dict:
     CLSID_ActivationPropertiesIn/Out: dwSize, dwReserved, CustomHeader, properties.
 
     Returns {"total_size", "destination_context", "properties": [{"name", "clsid",
-    "offset", "size", ...fields}]}; DUALSTRINGARRAY values stay objects under
-    "oxid_bindings" (the caller turns them into dicts)."""
+    "offset", "size", ...fields}]}; the values the registry learns from stay objects
+    (DUALSTRINGARRAY under "oxid_bindings", int "oxid", ObjRef under "interfaces"
+    "objref") until the caller turns them into JSON (`_json_values`)."""
     end = offset + length
     if offset + 8 > end:
         raise DecodeError("ActivationPropertiesBlob", offset, "truncated dwSize / dwReserved")
@@ -807,7 +797,7 @@ class IpidEntry:
 
     @property
     def interface(self) -> str | None:
-        return _iface_name(self.iid)
+        return _if.interface_name(self.iid)
 
     def to_dict(self) -> dict:
         return {"ipid": self.ipid, "iid": self.iid, "interface": self.interface, "oxid": _hex64(self.oxid),
@@ -919,20 +909,24 @@ class IpidRegistry:
 # ---------------------------------------------------------------------------------------
 # per-method parameter decoders: req(r, out, dec, call) / resp(r, out, dec, call, request)
 
-def _dsa_out(d: dict, key: str) -> DualStringArray | None:
-    """Replace a DualStringArray under `key` with its JSON form, plus `key`_text: the bindings as text."""
-    dsa = d.get(key)
+def _json_values(d: dict) -> None:
+    """The objects kept until the registry has learned from them, turned into JSON in place:
+    a DUALSTRINGARRAY under "oxid_bindings" (its bindings as text go to
+    "oxid_bindings_text"), an OXID (hex text), the OBJREFs of the "interfaces" handed out."""
+    dsa = d.get("oxid_bindings")
     if isinstance(dsa, DualStringArray):
-        d[key] = dsa.to_dict()
-        d[key + "_text"] = dsa.bindings_text()
-        return dsa
-    return None
+        d["oxid_bindings"] = dsa.to_dict()
+        d["oxid_bindings_text"] = dsa.bindings_text()
+    if isinstance(d.get("oxid"), int):
+        d["oxid"] = _hex64(d["oxid"])
+    for e in d.get("interfaces", ()):
+        if isinstance(e.get("objref"), ObjRef):
+            e["objref"] = e["objref"].to_dict()
 
 
 def _activation_objref(r: NdrReader, clsid_expected: str) -> tuple[dict, dict | None]:
     """An MInterfacePointer holding the ActivationProperties OBJREF_CUSTOM, and its decoded blob."""
-    off, n = r.interface_pointer_data()
-    o = parse_objref(r.buf, off, off + n)
+    o = _read_objref(r)
     blob = None
     if o.flags == OBJREF_CUSTOM and o.clsid == clsid_expected:
         blob = decode_activation_properties(r.buf, o.payload_offset, o.payload_length)
@@ -948,7 +942,7 @@ def _flatten_props(out: dict, blob: dict) -> None:
             out["clsid"] = p["class_id"]
             out["class_name"] = p["class_name"]
             out["requested_iids"] = p["requested_iids"]
-            out["requested_interfaces"] = [_iface_name(i) for i in p["requested_iids"]]
+            out["requested_interfaces"] = [_if.interface_name(i) for i in p["requested_iids"]]
         elif name == "SecurityInfoData" and "server_name" in p:
             out["server_name"] = p["server_name"]
         elif name == "ScmRequestInfoData" and "requested_protseqs" in p:
@@ -975,11 +969,7 @@ def _finish_oxid_reply(out: dict, dec: "DcomDecoder", call: Call, oxid: int | No
         if out.get("ipid_remunknown"):
             dec.registry.learn_ipid(out["ipid_remunknown"], IID_IREMUNKNOWN, oxid=oxid, frame=frame,
                                     conn=call.conn, source="activation" if "interfaces" in out else "resolver")
-    if dsa is not None:
-        out["oxid_bindings"] = dsa.to_dict()
-        out["oxid_bindings_text"] = dsa.bindings_text()
-    if isinstance(out.get("oxid"), int):
-        out["oxid"] = _hex64(out["oxid"])
+    _json_values(out)
 
 
 def _activation_req(r: NdrReader, out: dict, dec, call: Call, create: bool) -> None:
@@ -987,12 +977,13 @@ def _activation_req(r: NdrReader, out: dict, dec, call: Call, create: bool) -> N
     r.structure = "RemoteCreateInstance" if create else "RemoteGetClassObject"
     if create and r.referent():
         r.structure = "pUnkOuter"
-        off, n = r.interface_pointer_data()
-        out["unk_outer"] = parse_objref(r.buf, off, off + n).to_dict()
+        out["unk_outer"] = _objref_summary(r)
     r.structure = "pActProperties"
     if r.referent():
         out["act_properties"], blob = _activation_objref(r, CLSID_ACTIVATION_PROPERTIES_IN)
         if blob is not None:
+            for p in blob["properties"]:       # nothing to learn from a request
+                _json_values(p)
             _flatten_props(out, blob)
 
 
@@ -1009,18 +1000,15 @@ def _activation_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) ->
     _flatten_props(out, blob)
     frame = _frame(call, 1)
     oxid = out.get("oxid")
-    for p in blob["properties"]:
-        _dsa_out(p, "oxid_bindings")
-        if isinstance(p.get("oxid"), int):
-            p["oxid"] = _hex64(p["oxid"])
     requested = request.get("requested_iids") or []
     for i, e in enumerate(out.get("interfaces", ())):
         o = e.get("objref")
-        if o and o.get("std"):
-            iid = e.get("iid") or (requested[i] if i < len(requested) else None) or o["iid"]
-            objref = parse_objref(r.buf, o["offset"], o["offset"] + o["length"])
-            dec.registry.learn_objref(objref, iid=iid, frame=frame, conn=call.conn, source="activation")
-            e["ipid"] = objref.std.ipid
+        if o is not None and o.std is not None:
+            iid = e.get("iid") or (requested[i] if i < len(requested) else None) or o.iid
+            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source="activation")
+            e["ipid"] = o.std.ipid
+    for p in blob["properties"]:
+        _json_values(p)
     _finish_oxid_reply(out, dec, call, oxid if isinstance(oxid, int) else None, frame)
 
 
@@ -1040,8 +1028,7 @@ def _remote_activation_req(r: NdrReader, out: dict, dec, call: Call) -> None:
     if r.referent():
         out["object_name"] = r.wstring()
     if r.referent():
-        off, n = r.interface_pointer_data()
-        out["object_storage"] = parse_objref(r.buf, off, off + n).to_dict()
+        out["object_storage"] = _objref_summary(r)
     out["client_imp_level"] = r.u32()
     out["mode"] = r.u32()
     n_ifs = r.u32()
@@ -1049,7 +1036,7 @@ def _remote_activation_req(r: NdrReader, out: dict, dec, call: Call) -> None:
     if len(iids) != n_ifs:
         r.fail(f"Interfaces {n_ifs} but {len(iids)} IIDs")
     out["requested_iids"] = iids
-    out["requested_interfaces"] = [_iface_name(i) for i in iids]
+    out["requested_interfaces"] = [_if.interface_name(i) for i in iids]
     n_seq = r.u16()
     seqs = r.u16_array(r.count(2, "aRequestedProtseqs"))
     if len(seqs) != n_seq:
@@ -1066,7 +1053,7 @@ def _returned_interfaces(objrefs: list[ObjRef | None], iids: list, hrs: list, de
     out = []
     for i, o in enumerate(objrefs):
         iid = iids[i] if i < len(iids) else (o.iid if o else None)
-        e = {"iid": iid, "interface": _iface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
+        e = {"iid": iid, "interface": _if.interface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
         if o is not None:
             e["objref"] = o.to_dict()
             if with_ipid and o.std is not None:
@@ -1176,7 +1163,7 @@ def _requested_iids(r: NdrReader, out: dict, what: str) -> None:
     if len(iids) != n:
         r.fail(f"cIids {n} but {len(iids)} IIDs")
     out["iids"] = iids
-    out["interfaces"] = [_iface_name(i) for i in iids]
+    out["interfaces"] = [_if.interface_name(i) for i in iids]
 
 
 def _rem_qi_req(r: NdrReader, out: dict, dec, call: Call) -> None:
@@ -1209,7 +1196,7 @@ def _rem_qi_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> Non
     res = []
     for i, (hr, std) in enumerate(results):
         iid = iids[i] if i < len(iids) else None
-        e = {"iid": iid, "interface": _iface_name(iid), "hresult": hr}
+        e = {"iid": iid, "interface": _if.interface_name(iid), "hresult": hr}
         if hr & 0x80000000 == 0:
             e["std"] = std.to_dict()
             if iid:
@@ -1305,7 +1292,7 @@ class DcomDecoder:
                         iid = ctx              # the bind names a more derived interface of that pointer
                     elif not _if.derives_from(iid, ctx):
                         notes.append(f"IPID {call.ipid} is {e.interface or e.iid} (frame {e.frame}) "
-                                     f"but the bind context is {_iface_name(ctx) or ctx}")
+                                     f"but the bind context is {_if.interface_name(ctx) or ctx}")
             else:
                 notes.append(f"IPID {call.ipid} was not seen in any OBJREF before this call"
                              + ("; named from the bind context" if ctx else ""))
@@ -1314,7 +1301,7 @@ class DcomDecoder:
         if iid is not None:
             call.interface_uuid = iid
         call.interface_source = source
-        call.interface = _iface_name(iid)
+        call.interface = _if.interface_name(iid)
         call.method = _if.method_name(iid, call.opnum)
         return iid
 

@@ -481,26 +481,45 @@ def _norm(u: str | None) -> str:
     return (u or "").strip().strip("{}").lower()
 
 
-def _flatten(iface: dict) -> dict[int, dict]:
-    chain = []
+def _get(table: dict, u: str | None):
+    """table[u] for a UUID as text. The decoders hand over lower-case canonical text, so
+    the exact key is tried before normalizing (this runs for every call and OBJREF)."""
+    hit = table.get(u)
+    return hit if hit is not None or not u else table.get(_norm(u))
+
+
+def base_chain(iface: dict) -> list[dict]:
+    """An interface entry, then the one it derives from, and so on up to the root (a cycle
+    in the table ends the walk)."""
+    chain: list[dict] = []
     seen = set()
     cur = iface
     while cur is not None and cur["name"] not in seen:
         seen.add(cur["name"])
         chain.append(cur)
         cur = _BY_NAME.get(cur["base"]) if cur["base"] else None
+    return chain
+
+
+def _flatten(iface: dict) -> dict[int, dict]:
     out: dict[int, dict] = {}
-    for i in reversed(chain):
+    for i in reversed(base_chain(iface)):
         for m in i["methods"]:
             out[m["opnum"]] = m
     return out
 
 
 _METHODS: dict[str, dict[int, dict]] = {i["uuid"]: _flatten(i) for i in INTERFACES}
+_ANCESTORS: dict[str, frozenset] = {i["uuid"]: frozenset(a["uuid"] for a in base_chain(i)) for i in INTERFACES}
 
 
 def interface_by_uuid(uuid: str | None) -> dict | None:
-    return _BY_UUID.get(_norm(uuid))
+    return _get(_BY_UUID, uuid)
+
+
+def interface_name(uuid: str | None) -> str | None:
+    i = _get(_BY_UUID, uuid)
+    return i["name"] if i else None
 
 
 def interface_by_name(name: str) -> dict | None:
@@ -509,13 +528,13 @@ def interface_by_name(name: str) -> dict | None:
 
 def methods_of(uuid: str | None) -> dict[int, dict]:
     """opnum -> method entry, inherited methods included (IUnknown's 0-2 for COM interfaces)."""
-    return _METHODS.get(_norm(uuid), {})
+    return _get(_METHODS, uuid) or {}
 
 
 def method(uuid: str | None, opnum: int | None) -> dict | None:
     if opnum is None:
         return None
-    return _METHODS.get(_norm(uuid), {}).get(opnum)
+    return (_get(_METHODS, uuid) or {}).get(opnum)
 
 
 def method_name(uuid: str | None, opnum: int | None) -> str | None:
@@ -524,30 +543,32 @@ def method_name(uuid: str | None, opnum: int | None) -> str | None:
 
 
 def is_orpc(uuid: str | None) -> bool:
-    i = _BY_UUID.get(_norm(uuid))
+    i = _get(_BY_UUID, uuid)
     return bool(i and i["orpc"])
 
 
 def derives_from(uuid: str | None, ancestor: str | None) -> bool:
     """Whether interface `uuid` is `ancestor` or inherits from it."""
-    i = _BY_UUID.get(_norm(uuid))
-    a = _BY_UUID.get(_norm(ancestor))
-    seen = set()
-    while i is not None and a is not None and i["name"] not in seen:
-        if i is a:
-            return True
-        seen.add(i["name"])
-        i = _BY_NAME.get(i["base"]) if i["base"] else None
-    return False
-
-
-def clsid_by_uuid(uuid: str | None) -> dict | None:
-    return _CLSID_BY_UUID.get(_norm(uuid))
+    ancestors = _get(_ANCESTORS, uuid)
+    a = _get(_BY_UUID, ancestor)
+    return ancestors is not None and a is not None and a["uuid"] in ancestors
 
 
 def clsid_name(uuid: str | None) -> str | None:
-    c = _CLSID_BY_UUID.get(_norm(uuid))
+    c = _get(_CLSID_BY_UUID, uuid)
     return c["name"] if c else None
+
+
+def uuid_of(name: str) -> str:
+    """The UUID of an interface or class of the table by its name: the decoders take their
+    IIDs and CLSIDs from here rather than from copies of their own (KeyError if unknown)."""
+    i = _BY_NAME.get(name)
+    if i is not None:
+        return i["uuid"]
+    for c in CLSIDS:
+        if c["name"] == name:
+            return c["uuid"]
+    raise KeyError(f"no interface or class named {name!r} in the table")
 
 
 def transfer_syntax_name(uuid: str | None) -> str | None:

@@ -65,8 +65,9 @@ from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
 from ..formats.wmio import WmiClass, WmiInstance
 from . import interfaces as _if
+from . import wbem_constants as _wc
 from .ndr import NdrReader
-from .records import Call, ErrorRecord
+from .records import Call, ErrorRecord, call_frame
 
 __all__ = ["Operation", "Operations", "ROLES"]
 
@@ -83,10 +84,10 @@ ROLE_RELEASE = "release"
 ROLES = (ROLE_ORIGIN, ROLE_LOGIN, ROLE_ENUMERATOR, ROLE_SMART_ENUM, ROLE_CALL_RESULT, ROLE_SINK_CALLBACK,
          ROLE_CANCEL, ROLE_REFRESHER, ROLE_QUERY_INTERFACE, ROLE_RELEASE)
 
-WBEM_FLAG_RETURN_IMMEDIATELY = 0x10             # 2.2.6 WBEM_GENERIC_FLAG_TYPE
-WBEM_STATUS_COMPLETE = 0x0                      # 3.1.4.2.2 SetStatus lFlags
-WBEM_STATUS_REQUIREMENTS = 0x1                  # 2.2.7 WBEM_STATUS_TYPE
-WBEM_S_NEW_STYLE = 0x400FF                      # 2.2.11: the sink takes ObjectArray Indicates
+WBEM_FLAG_RETURN_IMMEDIATELY = _wc.value_of("WBEM_FLAG_RETURN_IMMEDIATELY")    # 2.2.6
+WBEM_STATUS_COMPLETE = _wc.value_of("WBEM_STATUS_COMPLETE")                    # 3.1.4.2.2 SetStatus lFlags
+WBEM_STATUS_REQUIREMENTS = _wc.value_of("WBEM_STATUS_REQUIREMENTS")            # 2.2.7
+WBEM_S_NEW_STYLE = _wc.value_of("WBEM_S_NEW_STYLE")     # 2.2.11: the sink takes ObjectArray Indicates
 
 # Interfaces whose objects exist for one operation: a call on them joins it, and a
 # pointer to one returned by an operation's call becomes part of that operation.
@@ -277,7 +278,7 @@ class Operation:
         self.kind = kind
         self.namespace = namespace
         self.origin = {"conn": call.conn, "call_id": call.call_id,
-                       "frame": call.req_frames[1] if call.req_frames else None, "method": call.method}
+                       "frame": call_frame(call, 0), "method": call.method}
         self.origin_call = f"{call.conn}:{call.call_id}"
         self.mode: str | None = None
         self.closed = False                     # SetStatus(WBEM_STATUS_COMPLETE) or CancelAsyncCall seen
@@ -450,7 +451,7 @@ class Operations:
             handler(self._state(call), call)
         except Exception as e:      # a correlation bug must not stop the pipeline
             call.errors.append(ErrorRecord(stage="wmi", reason=f"operations: internal error: {type(e).__name__}: {e}",
-                                           frame=call.req_frames[1] if call.req_frames else None, conn=call.conn))
+                                           frame=call_frame(call, 0), conn=call.conn))
 
     def _state(self, call: Call) -> _PairState:
         a, b = call.client[0], call.server[0]

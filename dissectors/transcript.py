@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import struct
+from functools import lru_cache
 from typing import Iterable, Iterator
 
 from ..formats import wmio
@@ -65,9 +66,11 @@ from ..formats.refresher import RefreshedObject
 from . import interfaces as _if
 from . import wbem_constants as _wc
 from .auth import AUTH_LEVEL_NAMES, AUTH_TYPE_NAMES
+from .dcerpc import PTYPE_NAMES
 from .records import Call, ErrorRecord, Pdu
 
-__all__ = ["display_name", "NAME_EXCEPTIONS", "TranscriptRenderer", "render_call", "render"]
+__all__ = ["display_name", "NAME_EXCEPTIONS", "TranscriptRenderer", "render_call", "render",
+           "auth_type_name", "auth_level_name"]
 
 # ---------------------------------------------------------------------------------------
 # names
@@ -81,6 +84,7 @@ NAME_EXCEPTIONS = {
 }
 
 
+@lru_cache(maxsize=1024)
 def display_name(idl_name: str) -> str:
     """A parameter's name as the traces print it (see the module docstring)."""
     name = NAME_EXCEPTIONS.get(idl_name)
@@ -101,6 +105,7 @@ _FIXED = _INTEGERS | {"float", "double", "GUID", "FILETIME", "COMVERSION"}
 _WIDTH = {"uhyper": 64, "hyper": 64, "byte": 8, "ushort": 16, "short": 16}
 
 
+@lru_cache(maxsize=1024)
 def _fixed(typ: str) -> bool:
     if typ in _FIXED:
         return True
@@ -116,7 +121,7 @@ def _summarized(typ: str) -> bool:
 # MS-WMI 3.1.4.3: these methods' lFlags tables list one flag; the traces print the parameter
 # as a value ("Flags: Unknown" for 0) with the table's words for the flag.
 _ONE_FLAG_METHODS = frozenset(("OpenNamespace", "DeleteClass", "DeleteInstance", "ExecMethod"))
-_RETURN_IMMEDIATELY = ("WBEM_FLAG_RETURN_IMMEDIATELY", 0x10,
+_RETURN_IMMEDIATELY = ("WBEM_FLAG_RETURN_IMMEDIATELY", _wc.value_of("WBEM_FLAG_RETURN_IMMEDIATELY"),
                        "If this bit is not set, the server MUST make the method call synchronously. "
                        "If this bit is set, the server MUST make the method call semisynchronously.")
 # Flag sets that are local only (MS-WMI 2.2.12: NTLMLogin's lFlags are reserved for local use):
@@ -378,7 +383,6 @@ class TranscriptRenderer:
 
     def pdu_line(self, pdu: Pdu) -> str | None:
         """One line for the PDUs that are not part of a call (bind, alter_context, auth3 ...)."""
-        from .dcerpc import PTYPE_NAMES
         if pdu.ptype in (0, 2, 3):
             return None
         name = PTYPE_NAMES.get(pdu.ptype, f"ptype {pdu.ptype}")
@@ -390,8 +394,7 @@ class TranscriptRenderer:
             res = {0: "accepted", 1: "rejected", 2: "rejected", 3: "negotiated"}.get(c.result, "") if c.result is not None else ""
             parts.append(f"ctx {c.ctx_id} {what}" + (f" {res}" if res else "") + (f" ({syntax})" if syntax else ""))
         if pdu.auth is not None:
-            parts.append(f"auth {AUTH_TYPE_NAMES.get(pdu.auth.auth_type, pdu.auth.auth_type)}/"
-                         f"{_level(pdu.auth.auth_level)}")
+            parts.append(f"auth {auth_type_name(pdu.auth.auth_type)}/{auth_level_name(pdu.auth.auth_level)}")
         frames = _frames_text((pdu.first_frame, pdu.frame)) if self.frames else ""
         return f"  MSRPC: {name}, {', '.join(parts)}{frames}"
 
@@ -449,16 +452,14 @@ class TranscriptRenderer:
                 [self.error_line(e) for e in errors]
         if stub is None and sealed:
             n = call.req_stub_len if request else call.resp_stub_len
-            fields.append(f"  (encrypted: {n} bytes of stub sealed with "
-                          f"{AUTH_TYPE_NAMES.get(call.auth_type, call.auth_type)}/{_level(call.auth_level)})")
+            fields.append(f"  (encrypted: {n} bytes of stub sealed with {_mechanism(call)})")
         elif side is not None and "params" in side:
             items, fields = self._wmi_fields(call, info, side, stub, request)
-            mech = f"{AUTH_TYPE_NAMES.get(call.auth_type, call.auth_type)}/{_level(call.auth_level)}"
             if getattr(call, "req_decrypted" if request else "resp_decrypted", False):
-                fields.insert(0, f"  (decrypted: sealed with {mech}, opened with the given credentials)")
+                fields.insert(0, f"  (decrypted: sealed with {_mechanism(call)}, opened with the given credentials)")
             verified = call.req_verified if request else call.resp_verified
             if verified is not None:
-                fields.insert(0, f"  (signed with {mech}: the signature "
+                fields.insert(0, f"  (signed with {_mechanism(call)}: the signature "
                                  f"{'verifies' if verified else 'does NOT verify'} with the given credentials)")
             header = side.get("orpcthis" if request else "orpcthat")
             if self.all and header is not None:
@@ -702,7 +703,9 @@ class TranscriptRenderer:
                     lines.append(f"+ {label}: Pointer To " + (f"0x{ref:08X}" if ref else "NULL"))
                 elif how == "iids":
                     lines.append(f"+ {label}:")
-                    lines += [f"{below}{_guid(i)}" + (f" {_if_name(i)}" if _if_name(i) else "") for i in v or ()]
+                    for i in v or ():
+                        name = _if.interface_name(i)
+                        lines.append(f"{below}{_guid(i)}" + (f" {name}" if name else ""))
                 elif how == "qiresults":
                     lines.append(f"+ {label}:")
                     for e in v or ():
@@ -821,9 +824,20 @@ def _pad_line(n: int) -> str:
     return f"{'+ ' if n else '  '}Pad: {n} Bytes"
 
 
-def _level(level) -> str:
-    name = AUTH_LEVEL_NAMES.get(level, str(level))
-    return name.replace("packet ", "") if level in (5, 6) else name
+def auth_type_name(auth_type) -> str:
+    """An auth_type of the sec_trailer (MS-RPCE 2.2.1.1.7) as the transcript and the JSON
+    lines print it: dissectors.auth's name, else the number."""
+    return AUTH_TYPE_NAMES.get(auth_type, str(auth_type))
+
+
+def auth_level_name(level) -> str:
+    """An auth_level (MS-RPCE 2.2.1.1.8) as the transcript and the JSON lines print it:
+    dissectors.auth's name without "packet " for integrity and privacy."""
+    return AUTH_LEVEL_NAMES.get(level, str(level)).removeprefix("packet ")
+
+
+def _mechanism(call: Call) -> str:
+    return f"{auth_type_name(call.auth_type)}/{auth_level_name(call.auth_level)}"
 
 
 def _orpc_text(h: dict, request: bool) -> str:
@@ -903,11 +917,6 @@ _ACTIVATION_FACTS = (("class_name", "Class"), ("clsid", "CLSID"), ("requested_in
                      ("authn_hint", "AuthnHint"), ("oxid_bindings_text", "Bindings"))
 
 
-
-
-def _if_name(iid) -> str | None:
-    i = _if.interface_by_uuid(iid)
-    return i["name"] if i else None
 
 
 def _first_pointer(stub: bytes | None, request: bool) -> int | None:

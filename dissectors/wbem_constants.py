@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "WBEMSTATUS", "APPENDIX_C", "ERREF", "ENUMS", "PARAM_ENUMS", "FIELD_ENUMS",
-    "hresult", "hresult_name", "describe", "annotation", "field_annotation", "enum_value",
+    "hresult", "hresult_name", "describe", "annotation", "field_annotation", "enum_value", "value_of",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -283,13 +283,7 @@ for _n, _v, _t in WBEMSTATUS:
 
 
 def hresult_name(value: int) -> str | None:
-    v = value & 0xFFFFFFFF
-    e = _HRESULTS.get(v)
-    if e is not None:
-        return e[0]
-    if _WBEMMOF_FIRST <= v <= _WBEMMOF_LAST:
-        return "WBEMMOF_E_*"
-    return None
+    return hresult(value)["name"]
 
 
 def hresult(value: int) -> dict:
@@ -423,6 +417,18 @@ def annotation(interface: str, method: str, param: str) -> tuple[str, ...] | Non
 
 def field_annotation(struct: str, field: str) -> tuple[str, ...] | None:
     return FIELD_ENUMS.get((struct, field))
+
+
+_VALUES: dict[str, int] = {n: v for n, v, _ in ERREF}
+_VALUES.update((n, v) for n, v, _ in APPENDIX_C)
+_VALUES.update((n, v) for n, v, _ in WBEMSTATUS)
+_VALUES.update((n, v) for e in ENUMS.values() for n, v, _ in e["values"])
+
+
+def value_of(name: str) -> int:
+    """The number of a named status code, flag or enumeration value (KeyError if none):
+    the decoders take their constants from these tables, not from copies of their own."""
+    return _VALUES[name]
 
 
 def enum_value(v) -> int:

@@ -64,8 +64,8 @@ __all__ = [
     "IID_IWBEM_CLASS_OBJECT", "IID_IWBEM_CONTEXT",
 ]
 
-IID_IWBEM_CLASS_OBJECT = "dc12a681-737f-11cf-884d-00aa004b2e24"
-IID_IWBEM_CONTEXT = "44aca674-e8fc-11d0-a07c-00c04fb68820"
+IID_IWBEM_CLASS_OBJECT = _if.uuid_of("IWbemClassObject")
+IID_IWBEM_CONTEXT = _if.uuid_of("IWbemContext")
 MAX_HEX = 64                       # bytes of a byte array shown in its JSON value
 
 _FILETIME_EPOCH = datetime.datetime(1601, 1, 1, tzinfo=datetime.timezone.utc)
@@ -731,15 +731,6 @@ _SPECIAL = {
 _PLANS: dict[tuple[str, int], _MethodPlan | None] = {}
 
 
-def _chain(info: dict) -> list[str]:
-    names, cur, seen = [], info, set()
-    while cur is not None and cur["name"] not in seen:
-        seen.add(cur["name"])
-        names.append(cur["name"])
-        cur = _if.interface_by_name(cur["base"]) if cur["base"] else None
-    return names
-
-
 def method_plan(interface: str, method) -> _MethodPlan | None:
     """The compiled plan of a method, by interface name or UUID and method name or opnum."""
     info = _if.interface_by_name(interface) or _if.interface_by_uuid(interface)
@@ -764,7 +755,7 @@ def method_plan(interface: str, method) -> _MethodPlan | None:
 
 
 def _compile(info: dict, m: dict) -> _MethodPlan:
-    chain = _chain(info)
+    chain = [i["name"] for i in _if.base_chain(info)]
     req, resp, error = [], [], None
     for p in m["params"]:
         if p.get("implicit"):
@@ -966,9 +957,10 @@ def _decode_params(plan: _MethodPlan, plans: list, r: NdrReader, ctx: _Ctx, resp
             pp.node.read(r, ctx, ctx.params, cell, 0)
             r.flush()
         except DecodeError as e:
-            if pp.special == "indicate":
+            fallback = _SPECIAL_FALLBACKS.get(pp.special)
+            if fallback is not None:
                 del ctx.soft[soft_at:]
-                d = _indicate_object_array(pp, start, r, ctx)
+                d = fallback(pp, start, r, ctx)
                 if d is not None:
                     params.append(d)
                     continue
@@ -985,8 +977,9 @@ def _decode_params(plan: _MethodPlan, plans: list, r: NdrReader, ctx: _Ctx, resp
             ctx.notes.append(f"{plan.label}: non-zero alignment padding {buf[start:off].hex()} "
                              f"before {pp.name} at offset {start}")
         d = _param_dict(pp, off, r.pos - off, off - start, v)
-        if pp.special is not None and pp.special != "indicate":
-            _SPECIAL_DECODERS[pp.special](pp, v, d, ctx)
+        special = _SPECIAL_DECODERS.get(pp.special)
+        if special is not None:
+            special(pp, v, d, ctx)
         if len(ctx.soft) > soft_at:
             d["error"] = ctx.soft[soft_at].to_record()
             errors.extend(ctx.soft[soft_at:])
@@ -1027,7 +1020,7 @@ def _located(structure: str, base: int, fn, *args):
     try:
         return fn(*args)
     except DecodeError as e:
-        raise DecodeError(e.structure, e.offset + base, e.reason) from None
+        raise e.rebased(base) from None
     except Exception as e:  # the format decoders promise DecodeError; a slip must not end the call
         raise DecodeError(structure, base, f"{type(e).__name__}: {e}") from None
 
@@ -1104,7 +1097,11 @@ def _indicate_object_array(pp, start: int, r: NdrReader, ctx: _Ctx) -> dict | No
             "object": oa}
 
 
+# special -> fn(pp, value, param dict, ctx): decodes what the parameter's NDR value carries;
+# special -> fn(pp, start, reader, ctx): reads the parameter some other way when its IDL form
+# does not decode (a param dict, or None to report the IDL form's error).
 _SPECIAL_DECODERS = {"object_array": _special_object_array, "refreshed_objects": _special_refreshed}
+_SPECIAL_FALLBACKS = {"indicate": _indicate_object_array}
 
 
 def _decode_direction(plan: _MethodPlan, stub: bytes, params_offset: int, little: bool, state, call,

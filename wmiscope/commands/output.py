@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-AUTH_TYPES = {0: "none", 9: "SPNEGO", 10: "NTLMSSP", 14: "SCHANNEL", 16: "Kerberos", 68: "Netlogon", 255: "default"}
-AUTH_LEVELS = {1: "none", 2: "connect", 3: "call", 4: "packet", 5: "integrity", 6: "privacy"}
+from wmiscope.dissectors.transcript import auth_level_name, auth_type_name
 
 
 def iso(ts: float | None) -> str | None:
@@ -65,9 +64,9 @@ def call_dict(call, outcome: str) -> dict:
         "fault": call.fault,
         "auth": None if call.auth_type is None else {
             "type": call.auth_type,
-            "type_name": AUTH_TYPES.get(call.auth_type, str(call.auth_type)),
+            "type_name": auth_type_name(call.auth_type),
             "level": call.auth_level,
-            "level_name": AUTH_LEVELS.get(call.auth_level, str(call.auth_level)),
+            "level_name": auth_level_name(call.auth_level),
             "principal": call.auth_principal,
         },
         "encrypted": call.req_encrypted or call.resp_encrypted,
