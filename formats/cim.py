@@ -66,8 +66,9 @@ _CELL_FORMATS = {
 }
 HEAPREF_CELL = struct.Struct("<I")
 CELL_STRUCTS: dict[int, struct.Struct] = {int(t): struct.Struct(f) for t, f in _CELL_FORMATS.items()}
-# types whose EncodedValue is a HeapRef to something in the heap
-HEAP_TYPES = frozenset({CimType.STRING, CimType.DATETIME, CimType.REFERENCE, CimType.OBJECT})
+# 2.2.74 NoValue: Windows fills the cell of a class property without a value
+# with 0xFF octets; here as the number each inline cell unpacks to.
+NO_VALUE_CELLS: dict[int, int | float] = {t: s.unpack(b"\xff" * s.size)[0] for t, s in CELL_STRUCTS.items()}
 STRING_TYPES = frozenset({CimType.STRING, CimType.DATETIME, CimType.REFERENCE})
 INTEGER_RANGES = {
     CimType.SINT8: (-(1 << 7), (1 << 7) - 1), CimType.UINT8: (0, (1 << 8) - 1),
@@ -81,17 +82,17 @@ BOOL_TRUE = 0xFFFF
 BOOL_FALSE = 0x0000
 
 
-def base_type(cimtype: int) -> int:
-    """The CimBaseType of a (possibly array / inherited) wire type."""
-    return cimtype & CIM_TYPE_MASK
+def named(items, name: str):
+    """The first of `items` (qualifiers, properties, methods, context
+    properties: anything with a .name) called `name`, or None.
 
-
-def is_array(cimtype: int) -> bool:
-    return bool(cimtype & CIM_ARRAY_FLAG)
-
-
-def is_known_type(cimtype: int) -> bool:
-    return base_type(cimtype) in CimType._value2member_map_
+    Case-insensitive: CIM names are (DSP0004), and Windows keeps whatever case the
+    schema author wrote while callers ask with the documented one."""
+    low = name.lower()
+    for item in items:
+        if item.name.lower() == low:
+            return item
+    return None
 
 
 def cell_size(cimtype: int) -> int:
@@ -118,10 +119,8 @@ def type_name(cimtype: int, cimtype_qualifier: str | None = None) -> str:
     b = cimtype & CIM_TYPE_MASK
     if cimtype_qualifier and b in (CimType.REFERENCE, CimType.OBJECT) and ":" in cimtype_qualifier:
         return cimtype_qualifier + arr
-    try:
-        return CIM_TYPE_NAMES[CimType(b)] + arr
-    except ValueError:
-        return f"cimtype_0x{b:x}{arr}"
+    name = CIM_TYPE_NAMES.get(b)
+    return (name or f"cimtype_0x{b:x}") + arr
 
 
 def parse_type_name(name: str) -> int:
@@ -292,12 +291,3 @@ def value_to_cell(b: int, value):
     if b == CimType.REAL32 or b == CimType.REAL64:
         return float(value)
     return value
-
-
-def no_value_cell(cimtype: int) -> bytes:
-    """2.2.74 NoValue: the filler a ValueTable cell holds when there is no value.
-
-    Windows fills such cells with 0xFF octets (seen in every class it sends);
-    the canonical encoder does the same.
-    """
-    return b"\xff" * cell_size(cimtype)

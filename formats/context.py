@@ -33,9 +33,11 @@ from construct import (
     Int16sl, Int16ul, Int32sl, Int32ul, Padded, Pass, Rebuild, Struct, Subconstruct, len_, this,
 )
 
+from ..dissectors import interfaces as _if
 from . import wmio
+from .cim import named
+from .declarations import FixedHeader, Located, construct_failure
 from .errors import DecodeError, EncodeError
-from .object_array import FixedHeader, Located, construct_failure, rebased
 
 __all__ = [
     "VarType", "VT_ARRAY", "ContextProperty", "WbemContext",
@@ -43,10 +45,11 @@ __all__ = [
     "CLSID_WBEM_CONTEXT_UNMARSHALER", "IID_IWBEM_CONTEXT",
 ]
 
-CLSID_WBEM_CONTEXT_UNMARSHALER = uuid.UUID("674B6698-EE92-11D0-AD71-00C04FD8FDFF")
-IID_IWBEM_CONTEXT = uuid.UUID("44ACA674-E8FC-11D0-A07C-00C04FB68820")
-IID_IWBEM_CLASS_OBJECT = uuid.UUID("DC12A681-737F-11CF-884D-00AA004B2E24")
-CLSID_WBEM_CLASS_OBJECT_UNMARSHALER = uuid.UUID("4590F812-1D3A-11D0-891F-00AA004B2E24")
+
+IID_IWBEM_CONTEXT = uuid.UUID(_if.uuid_of("IWbemContext"))
+CLSID_WBEM_CONTEXT_UNMARSHALER = uuid.UUID(_if.uuid_of("WbemContext unmarshaler"))
+IID_IWBEM_CLASS_OBJECT = uuid.UUID(_if.uuid_of("IWbemClassObject"))
+CLSID_WBEM_CLASS_OBJECT_UNMARSHALER = uuid.UUID(_if.uuid_of("WbemClassObject unmarshaler"))
 
 
 class VarType(IntEnum):
@@ -157,7 +160,7 @@ class _ObjectMarshalingBuffer(Construct):
             try:
                 values = ObjrefCustom.unpack(head, 0)
             except DecodeError as e:
-                raise rebased(e, start) from None
+                raise e.rebased(start) from None
             if uuid.UUID(bytes_le=values[2]) != IID_IWBEM_CLASS_OBJECT:
                 raise DecodeError("OBJREF_CUSTOM.iid", start + 8,
                                   f"must be IID_IWbemClassObject, found {uuid.UUID(bytes_le=values[2])}")
@@ -174,7 +177,7 @@ class _ObjectMarshalingBuffer(Construct):
         try:
             obj = wmio.parse_encoding_unit(prefix + body, 0)
         except DecodeError as e:
-            raise rebased(e, unit_start) from None
+            raise e.rebased(unit_start) from None
         return obj, objref
 
     def _build(self, value, stream, context, path):
@@ -361,11 +364,8 @@ class WbemContext:
 
     def get(self, name: str, default=None):
         """Value of the property of that name (case-insensitive, as WMI names are)."""
-        low = name.lower()
-        for p in self.properties:
-            if p.name.lower() == low:
-                return p.value
-        return default
+        p = named(self.properties, name)
+        return default if p is None else p.value
 
     def to_json(self) -> dict:
         return {"structure": "IWbemContextBuffer", "guids": [str(g) for g in self.guids],

@@ -26,6 +26,11 @@ class DecodeError(ValueError):
     def to_record(self) -> dict:
         return {"structure": self.structure, "offset": self.offset, "reason": self.reason}
 
+    def rebased(self, base: int) -> "DecodeError":
+        """The same error, its offset moved from a sub-buffer starting at `base`
+        to the enclosing buffer."""
+        return DecodeError(self.structure, self.offset + base, self.reason)
+
 
 class EncodeError(ValueError):
     """A model object that cannot be encoded (e.g. a value that does not fit its CIM type)."""

@@ -10,35 +10,22 @@ qualifier is not printed: the type it names is the property's MOF type.
 
 from __future__ import annotations
 
-from .cim import CIM_ARRAY_FLAG, CimType, QualifierFlavor, mof_flavors
+from .cim import CIM_ARRAY_FLAG, CIM_INHERITED_FLAG, CIM_TYPE_MASK, CimType, QualifierFlavor, mof_flavors
+from .wmio import WmiClass, WmiInstance
 
 _INDENT = "\t"
 
+# MOF string escapes: the named ones, other control characters as \xHHHH
+_ESCAPES = {c: f"\\x{c:04x}" for c in range(0x20)} | {
+    ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
 
 def _escape(s: str) -> str:
-    out = []
-    for c in s:
-        if c == "\\":
-            out.append("\\\\")
-        elif c == '"':
-            out.append('\\"')
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20:
-            out.append(f"\\x{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out)
+    return s.translate(_ESCAPES)
 
 
 def literal(value, cimtype: int | None = None, level: int = 1) -> str:
     """A MOF literal for a decoded value."""
-    from .wmio import WmiClass, WmiInstance  # local: wmio imports this module lazily
-
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -49,7 +36,7 @@ def literal(value, cimtype: int | None = None, level: int = 1) -> str:
     if isinstance(value, (WmiInstance, WmiClass)):
         return _render(value, level).rstrip().rstrip(";")
     if isinstance(value, str):
-        if cimtype is not None and cimtype & 0x1FFF == CimType.CHAR16:
+        if cimtype is not None and cimtype & CIM_TYPE_MASK == CimType.CHAR16:
             return "'" + _escape(value).replace("'", "\\'") + "'"
         return '"' + _escape(value) + '"'
     if isinstance(value, float):
@@ -80,15 +67,13 @@ def _qualifiers(quals, skip=("CIMTYPE",)) -> str:
 
 def _mof_type(p) -> tuple[str, str]:
     """(type text before the name, suffix after it) for a property/parameter."""
-    b = p.cimtype & 0x1FFF
+    b = p.cimtype & CIM_TYPE_MASK
     arr = "[]" if p.cimtype & CIM_ARRAY_FLAG else ""
-    ct = p.qualifier("CIMTYPE")
-    if b == CimType.REFERENCE:
-        cls = ct.split(":", 1)[1] if isinstance(ct, str) and ":" in ct and ct.split(":", 1)[1] else "object"
-        return f"{cls} ref", arr
-    if b == CimType.OBJECT:
-        cls = ct.split(":", 1)[1] if isinstance(ct, str) and ":" in ct and ct.split(":", 1)[1] else "object"
-        return cls, arr
+    if b == CimType.REFERENCE or b == CimType.OBJECT:
+        # the class named by the CIMTYPE qualifier ("ref:Win32_Foo", "object:Bar")
+        ct = p.qualifier("CIMTYPE")
+        cls = (ct.partition(":")[2] if isinstance(ct, str) else "") or "object"
+        return (f"{cls} ref" if b == CimType.REFERENCE else cls), arr
     name = p.type_name
     return name[:-2] if arr else name, arr
 
@@ -97,7 +82,7 @@ def _property_line(p) -> str:
     typ, arr = _mof_type(p)
     text = f"{_qualifiers(p.qualifiers)}{typ} {p.name}{arr}"
     if p.value is not None and not p.null:
-        text += " = " + literal(p.value, p.cimtype & ~0x4000, 2)
+        text += " = " + literal(p.value, p.cimtype & ~CIM_INHERITED_FLAG, 2)
     return text + ";"
 
 
@@ -125,8 +110,6 @@ def _method_line(m) -> str:
 
 
 def _render(obj, level: int = 0) -> str:
-    from .wmio import WmiClass, WmiInstance
-
     pad = _INDENT * level
     inner = _INDENT * (level + 1)
     lines = []
@@ -139,7 +122,8 @@ def _render(obj, level: int = 0) -> str:
             if p.name in obj.defaulted:
                 continue
             q = _qualifiers(pq.get(p.name, []))
-            lines.append(f"{inner}{q}{p.name} = {literal(obj.values.get(p.name), p.cimtype & ~0x4000, level + 1)};")
+            value = literal(obj.values.get(p.name), p.cimtype & ~CIM_INHERITED_FLAG, level + 1)
+            lines.append(f"{inner}{q}{p.name} = {value};")
         lines.append(pad + "};")
         return "\n".join(x for x in lines if x is not None) + "\n"
     if isinstance(obj, WmiClass):

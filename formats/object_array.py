@@ -7,150 +7,25 @@ class (WBEMOBJECT_CLASS, 2.2.14.2), a full instance (WBEMOBJECT_INSTANCE,
 2.2.14.4).  The last kind names its CurrentClass by a server-chosen classID
 that an earlier WBEMOBJECT_INSTANCE carried, possibly in an earlier Next call
 of the same enumeration: the caller keeps one ClassCache per enumeration.
-
-This module also holds the two small construct helpers that the other MS-WMI
-encodings (context.py, refresher.py) share: FixedHeader, a fixed-size
-construct Struct parsed through a struct.Struct derived from it, and Located,
-which turns a construct failure into a located DecodeError.
 """
 
 from __future__ import annotations
 
-import struct
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterator
 
-from construct import (
-    Bytes, Const, ConstructError, FormatField, Int8ul, Int32ul, Renamed, Struct, Subconstruct,
-)
+from construct import Bytes, Const, Int8ul, Int32ul, Struct
 
 from . import wmio
+from .declarations import FixedHeader
 from .errors import DecodeError, EncodeError
 
 __all__ = [
     "ClassCache", "ObjectArray", "PacketType", "ObjectType",
     "parse_object_array", "build_object_array",
-    "FixedHeader", "Located", "rebased",
 ]
-
-
-# ---------------------------------------------------------------------------
-# construct helpers shared by the MS-WMI encodings
-# ---------------------------------------------------------------------------
-
-def construct_failure(e: ConstructError) -> tuple[str, str]:
-    """(field path, message) of a construct error, e.g. ("Properties.PropertyType", "...")."""
-    text = str(e)
-    head, _, message = text.partition("\n")
-    path = ""
-    if head.startswith("Error in path"):
-        parts = [p.strip() for p in head[len("Error in path"):].split("->")]
-        path = ".".join(p for p in parts if p and not p.startswith("("))
-    return path, (message or head)
-
-
-def rebased(err: DecodeError, base: int) -> DecodeError:
-    """The same error, its offset moved from a sub-buffer to the enclosing one."""
-    return DecodeError(err.structure, err.offset + base, err.reason)
-
-
-class FixedHeader:
-    """A fixed-size construct Struct, parsed through a struct.Struct derived from it.
-
-    The construct declaration stays the single source of truth (field names,
-    formats, Const values) and builds; parsing goes through one precompiled
-    struct.Struct because headers are read once per object and construct's
-    interpreter costs tens of microseconds per Struct.  Const fields become
-    checks whose failure names the field and its absolute offset.
-    """
-
-    def __init__(self, name: str, declaration: Struct):
-        self.name = name
-        self.declaration = declaration
-        fmt = "<"
-        self.fields: list[tuple[str, int]] = []   # (field name, offset in header)
-        self.checks: list[tuple[int, object]] = []  # (field index, required value)
-        offset = 0
-        for i, sub in enumerate(declaration.subcons):
-            assert isinstance(sub, Renamed), "every header field is named"
-            inner = sub.subcon
-            if isinstance(inner, Const):
-                self.checks.append((i, inner.value))
-                inner = inner.subcon
-            if isinstance(inner, FormatField):
-                code = inner.fmtstr[1:]
-            elif isinstance(inner, Bytes) and isinstance(inner.length, int):
-                code = f"{inner.length}s"
-            else:  # pragma: no cover - declaration error
-                raise TypeError(f"{name}.{sub.name}: not a fixed-size field")
-            self.fields.append((sub.name, offset))
-            fmt += code
-            offset += struct.calcsize("<" + code)
-        self.struct = struct.Struct(fmt)
-        self.size = self.struct.size
-        self.names = [n for n, _ in self.fields]
-
-    def unpack(self, buf, offset: int, end: int | None = None) -> tuple:
-        """Field values in declaration order; Const fields are checked."""
-        if end is None:
-            end = len(buf)
-        if offset < 0 or offset + self.size > end:
-            raise DecodeError(self.name, offset,
-                              f"truncated: {self.size} bytes needed, {max(end - offset, 0)} left")
-        values = self.struct.unpack_from(buf, offset)
-        for i, required in self.checks:
-            if values[i] != required:
-                name, at = self.fields[i]
-                raise DecodeError(f"{self.name}.{name}", offset + at,
-                                  f"must be {_show(required)}, found {_show(values[i])}")
-        return values
-
-    def field_offset(self, name: str) -> int:
-        return dict(self.fields)[name]
-
-    def pack(self, **values) -> bytes:
-        """Build through the construct declaration (Const fields fill themselves)."""
-        try:
-            return self.declaration.build(values)
-        except ConstructError as e:
-            path, message = construct_failure(e)
-            raise EncodeError(f"{self.name}.{path}: {message}") from None
-
-
-def _show(v) -> str:
-    return f"0x{v:X}" if isinstance(v, int) else repr(v)
-
-
-class Located(Subconstruct):
-    """Names a spec structure inside a construct declaration.
-
-    Any construct failure while parsing it becomes a DecodeError naming the
-    structure and the field path, at the absolute offset where the structure
-    starts (the declarations parse from a stream positioned in the caller's
-    whole buffer, so stream positions are absolute).  The innermost Located
-    wins: a DecodeError raised inside passes through unchanged.
-    """
-
-    def __init__(self, name: str, subcon):
-        super().__init__(subcon)
-        self.spec_name = name
-
-    def _parse(self, stream, context, path):
-        start = stream.tell()
-        try:
-            return self.subcon._parsereport(stream, context, path)
-        except ConstructError as e:
-            fields, message = construct_failure(e)
-            here = path.replace("(parsing)", "").replace(" -> ", ".").strip(".")
-            if here and fields.startswith(here):
-                fields = fields[len(here):].lstrip(".")
-            name = f"{self.spec_name}.{fields}" if fields else self.spec_name
-            raise DecodeError(name, start, message) from None
-
-    def _build(self, obj, stream, context, path):
-        return self.subcon._build(obj, stream, context, path)
 
 
 # ---------------------------------------------------------------------------
@@ -370,23 +245,14 @@ def _parse_datapacket_object(buf, pos: int, end: int, cache: ClassCache, index: 
                           f"{inner_size} + header {header.size} != WBEM_DATAPACKET_OBJECT "
                           f"dwSizeOfData {outer_size}")
     data = start + header.size
-    # wmio reads from a stream over buf[:end]: hand it just this object, or a
-    # large array would be copied once per object (quadratic).
-    chunk = bytes(buf[data:obj_end])
     if kind == ObjectType.WBEMOBJECT_INSTANCE_NOCLASS:
         class_id = uuid.UUID(bytes_le=values[2])
         current = cache.get(values[2])
         if current is None:
             raise DecodeError(f"{header.name}.classID", start + 8,
                               f"classID {class_id} names no WBEMOBJECT_INSTANCE seen before")
-        try:
-            return wmio.parse_instance_noclass(chunk, current), kind, class_id, obj_end
-        except DecodeError as e:
-            raise rebased(e, data) from None
-    try:
-        obj = wmio.parse_object_block(chunk, 0, len(chunk))
-    except DecodeError as e:
-        raise rebased(e, data) from None
+        return wmio.parse_instance_noclass(buf, current, data, obj_end), kind, class_id, obj_end
+    obj = wmio.parse_object_block(buf, data, obj_end)
     if kind == ObjectType.WBEMOBJECT_CLASS:
         if not isinstance(obj, wmio.WmiClass):
             raise DecodeError(f"{header.name}.ObjectData", data, "bObjectType 1 but the object is an instance")

@@ -30,8 +30,8 @@ from enum import IntEnum
 from construct import Const, Int32ul, Struct
 
 from . import wmio
+from .declarations import FixedHeader
 from .errors import DecodeError
-from .object_array import FixedHeader, rebased
 
 __all__ = [
     "WbemInstanceBlobType", "RefreshedObject",
@@ -62,7 +62,6 @@ RefreshedSingleInstanceHeader = FixedHeader("RefreshedSingleInstance", Struct(
 ))
 
 _HEAP_LENGTH = struct.Struct("<I")
-_HEAP_LENGTH_FLAG = 0x80000000
 # a RefreshedSingleInstance is at least its heap size and an empty heap's HeapLength
 _MIN_SINGLE_INSTANCE = RefreshedSingleInstanceHeader.size + _HEAP_LENGTH.size
 _MIN_REFRESHED_INSTANCES = RefreshedInstancesHeader.size + _MIN_SINGLE_INSTANCE
@@ -74,17 +73,11 @@ _MIN_REFRESHED_INSTANCES = RefreshedInstancesHeader.size + _MIN_SINGLE_INSTANCE
 
 def parse_refreshed_single_instance(buf, template, offset: int = 0, end: int | None = None):
     """Decode buf[offset:end] as a RefreshedSingleInstance of class template -> WmiInstance."""
-    if end is None:
-        end = len(buf)
+    end = len(buf) if end is None else min(end, len(buf))
     (heap_size,) = RefreshedSingleInstanceHeader.unpack(buf, offset, end)
     _check_heap_size(buf, offset, end, heap_size)
-    # wmio reads from a stream over buf[:end]: hand it just this blob, or an
-    # enumeration of many instances would be copied once per instance.
     first = offset + RefreshedSingleInstanceHeader.size
-    try:
-        inst = wmio.parse_instance_parts(bytes(buf[first:end]), template_class(template), 0, end - first)
-    except DecodeError as e:
-        raise rebased(e, first) from None
+    inst = wmio.parse_instance_parts(buf, template_class(template), first, end)
     if isinstance(template, wmio.WmiInstance):
         # the blob refreshes the template's values; where it comes from
         # (Decoration, ObjectFlags) stays the template's
@@ -106,7 +99,7 @@ def _check_heap_size(buf, offset: int, end: int, heap_size: int) -> None:
         if items >= 0 and at >= first:
             (length,) = _HEAP_LENGTH.unpack_from(buf, at)
             # wmio tolerates a HeapLength without its top bit; so do we
-            if length & ~_HEAP_LENGTH_FLAG == items:
+            if length & ~wmio.HEAP_LENGTH_BIT == items:
                 return
     raise DecodeError("RefreshedSingleInstance.InstanceHeapSize", offset,
                       f"{heap_size} does not match the InstanceHeap that ends the "
@@ -114,19 +107,8 @@ def _check_heap_size(buf, offset: int, end: int, heap_size: int) -> None:
 
 
 def build_refreshed_single_instance(instance) -> bytes:
-    parts = wmio.build_instance_parts(instance)
-    return RefreshedSingleInstanceHeader.pack(InstanceHeapSize=_heap_items_length(instance, parts)) + parts
-
-
-def _heap_items_length(instance, parts: bytes) -> int:
-    """HeapLength of the InstanceHeap that ends parts.
-
-    Where that heap starts depends on the class layout and the qualifier sets,
-    which only wmio knows: read the parts back and take the decoded heap's
-    length rather than guess it from the bytes.
-    """
-    raw = wmio.parse_instance_parts(parts, instance.class_, 0, len(parts))._raw
-    return wmio.heap_length_value(raw.InstanceHeap.HeapLength)
+    parts, heap_length = wmio.build_instance_parts_sized(instance)
+    return RefreshedSingleInstanceHeader.pack(InstanceHeapSize=heap_length) + parts
 
 
 # ---------------------------------------------------------------------------
@@ -135,8 +117,7 @@ def _heap_items_length(instance, parts: bytes) -> int:
 
 def parse_instance_blob(buf, template, offset: int = 0, end: int | None = None) -> list:
     """Decode a WBEM_INSTANCE_BLOB whose objects are all of class template."""
-    if end is None:
-        end = len(buf)
+    end = len(buf) if end is None else min(end, len(buf))
     version, count = WbemInstanceBlobHeader.unpack(buf, offset, end)
     pos = offset + WbemInstanceBlobHeader.size
     if count > (end - pos) // _MIN_REFRESHED_INSTANCES:

@@ -39,7 +39,7 @@ from construct.core import ConstructError
 from . import cim
 from .cim import (
     CIM_ARRAY_FLAG, CIM_INHERITED_FLAG, CIM_TYPE_MASK, CimType, DmtfDateTime,
-    DICTIONARY_INDEX, DICTIONARY_STRINGS, QualifierFlavor, flavor_names,
+    DICTIONARY_INDEX, DICTIONARY_STRINGS, QualifierFlavor, flavor_names, named,
 )
 from .errors import DecodeError, EncodeError
 
@@ -49,6 +49,7 @@ __all__ = [
     "ObjectFlags", "ENCODING_UNIT_SIGNATURE",
     "parse_encoding_unit", "parse_object_block", "parse_instance_noclass", "parse_instance_parts",
     "build_encoding_unit", "build_object_block", "build_instance_noclass", "build_instance_parts",
+    "build_instance_parts_sized",
     "to_json", "to_mof", "new_class", "new_instance", "flavor_names",
     "RawEncodingUnit", "RawObjectBlock", "RawEncodingUnitInstanceNoClass", "parse_raw",
 ]
@@ -178,10 +179,6 @@ class HeapLengthAdapter(_LinkedAdapter):
         return obj | HEAP_LENGTH_BIT if obj >= 0 else -obj - 1
 
 
-def heap_length_value(v: int) -> int:
-    return v if v >= 0 else (-v - 1) & ~HEAP_LENGTH_BIT
-
-
 class NdTableAdapter(_LinkedAdapter):
     """2.2.26 NdTable / 2.2.27 NullAndDefaultFlag: two bits per property,
     packed four to an octet, low bits first.  Decodes to one small int per
@@ -228,10 +225,15 @@ def read_encoded_string(buf, pos: int, end: int) -> tuple[str, int, int]:
     raise ValueError(f"Encoded-String: flag {flag} is neither 0 nor 1")
 
 
+def _flag(s: str) -> int:
+    """Encoded-String-Flag: 0 (one octet per character) when every character fits."""
+    return 0 if all(ord(c) < 0x100 for c in s) else 1
+
+
 def encode_string(s: str, flag: int | None = None) -> bytes:
     """2.2.78 Encoded-String; flag None picks the one-octet form when it can."""
     if flag is None:
-        flag = 0 if all(ord(c) < 0x100 for c in s) else 1
+        flag = _flag(s)
     if flag == 0:
         return b"\0" + s.encode("latin-1") + b"\0"
     return b"\1" + s.encode("utf-16-le", "surrogatepass") + b"\0\0"
@@ -393,7 +395,7 @@ Qualifier = Spec("Qualifier", Struct(                   # 2.2.60
     "QualifierName" / HeapStringRef,                    # 2.2.61
     "QualifierFlavor" / Int8ul,                         # 2.2.62
     "QualifierType" / Int32ul,                          # 2.2.63 CimType
-    "QualifierValue" / _cell(this.QualifierType & 0xFFFFBFFF),  # 2.2.64 EncodedValue
+    "QualifierValue" / _cell(this.QualifierType & ~CIM_INHERITED_FLAG),  # 2.2.64 EncodedValue
 ))
 
 QualifierSet = Spec("QualifierSet", Struct(             # 2.2.59
@@ -625,51 +627,47 @@ _C_SIGNATURE = MethodSignatureBlock.compile()
 _C_EMBEDDED = EmbeddedObject.compile()
 
 
-def _stream(buf, offset: int, end: int | None):
-    if not isinstance(buf, (bytes, bytearray)):
-        buf = bytes(buf)
-    if end is None or end > len(buf):
-        end = len(buf)
-    if end != len(buf):
-        buf = buf[:end]
+def _window(buf, offset: int, end: int | None, structure: str):
+    """(stream, size): a stream over the `size` octets of buf[offset:end] alone.
+
+    Only that window is copied (nothing when it is the whole of a bytes
+    object), so a caller walking many objects of one large buffer (an
+    ObjectArray, a WBEM_INSTANCE_BLOB) pays for each object once.  Stream
+    positions count from `offset`: the raw layer's positions are relative
+    to it, and _run and the model layer add it back to every error offset.
+    """
+    size = len(buf)
+    if end is None or end > size:
+        end = size
     if offset < 0 or offset > end:
-        raise DecodeError("EncodingUnit", offset, f"offset outside the {end}-octet buffer")
-    s = _io.BytesIO(buf)
-    s.seek(offset)
-    return s
+        raise DecodeError(structure, offset, f"offset outside the {end}-octet buffer")
+    if offset or end != size or not isinstance(buf, bytes):
+        buf = bytes(memoryview(buf)[offset:end])
+    return _io.BytesIO(buf), end - offset
 
 
-def _run(compiled, stream, structure: str, **params):
+def _run(compiled, stream, structure: str, base: int, **params):
+    """Parse the raw layer from a _window starting at `base` of the caller's buffer."""
     try:
         return compiled.parse_stream(stream, **params)
-    except DecodeError:
-        raise
+    except DecodeError as e:
+        raise e.rebased(base) from None
     except (ConstructError, struct.error, IndexError, ValueError, UnicodeDecodeError, OverflowError) as e:
-        raise DecodeError(structure, stream.tell(), _reason(e)) from None
+        raise DecodeError(structure, base + stream.tell(), _reason(e)) from None
 
 
 def parse_raw(buf: bytes, offset: int = 0, end: int | None = None, *, unit: bool = True) -> Container:
     """The raw layer alone: an EncodingUnit (unit=True) or bare ObjectBlock as
-    construct Containers (HeapRefs as numbers, heaps as bytes)."""
-    return _run(_C_ENCODING_UNIT if unit else _C_OBJECT_BLOCK, _stream(buf, offset, end),
-                "EncodingUnit" if unit else "ObjectBlock")
+    construct Containers (HeapRefs as numbers, heaps as bytes; the positions
+    kept in _-prefixed fields count from `offset`)."""
+    structure = "EncodingUnit" if unit else "ObjectBlock"
+    return _run(_C_ENCODING_UNIT if unit else _C_OBJECT_BLOCK, _window(buf, offset, end, structure)[0],
+                structure, offset)
 
 
 # --------------------------------------------------------------------------
 # model layer
 # --------------------------------------------------------------------------
-
-def _named(items, name: str):
-    """The first of `items` (qualifiers, properties, methods) called `name`, or None.
-
-    Case-insensitive: CIM names are (DSP0004), and Windows keeps whatever case the
-    schema author wrote while callers ask with the documented one."""
-    low = name.lower()
-    for item in items:
-        if item.name.lower() == low:
-            return item
-    return None
-
 
 class _Qualified:
     """What Property, Method and WmiClass share: a qualifier set (2.2.59) in `qualifiers`."""
@@ -678,7 +676,7 @@ class _Qualified:
 
     def qualifier(self, name: str, default=None):
         """The value of the qualifier of that name, else `default`."""
-        q = _named(self.qualifiers, name)
+        q = named(self.qualifiers, name)
         return default if q is None else q.value
 
 
@@ -789,10 +787,10 @@ class WmiClass(_Qualified):
         return self.derivation[0] if self.derivation else None
 
     def get_property(self, name: str) -> Property | None:
-        return _named(self.properties, name)
+        return named(self.properties, name)
 
     def get_method(self, name: str) -> Method | None:
-        return _named(self.methods, name)
+        return named(self.methods, name)
 
     @property
     def key_properties(self) -> list[Property]:
@@ -950,7 +948,7 @@ class HeapView:
         try:
             return compiled.parse_stream(s, **params)
         except DecodeError as e:
-            raise DecodeError(e.structure, e.offset + self.base, e.reason) from None
+            raise e.rebased(self.base) from None
         except (ConstructError, struct.error, ValueError, IndexError) as e:
             raise DecodeError(structure, self.base + ref, _reason(e)) from None
 
@@ -1043,12 +1041,14 @@ class _Layout:
     """Per class: where each property's cell is, so instances decode with
     precompiled structs and no per-property lookups."""
 
-    __slots__ = ("entries", "nd_count", "nd_length", "data_length", "by_name")
+    __slots__ = ("entries", "nd_count", "nd_length", "data_length", "params")
 
     def __init__(self, cls: WmiClass, nd_count: int, data_length: int):
         self.nd_count = nd_count
         self.nd_length = nd_table_length(nd_count)
         self.data_length = data_length
+        # what the instance declarations read from this._params
+        self.params = dict(nd_count=nd_count, nd_length=self.nd_length, data_length=data_length)
         entries = []
         for p in cls.properties:
             t = p.cimtype & ~CIM_INHERITED_FLAG
@@ -1070,11 +1070,6 @@ def _layout(cls: WmiClass) -> _Layout:
             dl = _value_table_length(cls)
         lay = cls._layout = _Layout(cls, n, dl)
     return lay
-
-
-def _nd_index(p: Property) -> int:
-    # The NdTable is indexed like the ValueTable, by DeclarationOrder.
-    return p.order
 
 
 def _class_from_part(cp, mp, base: int, ctx: _Ctx, depth: int, parent: WmiClass | None) -> WmiClass:
@@ -1211,52 +1206,61 @@ def _instance_from_raw(r, cls: WmiClass, base: int, ctx: _Ctx, depth: int) -> Wm
 
 def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
     """2.2.1 EncodingUnit = Signature ObjectEncodingLength ObjectBlock."""
-    s = _stream(buf, offset, None)
-    if len(buf) - offset >= 4 and _U32.unpack_from(buf, offset)[0] != ENCODING_UNIT_SIGNATURE:
-        raise DecodeError("EncodingUnit.Signature", offset,
-                          f"0x{_U32.unpack_from(buf, offset)[0]:08x} is not 0x12345678")
-    raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit")
-    obj = _decode_top(raw.ObjectBlock, offset + 8, len(buf))
+    end = None
+    if len(buf) - offset >= 4:
+        (signature,) = _U32.unpack_from(buf, offset)
+        if signature != ENCODING_UNIT_SIGNATURE:
+            raise DecodeError("EncodingUnit.Signature", offset, f"0x{signature:08x} is not 0x12345678")
+        if len(buf) - offset >= 8:   # copy the unit's own octets only
+            end = offset + 8 + _U32.unpack_from(buf, offset + 4)[0]
+    s, size = _window(buf, offset, end, "EncodingUnit")
+    raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit", offset)
+    obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size)
     obj._raw_unit = raw
     return obj
 
 
 def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> WmiClass | WmiInstance:
     """2.2.4/2.2.5 ObjectBlock (e.g. an EncodingUnitObjectBlock, 2.2.2)."""
-    s = _stream(buf, offset, end)
-    raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock")
-    if end is not None and s.tell() != min(end, len(buf)):
-        raise DecodeError("ObjectBlock", s.tell(), f"{min(end, len(buf)) - s.tell()} octets left over")
-    return _decode_top(raw, offset, len(buf))
+    s, size = _window(buf, offset, end, "ObjectBlock")
+    raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock", offset)
+    if end is not None and s.tell() != size:
+        raise DecodeError("ObjectBlock", offset + s.tell(), f"{size - s.tell()} octets left over")
+    return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size)
 
 
-def _decode_top(ob, offset: int, size: int):
-    _check_flags(ob.ObjectFlags, offset)
+def _decode_top(ob, base: int, at: int, size: int):
+    """A top-level raw ObjectBlock starting at `at`, its positions counted
+    from `base` (where its _window starts) -> WmiClass | WmiInstance."""
+    _check_flags(ob.ObjectFlags, at)
+    return _object_from_raw(ob, base, _Ctx(size), 0)
+
+
+def _model(structure: str, offset: int, decode, *args):
+    """The model layer's decode(*args): a located DecodeError raised inside
+    passes unchanged; any other slip becomes one naming `structure`."""
     try:
-        return _object_from_raw(ob, 0, _Ctx(size), 0)
+        return decode(*args)
     except DecodeError:
         raise
     except (struct.error, IndexError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise DecodeError("ObjectBlock", offset, _reason(e)) from None
+        raise DecodeError(structure, offset, _reason(e)) from None
 
 
 def _params(cls: WmiClass) -> dict:
-    lay = _layout(cls)
-    return dict(nd_count=lay.nd_count, nd_length=lay.nd_length, data_length=lay.data_length)
+    return _layout(cls).params
 
 
 def parse_instance_noclass(buf: bytes, current_class: WmiClass, offset: int = 0,
                            end: int | None = None) -> WmiInstance:
     """2.2.3 EncodingUnitInstanceNoClass, decoded against the CurrentClass of a
     previous full instance (WmiInstance.class_)."""
-    s = _stream(buf, offset, end)
-    raw = _run(_C_NOCLASS, s, "EncodingUnitInstanceNoClass", **_params(current_class))
+    s, size = _window(buf, offset, end, "EncodingUnitInstanceNoClass")
+    raw = _run(_C_NOCLASS, s, "EncodingUnitInstanceNoClass", offset, **_params(current_class))
     if raw.ObjectFlags & ObjectFlags.CIM_CLASS:
         raise DecodeError("EncodingUnitInstanceNoClass.ObjectFlags", offset, "CIM class flag set")
-    try:
-        inst = _instance_from_raw(raw, current_class, 0, _Ctx(len(buf)), 0)
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
-        raise DecodeError("EncodingUnitInstanceNoClass", offset, _reason(e)) from None
+    inst = _model("EncodingUnitInstanceNoClass", offset, _instance_from_raw,
+                  raw, current_class, offset, _Ctx(size), 0)
     inst.decoration = _decoration(raw.Decoration)
     inst.flags = raw.ObjectFlags & ~ObjectFlags.HAS_DECORATION
     inst._raw = raw
@@ -1272,14 +1276,12 @@ def parse_instance_parts(buf: bytes, current_class: WmiClass, offset: int, end: 
     then InstancePropQualifierSet), and InstanceHeap is a complete 2.2.66 Heap
     (its own HeapLength with the top bit set, then the items), ending at `end`.
     """
-    s = _stream(buf, offset, end)
-    raw = _run(_C_INSTANCE_PARTS, s, "RefreshedSingleInstance", **_params(current_class))
-    if s.tell() != min(end, len(buf)):
-        raise DecodeError("RefreshedSingleInstance", s.tell(), f"{min(end, len(buf)) - s.tell()} octets left over")
-    try:
-        inst = _instance_from_raw(raw, current_class, 0, _Ctx(len(buf)), 0)
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
-        raise DecodeError("RefreshedSingleInstance", offset, _reason(e)) from None
+    s, size = _window(buf, offset, end, "RefreshedSingleInstance")
+    raw = _run(_C_INSTANCE_PARTS, s, "RefreshedSingleInstance", offset, **_params(current_class))
+    if s.tell() != size:
+        raise DecodeError("RefreshedSingleInstance", offset + s.tell(), f"{size - s.tell()} octets left over")
+    inst = _model("RefreshedSingleInstance", offset, _instance_from_raw,
+                  raw, current_class, offset, _Ctx(size), 0)
     inst._raw = raw
     return inst
 
@@ -1332,7 +1334,7 @@ class _HeapBuilder:
         """EncodedValue for a ValueTable/qualifier cell; heap items appended."""
         b = cimtype & CIM_TYPE_MASK
         if value is None:
-            return _NO_VALUE.get(b, HEAPREF_NULL) if not cimtype & CIM_ARRAY_FLAG else HEAPREF_NULL
+            return cim.NO_VALUE_CELLS.get(b, HEAPREF_NULL) if not cimtype & CIM_ARRAY_FLAG else HEAPREF_NULL
         if cimtype & CIM_ARRAY_FLAG:
             return self.array(b, value)
         if b in cim.CELL_STRUCTS:
@@ -1350,14 +1352,6 @@ class _HeapBuilder:
         cells = [self.value_cell(b, v) for v in values]
         self.patch(off, _U32.pack(len(values)) + b"".join(cs.pack(c) for c in cells))
         return off
-
-
-# NoValue (2.2.74) for inline cells, as the number whose bytes are all 0xFF
-_NO_VALUE = {int(t): struct.unpack(s.format, b"\xff" * s.size)[0]
-             for t, s in cim.CELL_STRUCTS.items()
-             if t not in (CimType.REAL32, CimType.REAL64)}
-_NO_VALUE[int(CimType.REAL32)] = struct.unpack("<f", b"\xff" * 4)[0]
-_NO_VALUE[int(CimType.REAL64)] = struct.unpack("<d", b"\xff" * 8)[0]
 
 
 def _raw_qualifiers(hb: _HeapBuilder, quals: list[Qualifier]) -> ListContainer:
@@ -1381,7 +1375,7 @@ def _qualifier_set(quals_raw) -> Container:
 
 
 def _qual_cell_size(q) -> int:
-    return cim.cell_size(q.QualifierType & 0xFFFFBFFF)
+    return cim.cell_size(q.QualifierType & ~CIM_INHERITED_FLAG)
 
 
 def _raw_class_part(cls: WmiClass) -> Container:
@@ -1436,10 +1430,6 @@ def _raw_class_part(cls: WmiClass) -> Container:
     )
     part.ClassHeader.EncodingLength = len(ClassPart.build(part))
     return part
-
-
-def _flag(s: str) -> int:
-    return 0 if all(ord(c) < 0x100 for c in s) else 1
 
 
 def _raw_methods_part(methods: list[Method]) -> Container:
@@ -1574,10 +1564,17 @@ def _flags_for(obj) -> int:
 
 
 def _raw_object_block(obj, canonical: bool) -> Container:
-    if not canonical and obj._raw is not None and "ObjectFlags" in obj._raw:
-        unchanged = _unchanged_class(obj) if isinstance(obj, WmiClass) else _unchanged_instance(obj)
-        if unchanged and ("ClassType" in obj._raw or "InstanceType" in obj._raw):
-            return obj._raw
+    """The ObjectBlock obj was decoded from while its model is unchanged, else
+    one built from the model (an instance keeps its class's raw ClassPart
+    while that class is unchanged)."""
+    raw = obj._raw
+    if not canonical and raw is not None and "ObjectFlags" in raw:
+        if isinstance(obj, WmiClass):
+            if _unchanged_class(obj):
+                return raw
+            canonical = True    # _class_part_for would decode it again to find the same change
+        elif "InstanceType" in raw and _unchanged_instance(obj):   # not a NoClass raw: it lacks the class
+            return raw
     if isinstance(obj, WmiClass):
         parent = obj.parent if obj.parent is not None else _empty_part()
         ct = Container(ParentClass=_raw_class_and_methods(parent), CurrentClass=Container(
@@ -1595,28 +1592,28 @@ def _raw_object_block(obj, canonical: bool) -> Container:
 
 def build_object_block(obj, canonical: bool = False) -> bytes:
     """WmiClass | WmiInstance -> ObjectBlock (2.2.5) octets."""
-    raw = _raw_object_block(obj, canonical)
+    return _build_block(_raw_object_block(obj, canonical))
+
+
+def _build_block(raw) -> bytes:
+    it = raw.get("InstanceType")
     try:
-        return ObjectBlock.build(raw, property_count=_pc(raw))
+        return ObjectBlock.build(raw, property_count=it.CurrentClass.PropertyLookupTable.PropertyCount
+                                 if it is not None else 0)
     except ConstructError as e:
         raise EncodeError(_reason(e)) from None
-
-
-def _pc(raw) -> int:
-    it = raw.get("InstanceType")
-    return it.CurrentClass.PropertyLookupTable.PropertyCount if it is not None else 0
 
 
 def build_encoding_unit(obj, canonical: bool = False) -> bytes:
     """WmiClass | WmiInstance -> EncodingUnit (2.2.1) octets."""
     unit = getattr(obj, "_raw_unit", None)
-    blk = build_object_block(obj, canonical)
+    raw = _raw_object_block(obj, canonical)
+    blk = _build_block(raw)
     trailing = b""
-    if not canonical and unit is not None and obj._raw is not None:
+    # the octets after the ObjectBlock belong to the unchanged original only
+    if not canonical and unit is not None and obj._raw is not None \
+            and (raw is unit.ObjectBlock or blk == _build_block(unit.ObjectBlock)):
         trailing = unit.ObjectBlock.get("Trailing", b"") or b""
-        # the trailing octets belong to the unchanged original only
-        if blk != ObjectBlock.build(unit.ObjectBlock, property_count=_pc(unit.ObjectBlock)):
-            trailing = b""
     return _U32.pack(ENCODING_UNIT_SIGNATURE) + _U32.pack(len(blk) + len(trailing)) + blk + trailing
 
 
@@ -1638,8 +1635,14 @@ def build_instance_noclass(inst: WmiInstance, canonical: bool = False) -> bytes:
 
 def build_instance_parts(inst: WmiInstance) -> bytes:
     """NdTable InstanceData InstanceQualifierSet InstanceHeap (see parse_instance_parts)."""
+    return build_instance_parts_sized(inst)[0]
+
+
+def build_instance_parts_sized(inst: WmiInstance) -> tuple[bytes, int]:
+    """build_instance_parts and the HeapLength of the InstanceHeap that ends
+    them: the InstanceHeap size [MS-WMI] 2.2.19 puts in front."""
     f = _raw_instance_fields(inst)
-    return InstanceParts.build(f, **_params(inst.class_))
+    return InstanceParts.build(f, **_params(inst.class_)), f.InstanceHeap.HeapLength
 
 
 # --------------------------------------------------------------------------

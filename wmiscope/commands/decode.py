@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 KINDS = ("encoding-unit", "object-block", "object-array", "context", "instance-blob")
 
@@ -109,26 +110,27 @@ def _read(path: str, hex_text: bool) -> bytes:
 def _template(data: bytes, path: str):
     from wmiscope.formats import wmio
     from wmiscope.formats.errors import DecodeError
+    from wmiscope.formats.refresher import template_class
 
     try:
-        obj = wmio.parse_encoding_unit(data, 0)
+        return template_class(wmio.parse_encoding_unit(data, 0))
     except DecodeError as e:
         raise _Failure(f"{path} (template): {e}") from None
-    return obj if isinstance(obj, wmio.WmiClass) else obj.class_
 
 
 def _decode(kind: str, data: bytes, offset: int, template, fmt: str) -> str:
+    """The decoded structure as MOF or as JSON: only the one asked for is rendered."""
     from wmiscope.formats import wmio
 
-    if kind == "encoding-unit":
-        objects, doc = _single(wmio.parse_encoding_unit(data, offset))
-    elif kind == "object-block":
-        objects, doc = _single(wmio.parse_object_block(data, offset))
+    if kind in ("encoding-unit", "object-block"):
+        parse = wmio.parse_encoding_unit if kind == "encoding-unit" else wmio.parse_object_block
+        obj = parse(data, offset)
+        objects, doc = [obj], partial(wmio.to_json, obj)
     elif kind == "object-array":
         from wmiscope.formats.object_array import parse_object_array
 
         arr = parse_object_array(data, None, offset)
-        objects, doc = arr.objects, arr.to_json()
+        objects, doc = arr.objects, arr.to_json
     elif kind == "context":
         from wmiscope.formats import context
 
@@ -136,34 +138,22 @@ def _decode(kind: str, data: bytes, offset: int, template, fmt: str) -> str:
             ctx = context.parse_context_objref(data, offset)
         else:
             ctx = context.parse_context(data, offset)
-        objects, doc = _context_objects(ctx), ctx.to_json()
         if fmt == "mof":
             return _context_mof(ctx, wmio)
+        objects, doc = [], ctx.to_json
     else:
         from wmiscope.formats.refresher import parse_instance_blob
 
         objects = parse_instance_blob(data, template, offset)
-        doc = {"structure": "WBEM_INSTANCE_BLOB", "numObjects": len(objects),
-               "objects": [wmio.to_json(o) for o in objects]}
+        doc = partial(_instance_blob_json, objects, wmio)
     if fmt == "mof":
         return "\n".join(wmio.to_mof(o) for o in objects)
-    return json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default)
+    return json.dumps(doc(), indent=2, ensure_ascii=False, default=_json_default)
 
 
-def _single(obj):
-    from wmiscope.formats import wmio
-
-    return [obj], wmio.to_json(obj)
-
-
-def _context_objects(ctx) -> list:
-    from wmiscope.formats import wmio
-
-    found = []
-    for p in ctx.properties:
-        values = p.value if isinstance(p.value, list) else [p.value]
-        found.extend(v for v in values if isinstance(v, (wmio.WmiClass, wmio.WmiInstance)))
-    return found
+def _instance_blob_json(objects, wmio) -> dict:
+    return {"structure": "WBEM_INSTANCE_BLOB", "numObjects": len(objects),
+            "objects": [wmio.to_json(o) for o in objects]}
 
 
 def _context_mof(ctx, wmio) -> str:
