@@ -58,6 +58,8 @@ OID_NAMES = {
     OID_KRB5_U2U: "Kerberos 5 user-to-user", OID_NTLMSSP: "NTLMSSP", OID_NEGOEX: "NEGOEX",
 }
 KERBEROS_OIDS = frozenset((OID_KRB5, OID_MS_KRB5, OID_KRB5_U2U))
+# OID_KRB5 as a DER TLV (X.690 8.19): what follows the 0x60 framing of RFC 1964 1.1 tokens
+_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")
 
 # RFC 3961 / RFC 4757 / RFC 8009 encryption types
 ETYPE_NAMES = {
@@ -72,10 +74,15 @@ NTLMSSP_NEGOTIATE_OEM = 0x00000002
 NTLMSSP_REQUEST_TARGET = 0x00000004
 NTLMSSP_NEGOTIATE_SIGN = 0x00000010
 NTLMSSP_NEGOTIATE_SEAL = 0x00000020
+NTLMSSP_NEGOTIATE_DATAGRAM = 0x00000040
+NTLMSSP_NEGOTIATE_LM_KEY = 0x00000080
 NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY = 0x00080000
+NTLMSSP_REQUEST_NON_NT_SESSION_KEY = 0x00400000
 NTLMSSP_NEGOTIATE_TARGET_INFO = 0x00800000
 NTLMSSP_NEGOTIATE_VERSION = 0x02000000
+NTLMSSP_NEGOTIATE_128 = 0x20000000
 NTLMSSP_NEGOTIATE_KEY_EXCH = 0x40000000
+NTLMSSP_NEGOTIATE_56 = 0x80000000
 NTLMSSP_FLAG_NAMES = {
     0x00000001: "UNICODE", 0x00000002: "OEM", 0x00000004: "REQUEST_TARGET",
     0x00000010: "SIGN", 0x00000020: "SEAL", 0x00000040: "DATAGRAM", 0x00000080: "LM_KEY",
@@ -99,6 +106,9 @@ _AV_TEXT = frozenset((1, 2, 3, 4, 5, 9))
 NEG_STATE_NAMES = {0: "accept-completed", 1: "accept-incomplete", 2: "reject", 3: "request-mic"}
 
 NTLMSSP_SIGNATURE = b"NTLMSSP\x00"
+# AUTHENTICATE_MESSAGE (MS-NLMP 2.2.1.3): the MIC follows the 8-octet Version at 64
+MIC_OFFSET = 72
+MIC_LEN = 16
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
 _MAX_AV_PAIRS = 64
 _MAX_SEQ_ITEMS = 64
@@ -119,10 +129,6 @@ def filetime_text(value: int) -> str | None:
         return (_FILETIME_EPOCH + timedelta(microseconds=value // 10)).isoformat().replace("+00:00", "Z")
     except OverflowError:
         return None
-
-
-def flag_names(flags: int, table: dict[int, str]) -> list[str]:
-    return [name for bit, name in table.items() if flags & bit]
 
 
 # --------------------------------------------------------------------------
@@ -429,15 +435,17 @@ def _parse_ntlmssp(data, off: int):
         lm, nt, dom, user, ws, key = spans
         first = min([s[0] for s in spans if s] or [off + n])
         nt_bytes = bytes(data[nt[0]:nt[1]]) if nt else b""
+        lm_bytes = bytes(data[lm[0]:lm[1]]) if lm else b""
+        mic_end = MIC_OFFSET + MIC_LEN
         msg = NtlmAuthenticate(
-            flags, len(data[lm[0]:lm[1]]) if lm else 0, len(nt_bytes),
+            flags, len(lm_bytes), len(nt_bytes),
             2 if len(nt_bytes) > 24 else 1,
             _ntlm_text(data, dom, unicode), _ntlm_text(data, user, unicode),
             _ntlm_text(data, ws, unicode), bytes(data[key[0]:key[1]]) if key else b"",
             _ntlm_version(data, off + 64, flags, first),
             # the MIC sits between Version and the payload when the payload leaves room for it
-            bytes(data[off + 72:off + 88]) if first >= off + 88 and n >= 88 else None,
-            nt_bytes, bytes(data[lm[0]:lm[1]]) if lm else b"", raw=bytes(data[off:]))
+            bytes(data[off + MIC_OFFSET:off + mic_end]) if first >= off + mic_end and n >= mic_end else None,
+            nt_bytes, lm_bytes, raw=bytes(data[off:]))
         if msg.ntlm_version == 2 and len(nt_bytes) >= 44:
             # NTLMv2_RESPONSE: NTProofStr(16) + NTLMv2_CLIENT_CHALLENGE (MS-NLMP 2.2.2.7)
             msg.client_timestamp = filetime_text(_U64.unpack_from(nt_bytes, 24)[0])
@@ -1080,7 +1088,6 @@ class AuthContexts:
         return None
 
 
-
 def _is_initial_token(token: bytes) -> bool:
     """A first-leg token: NTLM NEGOTIATE, a GSS InitialContextToken (SPNEGO init / Kerberos AP-REQ)."""
     if token[:8] == NTLMSSP_SIGNATURE:
@@ -1091,6 +1098,3 @@ def _is_initial_token(token: bytes) -> bool:
         at = token.find(_KRB5_OID_DER, 2, 6 + len(_KRB5_OID_DER))
         return at < 0 or token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + 2] == b"\x01\x00"
     return token[:1] == b"\x6e" or token[:1] == b"\xa0"
-
-
-_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")

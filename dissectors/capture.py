@@ -158,17 +158,17 @@ class CaptureReader:
         try:
             self._f, self.compressed, head = self._sniff(f)
             self._offset = 0        # stream offset (after decompression) of the buffer's first octet
-            magic = head[:4]
-            if len(magic) < 4:
+            if len(head) < 4:
                 raise CaptureFormatError(f"{self.name}: too short to be a capture file")
-            if struct.unpack("<I", magic)[0] == _SHB_TYPE:
+            magic = struct.unpack_from("<I", head)[0]
+            if magic == _SHB_TYPE:
                 self.format = "pcapng"
                 self._gen = self._pcapng(head)
-            elif struct.unpack("<I", magic)[0] in _PCAP_MAGICS:
+            elif magic in _PCAP_MAGICS:
                 self.format = "pcap"
                 self._gen = self._pcap(head)
             else:
-                raise CaptureFormatError(f"{self.name}: not a pcap or pcapng file (magic {magic.hex()})")
+                raise CaptureFormatError(f"{self.name}: not a pcap or pcapng file (magic {head[:4].hex()})")
         except BaseException:
             if self._owned:
                 f.close()

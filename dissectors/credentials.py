@@ -41,12 +41,12 @@ import os
 import re
 from dataclasses import dataclass
 
-from .auth import (AuthContext, KerberosApRep, KerberosApReq, NtlmAuthenticate, NtlmChallenge, NtlmNegotiate,
-                   inner_token)
+from .auth import (ETYPE_NAMES, MIC_LEN, AuthContext, KerberosApRep, KerberosApReq, NtlmAuthenticate, NtlmChallenge,
+                   NtlmNegotiate, inner_token)
 from .crypto_kerberos import (AES_KEY_SIZES, ETYPE_AES128, ETYPE_AES256, ETYPE_RC4, Key, KerberosContextKeys,
                               KerberosCryptoError, KerberosDceSecurity, default_salt, parse_keytab,
                               recover_context_keys, string_to_key)
-from .crypto_ntlm import (MIC_LEN, NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealError, authenticate_mic,
+from .crypto_ntlm import (NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealError, authenticate_mic,
                           exported_session_key, lmowfv1, ntowfv1)
 from .records import ErrorRecord
 
@@ -60,8 +60,6 @@ ETYPE_BY_NAME = {
     "aes128": ETYPE_AES128, "aes128-cts-hmac-sha1-96": ETYPE_AES128, "17": ETYPE_AES128,
     "rc4": ETYPE_RC4, "rc4-hmac": ETYPE_RC4, "arcfour-hmac": ETYPE_RC4, "23": ETYPE_RC4,
 }
-ETYPE_NAMES = {ETYPE_AES256: "aes256-cts-hmac-sha1-96", ETYPE_AES128: "aes128-cts-hmac-sha1-96",
-               ETYPE_RC4: "rc4-hmac"}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _MAX_FILE = 1 << 20
 
@@ -246,9 +244,6 @@ class Credentials:
         ranked.sort(key=lambda t: t[0])
         return list(dict.fromkeys(k for _, k in ranked))
 
-    def has_kerberos_keys(self) -> bool:
-        return bool(self._keys or self._nt_hashes or self._passwords)
-
     def _derive(self, etype: int, password: str, salt: str) -> Key:
         k = (etype, password, salt)
         key = self._derived.get(k)
@@ -431,5 +426,6 @@ class _Refusal(Exception):
 
 
 def _which(pdu_bytes: bytes, direction: int) -> str:
-    """'call_id N, request' for a message about one PDU."""
-    return f"call_id {int.from_bytes(pdu_bytes[12:16], 'little')}, {'request' if direction == 0 else 'response'}"
+    """'call_id N, request' for a message about one PDU (call_id in the drep's byte order, C706 12.6.3.1)."""
+    call_id = int.from_bytes(pdu_bytes[12:16], "little" if pdu_bytes[4] & 0x10 else "big")
+    return f"call_id {call_id}, {'request' if direction == 0 else 'response'}"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .auth import _der_int, _der_octets, _expect, _krb_principal, _tagged, _der_string
+from .auth import _KRB5_OID_DER, _der_int, _der_octets, _der_string, _expect, _krb_principal, _tagged
 from .crypto_ntlm import Rc4, UnsealError, hmac_md5, ntowfv1
 
 try:
@@ -65,7 +65,6 @@ GSS_C_DCE_STYLE = 0x1000
 
 _HMAC_LEN = 12                   # HMAC-SHA1-96
 _BLOCK = 16
-_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")
 _CFX_HEADER = struct.Struct(">HBBHHQ")      # TOK_ID, Flags, Filler, EC, RRC, SND_SEQ
 _MIC_HEADER = struct.Struct(">HB5sQ")       # TOK_ID, Flags, Filler (5 x 0xFF), SND_SEQ (RFC 4121 4.2.6.1)
 _MIC_FILLER = b"\xff" * 5
@@ -182,7 +181,7 @@ class Key:
     def __init__(self, etype: int, value: bytes):
         self.etype = etype
         self.value = bytes(value)
-        self._derived: dict[object, tuple[bytes, bytes]] = {}
+        self._derived: dict[object, object] = {}
 
     def __repr__(self) -> str:          # never the key itself
         return f"Key(etype={self.etype}, {len(self.value)} octets)"
@@ -203,18 +202,22 @@ class Key:
             self._derived[usage] = keys
         return keys
 
+    def _once(self, label, derive) -> bytes:
+        """derive(key value), computed at its first use: a key that only the key itself
+        determines (RFC 4757's Ksign and the bases of Kseq / Kcrypt), not each message."""
+        value = self._derived.get(label)
+        if value is None:
+            value = self._derived[label] = derive(self.value)
+        return value
+
     def checksum(self, usage: int, data: bytes) -> bytes:
         """The keyed checksum of the etype: hmac-sha1-96-aes under Kc = DK(base, usage | 0x99)
         (RFC 3961 5.4, RFC 3962), or RFC 4757 4's HMAC-MD5 under the signature key."""
         if self.etype == ETYPE_RC4:
-            ksign = hmac_md5(self.value, b"signaturekey\x00")
-            return hmac_md5(ksign, hashlib.md5(struct.pack("<I", usage) + data).digest())
+            return _rc4_md5_checksum(self, usage, data)
         kc = self._derived.get(("Kc", usage))
         if kc is None:
-            kc = _dr(self.value, struct.pack(">I", usage) + b"\x99", len(self.value))
-            self._derived[("Kc", usage)] = (kc, kc)
-        else:
-            kc = kc[0]
+            kc = self._derived[("Kc", usage)] = _dr(self.value, struct.pack(">I", usage) + b"\x99", len(self.value))
         return hmac.digest(kc, data, "sha1")[:_HMAC_LEN]
 
     def encrypt(self, usage: int, plaintext: bytes, confounder: bytes) -> bytes:
@@ -524,14 +527,41 @@ def _rc4_token_body(token: bytes, mic: bool = False) -> bytes:
     return body
 
 
-def _rc4_checksum(key: bytes, head8: bytes, conf: bytes, data: bytes, usage: int = _RC4_USAGE_SEAL) -> bytes:
-    ksign = hmac_md5(key, b"signaturekey\x00")
-    return hmac_md5(ksign, hashlib.md5(struct.pack("<I", usage) + head8 + conf + data).digest())[:8]
+def _rc4_ksign(value: bytes) -> bytes:
+    return hmac_md5(value, b"signaturekey\x00")
 
 
-def _rc4_kcrypt(key: bytes, seq4: bytes) -> bytes:
-    klocal = bytes(b ^ 0xF0 for b in key)
-    return hmac_md5(hmac_md5(klocal, b"\x00\x00\x00\x00"), seq4)
+def _rc4_kseq_base(value: bytes) -> bytes:
+    return hmac_md5(value, b"\x00\x00\x00\x00")
+
+
+def _rc4_kcrypt_base(value: bytes) -> bytes:
+    return hmac_md5(bytes(b ^ 0xF0 for b in value), b"\x00\x00\x00\x00")     # Klocal = Kss XOR F0
+
+
+def _rc4_md5_checksum(key: Key, usage: int, data: bytes) -> bytes:
+    """RFC 4757 4 HMAC-MD5 checksum: HMAC(Ksign, MD5(usage | data))."""
+    return hmac_md5(key._once("Ksign", _rc4_ksign), hashlib.md5(struct.pack("<I", usage) + data).digest())
+
+
+def _rc4_checksum(key: Key, head8: bytes, conf: bytes, data: bytes, usage: int = _RC4_USAGE_SEAL) -> bytes:
+    """SGN_CKSUM of RFC 4757 7.2 / 7.3: the checksum of the token header, confounder and data, cut to 8."""
+    return _rc4_md5_checksum(key, usage, head8 + conf + data)[:8]
+
+
+def _rc4_kseq(key: Key, cksum: bytes) -> bytes:
+    """Kseq = HMAC(HMAC(Kss, 0), SGN_CKSUM): the key the sequence number is encrypted under."""
+    return hmac_md5(key._once("Kseq", _rc4_kseq_base), cksum)
+
+
+def _rc4_kcrypt(key: Key, seq4: bytes) -> bytes:
+    """Kcrypt = HMAC(HMAC(Klocal, 0), SND_SEQ[0..3]): the key of the confounder and data."""
+    return hmac_md5(key._once("Kcrypt", _rc4_kcrypt_base), seq4)
+
+
+def _seq_plain(seq: int, acceptor: bool) -> bytes:
+    """RFC 4757 7.2 SND_SEQ before encryption: the sequence number and the direction filler."""
+    return struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
 
 
 def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: bytes,
@@ -539,11 +569,10 @@ def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: b
     """RFC 4757 7.3 GSS_Wrap in DCE style -> (verifier token, data sealed in place)."""
     head8 = _RC4_WRAP_HEAD
     conf = confounder[:8]
-    cksum = _rc4_checksum(key.value, head8, conf, sign_head + plain + sign_tail)
-    seq_plain = struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
-    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
-    snd_seq = Rc4(kseq).update(seq_plain)
-    rc4 = Rc4(_rc4_kcrypt(key.value, seq_plain[:4]))
+    cksum = _rc4_checksum(key, head8, conf, sign_head + plain + sign_tail)
+    seq_plain = _seq_plain(seq, acceptor)
+    snd_seq = Rc4(_rc4_kseq(key, cksum)).update(seq_plain)
+    rc4 = Rc4(_rc4_kcrypt(key, seq_plain[:4]))
     enc_conf = rc4.update(conf)
     sealed = rc4.update(plain)
     body = head8 + snd_seq + cksum + enc_conf
@@ -555,25 +584,19 @@ def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: b
 def rc4_unwrap_dce(key: Key, token: bytes, sealed: bytes, signed: tuple[tuple[bytes, bytes], ...]) -> bytes:
     body = _rc4_token_body(token)
     snd_seq, cksum, enc_conf = body[8:16], body[16:24], body[24:32]
-    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
-    seq_plain = Rc4(kseq).update(snd_seq)
+    seq_plain = Rc4(_rc4_kseq(key, cksum)).update(snd_seq)
     if seq_plain[4:] not in (b"\x00" * 4, b"\xff" * 4):
         raise KerberosCryptoError("RFC 4757 sequence number does not decrypt (wrong key?)")
-    rc4 = Rc4(_rc4_kcrypt(key.value, seq_plain[:4]))
+    rc4 = Rc4(_rc4_kcrypt(key, seq_plain[:4]))
     conf = rc4.update(enc_conf)
     data = rc4.update(sealed)
     for head, tail in signed:
-        if hmac.compare_digest(_rc4_checksum(key.value, body[:8], conf, head + data + tail), cksum):
+        if hmac.compare_digest(_rc4_checksum(key, body[:8], conf, head + data + tail), cksum):
             return data
     raise KerberosCryptoError("the RFC 4757 token checksum does not verify")
 
 
 # ---- per-message MIC tokens (packet integrity: the data is signed, not sealed)
-
-
-def _seq_plain(seq: int, acceptor: bool) -> bytes:
-    """RFC 4757 7.2 SND_SEQ before encryption: the sequence number and the direction filler."""
-    return struct.pack(">I", seq) + (b"\xff" * 4 if acceptor else b"\x00" * 4)
 
 
 def cfx_get_mic_dce(key: Key, data: bytes, seq: int, acceptor: bool, acceptor_subkey: bool) -> bytes:
@@ -598,9 +621,8 @@ def cfx_verify_mic(key: Key, token: bytes, candidates: tuple[bytes, ...]) -> int
 
 def rc4_get_mic_dce(key: Key, data: bytes, seq: int, acceptor: bool) -> bytes:
     """RFC 4757 7.2 GSS_GetMIC -> the GSS-framed MIC token (37 octets)."""
-    cksum = _rc4_checksum(key.value, _RC4_MIC_HEAD, b"", data, _RC4_USAGE_SIGN)
-    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
-    body = _RC4_MIC_HEAD + Rc4(kseq).update(_seq_plain(seq, acceptor)) + cksum
+    cksum = _rc4_checksum(key, _RC4_MIC_HEAD, b"", data, _RC4_USAGE_SIGN)
+    body = _RC4_MIC_HEAD + Rc4(_rc4_kseq(key, cksum)).update(_seq_plain(seq, acceptor)) + cksum
     return b"\x60" + bytes((len(_KRB5_OID_DER) + len(body),)) + _KRB5_OID_DER + body
 
 
@@ -608,11 +630,10 @@ def rc4_verify_mic(key: Key, token: bytes, candidates: tuple[bytes, ...]) -> int
     """Index of the candidate data an RFC 4757 MIC token verifies; KerberosCryptoError if none."""
     body = _rc4_token_body(token, mic=True)
     snd_seq, cksum = body[8:16], body[16:24]
-    kseq = hmac_md5(hmac_md5(key.value, b"\x00\x00\x00\x00"), cksum)
-    if Rc4(kseq).update(snd_seq)[4:] not in (b"\x00" * 4, b"\xff" * 4):
+    if Rc4(_rc4_kseq(key, cksum)).update(snd_seq)[4:] not in (b"\x00" * 4, b"\xff" * 4):
         raise KerberosCryptoError("RFC 4757 sequence number does not decrypt (wrong key?)")
     for i, data in enumerate(candidates):
-        if hmac.compare_digest(_rc4_checksum(key.value, body[:8], b"", data, _RC4_USAGE_SIGN), cksum):
+        if hmac.compare_digest(_rc4_checksum(key, body[:8], b"", data, _RC4_USAGE_SIGN), cksum):
             return i
     raise KerberosCryptoError("the RFC 4757 MIC checksum does not verify")
 

@@ -43,16 +43,16 @@ try:
 except ImportError:  # pragma: no cover - cryptography < 43
     from cryptography.hazmat.primitives.ciphers.algorithms import ARC4, TripleDES
 
-# MS-NLMP 2.2.2.5 flags this module acts on
-NEGOTIATE_SIGN = 0x00000010
-NEGOTIATE_SEAL = 0x00000020
-NEGOTIATE_DATAGRAM = 0x00000040
-NEGOTIATE_LM_KEY = 0x00000080
-NEGOTIATE_EXTENDED_SESSIONSECURITY = 0x00080000
-NEGOTIATE_REQUEST_NON_NT_SESSION_KEY = 0x00400000
-NEGOTIATE_128 = 0x20000000
-NEGOTIATE_KEY_EXCH = 0x40000000
-NEGOTIATE_56 = 0x80000000
+# The MS-NLMP 2.2.2.5 flags this module acts on and the AUTHENTICATE message's MIC field,
+# defined once beside the message parser.
+from .auth import MIC_LEN, MIC_OFFSET
+from .auth import NTLMSSP_NEGOTIATE_56 as NEGOTIATE_56
+from .auth import NTLMSSP_NEGOTIATE_128 as NEGOTIATE_128
+from .auth import NTLMSSP_NEGOTIATE_DATAGRAM as NEGOTIATE_DATAGRAM
+from .auth import NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY as NEGOTIATE_EXTENDED_SESSIONSECURITY
+from .auth import NTLMSSP_NEGOTIATE_KEY_EXCH as NEGOTIATE_KEY_EXCH
+from .auth import NTLMSSP_NEGOTIATE_LM_KEY as NEGOTIATE_LM_KEY
+from .auth import NTLMSSP_REQUEST_NON_NT_SESSION_KEY as NEGOTIATE_REQUEST_NON_NT_SESSION_KEY
 
 CLIENT, SERVER = 0, 1          # direction of a message: 0 client->server, 1 server->client
 
@@ -299,11 +299,6 @@ def exported_session_key(challenge, authenticate, nt_hash: bytes,
             raise NtlmKeyError(f"EncryptedRandomSessionKey of {len(authenticate.encrypted_session_key)} octets")
         return flags, rc4k(kx, authenticate.encrypted_session_key)
     return flags, kx
-
-
-# AUTHENTICATE_MESSAGE layout (MS-NLMP 2.2.1.3): the MIC follows the 8-octet Version at 64
-MIC_OFFSET = 72
-MIC_LEN = 16
 
 
 def authenticate_mic(exported: bytes, negotiate: bytes, challenge: bytes, authenticate: bytes) -> bytes:

@@ -18,6 +18,8 @@ import struct
 from typing import Callable
 
 from .auth import AuthContexts
+from .interfaces import TRANSFER_SYNTAXES
+from .ndr import GUID_NULL, guid_text
 from .records import AuthVerifier, Call, ErrorRecord, Pdu, PresentationContext
 
 try:
@@ -42,12 +44,15 @@ _MIN_LEN = {
     ALTER_CONTEXT: 28, ALTER_CONTEXT_RESP: 26, AUTH3: 16, SHUTDOWN: 16,
     CO_CANCEL: 16, ORPHANED: 16,
 }
-_CLIENT_PTYPES = frozenset((REQUEST, BIND, ALTER_CONTEXT, AUTH3, CO_CANCEL, ORPHANED))
+# who sends each of them (C706 12.6.4): the TCP stage tells client from server by them too
+CLIENT_PTYPES = frozenset((REQUEST, BIND, ALTER_CONTEXT, AUTH3, CO_CANCEL, ORPHANED))
+SERVER_PTYPES = frozenset((RESPONSE, FAULT, BIND_ACK, BIND_NAK, ALTER_CONTEXT_RESP, SHUTDOWN))
 
 # C706 12.6.3.1 pfc_flags
 PFC_FIRST_FRAG = 0x01
 PFC_LAST_FRAG = 0x02
-PFC_PENDING_CANCEL = 0x04      # MS-RPCE: PFC_SUPPORT_HEADER_SIGN in bind / alter_context
+PFC_PENDING_CANCEL = 0x04
+PFC_SUPPORT_HEADER_SIGN = 0x04  # MS-RPCE 2.2.2.3: the same bit in bind / alter_context
 PFC_CONC_MPX = 0x10
 PFC_DID_NOT_EXECUTE = 0x20
 PFC_MAYBE = 0x40
@@ -67,11 +72,11 @@ BIND_NAK_REASON_NAMES = {
     5: "default_context_not_supported", 6: "user_data_not_readable", 7: "no_psap_available",
     8: "authentication_type_not_recognized", 9: "invalid_checksum",
 }
-NDR_SYNTAX = "8a885d04-1ceb-11c9-9fe8-08002b104860"
-NDR64_SYNTAX = "71710533-beba-4937-8319-b5dbef9ccc36"
-BIND_TIME_FEATURE_PREFIX = "6cb71c2c-9812-4540-"        # MS-RPCE 3.3.1.5.3
-NULL_UUID = "00000000-0000-0000-0000-000000000000"
-SYNTAX_NAMES = {NDR_SYNTAX: "NDR", NDR64_SYNTAX: "NDR64"}
+# the transfer syntaxes, from the interface table
+_SYNTAX = {t["name"]: t for t in TRANSFER_SYNTAXES}
+NDR_SYNTAX = _SYNTAX["NDR"]["uuid"]
+NDR64_SYNTAX = _SYNTAX["NDR64"]["uuid"]
+BIND_TIME_FEATURE_PREFIX = _SYNTAX["Bind time feature negotiation"]["uuid_prefix"]   # MS-RPCE 3.3.1.5.3
 
 MAX_FRAG_LEN = 0xFFFF
 
@@ -80,16 +85,14 @@ class _Layout:
     """The PDU structures in one byte order (the drep's integer representation)."""
 
     def __init__(self, e: str):
-        self.tag = e.encode()
+        self.uuids: dict[bytes, str] = {}                    # raw octets -> text; IPIDs and syntaxes repeat
         self.header = struct.Struct(e + "BBBB4sHHI")        # C706 12.6.3.1 common header
         self.request = struct.Struct(e + "IHH")              # alloc_hint, p_cont_id, opnum
         self.response = struct.Struct(e + "IHB")             # alloc_hint, p_cont_id, cancel_count
         self.fault = struct.Struct(e + "IHBxI")              # ... + status
         self.bind = struct.Struct(e + "HHIB")                # max_xmit, max_recv, assoc_group, n_context_elem
         self.cont_elem = struct.Struct(e + "HB")             # p_cont_id, n_transfer_syn
-        self.uuid = struct.Struct(e + "IHH8s")
         self.version = struct.Struct(e + "HH")               # if_version major, minor
-        self.syntax_version = struct.Struct(e + "I")
         self.bind_ack = struct.Struct(e + "HHIH")            # ..., sec_addr length
         self.result = struct.Struct(e + "HH")                # result, reason
         self.u16 = struct.Struct(e + "H")
@@ -100,19 +103,16 @@ _LE = _Layout("<")
 _BE = _Layout(">")
 
 
-_UUID_CACHE: dict[bytes, str] = {}     # raw octets + byte order -> text; IPIDs and syntaxes repeat
-
-
 def _uuid(buf, off: int, lay: _Layout) -> str:
     """A UUID (C706 appendix A) as lower-case canonical text, its first three fields in drep order."""
-    key = bytes(buf[off:off + 16]) + lay.tag
-    text = _UUID_CACHE.get(key)
+    key = bytes(buf[off:off + 16])
+    cache = lay.uuids
+    text = cache.get(key)
     if text is None:
-        a, b, c, d = lay.uuid.unpack_from(buf, off)
-        text = f"{a:08x}-{b:04x}-{c:04x}-{d[:2].hex()}-{d[2:].hex()}"
-        if len(_UUID_CACHE) >= 8192:
-            _UUID_CACHE.clear()
-        _UUID_CACHE[key] = text
+        text = guid_text(key, 0, lay is _LE)
+        if len(cache) >= 8192:
+            cache.clear()
+        cache[key] = text
     return text
 
 
@@ -288,7 +288,7 @@ def _decode_bind_ack(buf, off: int, body_end: int, lay: _Layout, pdu: Pdu) -> No
         syntax = _uuid(buf, p + 4, lay)
         out.append(PresentationContext(-1, "", "", [], result,
                                        reason if result else None,
-                                       syntax if syntax != NULL_UUID else None))
+                                       syntax if syntax != GUID_NULL else None))
         p += 24
     pdu.contexts = out
 
@@ -310,7 +310,7 @@ def parse_pdu(buf: bytes | memoryview, offset: int = 0) -> Pdu:
             raise DecodeError("common header", offset,
                               f"frag_length {frag_len} but only {len(buf) - offset} octets")
         ptype = buf[offset + 2]
-        pdu, _ = _decode(buf, offset, -1, 0 if ptype in _CLIENT_PTYPES else 1, 0, 0, 0.0)
+        pdu, _ = _decode(buf, offset, -1, 0 if ptype in CLIENT_PTYPES else 1, 0, 0, 0.0)
         return pdu
     except DecodeError:
         raise

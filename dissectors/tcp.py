@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .capture import TcpSegment
+from .dcerpc import CLIENT_PTYPES, SERVER_PTYPES
 from .records import ErrorRecord
 
 __all__ = ["TcpConnection", "StreamHandler", "NullHandler", "TcpReassembler", "FIN", "SYN", "RST", "PSH", "ACK"]
@@ -69,10 +70,6 @@ _WRAP = 1 << 32
 RPC_PORT = 135
 DYNAMIC_PORTS = 49152          # IANA dynamic/private range starts here (RFC 6335)
 IMPLAUSIBLE_GAP = 1 << 30      # a hole this large is reported with missing=None
-
-# Connection-oriented DCE/RPC PDU types by the side that sends them (C706 12.6.4).
-_RPC_CLIENT_PTYPES = frozenset((0, 11, 14, 16, 18, 19))    # request, bind, alter_context, auth3, co_cancel, orphaned
-_RPC_SERVER_PTYPES = frozenset((2, 3, 12, 13, 15, 17))     # response, fault, bind_ack, bind_nak, alter_context_resp, shutdown
 
 
 @dataclass(slots=True)
@@ -649,9 +646,9 @@ def _rpc_sender_is_client(payload: bytes) -> bool | None:
     """The role a connection-oriented DCE/RPC common header (rpc_vers 5) implies, if any."""
     if len(payload) >= 16 and payload[0] == 5 and payload[1] <= 1:
         ptype = payload[2]
-        if ptype in _RPC_CLIENT_PTYPES:
+        if ptype in CLIENT_PTYPES:
             return True
-        if ptype in _RPC_SERVER_PTYPES:
+        if ptype in SERVER_PTYPES:
             return False
     return None
 

@@ -43,11 +43,10 @@ from wmiscope.synth.wmi_objects import (PROCESS_CLASS_ID, TESTWMI_CLASS_ID, comm
                                         terminate_params, testwmi, testwmi_class, win32_process_class)
 
 # The tests load this file by path and reach these through it (GEN.SAMPLE_PASSWORD,
-# GEN.crypto_ntlm, GEN.write_secrets...); main() writes SECRETS on request.
+# GEN.crypto_ntlm, GEN.write_secrets...); main() writes the secrets on request.
 from wmiscope.dissectors import crypto_ntlm  # noqa: F401
 from wmiscope.synth.sealing import (RPC_C_AUTHN_GSS_KERBEROS, RPC_C_AUTHN_GSS_NEGOTIATE,  # noqa: F401
-                                    SAMPLE_PASSWORD, SAMPLE_SERVICE_PASSWORD, SECRETS, sample_service_key,
-                                    write_secrets)
+                                    SAMPLE_PASSWORD, SAMPLE_SERVICE_PASSWORD, sample_service_key, write_secrets)
 
 IENUM_WBEM_CLASS_OBJECT = iid_of("IEnumWbemClassObject")
 IWBEM_CALL_RESULT = iid_of("IWbemCallResult")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,7 @@ DEFAULT_SOURCE = ROOT.parent / "shared" / "captures" / "wmimplant.pcap"
 sys.path.insert(0, str(ROOT))
 from wmiscope.dissectors.capture import open_capture, tcp_segment  # noqa: E402
 from wmiscope.dissectors.tcp import NullHandler, TcpReassembler  # noqa: E402
-
-_PCAP_HEADER = struct.Struct("<IHHiIII")
-_PCAP_RECORD = struct.Struct("<IIII")
+from wmiscope.synth.wire import PcapWriter  # noqa: E402
 
 
 def replicate(src, dst, target_bytes: int) -> int:
@@ -62,30 +59,22 @@ def replicate(src, dst, target_bytes: int) -> int:
         templates.append((ts - t0, data, off))
     if len(hosts) > 255:
         raise ValueError("source has more than 255 IPv4 hosts")
-    written = 0
-    size = _PCAP_HEADER.size
+    size = 24                                   # the pcap file header
     copy = 0
-    with open(dst, "wb") as out:
-        out.write(_PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+    with PcapWriter(dst, linktype) as out:
         while size < target_bytes:
             base = copy * 256
             mapped = {a: (0x0A000000 + base + k + 1).to_bytes(4, "big") for a, k in hosts.items()}
             shift = t0 + copy * span
-            chunk = []
             for rel, data, off in templates:
                 if off >= 0:
                     data = data[:26] + mapped[data[26:30]] + mapped[data[30:34]] + data[34:]
-                ts = shift + rel
-                sec = int(ts)
-                chunk.append(_PCAP_RECORD.pack(sec, int((ts - sec) * 1e6), len(data), len(data)))
-                chunk.append(data)
+                out.write(shift + rel, data)
                 size += 16 + len(data)
-                written += 1
-            out.write(b"".join(chunk))
             copy += 1
             if copy >= 1 << 16:
                 break
-    return written
+    return out.frames
 
 
 _NOOP = NullHandler()

@@ -9,8 +9,8 @@
                 fixed classIDs
 
 The wire names are re-exported here (`synth.PcapWriter`, `synth.request`, ...): tests
-that only frame bytes need nothing else, and importing them stays cheap (the other
-modules pull in the dissectors' encoders).
+that only frame bytes need nothing else, and importing them stays cheap (wire takes only
+the dissectors' constants; the other modules pull in their encoders).
 """
 
 from .wire import (ACK, FIN, NDR64_SYNTAX, NDR_SYNTAX, PFC_FIRST_FRAG, PFC_LAST_FRAG, PFC_OBJECT_UUID, PSH, RST,

@@ -8,10 +8,7 @@ wmiscope.dissectors; these write, they never read.
 
 from __future__ import annotations
 
-OID_SPNEGO = "1.3.6.1.5.5.2"
-OID_MS_KRB5 = "1.2.840.48018.1.2.2"
-OID_KRB5 = "1.2.840.113554.1.2.2"
-OID_NTLMSSP = "1.3.6.1.4.1.311.2.2.10"
+from ..dissectors.auth import OID_SPNEGO
 
 
 def der(tag: int, *parts: bytes) -> bytes:

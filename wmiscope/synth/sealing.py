@@ -21,10 +21,13 @@ import struct
 from pathlib import Path
 
 from ..dissectors import crypto_kerberos, crypto_ntlm
+from ..dissectors.auth import OID_KRB5, OID_MS_KRB5, OID_NTLMSSP
+from ..dissectors.dcerpc import (ALTER_CONTEXT, ALTER_CONTEXT_RESP, BIND, BIND_ACK, PFC_OBJECT_UUID,
+                                 PFC_SUPPORT_HEADER_SIGN, REQUEST, RESPONSE)
 from .dcom_session import IWBEM_LEVEL1_LOGIN
-from .der import (OID_KRB5, OID_MS_KRB5, OID_NTLMSSP, ctx, der, encrypted_data, encryption_key, general_string,
-                  generalized_time, integer, octets, principal_name, seq, spnego_init, spnego_resp)
-from .wire import PFC_OBJECT_UUID, auth3, bind, bind_ack
+from .der import (ctx, der, encrypted_data, encryption_key, general_string, generalized_time, integer, octets,
+                  principal_name, seq, spnego_init, spnego_resp)
+from .wire import auth3, bind, bind_ack
 
 SAMPLE_DOMAIN = "WMILAB"
 SAMPLE_DNS_DOMAIN = "wmilab.example"
@@ -40,7 +43,6 @@ SAMPLE_KVNO = 2
 
 RPC_C_AUTHN_GSS_NEGOTIATE, RPC_C_AUTHN_WINNT, RPC_C_AUTHN_GSS_KERBEROS = 9, 10, 16
 PKT_PRIVACY = 6
-PFC_SUPPORT_HEADER_SIGN = 0x04
 _FILETIME_2023 = 133_444_000_000_000_000          # MsvAvTimestamp / client blob time (2023-11-14)
 _U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
 _LENGTHS = struct.Struct("<HH")                   # frag_length, auth_length of the common header
@@ -79,14 +81,14 @@ class _Sealer:
         out = []
         for direction, pdu in steps:
             ptype = pdu[2]
-            if ptype in (11, 14) and self.leg == 0:       # bind, or alter_context for a further context
+            if ptype in (BIND, ALTER_CONTEXT) and self.leg == 0:   # alter_context: for a further context
                 self.leg, self.bind_call = 1, _U32.unpack_from(pdu, 12)[0]
                 out.append((direction, self._with_auth(pdu, self.first_leg())))
-            elif ptype in (12, 15) and self.leg == 1:
+            elif ptype in (BIND_ACK, ALTER_CONTEXT_RESP) and self.leg == 1:
                 self.leg = 2
                 out.append((direction, self._with_auth(pdu, self.second_leg())))
                 out += self.third_leg()
-            elif ptype in (0, 2) and self.leg == 2:
+            elif ptype in (REQUEST, RESPONSE) and self.leg == 2:
                 out.append((direction, self._seal_pdu(direction, pdu)))
             else:
                 out.append((direction, pdu))
@@ -108,7 +110,7 @@ class _Sealer:
 
     def _seal_pdu(self, direction: int, pdu: bytes) -> bytes:
         ptype, flags = pdu[2], pdu[3]
-        hdr_len = 24 + (16 if ptype == 0 and flags & PFC_OBJECT_UUID else 0)
+        hdr_len = 24 + (16 if ptype == REQUEST and flags & PFC_OBJECT_UUID else 0)
         stub = pdu[hdr_len:]
         pad = (-len(stub)) % 16
         plain = stub + b"\x00" * pad
@@ -210,15 +212,15 @@ class NtlmSealer(_Sealer):
         exported = _fixed("exported session key", 16)
         enc_key = crypto_ntlm.rc4k(kx, exported)
         fields = [lm, nt, _utf16(SAMPLE_DOMAIN), _utf16(SAMPLE_USER), _utf16(SAMPLE_WORKSTATION), enc_key]
-        header_len = 88 if self.ntlm_v2 else 72       # NTLMv2 leaves room for the MIC
+        header_len = crypto_ntlm.MIC_OFFSET + (crypto_ntlm.MIC_LEN if self.ntlm_v2 else 0)   # NTLMv2: room for the MIC
         descr, payload = b"", b""
         for value in fields:
             descr += _NTLM_FIELD.pack(len(value), len(value), header_len + len(payload))
             payload += value
         head = b"NTLMSSP\x00" + _U32.pack(3) + descr + _U32.pack(flags) + NTLM_VERSION
         if self.ntlm_v2:
-            bare = head + b"\x00" * 16 + payload
-            mic = crypto_ntlm.hmac_md5(exported, self.messages[0] + self.messages[1] + bare)
+            mic = crypto_ntlm.authenticate_mic(exported, self.messages[0], self.messages[1],
+                                               head + b"\x00" * crypto_ntlm.MIC_LEN + payload)
             msg = head + mic + payload
         else:
             msg = head + payload

@@ -10,15 +10,24 @@ that tshark reads the result as it reads real traffic; tests check that it does.
 from __future__ import annotations
 
 import struct
-import uuid as uuidlib
 from dataclasses import dataclass, field
 
-NDR_SYNTAX = ("8a885d04-1ceb-11c9-9fe8-08002b104860", 2)
-NDR64_SYNTAX = ("71710533-beba-4937-8319-b5dbef9ccc36", 1)
+# The numbers the dissectors read are the ones written here: PDU types, flags, syntaxes.
+from ..dissectors.dcerpc import (ALTER_CONTEXT, ALTER_CONTEXT_RESP, AUTH3, BIND, BIND_ACK, FAULT, PFC_FIRST_FRAG,
+                                 PFC_LAST_FRAG, PFC_OBJECT_UUID, REQUEST, RESPONSE)
+from ..dissectors.interfaces import TRANSFER_SYNTAXES
+from ..dissectors.ndr import guid_bytes
+from ..dissectors.tcp import ACK, FIN, PSH, RST, SYN  # noqa: F401 - RST: for wmiscope.synth's users
 
-PFC_FIRST_FRAG = 0x01
-PFC_LAST_FRAG = 0x02
-PFC_OBJECT_UUID = 0x80
+
+def _transfer_syntax(name: str) -> tuple[str, int]:
+    """(UUID, major version) of a transfer syntax of the interface table, as a bind offers it."""
+    t = next(t for t in TRANSFER_SYNTAXES if t["name"] == name)
+    return t["uuid"], int(t["version"].split(".")[0])
+
+
+NDR_SYNTAX = _transfer_syntax("NDR")
+NDR64_SYNTAX = _transfer_syntax("NDR64")
 
 _PCAP_HEADER = struct.Struct("<IHHiIII")
 _PCAP_RECORD = struct.Struct("<IIII")
@@ -80,9 +89,6 @@ def ipv4_tcp_frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: in
     ip_hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ip_id & 0xFFFF, 0x4000, 128, 6, 0, s_ip, d_ip)
     ip_hdr = ip_hdr[:10] + struct.pack("!H", _checksum(ip_hdr)) + ip_hdr[12:]
     return _mac(dst) + _mac(src) + b"\x08\x00" + ip_hdr + tcp_hdr + payload
-
-
-SYN, FIN, RST, PSH, ACK = 0x02, 0x01, 0x04, 0x08, 0x10
 
 
 @dataclass
@@ -152,15 +158,12 @@ class TcpSession:
 
 _COMMON = struct.Struct("<BBBB4sHHI")
 _DREP_LE = b"\x10\x00\x00\x00"
+_WHOLE = PFC_FIRST_FRAG | PFC_LAST_FRAG
 
 
-def _uuid_le(text: str) -> bytes:
-    return uuidlib.UUID(text).bytes_le
-
-
-def _pdu(ptype: int, flags: int, call_id: int, body: bytes, auth: bytes = b"") -> bytes:
-    frag_len = 16 + len(body) + len(auth)
-    return _COMMON.pack(5, 0, ptype, flags, _DREP_LE, frag_len, len(auth), call_id) + body
+def _pdu(ptype: int, flags: int, call_id: int, body: bytes) -> bytes:
+    """A PDU without auth verifier (wmiscope.synth.sealing adds one where it needs it)."""
+    return _COMMON.pack(5, 0, ptype, flags, _DREP_LE, 16 + len(body), 0, call_id) + body
 
 
 def bind(call_id: int, contexts: list[tuple[int, str, tuple[int, int]]], *, alter: bool = False,
@@ -170,27 +173,28 @@ def bind(call_id: int, contexts: list[tuple[int, str, tuple[int, int]]], *, alte
     syntaxes = transfer_syntaxes or [NDR_SYNTAX]
     body = struct.pack("<HHIB3x", max_frag, max_frag, assoc_group, len(contexts))
     for ctx_id, iface, (major, minor) in contexts:
-        body += struct.pack("<HBx", ctx_id, len(syntaxes)) + _uuid_le(iface) + struct.pack("<HH", major, minor)
+        body += struct.pack("<HBx", ctx_id, len(syntaxes)) + guid_bytes(iface) + struct.pack("<HH", major, minor)
         for ts_uuid, ts_ver in syntaxes:
-            body += _uuid_le(ts_uuid) + struct.pack("<I", ts_ver)
-    return _pdu(14 if alter else 11, PFC_FIRST_FRAG | PFC_LAST_FRAG, call_id, body)
+            body += guid_bytes(ts_uuid) + struct.pack("<I", ts_ver)
+    return _pdu(ALTER_CONTEXT if alter else BIND, _WHOLE, call_id, body)
 
 
 def bind_ack(call_id: int, n_contexts: int, *, alter: bool = False, sec_addr: str = "",
              assoc_group: int = 0x1234, max_frag: int = 5840) -> bytes:
     """bind_ack (12) / alter_context_resp (15) accepting every context with NDR."""
     addr = sec_addr.encode("ascii") + b"\0" if sec_addr else b""
-    body = struct.pack("<HHIH", max_frag, max_frag, assoc_group, len(addr) if addr else 0) + addr
+    body = struct.pack("<HHIH", max_frag, max_frag, assoc_group, len(addr)) + addr
     body += b"\0" * (-(16 + len(body)) % 4)   # the result list is 4-aligned from the PDU start
     body += struct.pack("<B3x", n_contexts)
     for _ in range(n_contexts):
-        body += struct.pack("<HH", 0, 0) + _uuid_le(NDR_SYNTAX[0]) + struct.pack("<I", NDR_SYNTAX[1])
-    return _pdu(15 if alter else 12, PFC_FIRST_FRAG | PFC_LAST_FRAG, call_id, body)
+        body += struct.pack("<HH", 0, 0) + guid_bytes(NDR_SYNTAX[0]) + struct.pack("<I", NDR_SYNTAX[1])
+    return _pdu(ALTER_CONTEXT_RESP if alter else BIND_ACK, _WHOLE, call_id, body)
 
 
 def _fragments(ptype: int, call_id: int, header: callable, stub: bytes, max_frag: int,
                extra_flags: int = 0) -> list[bytes]:
-    room = max_frag - 16 - len(header(0, 0))
+    """The stub cut at max_frag; header(alloc_hint) writes the PDU body's fixed part."""
+    room = max_frag - 16 - len(header(0))
     pieces = [stub[i:i + room] for i in range(0, len(stub), room)] or [b""]
     out = []
     for i, piece in enumerate(pieces):
@@ -199,27 +203,27 @@ def _fragments(ptype: int, call_id: int, header: callable, stub: bytes, max_frag
             flags |= PFC_FIRST_FRAG
         if i == len(pieces) - 1:
             flags |= PFC_LAST_FRAG
-        out.append(_pdu(ptype, flags, call_id, header(len(stub) - i * room, i) + piece))
+        out.append(_pdu(ptype, flags, call_id, header(len(stub) - i * room) + piece))
     return out
 
 
 def request(call_id: int, ctx_id: int, opnum: int, stub: bytes, *, object_uuid: str | None = None,
             max_frag: int = 5840) -> list[bytes]:
-    obj = _uuid_le(object_uuid) if object_uuid else b""
+    obj = guid_bytes(object_uuid) if object_uuid else b""
     flags = PFC_OBJECT_UUID if object_uuid else 0
-    return _fragments(0, call_id, lambda hint, i: struct.pack("<IHH", hint, ctx_id, opnum) + obj,
+    return _fragments(REQUEST, call_id, lambda hint: struct.pack("<IHH", hint, ctx_id, opnum) + obj,
                       stub, max_frag, flags)
 
 
 def response(call_id: int, ctx_id: int, stub: bytes, *, max_frag: int = 5840) -> list[bytes]:
-    return _fragments(2, call_id, lambda hint, i: struct.pack("<IHBx", hint, ctx_id, 0), stub, max_frag)
+    return _fragments(RESPONSE, call_id, lambda hint: struct.pack("<IHBx", hint, ctx_id, 0), stub, max_frag)
 
 
 def auth3(call_id: int) -> bytes:
     """rpc_auth_3 (16) before its sec_trailer: four octets of pad (MS-RPCE 2.2.2.10); the
     third leg of a handshake goes after them (wmiscope.synth.sealing adds it)."""
-    return _pdu(16, PFC_FIRST_FRAG | PFC_LAST_FRAG, call_id, b"\x00" * 4)
+    return _pdu(AUTH3, _WHOLE, call_id, b"\x00" * 4)
 
 
 def fault(call_id: int, ctx_id: int, status: int) -> bytes:
-    return _pdu(3, PFC_FIRST_FRAG | PFC_LAST_FRAG, call_id, struct.pack("<IHBxI4x", 0, ctx_id, 0, status))
+    return _pdu(FAULT, _WHOLE, call_id, struct.pack("<IHBxI4x", 0, ctx_id, 0, status))
