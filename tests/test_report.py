@@ -278,3 +278,41 @@ def test_encoded_powershell_is_decoded():
     enc = base64.b64encode(script.encode("utf-16-le")).decode()
     assert decode_powershell(f"powershell.exe -nop -w hidden -enc {enc}") == script
     assert decode_powershell("cmd.exe /c whoami") is None
+
+
+SCHEMA = json.loads((tshark_util.ROOT / "docs" / "report-finding.schema.json").read_text())
+
+
+@pytest.mark.parametrize("path", [CAPTURES / "wmimplant.pcap", CAPTURES / "wmiexecpro-create-start-service.pcap",
+                                  CAPTURES / "LM_WMI_ProcessCallCreate.pcapng", CAPTURES / "impacket_wmiexec.pcapng",
+                                  PCAPS / "wmi-persistence-subscription.pcap",
+                                  PCAPS / "spec-4.2.3.2-sync-put-delete-enum.pcap"], ids=lambda p: p.name)
+def test_jsonl_lines_are_ecs_documents_valid_against_the_schema(capsys, path):
+    import jsonschema
+
+    assert main(["report", str(path), "--format", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for line in lines:
+        doc = json.loads(line)
+        errors = sorted(validator.iter_errors(doc), key=str)
+        assert not errors, f"{doc['event']['id']}: {errors[0].message} at {list(errors[0].absolute_path)}"
+        assert doc["@timestamp"] == doc["event"]["start"] and doc["wmi"]["frames"]
+    first = json.loads(lines[0])
+    assert first["event"]["action"] == "namespace-login" and first["threat"]["technique"]["id"] == ["T1047"]
+
+
+def test_schema_rejects_what_a_siem_could_not_ingest():
+    import jsonschema
+
+    doc = {"@timestamp": "yesterday"}
+    assert list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc))
+
+
+def test_jsonl_principal_and_command_line_in_ecs_fields(capsys):
+    assert main(["report", str(CAPTURES / "invoke-wmiexec.pcap")]) == 0
+    login, create = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert create["user"] == {"name": "chewbacca"} and create["process"] == {"command_line": "ipconfig", "pid": 3556}
+    assert (create["source"]["ip"], create["destination"]["ip"]) == ("192.168.1.62", "192.168.1.46")
+    assert create["threat"]["tactic"]["name"] == ["Execution"] and create["wmi"]["client_machine"] == "SNICKLEFRITZ"

@@ -471,7 +471,7 @@ def _frame(d: dict, side: str):
 def _set_out(f: dict, out: dict) -> None:
     if not out:
         return
-    f["wmi"]["out"] = out
+    f["wmi"]["out"] = _previews(out)
     rv = out.get("ReturnValue")
     if isinstance(rv, int):
         f["wmi"]["return_value"] = rv
@@ -519,7 +519,7 @@ def _exec_method(b: ReportBuilder, d: dict, s: dict):
         if o.get("class") == "__PARAMETERS":
             ins = props(o)
     lc, lm = cls.lower(), method.lower()
-    wmi = {"class": cls, "method": method, "object_path": path["path"], "in": ins}
+    wmi = {"class": cls, "method": method, "object_path": path["path"], "in": _previews(ins)}
     if lc == "win32_process" and lm == "create":
         cmd = ins.get("CommandLine")
         f = b.new_finding(d, s, "process-create", ["T1047"], f"Remote process creation: {cmd}",
