@@ -240,7 +240,7 @@ class ReportBuilder:
         method = d.get("method")
         row = self._session_row(d, sess)
         if d.get("encrypted") and not d.get("decrypted"):
-            sess["sealed_calls"].append(_sealed_view(d, sess))
+            sess["sealed_calls"].append(_sealed_view(d, sess, call))
             return
         handler = _HANDLERS.get((iface, method))
         made = handler(self, d, sess) if handler else None
@@ -776,10 +776,10 @@ _HANDLERS = {
 }
 
 
-def _sealed_view(d: dict, s: dict) -> dict:
+def _sealed_view(d: dict, s: dict, call) -> dict:
     """What a sealed call still shows: the method (from the IPID), sizes, timing."""
     op = d.get("operation") or {}
-    return {"d": d, "method": d.get("method"), "interface": d.get("interface"),
+    return {"d": d, "call": call, "method": d.get("method"), "interface": d.get("interface"),
             "req_len": (d.get("request") or {}).get("stub_len"),
             "resp_len": (d.get("response") or {}).get("stub_len"),
             "time": (d.get("request") or {}).get("epoch"),

@@ -41,7 +41,7 @@ def infer(b, s: dict) -> None:
                               reasons=["IWbemLevel1Login::NTLMLogin named by its interface and opnum 6; "
                                        "its parameters are sealed"])
             f["outcome"] = "unknown"
-            b._attach(f, c["d"], None)
+            b._attach(f, c["d"], c["call"])
         elif m == "GetObject":
             last_getobject = c
         elif m in ("ExecMethod", "ExecMethodAsync"):
@@ -90,9 +90,9 @@ def _method_execution(b, s: dict, c: dict, getobject: dict | None, ns_clear) -> 
     f["wmi"].update({"method": c["method"], "shape": shape, "request_stub": c["req_len"],
                      "reply_stub": c["resp_len"]})
     if getobject is not None:
-        b._attach(f, getobject["d"], None)
+        b._attach(f, getobject["d"], getobject["call"])
         f["wmi"]["getobject_reply_stub"] = getobject["resp_len"]
-    b._attach(f, c["d"], None)
+    b._attach(f, c["d"], c["call"])
 
 
 def _subscription(b, s: dict, puts: list[dict]) -> None:
@@ -108,7 +108,7 @@ def _subscription(b, s: dict, puts: list[dict]) -> None:
                       basis="inferred", confidence=round(confidence, 2), reasons=reasons, severity="high")
     f["namespace"] = ns
     for c in puts:
-        b._attach(f, c["d"], None)
+        b._attach(f, c["d"], c["call"])
 
 
 def key_needed(principal: str | None) -> str:
