@@ -316,3 +316,23 @@ def test_jsonl_principal_and_command_line_in_ecs_fields(capsys):
     assert create["user"] == {"name": "chewbacca"} and create["process"] == {"command_line": "ipconfig", "pid": 3556}
     assert (create["source"]["ip"], create["destination"]["ip"]) == ("192.168.1.62", "192.168.1.46")
     assert create["threat"]["tactic"]["name"] == ["Execution"] and create["wmi"]["client_machine"] == "SNICKLEFRITZ"
+
+
+def test_calls_table_summary_column(capsys):
+    def rows(path):
+        assert main(["calls", str(path)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].rstrip().endswith("state      summary")
+        return {line.split()[0]: line for line in out[1:] if line.strip() and line.split()[0].isdigit()}
+
+    r = rows(CAPTURES / "invoke-wmiexec.pcap")
+    assert r["74"].endswith("SNICKLEFRITZ pid 4888")
+    assert r["80"].endswith(r"\\Chip_Douglas-PC\root\cimv2")
+    assert r["101"].endswith("win32_process")
+    assert r["129"].endswith("Win32_Process.create ipconfig")
+    r = rows(PCAPS / "wmi-persistence-subscription.pcap")
+    assert "__EventFilter Name=SysUpdateFilter, Query=SELECT * FROM __InstanceModificationEvent" in r["32"]
+    assert r["36"].endswith("CommandLineEventConsumer Name=SysUpdateConsumer, CommandLineTemplate=cmd.exe /c echo "
+                            r"wmi-persistence-test > C:\Windows\Temp\sysupdate.log, RunInteractively=False")
+    r = rows(CAPTURES / "LM_WMI_ProcessCallCreate.pcapng")
+    assert r["126"].split()[-1] == "encrypted"      # sealed: nothing to summarise

@@ -74,6 +74,10 @@ def objects(d: dict, side: str) -> list[dict]:
 def _collect(o, out: list, depth: int) -> None:
     if depth > 4 or o is None:
         return
+    if not isinstance(o, (dict, list)):
+        # a decoded object not yet rendered to JSON (the calls table works on the records directly)
+        from wmiscope.dissectors.wmi import object_json
+        o = object_json(o)
     if isinstance(o, list):
         for x in o:
             _collect(x, out, depth + 1)
@@ -658,8 +662,14 @@ def _put_instance(b: ReportBuilder, d: dict, s: dict):
     return [f]
 
 
+# the values an analyst looks for first, then the rest in their order
+_KEY_ORDER = ("Name", "PathName", "CommandLine", "hDefKey", "sSubKeyName", "sValueName", "Query", "Filter",
+              "Consumer", "StartMode", "StartName")
+
+
 def _keys_text(p: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in list(p.items())[:4])
+    order = sorted((k for k in p if not isinstance(p[k], list)), key=lambda k: _KEY_ORDER.index(k) if k in _KEY_ORDER else len(_KEY_ORDER))
+    return ", ".join(f"{k}={R.REGISTRY_HIVES.get(p[k], p[k]) if k == 'hDefKey' else p[k]}" for k in order[:4])
 
 
 def _previews(p: dict) -> dict:
@@ -793,7 +803,7 @@ def call_summary(d: dict) -> str:
     """What an analyst needs of a call in one line: class and method, query, object path,
     namespace of a login, command line."""
     if d.get("encrypted") and not d.get("decrypted"):
-        return "(sealed)"
+        return ""
     m = d.get("method")
     if m in ("SetClientInfo", "SetClientInfoEx"):
         return f"{param(d, 'request', 'wszClientMachine')} pid {param(d, 'request', 'lClientProcId')}"
