@@ -3,14 +3,15 @@
 
     .venv/bin/python scripts/screenshot_report.py [--out docs/report-screenshot.png] [CAPTURE ...]
 
-Without CAPTURE it reports the persistence and process-creation samples of pcaps/ plus,
-when they are there, the real impacket wmiexec and WMImplant captures of ../shared/captures.
+Without CAPTURE it reports four bundled samples of pcaps/ (process creation in clear and
+sealed with Kerberos, event-subscription persistence, an async query).
 Needs Debian's chromium and chromium-driver (scripts/setup.sh installs them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,13 +27,12 @@ def main() -> int:
     ap.add_argument("captures", nargs="*")
     ap.add_argument("--out", default=str(ROOT / "docs" / "report-screenshot.png"))
     ap.add_argument("--width", type=int, default=1400)
-    ap.add_argument("--height", type=int, default=1700)
+    ap.add_argument("--height", type=int, default=1900)
     args = ap.parse_args()
-    captures = args.captures or [str(ROOT / "pcaps" / "wmi-persistence-subscription.pcap"),
-                                 str(ROOT / "pcaps" / "wmi-process-create-kerberos-sealed.pcap")]
-    real = ROOT.parent / "shared" / "captures" / "impacket_wmiexec.pcapng"
-    if not args.captures and real.exists():
-        captures.append(str(real))
+    os.chdir(ROOT)      # relative capture names in the page
+    captures = args.captures or ["pcaps/wmi-process-create.pcap", "pcaps/wmi-persistence-subscription.pcap",
+                                 "pcaps/wmi-process-create-kerberos-sealed.pcap",
+                                 "pcaps/wmi-async-query-callbacks.pcap"]
     from wmiscope.cli import main as wmiscope
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,8 @@
 """The report as one self-contained HTML page: inline CSS, JS and SVG, nothing fetched.
 
-Summary (hosts, principals, techniques, counts), the findings table sorted by time
-(filterable by host, technique and confidence; a click opens the finding's reasons,
-values and transcript excerpt), a timeline per host pair with the findings marked,
+Summary (hosts, principals, techniques, counts), a timeline per host pair with the
+findings marked, the findings table sorted by time (filterable by host, technique and
+confidence; a click opens the finding's reasons, values and transcript excerpt),
 the sealed connections with the key that would open them, and the sessions (login,
 calls, operations).
 """
@@ -41,8 +41,8 @@ def render_html(r: dict) -> str:
         parts.append("<p id=no-wmi class=notice>No WMI traffic was found in the capture(s): no findings. "
                      f"{sum((c['stats'] or {}).get('calls', 0) for c in r['captures'])} DCE/RPC calls were "
                      "decoded, none on a WMI interface.</p>")
-    parts.append(_findings(r))
     parts.append(_timeline(r))
+    parts.append(_findings(r))
     parts.append(_sealed(r))
     parts.append(_sessions(r))
     parts.append(_captures(r))
@@ -156,13 +156,21 @@ def _detail(f: dict) -> str:
 
 
 def _timeline(r: dict) -> str:
+    # One lane per pair of hosts, whichever side opened the connection: the server's
+    # callbacks to an async client's sink belong beside the calls that asked for them.
+    # The lane is named client -> server as the login (or the first connection) shows it.
     pairs: dict[tuple, dict] = {}
+    direction: dict[tuple, tuple] = {}
+    for s in sorted(r["sessions"], key=lambda s: (not s["login"].get("namespace"), s["first_time"] or "")):
+        ends = (s["client"]["ip"], s["server"]["ip"])
+        direction.setdefault(tuple(sorted(ends)), ends)
     for s in r["sessions"]:
-        key = (s["client"]["ip"], s["server"]["ip"])
+        key = tuple(sorted((s["client"]["ip"], s["server"]["ip"])))
         p = pairs.setdefault(key, {"calls": [], "findings": []})
         p["calls"] += [_epoch(c["time"]) for c in s["calls"] if c["time"]]
     for f in r["findings"]:
-        key = (f["source"]["ip"], f["destination"]["ip"])
+        key = tuple(sorted((f["source"]["ip"], f["destination"]["ip"])))
+        direction.setdefault(key, (f["source"]["ip"], f["destination"]["ip"]))
         pairs.setdefault(key, {"calls": [], "findings": []})["findings"].append(f)
     out = ["<section id=timeline><h2>Timeline by host pair</h2>"
            "<p class=sub>ticks: WMI calls; circles: findings (filled observed, hollow inferred; colour is "
@@ -170,7 +178,9 @@ def _timeline(r: dict) -> str:
     if not pairs:
         out.append("<p class=empty>No WMI activity.</p>")
     width, left, right = 960, 10, 10
-    for (src, dst), p in sorted(pairs.items()):
+    names = {h["ip"]: _host({"ip": h["ip"], "names": [n["name"] for n in h["names"]]}) for h in r["hosts"]}
+    for key, p in sorted(pairs.items(), key=lambda kv: direction[kv[0]]):
+        src, dst = direction[key]
         times = [t for t in p["calls"] if t is not None] + [f["first_epoch"] for f in p["findings"]
                                                             if f["first_epoch"] is not None]
         if not times:
@@ -198,7 +208,8 @@ def _timeline(r: dict) -> str:
                        f"{_e(f['first_time'])} {_e(tids)}: {_e(f['title'])}</title></circle>")
         svg.append(f"<text x='{left}' y='64' class=axis>{_e(r_time(t0))}</text>"
                    f"<text x='{width - right}' y='64' text-anchor='end' class=axis>{_e(r_time(t1))}</text></svg>")
-        out.append(f"<div class=pair><h3>{_e(src)} &rarr; {_e(dst)}</h3>{''.join(svg)}</div>")
+        out.append(f"<div class=pair><h3>{_e(names.get(src, src))} &rarr; {_e(names.get(dst, dst))} "
+                   f"<small>({len(p['findings'])} findings, {len(p['calls'])} calls)</small></h3>{''.join(svg)}</div>")
     out.append("</section>")
     return "".join(out)
 
