@@ -336,3 +336,139 @@ def test_calls_table_summary_column(capsys):
                             r"wmi-persistence-test > C:\Windows\Temp\sysupdate.log, RunInteractively=False")
     r = rows(CAPTURES / "LM_WMI_ProcessCallCreate.pcapng")
     assert r["126"].split()[-1] == "encrypted"      # sealed: nothing to summarise
+
+
+def test_user_mistakes_get_one_line(capsys, tmp_path):
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"\x01" * 64)
+    for argv, said in (([str(junk)], "junk.pcap: not a pcap or pcapng file"),
+                       ([str(tmp_path / "missing.pcap")], "missing.pcap: No such file or directory"),
+                       ([str(PCAPS / "wmi-process-create.pcap"), "-o", str(tmp_path / "no" / "r.html")],
+                        "r.html: No such file or directory"),
+                       ([], "name CAPTURE file(s) or a live --interface")):
+        with pytest.raises(SystemExit, match=r"wmiscope.*") as e:
+            main(["report", *argv])
+        assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_progress_only_on_a_terminal():
+    import io
+
+    from wmiscope.dissectors.pipeline import Stats
+    from wmiscope.report.output import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stats = Stats(frames=1200, calls=14, errors=1)
+    pipe, tty = io.StringIO(), Tty()
+    Progress(pipe)(stats)
+    p = Progress(tty)
+    p(stats)
+    p.done()
+    assert pipe.getvalue() == ""
+    assert "1200 frames, 14 calls, 1 errors" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
+
+
+def test_format_follows_the_output_name(capsys, tmp_path):
+    out = tmp_path / "r.html"
+    assert main(["report", str(PCAPS / "wmi-process-create.pcap"), "-o", str(out)]) == 0
+    assert "wmiscope report: 2 findings, 3 WMI calls ->" in capsys.readouterr().err
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script src" not in page and "<link" not in page
+    assert main(["report", str(PCAPS / "wmi-process-create.pcap"), "-o", str(tmp_path / "r.jsonl")]) == 0
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+# Rules that no capture here exercises, fed call dicts of the `calls --format jsonl` shape.
+
+def _call(method, req=(), resp=(), *, iface="IWbemServices", ret=0, fault=None, frame=10, op=None):
+    def side(params, **extra):
+        return {"params": [{"name": n, "value": v} if not isinstance(v, dict) or "kind" not in v
+                           else {"name": n, "value": None, "object": v} for n, v in params], **extra}
+
+    return {"type": "call", "conn": 1, "call_id": frame, "client": "10.9.9.1:50000", "server": "10.9.9.2:49666",
+            "interface": iface, "method": method, "auth": {"principal": "CORP\\mallory", "type_name": "NTLMSSP",
+                                                             "level_name": "privacy"},
+            "request": {"frames": [frame, frame], "epoch": 1700000000.0 + frame, "stub_len": 100},
+            "response": {"frames": [frame + 1, frame + 1], "epoch": 1700000000.5 + frame, "stub_len": 40},
+            "fault": fault, "encrypted": False, "decrypted": False, "outcome": "decoded",
+            "operation": op or {"id": f"op-{frame}", "kind": method, "namespace": r"\\DC\root\cimv2",
+                                "role": "origin"},
+            "decoded": {"request": side(req), "response": side(resp, **{"return": {"value": ret}})}}
+
+
+def _instance(cls, **props):
+    return {"kind": "instance", "class": cls, "properties": {k: {"value": v} for k, v in props.items()}}
+
+
+def _findings(*calls):
+    from wmiscope.report.findings import ReportBuilder
+
+    b = ReportBuilder()
+    b.start_capture("synthetic")
+    for d in calls:
+        b.observe(d)
+    b.end_capture({"errors": 0})
+    return b.finish()["findings"]
+
+
+def test_rules_without_a_sample_capture():
+    import base64
+
+    enc = base64.b64encode("Get-Process | Out-File C:\\t.txt".encode("utf-16-le")).decode()
+    big = "A" * 5000
+    (script, create, delete, reg, ps, denied, fault) = _findings(
+        _call("PutInstance", [("pInst", _instance("ActiveScriptEventConsumer", Name="Evil", ScriptingEngine="VBScript",
+                                                  ScriptText='CreateObject("WScript.Shell").Run "calc"'))], frame=10),
+        _call("ExecMethod", [("strObjectPath", "Win32_ShadowCopy"), ("strMethodName", "Create"),
+                             ("pInParams", _instance("__PARAMETERS", Volume="C:\\", Context="ClientAccessible"))],
+              [("ppOutParams", _instance("__PARAMETERS", ReturnValue=0, ShadowID="{1}"))], frame=20),
+        _call("DeleteInstance", [("strObjectPath", 'Win32_ShadowCopy.ID="{1}"')], frame=30),
+        _call("ExecMethod", [("strObjectPath", "StdRegProv"), ("strMethodName", "SetStringValue"),
+                             ("pInParams", _instance("__PARAMETERS", hDefKey=0x80000001, sSubKeyName="Software\\X",
+                                                     sValueName="blob", sValue=big))], frame=40),
+        _call("ExecMethod", [("strObjectPath", "Win32_Process"), ("strMethodName", "Create"),
+                             ("pInParams", _instance("__PARAMETERS", CommandLine=f"powershell.exe -nop -enc {enc}"))],
+              frame=50),
+        _call("NTLMLogin", [("wszNetworkResource", r"\\DC\root\cimv2")], iface="IWbemLevel1Login", ret=0x80041003,
+              frame=60),
+        _call("GetObject", [("strObjectPath", "Win32_Process")], fault=5, frame=70),
+    )
+    assert (script["rule"], script["techniques"][0]["id"]) == ("event-subscription", "T1546.003")
+    assert script["decoded_command"] == 'CreateObject("WScript.Shell").Run "calc"'
+    assert "(no binding seen)" in script["title"]
+    assert (create["rule"], create["techniques"][0]["id"], create["outcome"]) == ("shadow-copy-create", "T1003.003",
+                                                                                   "success")
+    assert (delete["rule"], delete["techniques"][0]["id"]) == ("shadow-copy-delete", "T1490")
+    assert [t["id"] for t in reg["techniques"]] == ["T1112", "T1074.001"]
+    assert reg["registry"]["path"] == "HKEY_CURRENT_USER\\Software\\X\\blob" and reg["registry"]["data_size"] == 5000
+    assert ps["tool"]["name"] == "encoded PowerShell launcher"
+    assert ps["decoded_command"] == "Get-Process | Out-File C:\\t.txt"
+    assert [t["id"] for t in ps["techniques"]] == ["T1047", "T1059.001"]
+    assert denied["outcome"] == "failure" and "refused (HRESULT 0x80041003)" in denied["title"]
+    assert (fault["rule"], fault["outcome"]) == ("wmi-failure", "failure")
+    assert "denied: DCE/RPC fault 0x00000005" in fault["title"]
+    assert {f["principal"]["text"] for f in (script, ps, fault)} == {"CORP\\mallory"}
+
+
+@pytest.mark.parametrize("query, technique", [
+    ("SELECT * FROM AntiVirusProduct", "T1518.001"),
+    ("select displayName from FirewallProduct", "T1518.001"),
+    ("SELECT * FROM Win32_Service WHERE State='Running'", "T1007"),
+    ("SELECT * FROM Win32_LoggedOnUser", "T1033"),
+    ("SELECT * FROM Win32_UserAccount WHERE LocalAccount=True", "T1087.001"),
+    ("SELECT * FROM Win32_ShadowCopy", "T1082"),
+    ("SELECT IPAddress FROM Win32_NetworkAdapterConfiguration WHERE IPEnabled=TRUE", "T1016"),
+    ("SELECT * FROM Win32_Share", "T1135"),
+    ("SELECT * FROM Win32_QuickFixEngineering", "T1082"),
+    ("SELECT * FROM __InstanceCreationEvent WITHIN 5 WHERE TargetInstance ISA 'Win32_Process'", "T1057"),
+])
+def test_recon_queries_map_to_techniques(query, technique):
+    (f,) = _findings(_call("ExecQuery", [("strQueryLanguage", "WQL"), ("strQuery", query)]))
+    assert (f["rule"], f["techniques"][0]["id"]) == ("recon-query", technique)
+
+
+def test_an_unremarkable_query_is_no_finding():
+    assert _findings(_call("ExecQuery", [("strQuery", "SELECT * FROM Win32_PerfRawData_Tcpip_TCPv4")])) == []

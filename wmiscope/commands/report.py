@@ -25,6 +25,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from wmiscope.dissectors.capture import CaptureFormatError
     from wmiscope.report.output import Progress, analyse_captures
 
     if bool(args.captures) == bool(args.interface):
@@ -35,18 +36,32 @@ def run(args) -> int:
         sources = [(f"live:{args.interface}", live_capture(args.interface, args.filter, args.count))]
     else:
         sources = [(path, path) for path in args.captures]
+
+    out = None
+    if args.output:
+        try:        # before the analysis: a wrong path is said at once, not after a long run
+            out = open(args.output, "w", encoding="utf-8")
+        except OSError as e:
+            raise SystemExit(f"wmiscope report: {args.output}: {e.strerror}") from None
     progress = Progress()
-    report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=progress)
+    try:
+        report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=progress)
+    except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
+        progress.done()
+        where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        raise SystemExit(f"wmiscope report: {where}") from None
     progress.done()
     text = render(report, fmt)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+    if out is not None:
+        with out:
+            out.write(text)
         s = report["summary"]
         sys.stderr.write(f"wmiscope report: {s['findings']} findings, {s['wmi_calls']} WMI calls"
                          f"{' (no WMI in the capture)' if s['no_wmi'] else ''} -> {args.output}\n")
     else:
         sys.stdout.write(text)
+        if report["summary"]["no_wmi"]:
+            sys.stderr.write("wmiscope report: no WMI traffic in the capture(s): no findings\n")
     return 0
 
 
@@ -58,6 +73,4 @@ def render(report: dict, fmt: str) -> str:
         return render_html(report)
     from wmiscope.report.ecs import finding_document
     lines = [dumps(finding_document(f)) for f in report["findings"]]
-    if report["summary"]["no_wmi"]:
-        sys.stderr.write("wmiscope report: no WMI traffic in the capture(s): no findings\n")
     return "".join(line + "\n" for line in lines)
