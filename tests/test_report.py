@@ -363,12 +363,13 @@ def test_progress_only_on_a_terminal():
 
     stats = Stats(frames=1200, calls=14, errors=1)
     pipe, tty = io.StringIO(), Tty()
-    Progress(pipe)(stats)
-    p = Progress(tty)
+    Progress(pipe, delay=0)(stats)
+    p = Progress(tty, delay=0)
+    p.bytes = 2_500_000
     p(stats)
     p.done()
     assert pipe.getvalue() == ""
-    assert "1200 frames, 14 calls, 1 errors" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
+    assert "1200 frames, 2.5 MB read, 14 calls, 1 errors" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
 
 
 def test_format_follows_the_output_name(capsys, tmp_path):

@@ -94,3 +94,15 @@ def test_a_capture_without_wmi_says_so(tmp_path):
         driver.get(out.as_uri())
         assert "No WMI traffic was found in the capture(s)" in driver.find_element("id", "no-wmi").text
         assert driver.find_elements("css selector", "tr.finding") == []
+
+
+def test_sessions_show_login_calls_and_operations(page):
+    sessions = page.find_elements("css selector", "details.session")
+    sub = next(d for d in sessions if "root\\subscription" in d.text)
+    page.execute_script("arguments[0].open = true", sub)
+    text = sub.text
+    assert "client_machine=HELPDESK-07" in text and "client_pid=2960" in text
+    ops = sub.find_element("css selector", "table.ops").text
+    assert "op-3 PutInstance synchronous \\\\DC01\\root\\subscription 32 1" in ops
+    rows = sub.find_elements("css selector", "table.calls tbody tr")
+    assert len(rows) == 9 and "IWbemServices::PutInstance" in rows[6].text

@@ -293,7 +293,7 @@ class ReportBuilder:
                 "client": {"ip": cip, "port": cport}, "server": {"ip": sip, "port": sport},
                 "first_epoch": None, "last_epoch": None, "principals": [], "auth": None,
                 "login": {}, "calls": [], "call_count": 0, "sealed": 0, "decrypted": 0,
-                "methods": Counter(), "operations": [], "sealed_calls": [], "wmi": False,
+                "methods": Counter(), "operations": {}, "sealed_calls": [], "wmi": False,
             }
             for ip, role in ((cip, "client"), (sip, "server")):
                 h = self.hosts.setdefault(ip, {"ip": ip, "names": [], "roles": []})
@@ -320,8 +320,12 @@ class ReportBuilder:
         if d.get("decrypted"):
             s["decrypted"] += 1
         op = d.get("operation") or {}
-        if op.get("id") and op["id"] not in s["operations"]:
-            s["operations"].append(op["id"])
+        if op.get("id"):
+            o = s["operations"].setdefault(op["id"], {"id": op["id"], "kind": op.get("kind"),
+                                                       "namespace": op.get("namespace"), "mode": op.get("mode"),
+                                                       "first_frame": _frame(d, "request"), "calls": 0})
+            o["calls"] += 1
+            o["mode"] = o["mode"] or op.get("mode")
         row = {"req": _frame(d, "request"), "resp": _frame(d, "response"),
                "time": (d.get("request") or d.get("response") or {}).get("epoch"),
                "method": f"{d['interface']}::{d['method']}", "outcome": d.get("outcome"),

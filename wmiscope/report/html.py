@@ -250,7 +250,7 @@ def _sessions(r: dict) -> str:
                    f"{s['call_count']} calls ({s['sealed']} sealed, {s['decrypted']} decrypted) &middot; "
                    f"{len(s['operations'])} operations</summary>"
                    f"<p class=sub>{_e(s['capture'])}, {_e(s['first_time'])} to {_e(s['last_time'])}; auth "
-                   f"{_e(s['auth'])}</p><table class=calls><thead><tr><th>req</th><th>resp</th><th>time</th>"
+                   f"{_e(s['auth'])}</p>{_operations(s)}<table class=calls><thead><tr><th>req</th><th>resp</th><th>time</th>"
                    "<th>method</th><th>operation</th><th>outcome</th><th>summary</th><th>findings</th></tr></thead>"
                    "<tbody>")
         for c in s["calls"]:
@@ -260,6 +260,18 @@ def _sessions(r: dict) -> str:
                        f"<td>{_e(c['summary'])}</td><td>{links}</td></tr>")
         out.append("</tbody></table></details>")
     out.append("</section>")
+    return "".join(out)
+
+
+def _operations(s: dict) -> str:
+    if not s["operations"]:
+        return ""
+    out = ["<table class=ops><thead><tr><th>operation</th><th>kind</th><th>mode</th><th>namespace</th>"
+           "<th>first frame</th><th>calls</th></tr></thead><tbody>"]
+    out += [f"<tr><td>{_e(o['id'])}</td><td>{_e(o['kind'])}</td><td>{_e(o['mode'] or '')}</td>"
+            f"<td>{_e(o['namespace'] or '')}</td><td>{_e(o['first_frame'])}</td><td>{o['calls']}</td></tr>"
+            for o in s["operations"]]
+    out.append("</tbody></table>")
     return "".join(out)
 
 
@@ -297,7 +309,7 @@ pre{background:#17202a;color:#e5e8e8;padding:8px;overflow:auto;max-height:360px;
 .notice{background:#fdebd0;border:1px solid #f0b27a;padding:10px;border-radius:5px;font-weight:600}
 svg.lane{background:#fff;border:1px solid #e5e8e8;max-width:100%;height:auto}svg .axis{font-size:11px;fill:#566573}
 circle.mark{cursor:pointer}circle.mark.dim{opacity:.12}details.session{background:#fff;border:1px solid #e5e8e8;margin:6px 0;padding:4px 8px}
-details.session summary{cursor:pointer}table.calls td{font-size:12px}tr.flash{outline:2px solid #f1c40f}
+details.session summary{cursor:pointer}table.ops{width:auto;margin:4px 0 8px}table.calls td{font-size:12px}tr.flash{outline:2px solid #f1c40f}
 </style></head>"""
 
 _JS = r"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -45,7 +46,7 @@ def report_dict(b) -> dict:
             "principals": s["principals"], "auth": s["auth"],
             "login": {k: v for k, v in s["login"].items()}, "call_count": s["call_count"],
             "sealed": s["sealed"], "decrypted": s["decrypted"], "methods": dict(s["methods"]),
-            "operations": s["operations"],
+            "operations": list(s["operations"].values()),
             "calls": [dict(r, time=iso(r["time"])) for r in s["calls"]],
         })
     wmi_calls = sum(c["wmi_calls"] for c in b.captures)
@@ -88,25 +89,40 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress=
     for name, source in sources:
         analysis = make_analysis()
         b.start_capture(name)
-        for rec in analysis.run(source):
+        metered = progress is not None and progress.enabled     # no per-frame cost on a pipe
+        frames = _metered(source, analysis, progress) if metered else source
+        for rec in analysis.run(frames):
             kind = type(rec)
             if kind is Call:
                 b.observe(record_dict(rec), rec)
             elif kind is ErrorRecord:
                 b.error(error_dict(rec))
-            if progress is not None:
-                progress(analysis.stats)
         b.end_capture(analysis.stats.as_dict())
     return b.finish()
 
 
-class Progress:
-    """Frames, calls and errors so far on stderr, only on a terminal, at most 5 times a second."""
+def _metered(source, analysis, progress):
+    """The capture's frames, counting the bytes read for the progress line. A file is
+    opened here (its read errors go to the analysis like any other error record)."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        from wmiscope.dissectors.capture import open_capture
+        source = open_capture(source, errors=analysis.emit)
+    for raw in source:
+        progress.bytes += len(raw[3])
+        progress(analysis.stats)
+        yield raw
 
-    def __init__(self, stream=None):
+
+class Progress:
+    """Frames and MB read, calls and errors so far on stderr, only on a terminal, at most
+    5 times a second."""
+
+    def __init__(self, stream=None, delay: float = 0.5):
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
-        self._last = 0.0
+        self.bytes = 0
+        self._last = time.monotonic() + delay - 0.2     # short runs print nothing
+        self._shown = False
 
     def __call__(self, stats) -> None:
         if not self.enabled:
@@ -115,10 +131,12 @@ class Progress:
         if now - self._last < 0.2:
             return
         self._last = now
-        self.stream.write(f"\r{stats.frames} frames, {stats.calls} calls, {stats.errors} errors ...")
+        self._shown = True
+        self.stream.write(f"\r{stats.frames} frames, {self.bytes / 1e6:.1f} MB read, {stats.calls} calls, "
+                          f"{stats.errors} errors ...")
         self.stream.flush()
 
     def done(self) -> None:
-        if self.enabled and self._last:
+        if self._shown:
             self.stream.write("\r\033[K")
             self.stream.flush()

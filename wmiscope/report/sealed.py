@@ -59,33 +59,38 @@ def _method_execution(b, s: dict, c: dict, getobject: dict | None, ns_clear) -> 
     confidence = 0.5
     reasons = [f"IWbemServices::{c['method']} named from the IPID and opnum 24 in the clear DCE/RPC header; "
                "class, method and arguments are sealed"]
-    shape = None
     if tail == "root\\cimv2":
         confidence += 0.1
         reasons.append(f"the connection logged in to {ns} in clear")
     elif ns is None:
         reasons.append("the namespace is not known (the login was sealed too)")
+    class_hint = reply_hint = False
     if getobject is not None and (getobject["resp_len"] or 0) >= CLASS_SIZED:
         confidence += 0.1
         reasons.append(f"preceded by GetObject with a class-sized reply ({getobject['resp_len']} bytes): the "
                        "class definition a client fetches before building in-parameters")
         lo, hi = WIN32_PROCESS_CLASS
-        if lo <= getobject["resp_len"] <= hi:
+        class_hint = lo <= getobject["resp_len"] <= hi
+        if class_hint:
             confidence += 0.1
-            shape = "Win32_Process.Create"
-            reasons.append(f"{getobject['resp_len']} bytes is the size of the Win32_Process class "
+            reasons.append(f"{getobject['resp_len']} bytes is about the size of the Win32_Process class "
                            "(20648-20664 bytes in clear captures)")
     lo, hi = CREATE_REPLY
     if c["resp_len"] is not None and lo <= c["resp_len"] <= hi:
         confidence += 0.1
-        shape = "Win32_Process.Create"
+        reply_hint = True
         reasons.append(f"the {c['resp_len']}-byte reply matches Win32_Process.Create's out-parameters "
                        "(ProcessId, ReturnValue: 1160 bytes in clear captures)")
-    title = "Likely remote method execution" + (f" ({shape}-shaped)" if shape else "") + \
-        f" on {ns or 'a sealed namespace'}"
+    elif class_hint and c["resp_len"] is not None:
+        reasons.append(f"but the {c['resp_len']}-byte reply is not the size of Create's out-parameters (1160 "
+                       "bytes): another Win32_Process method, or out-parameters of another shape")
+    shape = "Win32_Process.Create" if reply_hint else "Win32_Process method" if class_hint else None
+    hint = {"Win32_Process.Create": " (Win32_Process.Create-shaped)",
+            "Win32_Process method": " (a Win32_Process method, by the class size)"}.get(shape, "")
+    title = f"Likely remote method execution{hint} on {ns or 'a sealed namespace'}"
     f = b.new_finding(c["d"], s, "sealed-method-exec", ["T1047"], title, basis="inferred",
                       confidence=round(min(confidence, 0.9), 2), reasons=reasons,
-                      severity="high" if shape else "medium")
+                      severity="high" if reply_hint else "medium")
     f["namespace"] = ns
     f["wmi"].update({"method": c["method"], "shape": shape, "request_stub": c["req_len"],
                      "reply_stub": c["resp_len"]})
