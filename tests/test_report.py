@@ -473,3 +473,20 @@ def test_recon_queries_map_to_techniques(query, technique):
 
 def test_an_unremarkable_query_is_no_finding():
     assert _findings(_call("ExecQuery", [("strQuery", "SELECT * FROM Win32_PerfRawData_Tcpip_TCPv4")])) == []
+
+
+def test_the_same_traffic_in_two_captures_is_one_finding_seen_twice(capsys, tmp_path):
+    import shutil
+
+    import jsonschema
+
+    other = tmp_path / "sensor-b.pcapng"
+    shutil.copy(CAPTURES / "impacket_wmiexec.pcapng", other)
+    r = report(capsys, CAPTURES / "impacket_wmiexec.pcapng", other)
+    assert [f["rule"] for f in r["findings"]] == ["namespace-login"] + ["process-create"] * 3
+    assert r["findings"][3]["wmi"]["also_seen"] == [{"capture": str(other), "frames": [114, 115, 117],
+                                                     "session": "1:2"}]
+    assert r["findings"][3]["frames"] == [114, 115, 117]
+    assert main(["report", str(CAPTURES / "impacket_wmiexec.pcapng"), str(other)]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        jsonschema.validate(json.loads(line), SCHEMA)

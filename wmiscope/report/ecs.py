@@ -96,7 +96,8 @@ def _wmi(f: dict) -> dict:
         "source_names": f["source"].get("names") or [], "destination_names": f["destination"].get("names") or [],
     }
     for k in ("class", "method", "query", "object_path", "return_value", "return_text", "process_id",
-              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path"):
+              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path",
+              "also_seen"):
         v = f["wmi"].get(k)
         if v not in (None, {}, []):
             w[k] = v

@@ -28,6 +28,8 @@ WMI_INTERFACES = frozenset(i["name"] for i in _if.INTERFACES if i["group"] == "w
 
 # How sure a finding is, as the analyst reads it.
 OBSERVED = 1.0
+# Two sensors' clocks and capture points differ by this much at most for one call.
+DUPLICATE_WINDOW = 2.0
 
 
 def record_dict(call) -> dict:
@@ -456,12 +458,33 @@ class ReportBuilder:
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
                                          self.hosts.get(f["destination"]["ip"], {}).get("names", [])]
+        self._merge_duplicates()
         self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
         for i, f in enumerate(self.findings, 1):
             f["id"] = f"F{i:03d}"
             f.pop("_calls", None)
             f["summary"] = summary(f)
         return self.report()
+
+    def _merge_duplicates(self) -> None:
+        """The same finding in two captures (both sides of a connection, overlapping rolling
+        files, a file given twice) is one finding seen twice: the later copies become
+        `wmi.also_seen` entries (capture and frames) of the first."""
+        kept: dict[tuple, dict] = {}
+        out = []
+        for f in sorted(self.findings, key=lambda f: f["first_epoch"] or 0):
+            key = (f["rule"], f["title"], f["basis"], f["source"]["ip"], f["source"]["port"],
+                   f["destination"]["ip"], f["destination"]["port"])
+            first = kept.get(key)
+            if (first is not None and first["capture"] != f["capture"] and f["first_epoch"] is not None
+                    and abs(f["first_epoch"] - first["first_epoch"]) <= DUPLICATE_WINDOW):
+                first["wmi"].setdefault("also_seen", []).append({"capture": f["capture"], "frames": f["frames"],
+                                                                 "session": f["session"]})
+                first["last_epoch"] = max(first["last_epoch"] or 0, f["last_epoch"] or 0) or None
+                continue
+            kept.setdefault(key, f)
+            out.append(f)
+        self.findings = out
 
     def report(self) -> dict:
         from .output import report_dict
@@ -496,7 +519,7 @@ def _set_out(f: dict, out: dict) -> None:
 def _login(b: ReportBuilder, d: dict, s: dict):
     ns = param(d, "request", "wszNetworkResource")
     pr = (d.get("auth") or {}).get("principal")
-    key = (s["client"]["ip"], s["server"]["ip"], namespace_tail(ns), pr)
+    key = (b._cap, s["client"]["ip"], s["server"]["ip"], namespace_tail(ns), pr)
     f = b._logins.get(key)
     code = hresult(d)
     if f is None:
