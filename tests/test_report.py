@@ -490,3 +490,23 @@ def test_the_same_traffic_in_two_captures_is_one_finding_seen_twice(capsys, tmp_
     assert main(["report", str(CAPTURES / "impacket_wmiexec.pcapng"), str(other)]) == 0
     for line in capsys.readouterr().out.splitlines():
         jsonschema.validate(json.loads(line), SCHEMA)
+
+
+def test_hostile_captures_still_give_a_report(tmp_path):
+    from fuzz_util import mutations
+    from wmiscope.dissectors.pipeline import Analysis
+    from wmiscope.report.output import analyse_captures
+
+    data = (PCAPS / "wmi-persistence-subscription.pcap").read_bytes()
+    head, body = data[:24], data[24:]           # keep the pcap file header: the records are the target
+    with_errors = 0
+    for i, mutated in enumerate(mutations(body, seed=10, count=15, max_edits=30)):
+        path = tmp_path / f"m{i}.pcap"
+        path.write_bytes(head + mutated)
+        r = analyse_captures([(str(path), str(path))], Analysis, excerpts=True)
+        stats = r["captures"][0]["stats"]
+        assert r["summary"]["errors"] == stats["errors"] == sum(stats["errors_by_stage"].values())
+        with_errors += stats["errors"] > 0
+        for f in r["findings"]:
+            assert f["frames"] and f["techniques"] and f["id"]
+    assert with_errors >= 10        # the mutations did reach the decoders

@@ -453,7 +453,8 @@ class ReportBuilder:
                 if pr is not None:
                     user["service"] = pr["service"]
                     user["realm"] = pr.get("realm")
-                    user["text"] = f"{user['text']} (NTLM on the same connection; Kerberos to {pr['service']})"
+                    f["reasons"].append(f"principal: {user['text']} authenticated (NTLM) the later calls of this "
+                                        f"connection; these calls used Kerberos to {pr['service']}")
                 f["principal"] = user
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
