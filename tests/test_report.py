@@ -355,7 +355,7 @@ def test_progress_only_on_a_terminal():
     import io
 
     from wmiscope.dissectors.pipeline import Stats
-    from wmiscope.report.output import Progress
+    from wmiscope.commands.progress import Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -510,3 +510,25 @@ def test_hostile_captures_still_give_a_report(tmp_path):
         for f in r["findings"]:
             assert f["frames"] and f["techniques"] and f["id"]
     assert with_errors >= 10        # the mutations did reach the decoders
+
+
+def test_progress_is_metered_only_where_wanted(monkeypatch):
+    import io
+
+    from wmiscope.commands.progress import with_progress
+    from wmiscope.dissectors.pipeline import Analysis
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    path = str(CAPTURES / "impacket_wmiexec.pcapng")
+    assert with_progress(path, Analysis(), streaming=False, stream=io.StringIO()) is path   # a pipe: untouched
+    monkeypatch.setattr("sys.stdout", Tty())
+    assert with_progress(path, Analysis(), streaming=True, stream=Tty()) is path   # table on the terminal
+    analysis, tty = Analysis(), Tty()
+    frames = with_progress(path, analysis, streaming=False, stream=tty)
+    assert frames is not path
+    records = list(analysis.run(frames))
+    plain = Analysis()
+    assert len(records) == len(list(plain.run(path))) and analysis.stats.as_dict() == plain.stats.as_dict()

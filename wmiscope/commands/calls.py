@@ -6,6 +6,7 @@ import sys
 
 from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source,
                      summary_line)
+from .progress import with_progress
 
 
 def add_arguments(p) -> None:
@@ -26,7 +27,7 @@ def run(args) -> int:
     table = args.format == "table"
     if table:
         write(_TABLE_HEAD)
-    for rec in analysis.run(open_source(args)):
+    for rec in analysis.run(with_progress(open_source(args), analysis, streaming=True)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from wmiscope.dissectors.capture import CaptureFormatError
-    from wmiscope.report.output import Progress, analyse_captures
+    from wmiscope.report.output import analyse_captures
 
     if bool(args.captures) == bool(args.interface):
         raise SystemExit("wmiscope: name CAPTURE file(s) or a live --interface (one of the two)")
@@ -43,14 +43,11 @@ def run(args) -> int:
             out = open(args.output, "w", encoding="utf-8")
         except OSError as e:
             raise SystemExit(f"wmiscope report: {args.output}: {e.strerror}") from None
-    progress = Progress()
     try:
-        report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=progress)
+        report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=True)
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
-        progress.done()
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         raise SystemExit(f"wmiscope report: {where}") from None
-    progress.done()
     text = render(report, fmt)
     if out is not None:
         with out:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -74,11 +72,12 @@ def report_dict(b) -> dict:
     }
 
 
-def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress=None) -> dict:
+def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress: bool = False) -> dict:
     """Each capture through its own pipeline, joined in one ReportBuilder (hosts by IP,
     principals by name; sessions stay per capture). When capture sets land (issue 13),
     this is the one function to replace with a single merged run."""
     from wmiscope.commands.output import error_dict
+    from wmiscope.commands.progress import with_progress
     from wmiscope.dissectors.records import Call, ErrorRecord
     from wmiscope.dissectors.transcript import TranscriptRenderer
 
@@ -89,8 +88,7 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress=
     for name, source in sources:
         analysis = make_analysis()
         b.start_capture(name)
-        metered = progress is not None and progress.enabled     # no per-frame cost on a pipe
-        frames = _metered(source, analysis, progress) if metered else source
+        frames = with_progress(source, analysis, streaming=False) if progress else source
         for rec in analysis.run(frames):
             kind = type(rec)
             if kind is Call:
@@ -99,44 +97,3 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress=
                 b.error(error_dict(rec))
         b.end_capture(analysis.stats.as_dict())
     return b.finish()
-
-
-def _metered(source, analysis, progress):
-    """The capture's frames, counting the bytes read for the progress line. A file is
-    opened here (its read errors go to the analysis like any other error record)."""
-    if isinstance(source, (str, bytes, os.PathLike)):
-        from wmiscope.dissectors.capture import open_capture
-        source = open_capture(source, errors=analysis.emit)
-    for raw in source:
-        progress.bytes += len(raw[3])
-        progress(analysis.stats)
-        yield raw
-
-
-class Progress:
-    """Frames and MB read, calls and errors so far on stderr, only on a terminal, at most
-    5 times a second."""
-
-    def __init__(self, stream=None, delay: float = 0.5):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.bytes = 0
-        self._last = time.monotonic() + delay - 0.2     # short runs print nothing
-        self._shown = False
-
-    def __call__(self, stats) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.2:
-            return
-        self._last = now
-        self._shown = True
-        self.stream.write(f"\r{stats.frames} frames, {self.bytes / 1e6:.1f} MB read, {stats.calls} calls, "
-                          f"{stats.errors} errors ...")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self._shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
