@@ -105,8 +105,8 @@ def _findings(r: dict) -> str:
             f"data-conf='{f['confidence']}'>"
             f"<td><span class=dot style='background:{colour}'></span>{_e(f['id'])}</td>"
             f"<td>{_e((f['first_time'] or '')[:23].replace('T', ' '))}</td>"
-            f"<td>{_e(_host(f['source']))} &rarr; {_e(_host(f['destination']))}</td>"
-            f"<td>{_e((f['principal'] or {}).get('text') or '-')}</td><td>{tech}</td>"
+            f"<td class=who>{_e(_host(f['source']))} &rarr; {_e(_host(f['destination']))}</td>"
+            f"<td class=who>{_e((f['principal'] or {}).get('text') or '-')}</td><td>{tech}</td>"
             f"<td class=what>{_e(f['title'])}</td><td class='basis {_e(f['basis'])}'>{_e(basis)}</td>"
             f"<td>{_e(frames)}</td></tr>")
         out.append(f"<tr class=detail data-for='{_e(f['id'])}' hidden><td colspan=8>{_detail(f)}</td></tr>")
@@ -190,24 +190,28 @@ def _timeline(r: dict) -> str:
 
         def x(t):
             return left + (t - t0) / span * (width - left - right)
-        svg = [f"<svg class=lane width='{width}' height='70' viewBox='0 0 {width} 70' role=img "
-               f"data-pair='{_e(src)} {_e(dst)}'><line x1='{left}' y1='40' x2='{width - right}' y2='40' "
+        svg = [f"<svg class=lane width='{width}' height='76' viewBox='0 0 {width} 76' role=img "
+               f"data-pair='{_e(src)} {_e(dst)}'><line x1='{left}' y1='52' x2='{width - right}' y2='52' "
                "stroke='#999'/>"]
         for t in p["calls"]:
             if t is not None:
-                svg.append(f"<line class=tick x1='{x(t):.1f}' y1='34' x2='{x(t):.1f}' y2='46' stroke='#777'/>")
-        for f in p["findings"]:
+                svg.append(f"<line class=tick x1='{x(t):.1f}' y1='46' x2='{x(t):.1f}' y2='58' stroke='#777'/>")
+        rows: list[list[float]] = [[], [], []]     # marks closer than 16 px stack in up to three rows
+        for f in sorted(p["findings"], key=lambda f: f["first_epoch"] or 0):
             if f["first_epoch"] is None:
                 continue
+            cx = x(f["first_epoch"])
+            row = next((i for i, xs in enumerate(rows) if all(abs(cx - o) >= 16 for o in xs)), len(rows) - 1)
+            rows[row].append(cx)
             c = _SEVERITY_COLOUR[f["severity"]]
             fill = c if f["basis"] == "observed" else "white"
             tids = " ".join(t["id"] for t in f["techniques"])
             svg.append(f"<circle class=mark data-finding='{_e(f['id'])}' data-tech='{_e(tids)}' "
-                       f"data-basis='{_e(f['basis'])}' data-conf='{f['confidence']}' cx='{x(f['first_epoch']):.1f}' "
-                       f"cy='20' r='7' fill='{fill}' stroke='{c}' stroke-width='2.5'><title>{_e(f['id'])} "
-                       f"{_e(f['first_time'])} {_e(tids)}: {_e(f['title'])}</title></circle>")
-        svg.append(f"<text x='{left}' y='64' class=axis>{_e(r_time(t0))}</text>"
-                   f"<text x='{width - right}' y='64' text-anchor='end' class=axis>{_e(r_time(t1))}</text></svg>")
+                       f"data-basis='{_e(f['basis'])}' data-conf='{f['confidence']}' cx='{cx:.1f}' "
+                       f"cy='{36 - 14 * row}' r='6.5' fill='{fill}' stroke='{c}' stroke-width='2.5'><title>"
+                       f"{_e(f['id'])} {_e(f['first_time'])} {_e(tids)}: {_e(f['title'])}</title></circle>")
+        svg.append(f"<text x='{left}' y='72' class=axis>{_e(r_time(t0))}</text>"
+                   f"<text x='{width - right}' y='72' text-anchor='end' class=axis>{_e(r_time(t1))}</text></svg>")
         out.append(f"<div class=pair><h3>{_e(names.get(src, src))} &rarr; {_e(names.get(dst, dst))} "
                    f"<small>({len(p['findings'])} findings, {len(p['calls'])} calls)</small></h3>{''.join(svg)}</div>")
     out.append("</section>")
@@ -301,7 +305,7 @@ h2{border-bottom:2px solid #d5dbdb;padding-bottom:3px;margin-top:28px}h3{margin:
 .cols{display:flex;gap:30px;flex-wrap:wrap}.cols>div{flex:1;min-width:260px}ul{margin:4px 0;padding-left:18px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border:1px solid #e5e8e8;padding:4px 6px;text-align:left;vertical-align:top}th{background:#eaecee}
-tr.finding{cursor:pointer}tr.finding:hover{background:#eef6fc}td.what{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+tr.finding{cursor:pointer}tr.finding:hover{background:#eef6fc}td.who{min-width:150px;max-width:240px;overflow-wrap:anywhere}td.what{min-width:260px;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 td.basis.inferred{color:#8e44ad;font-weight:600}.dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:5px}
 #filters{margin:6px 0 10px}#filters label{margin-right:14px}#shown{color:#566573}
 .grid{display:grid;grid-template-columns:160px 1fr;gap:2px 10px}.grid code{white-space:pre-wrap;word-break:break-all}
@@ -309,7 +313,7 @@ pre{background:#17202a;color:#e5e8e8;padding:8px;overflow:auto;max-height:360px;
 .notice{background:#fdebd0;border:1px solid #f0b27a;padding:10px;border-radius:5px;font-weight:600}
 svg.lane{background:#fff;border:1px solid #e5e8e8;max-width:100%;height:auto}svg .axis{font-size:11px;fill:#566573}
 circle.mark{cursor:pointer}circle.mark.dim{opacity:.12}details.session{background:#fff;border:1px solid #e5e8e8;margin:6px 0;padding:4px 8px}
-details.session summary{cursor:pointer}table.ops{width:auto;margin:4px 0 8px}table.calls td{font-size:12px}tr.flash{outline:2px solid #f1c40f}
+details.session summary{cursor:pointer}table.ops{width:auto;margin:4px 0 8px}table.calls td{font-size:12px;overflow-wrap:anywhere}tr.flash{outline:2px solid #f1c40f}
 </style></head>"""
 
 _JS = r"""
