@@ -200,6 +200,7 @@ def test_decisive_values_of_the_real_captures(capsys):
     assert create["wmi"]["service"] == {"name": "test", "display_name": "For test",
                                         "path": r"C:\windows\system32\calc.exe", "start_mode": "Automatic",
                                         "start_name": "LocalSystem"}
+    assert create["tool"]["name"] == "wmiexec-pro" and "LoadOrderGroup 'System'" in create["tool"]["evidence"]
     # calc.exe is no service: StartService answers 7, the request timed out
     assert (start["outcome"], start["wmi"]["return_value"], start["wmi"]["return_text"]) == (
         "failure", 7, "Service Request Timeout")
@@ -532,3 +533,36 @@ def test_progress_is_metered_only_where_wanted(monkeypatch):
     records = list(analysis.run(frames))
     plain = Analysis()
     assert len(records) == len(list(plain.run(path))) and analysis.stats.as_dict() == plain.stats.as_dict()
+
+
+@pytest.mark.parametrize("command, tool", [
+    (r"cmd.exe /Q /c whoami 1> \\127.0.0.1\ADMIN$\__1683291962.56 2>&1", "impacket wmiexec"),
+    (r"cmd.exe /Q /c  whoami 1> C:\windows\temp\0f8fad5b-d9cb-469f-a165-70867728950e.txt 2>&1 && certutil "
+     r"-encodehex -f C:\windows\temp\a.txt C:\windows\temp\b.txt 0x40000001", "NetExec wmi exec"),
+    (r"cmd.exe /Q /c ipconfig 1> \Windows\Temp\kQzXwe 2>&1", "CrackMapExec wmiexec"),
+    (r"cmd.exe /Q /c ipconfig 1> \\10.0.0.9\CMEshare\kQzXwe 2>&1", "CrackMapExec wmiexec"),
+    ("powershell.exe -NoP -sta -NonI -W Hidden -Enc JABzAD0A", "encoded PowerShell launcher"),
+    (r"cmd.exe /c whoami > C:\Windows\Temp\o.txt", None),
+])
+def test_tool_patterns_of_process_creation(command, tool):
+    (f,) = _findings(_call("ExecMethod", [("strObjectPath", "Win32_Process"), ("strMethodName", "Create"),
+                                          ("pInParams", _instance("__PARAMETERS", CommandLine=command))]))
+    assert (f["tool"] or {}).get("name") == tool
+
+
+def test_tool_patterns_of_event_subscriptions():
+    tag = "windows-object-6f1c2b4e-0d3a-4c55-9e61-1a2b3c4d5e6f"
+    put = lambda cls, frame, **p: _call("PutInstance", [("pInst", _instance(cls, **p))], frame=frame)  # noqa: E731
+    (pro,) = _findings(put("ActiveScriptEventConsumer", 10, Name=tag, ScriptingEngine="VBScript", ScriptText="x"),
+                       put("__IntervalTimerInstruction", 12, TimerId=tag, IntervalBetweenEvents=1000),
+                       put("__EventFilter", 14, Name=tag, Query=f'select * from __TimerEvent where TimerID = "{tag}" '),
+                       put("__FilterToConsumerBinding", 16, Filter=f'__EventFilter.Name="{tag}"',
+                           Consumer=f'ActiveScriptEventConsumer.Name="{tag}"'))
+    assert pro["tool"]["name"] == "wmiexec-pro" and pro["wmi"]["subscription"]["timers"][0]["interval_ms"] == 1000
+    assert set(pro["frames"]) >= {10, 12, 14, 16}
+    (persist,) = _findings(put("CommandLineEventConsumer", 10, Name="updater", CommandLineTemplate="calc.exe"),
+                           put("__EventFilter", 12, Name="EF_updater", Query="SELECT * FROM __InstanceCreationEvent"))
+    assert persist["tool"]["name"] == "impacket wmipersist" and persist["command_line"] == "calc.exe"
+    (other,) = _findings(put("CommandLineEventConsumer", 10, Name="updater", CommandLineTemplate="calc.exe"),
+                         put("__EventFilter", 12, Name="EF_other", Query="SELECT * FROM __InstanceCreationEvent"))
+    assert other["tool"] is None

@@ -579,6 +579,10 @@ def _exec_method(b: ReportBuilder, d: dict, s: dict):
                                                   ("start_name", ins.get("StartName"))) if v is not None}
         if ins.get("PathName"):
             f["command_line"] = ins["PathName"]
+        for tool, args, why in R.SERVICE_TOOLS:
+            if lm == "create" and all(ins.get(k) == v for k, v in args.items()):
+                f["tool"] = {"name": tool, "evidence": why}
+                f["reasons"].append(f"the arguments match {tool}: {why}")
     elif lc == "stdregprov":
         f = _registry(b, d, s, method, ins, wmi)
     elif lc == "win32_shadowcopy" and lm == "create":
@@ -711,7 +715,8 @@ def _subscription(b: ReportBuilder, d: dict, s: dict, cls: str, role: str, p: di
     if f is None:
         f = b.new_finding(d, s, "event-subscription", ["T1546.003"], "WMI event subscription planted",
                           severity="high")
-        f["wmi"].update({"method": d["method"], "subscription": {"filters": [], "consumers": [], "bindings": []}})
+        f["wmi"].update({"method": d["method"], "subscription": {"filters": [], "consumers": [], "bindings": [],
+                                                                 "timers": []}})
         f["reasons"].append("__EventFilter / event consumer / __FilterToConsumerBinding instances put in "
                             "root\\subscription run the consumer whenever the filter's query fires")
         b._subscriptions[key] = f
@@ -729,14 +734,33 @@ def _subscription(b: ReportBuilder, d: dict, s: dict, cls: str, role: str, p: di
         f["command_line"] = p.get("CommandLineTemplate") or p.get("ExecutablePath") or f["command_line"]
         if p.get("ScriptText"):
             f["decoded_command"] = p["ScriptText"]
+    elif role == "timer":
+        sub["timers"].append({"class": cls, "timer_id": p.get("TimerId"),
+                              "interval_ms": p.get("IntervalBetweenEvents"), "event_time": p.get("EventDateTime")})
     else:
         sub["bindings"].append({"filter": p.get("Filter"), "consumer": p.get("Consumer")})
+    _subscription_tool(f, sub)
     names = [x["name"] for x in sub["filters"]] + [x["name"] for x in sub["consumers"]]
     f["title"] = ("WMI event subscription persistence: " + " -> ".join(str(n) for n in names)
                   + (f" runs {f['command_line']}" if f["command_line"] else "")
                   + ("" if sub["bindings"] else " (no binding seen)"))
     f["wmi"]["class"] = ", ".join(sorted({cls} | set((f["wmi"].get("class") or "").split(", ")) - {""}))
     return f
+
+
+def _subscription_tool(f: dict, sub: dict) -> None:
+    if f["tool"]:
+        return
+    names = [x.get("name") for x in sub["filters"] + sub["consumers"]] + [x.get("timer_id") for x in sub["timers"]]
+    consumers = {x.get("name") for x in sub["consumers"]}
+    for tool, pat, why in R.SUBSCRIPTION_TOOLS:
+        hits = [n for n in names if isinstance(n, str) and pat.match(n)]
+        if tool == "impacket wmipersist":       # EF_/TI_ prefixes alone are common: the consumer must match
+            hits = [n for n in hits if n[3:] in consumers]
+        if hits:
+            f["tool"] = {"name": tool, "evidence": why}
+            f["reasons"].append(f"{', '.join(hits)}: {why}")
+            return
 
 
 def _delete_instance(b: ReportBuilder, d: dict, s: dict):

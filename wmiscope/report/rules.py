@@ -89,12 +89,15 @@ TOOL_PATTERNS = [
     ("impacket wmiexec",
      re.compile(r"cmd(\.exe)?\s+/Q\s+/c\s+.*1>\s*\\\\(127\.0\.0\.1|localhost)\\(ADMIN|C)\$\\__[\d.]+\s+2>&1", re.I),
      "output redirected to \\\\127.0.0.1\\ADMIN$\\__<epoch> and read back over SMB (impacket wmiexec.py)"),
-    ("CrackMapExec / NetExec wmiexec",
-     re.compile(r"cmd(\.exe)?\s+/Q\s+/c\s+.*>\s*(C:\\windows\\temp\\\w+|\\\\[\d.]+\\\w+\$?\\\w+)", re.I),
-     "cmd /Q /c with output to a temporary file or share (CrackMapExec / NetExec wmi exec method)"),
-    ("wmiexec-pro",
-     re.compile(r"(Win32_OSRecoveryConfiguration|wmiexec-pro|__wmiexec)", re.I),
-     "wmiexec-pro's class or marker names in the command"),
+    ("NetExec wmi exec",
+     re.compile(r"cmd(\.exe)?\s+/Q\s+/c\s+.*1>\s*C:\\windows\\temp\\[0-9a-f-]{36}\.txt\s+2>&1\s+&&\s+certutil\s+-encodehex",
+                re.I),
+     "output to C:\\windows\\temp\\<uuid>.txt, hex-encoded by certutil and stored with reg add under "
+     "HKLM\\Software\\Classes, then read back through StdRegProv (NetExec's wmi protocol)"),
+    ("CrackMapExec wmiexec",
+     re.compile(r"cmd(\.exe)?\s+/Q\s+/c\s+.*1>\s*(\\Windows\\Temp\\[A-Za-z]{6}|\\\\[\d.]+\\\w+\\[A-Za-z]{6})\s+2>&1", re.I),
+     "output redirected to \\Windows\\Temp\\<6 letters> (or a share on the attacker) and read over SMB "
+     "(CrackMapExec's smb wmiexec method)"),
     ("encoded PowerShell launcher",
      re.compile(r"powershell(\.exe)?\b.*\s-(e|ec|en|enc|encodedcommand)\s", re.I),
      "PowerShell started with an encoded command (Covenant / SharpWMI / Empire style launchers)"),
@@ -123,7 +126,27 @@ REGISTRY_READ = re.compile(r"^(Get\w*Value|EnumKey|EnumValues|CheckAccess|GetSec
 # A registry value or environment variable this large is a file moved through WMI, not configuration.
 DATA_CHANNEL_BYTES = 4096
 
+# Tools recognised from the arguments of a Win32_Service.Create: name, the in-parameters
+# they always pass, what that means.
+SERVICE_TOOLS = [
+    ("wmiexec-pro", {"ServiceType": 16, "ErrorControl": 0, "StartMode": "Automatic", "DesktopInteract": False,
+                     "StartName": "LocalSystem", "LoadOrderGroup": "System"},
+     "ServiceType 16, ErrorControl 0, StartMode Automatic, StartName LocalSystem and LoadOrderGroup 'System': "
+     "the fixed arguments of wmiexec-pro's service module"),
+]
+
+# Tools recognised from the names they give subscription objects: name, regex over a
+# filter / consumer / timer name, what that means.
+SUBSCRIPTION_TOOLS = [
+    ("wmiexec-pro", re.compile(r"^windows-object-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I),
+     "objects named windows-object-<uuid>, as wmiexec-pro's VBScript execution names them"),
+    ("impacket wmipersist", re.compile(r"^(EF|TI)_.+"),
+     "filter EF_<name> / timer TI_<name> beside consumer <name>, as impacket's wmipersist.py names them"),
+]
+
 SUBSCRIPTION_CLASSES = {
+    "__intervaltimerinstruction": "timer",
+    "__absolutetimerinstruction": "timer",
     "__eventfilter": "filter",
     "__filtertoconsumerbinding": "binding",
     "commandlineeventconsumer": "consumer",
