@@ -566,3 +566,14 @@ def test_tool_patterns_of_event_subscriptions():
     (other,) = _findings(put("CommandLineEventConsumer", 10, Name="updater", CommandLineTemplate="calc.exe"),
                          put("__EventFilter", 12, Name="EF_other", Query="SELECT * FROM __InstanceCreationEvent"))
     assert other["tool"] is None
+
+
+def test_readme_json_line_is_what_the_command_prints(capsys):
+    readme = (tshark_util.ROOT / "README.md").read_text()
+    shown = next(line.strip() for line in readme.splitlines() if line.strip().startswith('{"@timestamp"'))
+    assert main(["report", str(PCAPS / "wmi-process-create-ntlm-signed.pcap")]) == 0
+    printed = capsys.readouterr().out.splitlines()[1]
+    expected = json.loads(shown)
+    got = json.loads(printed)
+    expected["wmi"].pop("capture"), got["wmi"].pop("capture")      # the path as the reader types it
+    assert got == expected
