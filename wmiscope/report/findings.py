@@ -563,7 +563,7 @@ def _exec_method(b: ReportBuilder, d: dict, s: dict):
         if f["decoded_command"]:
             f["techniques"].append(R.technique("T1059.001"))
             f["reasons"].append("the -enc argument decodes (Base64, UTF-16LE) to a PowerShell script")
-    elif lc in ("win32_service", "win32_terminalservice", "win32_basesevice", "win32_systemdriver") or \
+    elif lc in ("win32_service", "win32_terminalservice", "win32_baseservice", "win32_systemdriver") or \
             lc.endswith("service"):
         tid = {"create": "T1543.003", "change": "T1543.003", "startservice": "T1569.002",
                "stopservice": "T1489", "delete": "T1489"}.get(lm, "T1047")
