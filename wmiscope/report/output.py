@@ -81,7 +81,8 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress:
     from wmiscope.dissectors.records import Call, ErrorRecord
     from wmiscope.dissectors.transcript import TranscriptRenderer
 
-    from .findings import ReportBuilder, record_dict
+    from .findings import ReportBuilder
+    from .values import record_dict
 
     renderer = TranscriptRenderer(frames=True)
     b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)

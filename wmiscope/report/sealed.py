@@ -18,7 +18,7 @@ Every sealed connection is listed with its principal and the key that would open
 
 from __future__ import annotations
 
-from .findings import namespace_tail, parse_principal
+from .values import namespace_tail, parse_principal
 
 # A class definition: thousands of bytes; an error reply or a small instance: hundreds.
 CLASS_SIZED = 1000
