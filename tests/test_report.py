@@ -577,3 +577,19 @@ def test_readme_json_line_is_what_the_command_prints(capsys):
     got = json.loads(printed)
     expected["wmi"].pop("capture"), got["wmi"].pop("capture")      # the path as the reader types it
     assert got == expected
+
+
+def test_an_interrupted_live_capture_still_reports_what_it_saw():
+    from wmiscope.dissectors.capture import open_capture
+    from wmiscope.dissectors.pipeline import Analysis
+    from wmiscope.report.output import analyse_captures
+
+    def live():     # frames as a live capture yields them, then the analyst's Ctrl-C
+        for raw in open_capture(str(CAPTURES / "impacket_wmiexec.pcapng")):
+            if raw[0] > 120:
+                raise KeyboardInterrupt
+            yield raw
+
+    r = analyse_captures([("live:eth0", live()), ("never-read.pcap", "never-read.pcap")], Analysis)
+    assert [c["name"] for c in r["captures"]] == ["live:eth0"] and r["captures"][0]["interrupted"] is True
+    assert [f["rule"] for f in r["findings"]] == ["namespace-login"] + ["process-create"] * 3

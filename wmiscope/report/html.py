@@ -285,7 +285,8 @@ def _captures(r: dict) -> str:
     for c in r["captures"]:
         st = c["stats"] or {}
         errs = "; ".join(f"{e.get('stage')}: {e.get('reason')} (frame {e.get('frame')})" for e in c["errors"][:3])
-        out.append(f"<tr><td>{_e(c['name'])}</td><td>{st.get('frames')}</td><td>{st.get('calls')}</td>"
+        name = c["name"] + (" (interrupted: the report covers what was read)" if c.get("interrupted") else "")
+        out.append(f"<tr><td>{_e(name)}</td><td>{st.get('frames')}</td><td>{st.get('calls')}</td>"
                    f"<td>{c['wmi_calls']}</td><td>{st.get('errors')}</td><td>{_e(errs)}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)

@@ -52,7 +52,7 @@ def report_dict(b) -> dict:
         "report": "wmiscope forensics report", "version": REPORT_VERSION, "wmiscope": __version__,
         "generated": iso(time.time()),
         "captures": [{"name": c["name"], "stats": c["stats"], "wmi_calls": c["wmi_calls"],
-                      "errors": c["errors"]} for c in b.captures],
+                      "errors": c["errors"], "interrupted": c.get("interrupted", False)} for c in b.captures],
         "summary": {
             "wmi_calls": wmi_calls,
             "no_wmi": wmi_calls == 0,
@@ -90,11 +90,17 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress:
         analysis = make_analysis()
         b.start_capture(name)
         frames = with_progress(source, analysis, streaming=False) if progress else source
-        for rec in analysis.run(frames):
-            kind = type(rec)
-            if kind is Call:
-                b.observe(record_dict(rec), rec)
-            elif kind is ErrorRecord:
-                b.error(error_dict(rec))
+        try:
+            for rec in analysis.run(frames):
+                kind = type(rec)
+                if kind is Call:
+                    b.observe(record_dict(rec), rec)
+                elif kind is ErrorRecord:
+                    b.error(error_dict(rec))
+        except KeyboardInterrupt:
+            # Ctrl-C ends a live capture (or a long file): report what was seen so far
+            b.captures[-1]["interrupted"] = True
+            b.end_capture(analysis.stats.as_dict())
+            break
         b.end_capture(analysis.stats.as_dict())
     return b.finish()
