@@ -593,3 +593,25 @@ def test_an_interrupted_live_capture_still_reports_what_it_saw():
     r = analyse_captures([("live:eth0", live()), ("never-read.pcap", "never-read.pcap")], Analysis)
     assert [c["name"] for c in r["captures"]] == ["live:eth0"] and r["captures"][0]["interrupted"] is True
     assert [f["rule"] for f in r["findings"]] == ["namespace-login"] + ["process-create"] * 3
+
+
+def test_sealed_puts_on_root_subscription_are_likely_persistence():
+    def sealed(method, frame, req, resp):
+        d = _call(method, frame=frame, op={"id": f"op-{frame}", "kind": method,
+                                           "namespace": r"\\DC01\root\subscription", "role": "origin"})
+        d.update(encrypted=True, outcome="encrypted", decoded=None)
+        d["request"]["stub_len"], d["response"]["stub_len"] = req, resp
+        return d
+
+    login = _call("NTLMLogin", [("wszNetworkResource", r"\\DC01\root\subscription")], iface="IWbemLevel1Login",
+                  frame=4)
+    (seen, inferred) = _findings(login, *(sealed("PutInstance", f, 900, 16) for f in (10, 20, 30)))
+    assert seen["rule"] == "namespace-login"
+    assert (inferred["rule"], inferred["basis"], inferred["confidence"]) == ("sealed-event-subscription", "inferred",
+                                                                             0.8)
+    assert inferred["techniques"][0]["id"] == "T1546.003" and {10, 20, 30} <= set(inferred["frames"])
+    # the same puts on root\cimv2 say nothing about persistence
+    cimv2 = _call("NTLMLogin", [("wszNetworkResource", r"\\DC01\root\cimv2")], iface="IWbemLevel1Login", frame=4)
+    puts = [sealed("PutInstance", 10, 900, 16)]
+    puts[0]["operation"]["namespace"] = r"\\DC01\root\cimv2"
+    assert [f["rule"] for f in _findings(cimv2, *puts)] == ["namespace-login"]
