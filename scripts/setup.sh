@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything wmiscope needs on a fresh Debian machine with Python 3.11:
-# tshark (through apt, only when missing), a virtual environment in .venv with
-# wmiscope and its test dependencies. Safe to run again; quiet when all is there.
+# tshark, and Chromium with chromedriver for the HTML report's browser test (through
+# apt, only when missing), a virtual environment in .venv with wmiscope and its test
+# dependencies. Safe to run again; quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,12 @@ if ! command -v tshark >/dev/null 2>&1; then
     # wireshark-common asks whether non-root users may capture; the default (no) is fine.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
     apt_install tshark
+fi
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    # The HTML report's browser test drives Debian's Chromium headless through chromedriver.
+    echo "setup: installing chromium and chromium-driver (apt)" >&2
+    apt_install chromium chromium-driver
 fi
 
 PY=${PYTHON:-python3}

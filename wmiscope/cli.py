@@ -18,6 +18,7 @@ COMMANDS = {
     "stats": "frames, TCP flows, gaps, PDUs by type, and calls by outcome; the parts add up",
     "decode": "decode one WMI encoding (MS-WMIO object, ObjectArray, context, refresher blob) from a file",
     "transcript": "every request and response field by field, in the dialect of the MS-WMI section 4 traces",
+    "report": "forensics report: findings with MITRE ATT&CK techniques, hosts, principals and evidence frames",
 }
 
 

@@ -6,6 +6,7 @@ import sys
 
 from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source,
                      summary_line)
+from .progress import with_progress
 
 
 def add_arguments(p) -> None:
@@ -20,12 +21,13 @@ def run(args) -> int:
     from wmiscope.dissectors.pipeline import call_outcome
     from wmiscope.dissectors.records import Call, ErrorRecord
 
-    analysis = make_analysis(args, objects=args.format == "jsonl")
+    # objects are decoded for the table too: its summary column shows command lines and instances
+    analysis = make_analysis(args)
     write = sys.stdout.write
     table = args.format == "table"
     if table:
         write(_TABLE_HEAD)
-    for rec in analysis.run(open_source(args)):
+    for rec in analysis.run(with_progress(open_source(args), analysis, streaming=True)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")
@@ -40,7 +42,7 @@ def run(args) -> int:
     return 0
 
 
-_TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} state\n"
+_TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} {'state':<10} summary\n"
 
 
 def _table_row(d: dict) -> str:
@@ -55,9 +57,11 @@ def _table_row(d: dict) -> str:
         state += " (decrypted)"
     if d["fault"] is not None:
         state += f" fault 0x{d['fault']:08x}"
+    from wmiscope.report.values import call_summary
+
     ends = f"{d['client']} -> {d['server']}"
     ctx = d["ctx_id"] if d["ctx_id"] is not None else "-"
-    return f"{req:>6} {resp:>6}  {ends:<44} {d['call_id']:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state}\n"
+    return f"{req:>6} {resp:>6}  {ends:<44} {d['call_id']:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state:<10} {call_summary(d)}".rstrip() + "\n"
 
 
 def _error_line(e) -> str:

@@ -7,6 +7,7 @@ import sys
 
 
 from .output import add_source_arguments, make_analysis, open_source
+from .progress import with_progress
 
 
 def add_arguments(p) -> None:
@@ -17,7 +18,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
 
     analysis = make_analysis(args, objects=False)   # counts need no MS-WMIO objects
-    for _ in analysis.run(open_source(args)):
+    for _ in analysis.run(with_progress(open_source(args), analysis, streaming=False)):
         pass
     d = analysis.stats.as_dict()
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from .output import add_source_arguments, make_analysis, open_source, summary_line
+from .progress import with_progress
 
 
 def add_arguments(p) -> None:
@@ -29,7 +30,7 @@ def run(args) -> int:
     renderer = TranscriptRenderer(frames=args.frames, mof=args.mof, all=args.all,
                                   operations=not args.no_operations)
     write = sys.stdout.write
-    for line in renderer.render(analysis.run(open_source(args))):
+    for line in renderer.render(analysis.run(with_progress(open_source(args), analysis, streaming=True))):
         write(line + "\n")
     write(summary_line(analysis.stats))
     return 0

@@ -1,0 +1,349 @@
+"""Findings from decoded WMI calls: what happened, to whom, by whom, and the proof.
+
+The engine reads the JSON-able dicts of `calls --format jsonl` (through `record_dict`,
+the one adapter to the calls schema) in capture order and keeps:
+
+- sessions: one per DCE/RPC connection that carried WMI (login, principal, calls,
+  operations), and the hosts with the names learned for them (SetClientInfo,
+  OBJREF string bindings, the NetworkResource of NTLMLogin, the Kerberos service name);
+- findings: each a dict (see `new_finding`) with the ATT&CK technique, the decisive
+  values, the evidence frames and operation, and how it is known: `observed` (clear
+  or decrypted stubs) or `inferred` (sealed traffic, see sealed.py).
+
+What each WMI method can reveal is handlers.py; what the handlers look for (techniques,
+recon classes, tool patterns) is data in rules.py; reading values out of a call dict is
+values.py; what sealed calls still say is sealed.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from wmiscope.dissectors import interfaces as _if
+
+from . import rules as R
+from .handlers import HANDLERS, set_out
+from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
+                     is_ip, parse_principal, props, record_dict, split_endpoint)
+
+WMI_INTERFACES = frozenset(i["name"] for i in _if.INTERFACES if i["group"] == "wmi")
+
+# How sure a finding is, as the analyst reads it.
+OBSERVED = 1.0
+# Two sensors' clocks and capture points differ by this much at most for one call.
+DUPLICATE_WINDOW = 2.0
+
+
+__all__ = ["ReportBuilder", "record_dict", "call_summary"]
+
+
+class ReportBuilder:
+    """Accumulates sessions, hosts and findings over one or more captures."""
+
+    def __init__(self, *, excerpt_renderer=None):
+        self.captures: list[dict] = []
+        self.hosts: dict[str, dict] = {}
+        self.sessions: dict[str, dict] = {}
+        self.findings: list[dict] = []
+        self._by_op: dict[tuple, dict] = {}
+        self._subscriptions: dict[tuple, dict] = {}
+        self._logins: dict[tuple, dict] = {}
+        self._render = excerpt_renderer     # Call record -> transcript lines
+        self._cap = -1
+        self._capture_name = None
+
+    # capture-level -------------------------------------------------------------
+
+    def start_capture(self, name: str) -> None:
+        self._cap += 1
+        self._capture_name = name
+        self.captures.append({"name": name, "stats": None, "errors": [], "wmi_calls": 0})
+
+    def end_capture(self, stats: dict) -> None:
+        self.captures[-1]["stats"] = stats
+
+    def error(self, err: dict) -> None:
+        errs = self.captures[-1]["errors"]
+        if len(errs) < 200:
+            errs.append(err)
+
+    # per call ------------------------------------------------------------------
+
+    def observe(self, d: dict, call=None) -> None:
+        iface = d.get("interface")
+        wmi = iface in WMI_INTERFACES
+        sess = self._session(d, wmi)
+        self._learn_names(d, sess)
+        if not wmi:
+            return
+        self.captures[-1]["wmi_calls"] += 1
+        sess["wmi"] = True
+        method = d.get("method")
+        row = self._session_row(d, sess)
+        if d.get("encrypted") and not d.get("decrypted"):
+            sess["sealed_calls"].append(_sealed_view(d, sess, call))
+            return
+        handler = HANDLERS.get((iface, method))
+        made = handler(self, d, sess) if handler else None
+        made = made or []
+        op = (d.get("operation") or {})
+        if op.get("role") in ("call-result", "sink-callback") and op.get("id"):
+            target = self._by_op.get((self._cap, op["id"]))
+            if target is not None:
+                self._follow_up(target, d)
+                made.append(target)
+        code = hresult(d)
+        if (d.get("fault") is not None or failed(code)) and not made:
+            made = [self._failure(d, sess, code)]
+        for f in made:
+            self._attach(f, d, call)
+        if made:
+            row["findings"] = sorted({f["id"] for f in made})
+
+    def _attach(self, f: dict, d: dict, call) -> None:
+        key = f"{self._cap}:{d['conn']}:{d['call_id']}"
+        if key in f["_calls"]:
+            return
+        f["_calls"].append(key)
+        for half in (d.get("request"), d.get("response")):
+            if half:
+                ts = half.get("epoch")
+                if ts is not None:
+                    f["first_epoch"] = ts if f["first_epoch"] is None else min(f["first_epoch"], ts)
+                    f["last_epoch"] = ts if f["last_epoch"] is None else max(f["last_epoch"], ts)
+                lo, hi = half["frames"]
+                f["frames"].extend(range(lo, hi + 1) if hi - lo < 8 else (lo, hi))
+        f["frames"] = sorted(set(f["frames"]))
+        if self._render is not None and call is not None and len(f["excerpt"]) < 400:
+            f["excerpt"].extend(self._render(call))
+
+    # sessions and hosts --------------------------------------------------------------
+
+    def _session(self, d: dict, wmi: bool) -> dict:
+        sid = f"{self._cap}:{d['conn']}"
+        s = self.sessions.get(sid)
+        if s is None:
+            cip, cport = split_endpoint(d["client"])
+            sip, sport = split_endpoint(d["server"])
+            s = self.sessions[sid] = {
+                "id": sid, "capture": self._capture_name, "conn": d["conn"],
+                "client": {"ip": cip, "port": cport}, "server": {"ip": sip, "port": sport},
+                "first_epoch": None, "last_epoch": None, "principals": [], "auth": None,
+                "login": {}, "calls": [], "call_count": 0, "sealed": 0, "decrypted": 0,
+                "methods": Counter(), "operations": {}, "sealed_calls": [], "wmi": False,
+            }
+            for ip, role in ((cip, "client"), (sip, "server")):
+                h = self.hosts.setdefault(ip, {"ip": ip, "names": [], "roles": []})
+                if role not in h["roles"]:
+                    h["roles"].append(role)
+        for half in (d.get("request"), d.get("response")):
+            ts = half and half.get("epoch")
+            if ts is not None:
+                s["first_epoch"] = ts if s["first_epoch"] is None else min(s["first_epoch"], ts)
+                s["last_epoch"] = ts if s["last_epoch"] is None else max(s["last_epoch"], ts)
+        auth = d.get("auth")
+        if auth:
+            p = auth.get("principal")
+            if p and p not in s["principals"]:
+                s["principals"].append(p)
+            s["auth"] = {"type": auth.get("type_name"), "level": auth.get("level_name")}
+        return s
+
+    def _session_row(self, d: dict, s: dict) -> dict:
+        s["call_count"] += 1
+        s["methods"][f"{d['interface']}::{d['method']}"] += 1
+        if d.get("encrypted") or d.get("decrypted"):     # sealed on the wire, opened or not
+            s["sealed"] += 1
+        if d.get("decrypted"):
+            s["decrypted"] += 1
+        op = d.get("operation") or {}
+        if op.get("id"):
+            o = s["operations"].setdefault(op["id"], {"id": op["id"], "kind": op.get("kind"),
+                                                       "namespace": op.get("namespace"), "mode": op.get("mode"),
+                                                       "first_frame": frame_of(d, "request"), "calls": 0})
+            o["calls"] += 1
+            o["mode"] = o["mode"] or op.get("mode")
+        row = {"req": frame_of(d, "request"), "resp": frame_of(d, "response"),
+               "time": (d.get("request") or d.get("response") or {}).get("epoch"),
+               "method": f"{d['interface']}::{d['method']}", "outcome": d.get("outcome"),
+               "operation": op.get("id"), "summary": call_summary(d),
+               "stub": [(d.get("request") or {}).get("stub_len"), (d.get("response") or {}).get("stub_len")]}
+        if len(s["calls"]) < 1000:
+            s["calls"].append(row)
+        return row
+
+    def add_name(self, ip: str, name: str | None, how: str) -> None:
+        if not name or is_ip(name) or name in (".", "localhost"):
+            return
+        h = self.hosts.setdefault(ip, {"ip": ip, "names": [], "roles": []})
+        if not any(n["name"].lower() == name.lower() for n in h["names"]):
+            h["names"].append({"name": name, "source": how})
+
+    def _learn_names(self, d: dict, s: dict) -> None:
+        cip, sip = s["client"]["ip"], s["server"]["ip"]
+        method = d.get("method")
+        if method in ("SetClientInfo", "SetClientInfoEx"):
+            machine = param(d, "request", "wszClientMachine")
+            self.add_name(cip, machine, "SetClientInfo")
+            self.add_name(cip, param(d, "request", "wszClientMachineFQDN"), "SetClientInfoEx")
+            s["login"]["client_machine"] = machine
+            s["login"]["client_pid"] = param(d, "request", "lClientProcId")
+            s["login"].setdefault("frames", []).append(frame_of(d, "request"))
+        elif method == "NTLMLogin":
+            ns = param(d, "request", "wszNetworkResource")
+            self.add_name(sip, namespace_host(ns), "NTLMLogin NetworkResource")
+            s["login"]["namespace"] = ns
+            s["login"]["locale"] = param(d, "request", "wszPreferredLocale")
+            s["login"].setdefault("frames", []).append(frame_of(d, "request"))
+        auth = d.get("auth") or {}
+        pr = parse_principal(auth.get("principal"))
+        if pr and pr["kind"] == "kerberos":
+            host = pr["service"].split("@", 1)[0].split("/")[1] if "/" in pr["service"] else None
+            self.add_name(sip, host, "Kerberos service principal")
+        dec = d.get("decoded") or {}
+        for side, ip in (("response", sip), ("request", cip)):
+            for o in (dec.get(side) or {}).get("objrefs") or ():
+                for b in ((o.get("resolver") or {}).get("string_bindings") or ()):
+                    self.add_name(ip, b.get("network_addr"), "OBJREF string binding")
+
+    # findings ------------------------------------------------------------------
+
+    def new_finding(self, d: dict, s: dict, rule: str, tids: list[str], title: str, *,
+                    basis: str = "observed", confidence: float = OBSERVED, reasons=None,
+                    severity: str = "medium") -> dict:
+        op = d.get("operation") or {}
+        auth = d.get("auth") or {}
+        f = {
+            "id": None, "rule": rule, "title": title,
+            "techniques": [R.technique(t) for t in tids],
+            "first_epoch": None, "last_epoch": None,
+            "source": dict(s["client"]), "destination": dict(s["server"]),
+            "principal": parse_principal(auth.get("principal")),
+            "namespace": op.get("namespace") or s["login"].get("namespace"),
+            "client_machine": s["login"].get("client_machine"),
+            "client_pid": s["login"].get("client_pid"),
+            "wmi": {}, "command_line": None, "decoded_command": None, "tool": None,
+            "frames": [], "operation": op.get("id"), "session": s["id"], "capture": self._capture_name,
+            "basis": basis, "confidence": confidence, "reasons": list(reasons or ()),
+            "outcome": "unknown", "severity": severity, "excerpt": [], "_calls": [],
+        }
+        if basis == "observed":
+            what = "decrypted with the analyst's credentials" if d.get("decrypted") else "decoded from clear stubs"
+            f["reasons"].insert(0, what)
+        self.findings.append(f)
+        if op.get("id") and op.get("role") == "origin":
+            self._by_op[(self._cap, op["id"])] = f
+        return f
+
+    def _follow_up(self, f: dict, d: dict) -> None:
+        """A semisynchronous result or async callback completes its operation's finding."""
+        for o in objects(d, "response") + objects(d, "request"):
+            if o.get("class") == "__PARAMETERS":
+                set_out(f, props(o))
+        path = param(d, "response", "pstrResultString")
+        if path:
+            f["wmi"]["result_path"] = path
+        status = param(d, "response", "plStatus")
+        code = status.get("value") if isinstance(status, dict) else status
+        if isinstance(code, int) and failed(code & 0xFFFFFFFF):
+            f["outcome"] = "failure"
+            f["wmi"]["hresult"] = f"0x{code & 0xFFFFFFFF:08x}"
+        elif f["outcome"] == "unknown" and code == 0:
+            f["outcome"] = "success"
+
+    def _failure(self, d: dict, s: dict, code) -> dict:
+        what = f"{d['interface']}::{d['method']}"
+        if d.get("fault") is not None:
+            detail = f"DCE/RPC fault 0x{d['fault']:08x}"
+        else:
+            detail = f"HRESULT 0x{code:08x}" + (f" {hresult_name(d)}" if hresult_name(d) else "")
+        f = self.new_finding(d, s, "wmi-failure", ["T1047"], f"{what} failed: {detail}", severity="low")
+        f["outcome"] = "failure"
+        f["wmi"].update({"method": d["method"], "interface": d["interface"], "error": detail})
+        path = param(d, "request", "strObjectPath") or param(d, "request", "strQuery")
+        if path:
+            f["wmi"]["object_path"] = path
+        if code == 0x80041003 or d.get("fault") == 5:
+            f["title"] = f"{what} denied: {detail}"
+            f["severity"] = "medium"
+        return f
+
+    # finish --------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        from . import sealed
+        for s in self.sessions.values():
+            if s["sealed_calls"]:
+                sealed.infer(self, s)
+        user_of = {}
+        for s in self.sessions.values():
+            for p in s["principals"]:
+                pr = parse_principal(p)
+                if pr and pr["kind"] == "ntlm":
+                    user_of[s["id"]] = pr
+        for f in self.findings:
+            pr = f["principal"]
+            if (pr is None or pr["kind"] == "kerberos") and f["session"] in user_of:
+                user = dict(user_of[f["session"]])
+                if pr is not None:
+                    user["service"] = pr["service"]
+                    user["realm"] = pr.get("realm")
+                    f["reasons"].append(f"principal: {user['text']} authenticated (NTLM) the later calls of this "
+                                        f"connection; these calls used Kerberos to {pr['service']}")
+                f["principal"] = user
+            f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
+            f["destination"]["names"] = [n["name"] for n in
+                                         self.hosts.get(f["destination"]["ip"], {}).get("names", [])]
+        self._merge_duplicates()
+        self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
+        for i, f in enumerate(self.findings, 1):
+            f["id"] = f"F{i:03d}"
+            f.pop("_calls", None)
+            f["summary"] = summary(f)
+        return self.report()
+
+    def _merge_duplicates(self) -> None:
+        """The same finding in two captures (both sides of a connection, overlapping rolling
+        files, a file given twice) is one finding seen twice: the later copies become
+        `wmi.also_seen` entries (capture and frames) of the first."""
+        kept: dict[tuple, dict] = {}
+        out = []
+        for f in sorted(self.findings, key=lambda f: f["first_epoch"] or 0):
+            key = (f["rule"], f["title"], f["basis"], f["source"]["ip"], f["source"]["port"],
+                   f["destination"]["ip"], f["destination"]["port"])
+            first = kept.get(key)
+            if (first is not None and first["capture"] != f["capture"] and f["first_epoch"] is not None
+                    and abs(f["first_epoch"] - first["first_epoch"]) <= DUPLICATE_WINDOW):
+                first["wmi"].setdefault("also_seen", []).append({"capture": f["capture"], "frames": f["frames"],
+                                                                 "session": f["session"]})
+                first["last_epoch"] = max(first["last_epoch"] or 0, f["last_epoch"] or 0) or None
+                continue
+            kept.setdefault(key, f)
+            out.append(f)
+        self.findings = out
+
+    def report(self) -> dict:
+        from .output import report_dict
+        return report_dict(self)
+
+
+def _sealed_view(d: dict, s: dict, call) -> dict:
+    """What a sealed call still shows: the method (from the IPID), sizes, timing."""
+    op = d.get("operation") or {}
+    return {"d": d, "call": call, "method": d.get("method"), "interface": d.get("interface"),
+            "req_len": (d.get("request") or {}).get("stub_len"),
+            "resp_len": (d.get("response") or {}).get("stub_len"),
+            "time": (d.get("request") or {}).get("epoch"),
+            "namespace": op.get("namespace") or s["login"].get("namespace"), "operation": op.get("id")}
+
+
+def summary(f: dict) -> str:
+    src = _host_text(f["source"])
+    dst = _host_text(f["destination"])
+    who = (f["principal"] or {}).get("text") or "unknown principal"
+    return f"{src} -> {dst} as {who}: {f['title']}"
+
+
+def _host_text(h: dict) -> str:
+    names = h.get("names") or []
+    return f"{h['ip']} ({', '.join(names)})" if names else h["ip"]

@@ -1,0 +1,106 @@
+"""The report as one JSON document, and the run over one or more captures."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+from wmiscope import __version__
+
+REPORT_VERSION = "1.0"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def report_dict(b) -> dict:
+    from .sealed import sealed_connections
+
+    findings = []
+    for f in b.findings:
+        g = dict(f)
+        g["first_time"] = iso(f["first_epoch"])
+        g["last_time"] = iso(f["last_epoch"])
+        findings.append(g)
+    wmi_sessions = [s for s in b.sessions.values() if s["wmi"]]
+    techniques = Counter()
+    tech_names = {}
+    for f in findings:
+        for t in f["techniques"]:
+            techniques[t["id"]] += 1
+            tech_names[t["id"]] = t
+    principals = sorted({(f["principal"] or {}).get("text") for f in findings} - {None})
+    wmi_ips = {s["client"]["ip"] for s in wmi_sessions} | {s["server"]["ip"] for s in wmi_sessions}
+    hosts = [h for ip, h in sorted(b.hosts.items()) if ip in wmi_ips]
+    sessions = []
+    for s in wmi_sessions:
+        sessions.append({
+            "id": s["id"], "capture": s["capture"], "conn": s["conn"], "client": s["client"],
+            "server": s["server"], "first_time": iso(s["first_epoch"]), "last_time": iso(s["last_epoch"]),
+            "principals": s["principals"], "auth": s["auth"],
+            "login": {k: v for k, v in s["login"].items()}, "call_count": s["call_count"],
+            "sealed": s["sealed"], "decrypted": s["decrypted"], "methods": dict(s["methods"]),
+            "operations": list(s["operations"].values()),
+            "calls": [dict(r, time=iso(r["time"])) for r in s["calls"]],
+        })
+    wmi_calls = sum(c["wmi_calls"] for c in b.captures)
+    return {
+        "report": "wmiscope forensics report", "version": REPORT_VERSION, "wmiscope": __version__,
+        "generated": iso(time.time()),
+        "captures": [{"name": c["name"], "stats": c["stats"], "wmi_calls": c["wmi_calls"],
+                      "errors": c["errors"], "interrupted": c.get("interrupted", False)} for c in b.captures],
+        "summary": {
+            "wmi_calls": wmi_calls,
+            "no_wmi": wmi_calls == 0,
+            "findings": len(findings),
+            "by_basis": dict(Counter(f["basis"] for f in findings)),
+            "by_severity": dict(Counter(f["severity"] for f in findings)),
+            "techniques": [dict(tech_names[t], count=n) for t, n in techniques.most_common()],
+            "hosts": len(hosts), "principals": principals, "sessions": len(sessions),
+            "errors": sum((c["stats"] or {}).get("errors", 0) for c in b.captures),
+            "first_time": iso(min((f["first_epoch"] for f in findings if f["first_epoch"]), default=None)),
+            "last_time": iso(max((f["last_epoch"] for f in findings if f["last_epoch"]), default=None)),
+        },
+        "hosts": hosts,
+        "sessions": sessions,
+        "sealed_connections": sealed_connections(b),
+        "findings": findings,
+    }
+
+
+def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress: bool = False) -> dict:
+    """Each capture through its own pipeline, joined in one ReportBuilder (hosts by IP,
+    principals by name; sessions stay per capture). When capture sets land (issue 13),
+    this is the one function to replace with a single merged run."""
+    from wmiscope.commands.output import error_dict
+    from wmiscope.commands.progress import with_progress
+    from wmiscope.dissectors.records import Call, ErrorRecord
+    from wmiscope.dissectors.transcript import TranscriptRenderer
+
+    from .findings import ReportBuilder
+    from .values import record_dict
+
+    renderer = TranscriptRenderer(frames=True)
+    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)
+    for name, source in sources:
+        analysis = make_analysis()
+        b.start_capture(name)
+        frames = with_progress(source, analysis, streaming=False) if progress else source
+        try:
+            for rec in analysis.run(frames):
+                kind = type(rec)
+                if kind is Call:
+                    b.observe(record_dict(rec), rec)
+                elif kind is ErrorRecord:
+                    b.error(error_dict(rec))
+        except KeyboardInterrupt:
+            # Ctrl-C ends a live capture (or a long file): report what was seen so far
+            b.captures[-1]["interrupted"] = True
+            b.end_capture(analysis.stats.as_dict())
+            break
+        b.end_capture(analysis.stats.as_dict())
+    return b.finish()
