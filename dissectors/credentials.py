@@ -161,6 +161,8 @@ class Credentials:
             entries = parse_keytab(data)
         except DecodeError as exc:
             raise CredentialsError(f"{path}: {exc}") from None
+        if not entries:
+            raise CredentialsError(f"{path}: a keytab with no key in it")
         for e in entries:
             self._keys.append(_ServiceKey(e.realm, tuple(e.components), e.kvno, e.key))
         return len(entries)

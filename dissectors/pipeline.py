@@ -226,11 +226,10 @@ class Analysis:
         """source: a capture file's path, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
-        capture_errors: list[ErrorRecord] = []
         reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
-            source = open_capture(source, errors=capture_errors.append)
+            source = open_capture(source)
         for frame, ts, linktype, data in source:
             stats.frames += 1
             seg = tcp_segment(linktype, data)
@@ -242,7 +241,7 @@ class Analysis:
                 yield from _drain(out)
         reassembler.finish()
         stats.tcp = dict(reassembler.stats)
-        for err in capture_errors:
+        for err in getattr(source, "errors", ()):    # a capture file's located records
             self.emit(err)
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
         # at close, so this is a safety net that keeps the counts adding up).

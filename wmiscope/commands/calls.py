@@ -23,11 +23,12 @@ def run(args) -> int:
 
     # objects are decoded for the table too: its summary column shows command lines and instances
     analysis = make_analysis(args)
+    source = open_source(args)      # refused here, before the table's head is written
     write = sys.stdout.write
     table = args.format == "table"
     if table:
         write(_TABLE_HEAD)
-    for rec in analysis.run(with_progress(open_source(args), analysis, streaming=True)):
+    for rec in analysis.run(with_progress(source, analysis, streaming=True)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")

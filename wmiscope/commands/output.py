@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from datetime import datetime, timezone
 
 import orjson
 
+from wmiscope.cli import InputError, UsageError
 from wmiscope.dissectors.transcript import auth_level_name, auth_type_name
 
 
 def iso(ts: float | None) -> str | None:
+    """UTC ISO 8601 text of an epoch time; None for none, and for a time no calendar
+    date can show (before year 1 or after 9999: a hostile capture's, kept as "epoch")."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def endpoint(ep) -> str:
@@ -113,7 +122,7 @@ def add_source_arguments(p) -> None:
     p.add_argument("capture", nargs="?", help="pcap or pcapng file (gzip-compressed is fine)")
     p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
-    p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+    p.add_argument("-c", "--count", type=_positive, help="stop a live capture after this many frames")
     add_credential_arguments(p)
 
 
@@ -136,23 +145,36 @@ def add_credential_arguments(p) -> None:
                         "'key PRINCIPAL ETYPE HEX [KVNO]', 'keytab PATH'")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of frames (1 or more), not {text!r}")
+    return value
+
+
 def credentials_from_args(args):
     """The Credentials the options name, or None when none were given (a bad file ends the run)."""
     from wmiscope.dissectors.credentials import Credentials, CredentialsError
 
     cred = Credentials()
     user = getattr(args, "user", None)
-    try:
+    try:        # secrets typed on the command line: a mistake there is a usage error
         for pw in getattr(args, "password", None) or ():
             cred.add_password(user, pw)
         for h in getattr(args, "nt_hash", None) or ():
             cred.add_nt_hash(user, h)
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
+    try:        # files that cannot be read or are not what they must be
         for path in getattr(args, "keytab", None) or ():
             cred.add_keytab(path)
         for path in getattr(args, "credentials", None) or ():
             cred.load(path)
     except CredentialsError as exc:
-        raise SystemExit(f"wmiscope: {exc}") from None
+        raise InputError(str(exc)) from None
     return cred or None
 
 
@@ -164,10 +186,89 @@ def make_analysis(args, **kwargs):
 
 
 def open_source(args):
-    """The capture file, or a live capture; exactly one must be named."""
+    """The frames to analyse: the capture file opened (so a file that cannot be read
+    or is no capture is refused before anything is written), or a live capture
+    started (so a missing interface or missing rights are, too). Exactly one of the
+    two must be named."""
     if bool(args.capture) == bool(args.interface):
-        raise SystemExit("wmiscope: name a CAPTURE file or a live --interface (one of the two)")
+        raise UsageError("name a CAPTURE file or a live --interface (one of the two)")
     if args.interface:
-        from wmiscope.dissectors.capture import live_capture
-        return live_capture(args.interface, args.filter, args.count)
-    return args.capture
+        frames = _open_live(args.interface, args.filter, args.count)
+        try:    # someone watching a live capture sees each record as it is decoded
+            sys.stdout.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
+        return frames
+    from wmiscope.dissectors.capture import CaptureFormatError, open_capture
+
+    path = args.capture
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not a capture file")
+    try:
+        return open_capture(path)
+    except CaptureFormatError as e:
+        raise InputError(str(e)) from None
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror or e}") from None
+
+
+def _open_live(interface: str, bpf: str, count: int | None):
+    import socket
+
+    from wmiscope.dissectors.capture import live_capture
+
+    try:
+        socket.if_nametoindex(interface)
+    except OSError:
+        raise UsageError(f"no network interface named {interface!r} (see `ip link`)") from None
+    try:
+        frames = live_capture(interface, bpf, count)
+    except PermissionError:
+        raise InputError(f"no permission to capture on {interface} (run as root, or grant CAP_NET_RAW)") from None
+    except OSError as e:
+        raise InputError(f"cannot capture on {interface}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - scapy reports a bad BPF filter or interface its own ways
+        raise UsageError(f"cannot capture on {interface} with filter {bpf!r}: {e}") from None
+    return _until_interrupted(frames)
+
+
+def _until_interrupted(frames):
+    """A live capture's frames until Ctrl-C, which ends it as its end would: the
+    pipeline then flushes what it holds and the command prints its summary (exit 0,
+    as tshark does). SIGINT interrupts only the wait for the next frame; arriving
+    while a frame is being analysed, it lets that frame finish first."""
+    import signal
+
+    state = {"waiting": False, "stop": False}
+
+    def on_sigint(signum, stack):
+        state["stop"] = True
+        if state["waiting"]:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:          # not the main thread: Ctrl-C keeps its usual meaning
+        previous = None
+    return _frames_until(iter(frames), state, previous)
+
+
+def _frames_until(it, state: dict, previous):
+    import signal
+
+    try:
+        while not state["stop"]:
+            state["waiting"] = True
+            try:
+                frame = next(it)
+            except (StopIteration, KeyboardInterrupt):
+                return
+            finally:
+                state["waiting"] = False
+            yield frame
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

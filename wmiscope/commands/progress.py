@@ -62,3 +62,5 @@ def _metered(source, analysis, progress: Progress):
             yield raw
     finally:
         progress.done()
+    for err in getattr(source, "errors", ()):    # an opened capture file's own records (damage, clamped times)
+        analysis.emit(err)

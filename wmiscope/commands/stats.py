@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-
 from .output import add_source_arguments, make_analysis, open_source
 from .progress import with_progress
 
@@ -16,7 +15,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-
     analysis = make_analysis(args, objects=False)   # counts need no MS-WMIO objects
     for _ in analysis.run(with_progress(open_source(args), analysis, streaming=False)):
         pass

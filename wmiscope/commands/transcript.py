@@ -27,10 +27,11 @@ def run(args) -> int:
     from wmiscope.dissectors.transcript import TranscriptRenderer
 
     analysis = make_analysis(args, want_pdus=args.all)
+    source = open_source(args)
     renderer = TranscriptRenderer(frames=args.frames, mof=args.mof, all=args.all,
                                   operations=not args.no_operations)
     write = sys.stdout.write
-    for line in renderer.render(analysis.run(with_progress(open_source(args), analysis, streaming=True))):
+    for line in renderer.render(analysis.run(with_progress(source, analysis, streaming=True))):
         write(line + "\n")
     write(summary_line(analysis.stats))
     return 0
