@@ -492,7 +492,7 @@ def test_damaged_files_never_raise(sample, flips, cut):
     except CaptureFormatError:
         return
     frames = list(reader)
-    assert len(frames) <= 7 and len(reader.errors) <= 1
+    assert len(frames) <= 7 and len(reader.errors) <= 2     # a damaged block, clamped timestamps
     for _, ts, lt, frame in frames:
         tcp_segment(lt, frame)          # never raises
 
