@@ -86,16 +86,33 @@ def call_outcome(call: Call) -> str:
     return "decoded"
 
 
-class _Detector:
-    """Stands in for a connection's handler until its bytes show DCE/RPC.
+# What other protocols that run beside WMI put at the start of a segment: a
+# connection showing one of them is not DCE/RPC, whatever its payload carries
+# (SMB2 writes and reads to named pipes hold whole DCE/RPC PDUs, for one).
+_NOT_RPC = re.compile(
+    rb"\x00[\x00-\xff]{3}[\xfe\xff\xfd]SMB"       # SMB1/2/3 over the NetBIOS session service (139, 445)
+    rb"|(?:GET|POST|PUT|HEAD|OPTIONS|DELETE|CONNECT|PATCH|RPC_IN_DATA|RPC_OUT_DATA) |HTTP/1\."   # HTTP
+    rb"|[\x14-\x17]\x03[\x00-\x04]"                # a TLS record (HTTPS, LDAPS, RDP with TLS ...)
+    rb"|\x03\x00[\x00-\xff]{2}[\x02-\xff][\xe0\xd0\xf0]"   # TPKT + X.224 (RDP)
+    rb"|\x00\x00[\x00-\xff]{2}[\x6a\x6b\x6c\x6d\x6e\x6f\x75\x76\x7e]"  # Kerberos over TCP: length, then KDC/AP message
+    rb"|\x30[\x84\x82\x81][\x00-\xff]{1,4}\x02[\x01-\x04]",   # LDAP: a BER SEQUENCE starting with its messageID
+    re.S)
 
-    Non-RPC flows (SMB, HTTP, LDAP ...) are then dropped at the cost of one
-    method call per segment instead of filling the error log; RPC flows seen
-    from their middle are handed over with every buffered byte, so the DCE/RPC
-    layer reports the resynchronisation itself.
+
+class _Detector:
+    """Stands in for a connection's handler until its bytes show whether it is DCE/RPC.
+
+    A connection is DCE/RPC or it is not: decided once, from the starts of its
+    segments (where a sender's messages begin), never from a header-like run of
+    octets inside another protocol's payload. Non-RPC flows (SMB, HTTP, RDP,
+    LDAP, Kerberos ...) are then dropped at the cost of one method call per
+    segment and report nothing; their TCP gaps are counted in the stats but not
+    reported as anomalies. RPC flows seen from their middle are handed over with
+    every buffered byte (and gap), so the DCE/RPC layer reports the
+    resynchronisation itself.
     """
 
-    __slots__ = ("conn", "analysis", "chunks", "size", "handler", "from_start")
+    __slots__ = ("conn", "analysis", "chunks", "size", "handler", "from_start", "gaps")
 
     def __init__(self, conn, analysis: "Analysis"):
         self.conn = conn
@@ -103,6 +120,7 @@ class _Detector:
         self.chunks: list | None = []
         self.size = 0
         self.handler = None
+        self.gaps: list = []        # gap records held until the connection is known to be DCE/RPC
         # True while the bytes seen are known to start at the connection's first byte.
         self.from_start = conn.client_known_by == "syn"
         analysis.stats.tcp_flows += 1
@@ -127,29 +145,35 @@ class _Detector:
                 self._become_rpc()
             else:
                 self._not_rpc()
-        elif _RPC_HEADER.search(data[:DETECT_LIMIT]) is not None:
-            # Seen from its middle: the next PDU boundary can be anywhere.
+        elif _NOT_RPC.match(data) is not None:
+            self._not_rpc()
+        elif _RPC_HEADER.match(data) is not None and _plausible_frag_len(data):
+            # Seen from its middle: a PDU starts where a segment does.
             self._become_rpc()
         elif self.size > DETECT_LIMIT:
             self._not_rpc()
 
     def _not_rpc(self) -> None:
         self.chunks = None
+        self.gaps = []
         self.analysis.stats.other_flows += 1
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         analysis = self.analysis
         analysis.stats.gaps += 1
         analysis.stats.gap_bytes += missing or 0
+        if self.handler is None and self.chunks is None:
+            return                  # not DCE/RPC: counted, not reported
         # A gap is reported where it is found, so the analyst sees why the calls
         # around it are incomplete.
         side = "client->server" if direction == 0 else "server->client"
         size = f"{missing} bytes" if missing is not None else "an unknown number of bytes"
-        analysis.emit(ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}",
-                                  frame=frame, conn=self.conn.index))
+        rec = ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}", frame=frame, conn=self.conn.index)
         if self.handler is not None:
+            analysis.emit(rec)
             self.handler.on_gap(direction, missing, frame)
         else:
+            self.gaps.append(rec)
             self.from_start = False     # what follows a hole can start anywhere in a PDU
 
     def on_close(self, frame: int) -> None:
@@ -159,11 +183,25 @@ class _Detector:
             self._not_rpc()
 
     def _become_rpc(self) -> None:
-        self.analysis.stats.rpc_flows += 1
-        self.handler = DceRpcConnection(self.conn, self.analysis.emit, auth=self.analysis.auth_contexts(self.conn))
+        analysis = self.analysis
+        analysis.stats.rpc_flows += 1
+        self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn))
         chunks, self.chunks = self.chunks, None
+        gaps, self.gaps = self.gaps, []
+        for rec in gaps:
+            analysis.emit(rec)
         for direction, data, frame, ts in chunks:
             self.handler.on_data(direction, data, frame, ts)
+
+
+def _plausible_frag_len(data: bytes) -> bool:
+    """A common header's frag_len and auth_len agree with each other (MS-RPCE 2.2.2.1)."""
+    if len(data) < 12:
+        return True
+    big = not data[4] & 0x10
+    frag_len = int.from_bytes(data[8:10], "big" if big else "little")
+    auth_len = int.from_bytes(data[10:12], "big" if big else "little")
+    return frag_len >= 16 + auth_len
 
 
 class Analysis:
