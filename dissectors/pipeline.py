@@ -16,12 +16,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from wmiscope.spec.anomalies import BY_NAME, SEVERITIES
+
 from .auth import AuthContexts
 from .capture import open_capture, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
 from .dcom import DcomDecoder, IpidRegistry
 from .operations import Operations
-from .records import Call, ErrorRecord, Pdu
+from .records import Call, ErrorRecord, Pdu, is_error
 from .tcp import TcpReassembler
 from .wmi import WmiDecoder
 
@@ -34,6 +36,14 @@ _RPC_HEADER = re.compile(rb"\x05[\x00\x01][\x00-\x13][\x00-\xff][\x00\x10]\x00\x
 DETECT_LIMIT = 64 * 1024
 
 PDU_OUTCOMES = ("decoded", "encrypted", "unknown_interface", "malformed")
+
+# A flood of one anomaly kind on one connection (a hostile stream can make one per
+# segment) is shown this many times, then only counted; one `analysis.suppressed`
+# record per (connection, kind) says how many were held back.
+FLOOD_LIMIT = 50
+# The (connection, kind) counts behind that are bounded too: past this many keys the
+# summaries so far are emitted and the counts start again.
+FLOOD_KEYS_MAX = 1 << 16
 _CALL_PTYPES = frozenset((0, 2, 3))    # request, response, fault: PDUs that belong to a call
 
 
@@ -53,6 +63,8 @@ class Stats:
     calls_by_outcome: Counter = field(default_factory=Counter)
     errors: int = 0
     errors_by_stage: Counter = field(default_factory=Counter)
+    anomalies: Counter = field(default_factory=Counter)     # by catalog kind: every record, in calls too
+    suppressed: int = 0             # records of a flood counted here but not shown
     tcp: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -71,13 +83,18 @@ class Stats:
             "calls_by_outcome": {k: self.calls_by_outcome.get(k, 0) for k in PDU_OUTCOMES},
             "errors": self.errors,
             "errors_by_stage": dict(self.errors_by_stage),
+            "anomalies_by_kind": dict(sorted(self.anomalies.items())),
+            "anomalies_by_severity": {sev: sum(n for k, n in self.anomalies.items() if BY_NAME[k].severity == sev)
+                                      for sev in SEVERITIES},
+            "suppressed": self.suppressed,
             "tcp": self.tcp,
         }
 
 
 def call_outcome(call: Call) -> str:
-    """One outcome per call, the most serious first, so the four counts add up."""
-    if call.errors:
+    """One outcome per call, the most serious first, so the four counts add up. Only an
+    anomaly of severity error makes a call malformed; warnings and notes ride along."""
+    if call.errors and any(is_error(e) for e in call.errors):
         return "malformed"
     if call.req_encrypted or call.resp_encrypted:
         return "encrypted"
@@ -224,6 +241,7 @@ class Analysis:
         self.wmi = WmiDecoder(self.operations, objects=objects)
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
+        self._flood: dict[tuple[int, str], int] = {}
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""
@@ -250,15 +268,34 @@ class Analysis:
             self.wmi.decode_call(rec)
             self.operations.observe(rec)
             outcome = call_outcome(rec)
+            for e in rec.errors:
+                stats.anomalies[e.kind] += 1
             stats.calls += 1
             stats.calls_by_outcome[outcome] += 1
             # The PDUs (fragments) that made up this call share its outcome.
             stats.pdus_by_outcome[outcome] += self._call_pdus.pop((rec.conn, rec.call_id), 0)
             self._out.append(rec)
         elif kind is ErrorRecord:
+            stats.anomalies[rec.kind] += 1
+            if rec.conn is not None:
+                key = (rec.conn, rec.kind)
+                n = self._flood[key] = self._flood.get(key, 0) + 1
+                if n > FLOOD_LIMIT:
+                    stats.suppressed += 1
+                    if len(self._flood) > FLOOD_KEYS_MAX:
+                        self._flush_floods()
+                    return
             stats.errors += 1
             stats.errors_by_stage[rec.stage] += 1
             self._out.append(rec)
+
+    def _flush_floods(self) -> None:
+        """One record per flood: how many of its kind on its connection were not shown."""
+        floods, self._flood = self._flood, {}
+        for (conn, kind), n in floods.items():
+            if n > FLOOD_LIMIT:
+                self.emit(ErrorRecord("analysis", f"{n - FLOOD_LIMIT} more '{kind}' records on this connection "
+                                      f"were counted, not shown", conn=conn, kind="analysis.suppressed"))
 
     def run(self, source) -> Iterator[object]:
         """source: a capture file's path, or any iterable of RawFrames (live_capture)."""
@@ -279,6 +316,7 @@ class Analysis:
                 yield from _drain(out)
         reassembler.finish()
         stats.tcp = dict(reassembler.stats)
+        self._flush_floods()
         for err in getattr(source, "errors", ()):    # a capture file's located records
             self.emit(err)
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls

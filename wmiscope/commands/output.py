@@ -37,7 +37,7 @@ def summary_line(stats) -> str:
 
 
 def error_dict(err) -> dict:
-    d = {"stage": err.stage, "reason": err.reason}
+    d = {"stage": err.stage, "kind": err.kind, "severity": err.severity, "reason": err.reason}
     for k in ("frame", "conn", "structure", "offset"):
         v = getattr(err, k)
         if v is not None:

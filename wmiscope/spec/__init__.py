@@ -1,0 +1,1 @@
+"""Plain data read off the specifications (interfaces, constants, the anomaly catalog); imports nothing of ours."""
