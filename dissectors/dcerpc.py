@@ -9,7 +9,9 @@ One `DceRpcConnection` per TCP connection receives in-order bytes per direction
 every `Call` (a request paired with its response or fault, fragments reassembled)
 and `ErrorRecord`s for whatever could not be decoded. A bad header or a TCP gap
 makes it hunt for the next plausible header; memory is bounded (one PDU of at most
-65535 octets per direction, `max_call_bytes` per reassembled stub, `max_open_calls`).
+65535 octets per direction, `max_call_bytes` per reassembled stub, `max_open_calls`,
+and `max_held_bytes` of stubs held by open calls in all, shared by the connections
+that are given the same `held` cell: an Analysis gives one to all of its connections).
 """
 
 from __future__ import annotations
@@ -380,7 +382,8 @@ class DceRpcConnection:
     """
 
     def __init__(self, conn, emit: Callable[[object], None], *, auth: AuthContexts | None = None,
-                 max_call_bytes: int = 16 << 20, max_open_calls: int = 1024):
+                 max_call_bytes: int = 16 << 20, max_open_calls: int = 1024,
+                 max_held_bytes: int = 128 << 20, held: list | None = None):
         self.conn = conn
         self.index = getattr(conn, "index", -1)
         self.client = tuple(getattr(conn, "client", ("", 0)))
@@ -389,6 +392,8 @@ class DceRpcConnection:
         self.auth = auth if auth is not None else AuthContexts()
         self.max_call_bytes = max_call_bytes
         self.max_open_calls = max_open_calls
+        self.max_held_bytes = max_held_bytes
+        self._held = held if held is not None else [0]        # stub octets held by open calls
         self.contexts: dict[int, PresentationContext] = {}   # p_cont_id -> context with the server's result
         self.assoc_group: int | None = None
         self.bind_time_features: int | None = None           # negotiated bitmask (MS-RPCE 2.2.2.14)
@@ -729,6 +734,7 @@ class DceRpcConnection:
                     self._finish(st, None)
                     st = None
                 else:
+                    self._release(st.resp)
                     st.resp = None
         if st is None:
             st = self._new_call(pdu)
@@ -762,16 +768,21 @@ class DceRpcConnection:
         if sealed:
             half.sealed = True
         elif not half.dropped:
-            if half.size > self.max_call_bytes:
+            held = self._held
+            if half.size > self.max_call_bytes or held[0] + n > self.max_held_bytes:
+                what = (f"exceeds {self.max_call_bytes} octets" if half.size > self.max_call_bytes else
+                        f"would take the octets held by open calls past {self.max_held_bytes}")
+                self._release(half)
                 half.dropped = True
-                half.data = None
                 self.stats["dropped_calls"] += 1
                 st.call.errors.append(self._error(
-                    f"{'request' if is_req else 'response'} stub of call_id {pdu.call_id} exceeds "
-                    f"{self.max_call_bytes} octets: its data is dropped", pdu.frame, "call", None))
+                    f"{'request' if is_req else 'response'} stub of call_id {pdu.call_id} {what}: "
+                    f"its data is dropped", pdu.frame, "call", None))
             elif half.data is None:
+                held[0] += n
                 half.data = pdu.stub
             elif n:
+                held[0] += n
                 if isinstance(half.data, bytes):
                     half.data = bytearray(half.data)
                 half.data += pdu.stub
@@ -792,6 +803,7 @@ class DceRpcConnection:
         half.ts = pdu.ts
         half.data = pdu.stub
         half.size = len(pdu.stub)
+        self._held[0] += half.size
         st.resp = half
         self._finish(st, pdu.status)
 
@@ -805,6 +817,7 @@ class DceRpcConnection:
             stub = None
             if not half.sealed and not half.dropped:
                 stub = bytes(half.data) if half.data is not None else b""
+            self._release(half)
             if not half.done:
                 call.errors.append(ErrorRecord(
                     "dcerpc", f"{'request' if is_req else 'response'} incomplete: last fragment never seen "
@@ -825,6 +838,12 @@ class DceRpcConnection:
                 call.resp_verified = half.verified
         self.stats["calls"] += 1
         self.emit(call)
+
+    def _release(self, half: _Half) -> None:
+        """Give back the octets a half's stub held (once)."""
+        if half.data is not None:
+            self._held[0] -= len(half.data)
+            half.data = None
 
     def _error(self, reason: str, frame: int | None, structure: str | None, offset: int | None) -> ErrorRecord:
         rec = ErrorRecord("dcerpc", reason, frame, self.index, structure, offset)

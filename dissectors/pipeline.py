@@ -32,8 +32,11 @@ from .wmi import WmiDecoder
 # big-endian integers / ASCII / IEEE floats, then two zero octets.
 _RPC_HEADER = re.compile(rb"\x05[\x00\x01][\x00-\x13][\x00-\xff][\x00\x10]\x00\x00\x00", re.S)
 
-# How much of a connection we look at before deciding it is not DCE/RPC.
+# How much of a connection we look at before deciding it is not DCE/RPC, and how
+# much all undecided connections may hold together (past it, a connection still
+# undecided is taken for what most traffic is: not DCE/RPC).
 DETECT_LIMIT = 64 * 1024
+UNDECIDED_BUDGET = 16 << 20
 
 PDU_OUTCOMES = ("decoded", "encrypted", "unknown_interface", "malformed")
 
@@ -151,7 +154,11 @@ class _Detector:
             return
         chunks.append((direction, data, frame, ts))
         self.size += len(data)
-        if self.from_start:
+        analysis = self.analysis
+        analysis._undecided += len(data)
+        if analysis._undecided > UNDECIDED_BUDGET:
+            self._not_rpc()
+        elif self.from_start:
             # Seen from its handshake, a DCE/RPC connection starts with a header at
             # its very first byte (the client's bind); anything else (SMB, LDAP ...)
             # is not ours, however much a stray run of its bytes looks like one.
@@ -171,6 +178,7 @@ class _Detector:
             self._not_rpc()
 
     def _not_rpc(self) -> None:
+        self.analysis._undecided -= self.size
         self.chunks = None
         self.gaps = []
         self.analysis.stats.other_flows += 1
@@ -201,8 +209,10 @@ class _Detector:
 
     def _become_rpc(self) -> None:
         analysis = self.analysis
+        analysis._undecided -= self.size
         analysis.stats.rpc_flows += 1
-        self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn))
+        self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn),
+                                        held=analysis._rpc_held)
         chunks, self.chunks = self.chunks, None
         gaps, self.gaps = self.gaps, []
         for rec in gaps:
@@ -242,6 +252,8 @@ class Analysis:
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
         self._flood: dict[tuple[int, str], int] = {}
+        self._undecided = 0             # octets held by connections not yet known to be DCE/RPC or not
+        self._rpc_held = [0]            # stub octets held by open calls, over all connections
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""

@@ -69,7 +69,7 @@ def tcp_records_to_frames(data: bytes):
     while pos + _SEG.size <= len(data) and len(frames) < 4096:
         flags, which, seq, ack, n = _SEG.unpack_from(data, pos)
         pos += _SEG.size
-        payload = data[pos:pos + n]
+        payload = data[pos:pos + min(n, 65495)]       # what an IPv4 packet can carry
         pos += n
         (cip, cport) = _CLIENTS[(which >> 1) & 3]
         (sip, sport), (dip, dport) = ((cip, cport), _SERVER) if which & 1 == 0 else (_SERVER, (cip, cport))
@@ -282,7 +282,7 @@ def _seed_tcp() -> list[bytes]:
             which = cid[0] << 1 | ((seg.src, seg.sport) != cid[1])
             parts.append(_SEG.pack(seg.flags & 0x3F, which, seg.seq, seg.ack, len(seg.payload[:65535]))
                          + seg.payload[:65535])
-            if len(parts) >= 200:
+            if len(parts) >= 40:
                 break
         out.append(b"".join(parts))
     return out
@@ -309,7 +309,7 @@ def _seed_dcerpc() -> list[bytes]:
             direction = int((seg.src, seg.sport) != first[0])
             first[1].append(bytes([direction]) + len(seg.payload[:65535]).to_bytes(2, "little")
                             + seg.payload[:65535])
-        out += [b"".join(chunks[:100]) for _, chunks in streams.values()]
+        out += [b"".join(chunks[:30]) for _, chunks in streams.values()]
     return out
 
 
