@@ -21,7 +21,7 @@ from tshark_util import PCAPS
 from wmiscope.cli import main
 
 SAMPLE = str(PCAPS / "wmi-process-create.pcap")
-COMMANDS = ("calls", "stats", "transcript")
+COMMANDS = ("calls", "stats", "transcript", "report")
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ def add_source_arguments(p) -> None:
     p.add_argument("capture", nargs="?", help="pcap or pcapng file (gzip-compressed is fine)")
     p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
-    p.add_argument("-c", "--count", type=_positive, help="stop a live capture after this many frames")
+    p.add_argument("-c", "--count", type=positive_count, help="stop a live capture after this many frames")
     add_credential_arguments(p)
 
 
@@ -145,7 +145,7 @@ def add_credential_arguments(p) -> None:
                         "'key PRINCIPAL ETYPE HEX [KVNO]', 'keytab PATH'")
 
 
-def _positive(text: str) -> int:
+def positive_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -193,15 +193,19 @@ def open_source(args):
     if bool(args.capture) == bool(args.interface):
         raise UsageError("name a CAPTURE file or a live --interface (one of the two)")
     if args.interface:
-        frames = _open_live(args.interface, args.filter, args.count)
+        frames = open_live(args.interface, args.filter, args.count)
         try:    # someone watching a live capture sees each record as it is decoded
             sys.stdout.reconfigure(line_buffering=True)
         except (AttributeError, ValueError):
             pass
         return frames
+    return open_capture_file(args.capture)
+
+
+def open_capture_file(path: str):
+    """A capture file opened for reading, or the one-line InputError saying why not."""
     from wmiscope.dissectors.capture import CaptureFormatError, open_capture
 
-    path = args.capture
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a capture file")
     try:
@@ -212,7 +216,7 @@ def open_source(args):
         raise InputError(f"{path}: {e.strerror or e}") from None
 
 
-def _open_live(interface: str, bpf: str, count: int | None):
+def open_live(interface: str, bpf: str, count: int | None):
     import socket
 
     from wmiscope.dissectors.capture import live_capture

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sys
 
-from .output import add_credential_arguments, dumps, make_analysis
+from wmiscope.cli import InputError, UsageError
+
+from .output import positive_count, add_credential_arguments, dumps, make_analysis, open_capture_file, open_live
 
 
 def add_arguments(p) -> None:
     p.add_argument("captures", nargs="*", metavar="CAPTURE", help="pcap or pcapng files (one report for all)")
     p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
-    p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+    p.add_argument("-c", "--count", type=positive_count, help="stop a live capture after this many frames")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
     p.add_argument("--format", choices=("html", "json", "jsonl"),
                    help="html: one self-contained page; json: the whole report; jsonl: one ECS finding per line "
@@ -29,25 +31,25 @@ def run(args) -> int:
     from wmiscope.report.output import analyse_captures
 
     if bool(args.captures) == bool(args.interface):
-        raise SystemExit("wmiscope: name CAPTURE file(s) or a live --interface (one of the two)")
+        raise UsageError("name CAPTURE file(s) or a live --interface (one of the two)")
     fmt = args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
+    make_analysis(args)     # a bad credentials file or keytab is said before anything is read
     if args.interface:
-        from wmiscope.dissectors.capture import live_capture
-        sources = [(f"live:{args.interface}", live_capture(args.interface, args.filter, args.count))]
-    else:
-        sources = [(path, path) for path in args.captures]
+        sources = [(f"live:{args.interface}", open_live(args.interface, args.filter, args.count))]
+    else:   # every file opened first: one that cannot be read is said before a long run
+        sources = [(path, open_capture_file(path)) for path in args.captures]
 
     out = None
     if args.output:
         try:        # before the analysis: a wrong path is said at once, not after a long run
             out = open(args.output, "w", encoding="utf-8")
         except OSError as e:
-            raise SystemExit(f"wmiscope report: {args.output}: {e.strerror}") from None
+            raise InputError(f"{args.output}: {e.strerror}") from None
     try:
         report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=True)
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
-        raise SystemExit(f"wmiscope report: {where}") from None
+        raise InputError(where) from None
     text = render(report, fmt)
     if out is not None:
         with out:
