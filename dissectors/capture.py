@@ -264,13 +264,13 @@ class CaptureReader:
             if self.compressed:
                 # Located in the file as it is on disk: the compressed octets.
                 offset, reason = self._gzip_input.damage(exc)
-                self._fail(frame, offset, "gzip stream", reason)
+                self._fail(frame, offset, "gzip stream", reason, kind="capture.gzip_damaged")
             else:
-                self._fail(frame, self._offset, "file", f"read failed: {exc}")
+                self._fail(frame, self._offset, "file", f"read failed: {exc}", kind="capture.read_failed")
             return None
 
-    def _fail(self, frame: int, offset: int, structure: str, reason: str) -> None:
-        rec = ErrorRecord(stage="capture", reason=reason, frame=frame, structure=structure, offset=offset)
+    def _fail(self, frame: int, offset: int, structure: str, reason: str, kind: str = "capture.corrupt_record") -> None:
+        rec = ErrorRecord(stage="capture", reason=reason, frame=frame, structure=structure, offset=offset, kind=kind)
         self.errors.append(rec)
         if self._callback is not None:
             self._callback(rec)
@@ -288,7 +288,7 @@ class CaptureReader:
         more = self._read(max(CHUNK, missing), frame)
         if not more:
             if more is not None and pos < len(buf):
-                self._fail(frame, self._offset + pos, structure, cut_short)
+                self._fail(frame, self._offset + pos, structure, cut_short, kind="capture.truncated")
             return None
         self._offset += pos
         return buf[pos:] + more
@@ -304,7 +304,7 @@ class CaptureReader:
         bo, scale, hdrlen = _PCAP_MAGICS[magic]
         header = _PCAP_FILE_HEADER[bo]
         if len(buf) < header.size:
-            self._fail(1, 0, "pcap file header", "file ends inside the 24-octet file header")
+            self._fail(1, 0, "pcap file header", "file ends inside the 24-octet file header", kind="capture.truncated")
             self._finish(0)
             return
         _, major, minor, _, _, snaplen, network = header.unpack_from(buf)
@@ -453,7 +453,8 @@ class CaptureReader:
         rec = self._ts_record
         if rec is None:
             self._fail(frame, offset, "pcapng Enhanced Packet Block",
-                       f"timestamp {ts:.6g} s (from if_tsresol/if_tsoffset) is outside 1970..9999: clamped")
+                       f"timestamp {ts:.6g} s (from if_tsresol/if_tsoffset) is outside 1970..9999: clamped",
+                       kind="capture.timestamp_out_of_range")
             self._ts_record = rec = self.errors[-1]
             self._ts_clamped = 0
         self._ts_clamped += 1

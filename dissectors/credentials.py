@@ -343,7 +343,8 @@ class ConnectionKeys:
         else:
             reason = (f"cannot verify the signatures of auth context {ctx.ctx_id}: {why}; "
                       f"its signed stubs are decoded unverified")
-        self.emit(ErrorRecord("auth", reason, ctx.frame, self.conn, "auth_value"))
+        self.emit(ErrorRecord("auth", reason, ctx.frame, self.conn, "auth_value",
+                              kind="auth.cannot_decrypt" if sealed else "auth.cannot_verify"))
 
     def _establish(self, ctx: AuthContext, sealed: bool = True):
         tokens = [(t.direction, inner_token(t.token)) for t in ctx.tokens if t.error is None]
@@ -406,7 +407,7 @@ class ConnectionKeys:
             why = ("carries a MIC that does not verify (MS-NLMP 3.1.5.1.2): the NEGOTIATE, CHALLENGE "
                    "or AUTHENTICATE message was altered on the way, e.g. by an NTLM relay")
         self.emit(ErrorRecord("auth", f"auth context {ctx.ctx_id}: the AUTHENTICATE message of {who} {why}",
-                              frame, self.conn, "AUTHENTICATE_MESSAGE.MIC"))
+                              frame, self.conn, "AUTHENTICATE_MESSAGE.MIC", kind="auth.mic_invalid"))
 
     def _kerberos(self, tokens, ap_req: KerberosApReq) -> KerberosDceSecurity:
         ap_rep = next((tok for d, tok in tokens if d == 1 and isinstance(tok, KerberosApRep)), None)

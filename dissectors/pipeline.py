@@ -193,7 +193,8 @@ class _Detector:
         # around it are incomplete.
         side = "client->server" if direction == 0 else "server->client"
         size = f"{missing} bytes" if missing is not None else "an unknown number of bytes"
-        rec = ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}", frame=frame, conn=self.conn.index)
+        rec = ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}", frame=frame, conn=self.conn.index,
+                          kind="tcp.gap")
         if self.handler is not None:
             analysis.emit(rec)
             self.handler.on_gap(direction, missing, frame)

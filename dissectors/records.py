@@ -145,7 +145,7 @@ def guarded(stage: str, decode, call: Call) -> None:
         decode(call)
     except Exception as e:  # noqa: BLE001 - that is the point
         call.errors.append(ErrorRecord(stage=stage, reason=f"internal error: {type(e).__name__}: {e}",
-                                       frame=call_frame(call, 0), conn=call.conn))
+                                       frame=call_frame(call, 0), conn=call.conn, kind=f"{stage}.internal_error"))
 
 
 def is_error(rec: ErrorRecord) -> bool:

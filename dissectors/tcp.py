@@ -369,7 +369,8 @@ class TcpReassembler:
     def _conflict(self, h: _Half, frame: int, n: int) -> None:
         self._c["overlap_conflicts"] += 1
         self._error(f"{n} retransmitted octets differ from the first-seen ones "
-                    f"(direction {h.direction}); the first-seen bytes are kept", frame, h.conn)
+                    f"(direction {h.direction}); the first-seen bytes are kept", frame, h.conn,
+                    kind="tcp.retransmission_conflict")
 
     def _buffer(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
         """Keeps the parts of [start, start+len) not yet buffered (first-seen bytes win)."""
@@ -535,7 +536,7 @@ class TcpReassembler:
             handler = self._factory(rec)
         except Exception as exc:  # noqa: BLE001
             handler = NullHandler()
-            self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index)
+            self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index, kind="tcp.internal_error")
         conn = _Conn(rec, handler)
         conn.tentative = tentative
         on_data = handler.on_data
@@ -617,14 +618,14 @@ class TcpReassembler:
             self._error(f"more than {self.max_connections} live connections: connection "
                         f"{conn.rec.index} evicted (idle since frame "
                         f"{max(conn.halves[0].last_frame, conn.halves[1].last_frame)})",
-                        frame, conn.rec.index)
+                        frame, conn.rec.index, kind="tcp.connection_evicted")
             self._close(conn, frame, "evicted", remember=False)
 
     # -- errors -------------------------------------------------------------------------
 
-    def _error(self, reason: str, frame: int, conn) -> None:
+    def _error(self, reason: str, frame: int, conn, kind: str = "tcp.other") -> None:
         index = conn.rec.index if isinstance(conn, _Conn) else conn
-        rec = ErrorRecord(stage="tcp", reason=reason, frame=frame, conn=index)
+        rec = ErrorRecord(stage="tcp", reason=reason, frame=frame, conn=index, kind=kind)
         self._c["errors"] += 1
         if self._errors is not None:
             self._errors(rec)
@@ -633,7 +634,7 @@ class TcpReassembler:
 
     def _handler_failed(self, conn: _Conn, exc: Exception, frame: int) -> None:
         self._c["handler_errors"] += 1
-        self._error(f"stream handler raised {_describe(exc)}", frame, conn)
+        self._error(f"stream handler raised {_describe(exc)}", frame, conn, kind="tcp.internal_error")
 
 
 def _start(entry) -> int:

@@ -1204,7 +1204,7 @@ class WmiDecoder:
             for e in out.errors:
                 call.errors.append(ErrorRecord(stage="wmi", reason=e.reason, frame=frame, conn=call.conn,
                                                structure=e.structure, offset=e.offset,
-                                               kind=getattr(e, "kind", None)))
+                                               kind=getattr(e, "kind", "wmi.stub_malformed")))
 
 
 # ---------------------------------------------------------------------------------------
