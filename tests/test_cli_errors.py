@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from test_capture import loopback_exchange
 from tshark_util import PCAPS
 from wmiscope.cli import main
 
@@ -149,12 +150,7 @@ def test_ctrl_c_on_a_live_capture_flushes_and_summarises():
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(p, lambda: _packet_sockets(p.pid), "the capture starts")
-        c = socket.create_connection(("127.0.0.1", port))
-        s, _ = srv.accept()
-        c.sendall(b"ping")
-        assert s.recv(4) == b"ping"
-        c.close()
-        s.close()
+        loopback_exchange(srv, port)
         _wait(p, lambda: _packet_sockets(p.pid) == [0], "the capture has read every frame")
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)
