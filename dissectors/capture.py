@@ -589,7 +589,7 @@ _RAW_IP = frozenset((101, 12, 14))
 # (src, dst) text for the eight (IPv4) or 32 (IPv6) address octets: a capture has
 # few hosts, so after warm-up an address pair costs one dict lookup.
 _pairs: dict[bytes, tuple[str, str]] = {}
-_PAIR_CACHE_MAX = 1 << 16
+_PAIR_CACHE_MAX = 1 << 13
 
 
 def _pair(key: bytes) -> tuple[str, str]:

@@ -184,7 +184,7 @@ class TcpReassembler:
                  max_pending_bytes: int = 4 << 20,
                  errors: Callable[[ErrorRecord], None] | None = None,
                  max_connections: int = 10000,
-                 closed_memory: int = 65536,
+                 closed_memory: int = 8192,
                  max_total_pending_bytes: int = 64 << 20):
         self._factory = handler_factory
         self.max_pending_bytes = max_pending_bytes
