@@ -233,7 +233,11 @@ def open_live(interface: str, bpf: str, count: int | None):
         raise InputError(f"cannot capture on {interface}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - scapy reports a bad BPF filter or interface its own ways
         raise UsageError(f"cannot capture on {interface} with filter {bpf!r}: {e}") from None
-    return _until_interrupted(frames)
+    frames = _until_interrupted(frames)
+    # As tshark does: the analyst (and a script driving us) knows when capture has begun.
+    sys.stderr.write(f"wmiscope: capturing on {interface} (filter: {bpf}); Ctrl-C stops\n")
+    sys.stderr.flush()
+    return frames
 
 
 def _until_interrupted(frames):
