@@ -34,6 +34,7 @@ so that the rest of a refused datagram is dropped quietly instead of restarting 
 
 from __future__ import annotations
 
+import zlib
 from typing import Callable
 
 from .records import ErrorRecord
@@ -58,7 +59,7 @@ TIMEOUT_V6 = 60.0
 
 
 class _Datagram:
-    __slots__ = ("key", "first_frame", "deadline", "parts", "end", "size", "got")
+    __slots__ = ("key", "first_frame", "deadline", "parts", "end", "size", "got", "seen")
 
     def __init__(self, key, frame: int, deadline: float):
         self.key = key
@@ -68,6 +69,7 @@ class _Datagram:
         self.end: int | None = None                 # payload length, known from the last fragment
         self.size = 0                               # octets held
         self.got = 0                                # fragments held
+        self.seen: list[tuple[int, int]] = []       # (offset, crc32) of each fragment taken
 
 
 class FragmentReassembler:
@@ -82,6 +84,10 @@ class FragmentReassembler:
         self.max_discarded = max_discarded
         self._pending: dict[tuple, _Datagram] = {}     # insertion order = age
         self._discarded: dict[tuple, float] = {}       # key -> until (capture time)
+        # Datagrams just completed: key -> (until, {(offset, crc32) of each fragment}),
+        # so that a duplicate fragment arriving after the datagram closed (mirrored
+        # traffic, retransmitted by a sensor) is dropped instead of opening a new one.
+        self._done: dict[tuple, tuple[float, frozenset]] = {}
         self._bytes = 0
         self.stats = {"fragments": 0, "reassembled": 0, "duplicates": 0, "dropped_fragments": 0}
 
@@ -95,11 +101,19 @@ class FragmentReassembler:
         counts towards the 65,535-octet limit (IPv6's payload length excludes its header).
         """
         self.stats["fragments"] += 1
-        if self._pending or self._discarded:
+        if self._pending or self._discarded or self._done:
             self._expire(ts, frame)
         if key in self._discarded:
             self.stats["dropped_fragments"] += 1
             return None
+        done = self._done.get(key)
+        if done is not None:
+            if (offset, zlib.crc32(payload)) in done[1]:
+                self.stats["duplicates"] += 1
+                return None
+            # Not a copy of the closed datagram: a new one reusing its identification
+            # (a TCP retransmission sent again with the same IP id, an id wrapped round).
+            del self._done[key]
         length = len(payload)
         stop = offset + length
         if header_len + stop > MAX_DATAGRAM:
@@ -122,8 +136,11 @@ class FragmentReassembler:
         elif dg.end is not None and stop > dg.end:
             return self._refuse(key, ts, frame, v6, "ip.frag_inconsistent_end",
                                 f"fragment ends at {stop}, past the datagram's end {dg.end}")
-        if self._place(dg, offset, payload, frame, v6) is None:
+        placed = self._place(dg, offset, payload, frame, v6)
+        if placed is None:
             return None
+        if placed:
+            dg.seen.append((offset, zlib.crc32(payload)))
         if dg.got > self.max_fragments:
             return self._refuse(key, ts, frame, v6, "ip.frag_too_many",
                                 f"more than {self.max_fragments} fragments")
@@ -140,6 +157,9 @@ class FragmentReassembler:
         del self._pending[key]
         self._bytes -= dg.size
         self.stats["reassembled"] += 1
+        if len(self._done) >= self.max_discarded:
+            self._done.pop(next(iter(self._done)))
+        self._done[key] = (dg.deadline, frozenset(dg.seen))
         return b"".join(p for _, p in dg.parts)
 
     def finish(self, frame: int | None = None) -> None:
@@ -148,6 +168,7 @@ class FragmentReassembler:
             self._report(dg.first_frame, "ip.frag_incomplete", self._describe(dg) + " at the end of the capture")
         self._pending.clear()
         self._discarded.clear()
+        self._done.clear()
         self._bytes = 0
 
     @property
@@ -161,7 +182,8 @@ class FragmentReassembler:
     # -- inside -----------------------------------------------------------------
 
     def _place(self, dg: _Datagram, offset: int, payload: bytes, frame: int, v6: bool) -> bool | None:
-        """Puts the octets of [offset, offset+len) not yet held into dg; None if dg was refused."""
+        """Puts the octets of [offset, offset+len) not yet held into dg: True when some were
+        new, False for a duplicate, None when dg was refused (IPv6 overlap)."""
         stop = offset + len(payload)
         parts = dg.parts
         new: list[tuple[int, bytes]] = []
@@ -173,7 +195,7 @@ class FragmentReassembler:
                 continue
             if o == offset and e == stop and p == payload:
                 self.stats["duplicates"] += 1
-                return True
+                return False
             if v6:
                 self._refuse(dg.key, dg.deadline - TIMEOUT_V6, frame, True, "ip.frag_overlap_dropped",
                              f"fragment [{offset}, {stop}) overlaps [{o}, {e}); datagram discarded")
@@ -198,7 +220,7 @@ class FragmentReassembler:
             new.append((pos, payload[pos - offset:]))
         if not new:
             self.stats["duplicates"] += 1
-            return True
+            return False
         parts.extend(new)
         parts.sort(key=_first)
         added = sum(len(p) for _, p in new)
@@ -236,6 +258,12 @@ class FragmentReassembler:
             if until >= ts:
                 break
             del discarded[key]
+        done = self._done
+        while done:
+            key, (until, _) = next(iter(done.items()))
+            if until >= ts:
+                break
+            del done[key]
 
     def _evict_oldest(self, frame: int, what: str, limit: int) -> None:
         dg = self._pending.pop(next(iter(self._pending)))
