@@ -587,23 +587,28 @@ def open_sources(sources, errors: Callable[[ErrorRecord], None] | None = None) -
     return CaptureSet(expand_sources(sources), errors)
 
 
-def live_capture(interface: str, bpf: str = "tcp", count: int | None = None) -> Iterator[RawFrame]:
+def live_capture(interface: str, bpf: str = "tcp", count: int | None = None, *, timeout: float | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[RawFrame]:
     """Frames captured live on ``interface`` through scapy's level-2 listening socket.
 
     The kernel applies ``bpf``; nothing is dissected by scapy: the raw bytes are
     yielded with the link type of the interface, numbered from 1. The socket is
     opened by this call (so capture starts now, and missing privileges raise
     PermissionError here, not at the first frame). Stops after ``count`` frames if
-    given; closing the iterator closes the socket.
+    given, or once ``should_stop()`` says so (asked at least every ``timeout``
+    seconds while no packet comes); closing the iterator closes the socket.
+    (dissectors/live.py chooses between this and dumpcap.)
     """
     from scapy.config import conf
     import scapy.layers.l2  # noqa: F401  (registers the link types of conf.l2types)
 
     sock = conf.L2listen(iface=interface, filter=bpf)
-    return _live_frames(sock, conf, count)
+    if timeout is not None and hasattr(sock, "ins"):
+        sock.ins.settimeout(timeout)
+    return _live_frames(sock, conf, count, should_stop)
 
 
-def _live_frames(sock, conf, count: int | None) -> Iterator[RawFrame]:
+def _live_frames(sock, conf, count: int | None, should_stop=None) -> Iterator[RawFrame]:
     linktype = conf.l2types.layer2num.get(getattr(sock, "LL", None), 1)
     # On Linux, scapy's own receive routine also hands back the packet-socket address,
     # whose packet type lets us drop the outgoing copy the loopback device shows of
@@ -617,8 +622,13 @@ def _live_frames(sock, conf, count: int | None) -> Iterator[RawFrame]:
     frame = 0
     try:
         while count is None or frame < count:
+            if should_stop is not None and should_stop():
+                break
             if receive is not None:
-                data, sa_ll, ts = receive(ins, 65535)
+                try:
+                    data, sa_ll, ts = receive(ins, 65535)
+                except TimeoutError:
+                    continue
                 if loopback and sa_ll[2] == _PACKET_OUTGOING:
                     continue
             else:
