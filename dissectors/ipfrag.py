@@ -20,10 +20,12 @@ What the RFCs ask, and what is done:
 * A datagram that would exceed 65,535 octets (offset + length) is discarded
   (``ip.frag_too_big``); an IPv6 non-final fragment whose length is not a multiple
   of 8 is discarded (RFC 8200 4.5, ``ip.frag_bad_length``).
-* Timeouts are in capture time: RFC 8200 gives 60 s from the first fragment; RFC 791
-  leaves it to the implementation (15 s lower bound), Linux and Wireshark-era
-  sensors use 30 s. An expired datagram is reported (``ip.frag_timeout``) and
-  dropped; one still open when the capture ends is reported as ``ip.frag_incomplete``.
+* Timeouts are in capture time, 60 s from the first fragment: RFC 8200's value, and
+  within RFC 791's (a timer of at least 15 s, raised to each fragment's TTL, up to
+  255 s). One value for both versions keeps the pending datagrams in deadline order,
+  so expiry is a look at the oldest. An expired datagram is reported
+  (``ip.frag_timeout``) and dropped; one still open when the capture ends is reported
+  as ``ip.frag_incomplete``.
 
 Memory: at most ``max_datagrams`` datagrams pending, ``max_fragments`` fragments in
 one datagram and ``max_bytes`` octets over all of them; beyond a limit the oldest
@@ -54,8 +56,10 @@ ANOMALIES = {
 # ---------------------------------------------------------------------------------------
 
 MAX_DATAGRAM = 65535
-TIMEOUT_V4 = 30.0
-TIMEOUT_V6 = 60.0
+TIMEOUT = 60.0
+# A completed datagram is remembered (to drop late copies of its fragments) only
+# when it had at most this many fragments: memory stays at max_discarded * this.
+_REMEMBER_FRAGMENTS = 64
 
 
 class _Datagram:
@@ -76,7 +80,7 @@ class FragmentReassembler:
     """Pending IPv4/IPv6 datagrams of one analysis; see the module docstring."""
 
     def __init__(self, errors: Callable[[ErrorRecord], None] | None = None, *, max_datagrams: int = 4096,
-                 max_fragments: int = 1024, max_bytes: int = 64 << 20, max_discarded: int = 4096):
+                 max_fragments: int = 1024, max_bytes: int = 64 << 20, max_discarded: int = 1024):
         self._errors = errors
         self.max_datagrams = max_datagrams
         self.max_fragments = max_fragments
@@ -126,7 +130,7 @@ class FragmentReassembler:
         if dg is None:
             if len(self._pending) >= self.max_datagrams:
                 self._evict_oldest(frame, "pending datagrams", self.max_datagrams)
-            dg = _Datagram(key, frame, ts + (TIMEOUT_V6 if v6 else TIMEOUT_V4))
+            dg = _Datagram(key, frame, ts + TIMEOUT)
             self._pending[key] = dg
         if not more:
             if dg.end is not None and dg.end != stop or any(o + len(p) > stop for o, p in dg.parts):
@@ -157,9 +161,10 @@ class FragmentReassembler:
         del self._pending[key]
         self._bytes -= dg.size
         self.stats["reassembled"] += 1
-        if len(self._done) >= self.max_discarded:
-            self._done.pop(next(iter(self._done)))
-        self._done[key] = (dg.deadline, frozenset(dg.seen))
+        if len(dg.seen) <= _REMEMBER_FRAGMENTS:
+            if len(self._done) >= self.max_discarded:
+                self._done.pop(next(iter(self._done)))
+            self._done[key] = (dg.deadline, frozenset(dg.seen))
         return b"".join(p for _, p in dg.parts)
 
     def finish(self, frame: int | None = None) -> None:
@@ -197,7 +202,7 @@ class FragmentReassembler:
                 self.stats["duplicates"] += 1
                 return False
             if v6:
-                self._refuse(dg.key, dg.deadline - TIMEOUT_V6, frame, True, "ip.frag_overlap_dropped",
+                self._refuse(dg.key, dg.deadline - TIMEOUT, frame, True, "ip.frag_overlap_dropped",
                              f"fragment [{offset}, {stop}) overlaps [{o}, {e}); datagram discarded")
                 return None
             lo, hi = max(o, offset), min(e, stop)
@@ -233,10 +238,10 @@ class FragmentReassembler:
         dg = self._pending.pop(key, None)
         if dg is not None:
             self._bytes -= dg.size
-            ts = min(ts, dg.deadline - (TIMEOUT_V6 if v6 else TIMEOUT_V4))
+            ts = min(ts, dg.deadline - TIMEOUT)
         if len(self._discarded) >= self.max_discarded:
             self._discarded.pop(next(iter(self._discarded)))
-        self._discarded[key] = ts + (TIMEOUT_V6 if v6 else TIMEOUT_V4)
+        self._discarded[key] = ts + TIMEOUT
         self.stats["dropped_fragments"] += 1 + (dg.got if dg is not None else 0)
         self._report(frame, kind, reason)
         return None

@@ -72,13 +72,14 @@ def test_too_big_bad_length_and_inconsistent_end():
 def test_timeouts_in_capture_time():
     r, errors = collect()
     r.add(KEY4, False, 1, 100.0, 0, True, b"x" * 8, 20)
-    r.add(KEY6, True, 2, 100.0, 0, True, b"x" * 8, 0)
-    r.add((4, A + B, 6, 1), False, 3, 131.0, 0, True, b"x" * 8, 20)          # IPv4's 30 s passed
+    r.add(KEY6, True, 2, 130.0, 0, True, b"x" * 8, 0)
+    r.add((4, A + B, 6, 1), False, 3, 161.0, 0, True, b"x" * 8, 20)          # the first one's 60 s passed
     assert kinds(errors) == ["ip.frag_timeout"] and errors[0].frame == 1
-    r.add((4, A + B, 6, 2), False, 4, 162.0, 0, True, b"x" * 8, 20)          # IPv6's 60 s passed, and the third's 30
-    assert kinds(errors) == ["ip.frag_timeout"] * 3
+    assert r.add(KEY4, False, 4, 161.0, 8, False, b"y" * 8, 20) is None      # its rest starts afresh
+    r.add((4, A + B, 6, 2), False, 5, 191.0, 0, True, b"x" * 8, 20)
+    assert kinds(errors) == ["ip.frag_timeout"] * 2 and errors[1].frame == 2
     r.finish()
-    assert kinds(errors)[-1] == "ip.frag_incomplete" and r.pending == 0
+    assert kinds(errors)[2:] == ["ip.frag_incomplete"] * 3 and r.pending == 0
 
 
 def test_thousands_of_never_completed_datagrams_stay_bounded():
