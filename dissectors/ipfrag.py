@@ -47,7 +47,8 @@ ANOMALIES = {
     "ip.frag_overlap_dropped": ("warning", "IPv6 fragments overlap: the whole datagram is discarded (RFC 5722)"),
     "ip.frag_too_big": ("warning", "fragment would make the datagram exceed 65,535 octets; datagram discarded"),
     "ip.frag_bad_length": ("warning", "IPv6 non-final fragment length is not a multiple of 8; datagram discarded"),
-    "ip.frag_inconsistent_end": ("warning", "fragments disagree on where the datagram ends; datagram discarded"),
+    "ip.frag_inconsistent_end": ("warning", "a fragment disagrees with those held on where the datagram ends; "
+                                            "those held are discarded, the fragment starts a new datagram"),
     "ip.frag_too_many": ("warning", "more fragments than the per-datagram limit; datagram discarded"),
     "ip.frag_pending_limit": ("note", "too many datagrams (or octets) pending reassembly; the oldest discarded"),
     "ip.frag_timeout": ("note", "datagram not completed within the reassembly timeout; discarded"),
@@ -57,9 +58,9 @@ ANOMALIES = {
 
 MAX_DATAGRAM = 65535
 TIMEOUT = 60.0
-# A completed datagram is remembered (to drop late copies of its fragments) only
-# when it had at most this many fragments: memory stays at max_discarded * this.
-_REMEMBER_FRAGMENTS = 64
+# Completed datagrams are remembered (to drop late copies of their fragments) up to
+# this many fragments over all of them; the oldest are forgotten first.
+_REMEMBER_FRAGMENTS = 65536
 
 
 class _Datagram:
@@ -92,6 +93,7 @@ class FragmentReassembler:
         # so that a duplicate fragment arriving after the datagram closed (mirrored
         # traffic, retransmitted by a sensor) is dropped instead of opening a new one.
         self._done: dict[tuple, tuple[float, frozenset]] = {}
+        self._done_fragments = 0
         self._bytes = 0
         self.stats = {"fragments": 0, "reassembled": 0, "duplicates": 0, "dropped_fragments": 0}
 
@@ -117,7 +119,7 @@ class FragmentReassembler:
                 return None
             # Not a copy of the closed datagram: a new one reusing its identification
             # (a TCP retransmission sent again with the same IP id, an id wrapped round).
-            del self._done[key]
+            self._forget(key)
         length = len(payload)
         stop = offset + length
         if header_len + stop > MAX_DATAGRAM:
@@ -132,14 +134,19 @@ class FragmentReassembler:
                 self._evict_oldest(frame, "pending datagrams", self.max_datagrams)
             dg = _Datagram(key, frame, ts + TIMEOUT)
             self._pending[key] = dg
+        if (dg.end is not None and (stop > dg.end or not more and stop != dg.end)
+                or not more and dg.parts and dg.parts[-1][0] + len(dg.parts[-1][1]) > stop):
+            # The fragments held and this one cannot be one datagram. The identification
+            # was reused (a capturing host's segmentation offload repeats it, an id wraps
+            # round): what is held is dropped, this fragment starts the datagram anew.
+            self._report(frame, "ip.frag_inconsistent_end",
+                         f"fragment [{offset}, {stop}){'' if more else ' (last)'} does not fit "
+                         + self._describe(dg) + "; those discarded")
+            self._drop(dg)
+            dg = _Datagram(key, frame, ts + TIMEOUT)
+            self._pending[key] = dg
         if not more:
-            if dg.end is not None and dg.end != stop or any(o + len(p) > stop for o, p in dg.parts):
-                return self._refuse(key, ts, frame, v6, "ip.frag_inconsistent_end",
-                                    f"last fragment ends at {stop}, other fragments disagree")
             dg.end = stop
-        elif dg.end is not None and stop > dg.end:
-            return self._refuse(key, ts, frame, v6, "ip.frag_inconsistent_end",
-                                f"fragment ends at {stop}, past the datagram's end {dg.end}")
         placed = self._place(dg, offset, payload, frame, v6)
         if placed is None:
             return None
@@ -161,10 +168,10 @@ class FragmentReassembler:
         del self._pending[key]
         self._bytes -= dg.size
         self.stats["reassembled"] += 1
-        if len(dg.seen) <= _REMEMBER_FRAGMENTS:
-            if len(self._done) >= self.max_discarded:
-                self._done.pop(next(iter(self._done)))
-            self._done[key] = (dg.deadline, frozenset(dg.seen))
+        self._done[key] = (dg.deadline, frozenset(dg.seen))
+        self._done_fragments += len(dg.seen)
+        while self._done_fragments > _REMEMBER_FRAGMENTS or len(self._done) > self.max_discarded:
+            self._forget(next(iter(self._done)))
         return b"".join(p for _, p in dg.parts)
 
     def finish(self, frame: int | None = None) -> None:
@@ -174,6 +181,7 @@ class FragmentReassembler:
         self._pending.clear()
         self._discarded.clear()
         self._done.clear()
+        self._done_fragments = 0
         self._bytes = 0
 
     @property
@@ -234,15 +242,23 @@ class FragmentReassembler:
         self._bytes += added
         return True
 
+    def _forget(self, key) -> None:
+        self._done_fragments -= len(self._done.pop(key)[1])
+
+    def _drop(self, dg: _Datagram) -> None:
+        del self._pending[dg.key]
+        self._bytes -= dg.size
+        self.stats["dropped_fragments"] += dg.got
+
     def _refuse(self, key, ts: float, frame: int, v6: bool, kind: str, reason: str) -> None:
-        dg = self._pending.pop(key, None)
+        dg = self._pending.get(key)
         if dg is not None:
-            self._bytes -= dg.size
+            self._drop(dg)
             ts = min(ts, dg.deadline - TIMEOUT)
         if len(self._discarded) >= self.max_discarded:
             self._discarded.pop(next(iter(self._discarded)))
         self._discarded[key] = ts + TIMEOUT
-        self.stats["dropped_fragments"] += 1 + (dg.got if dg is not None else 0)
+        self.stats["dropped_fragments"] += 1
         self._report(frame, kind, reason)
         return None
 
@@ -252,9 +268,7 @@ class FragmentReassembler:
             dg = next(iter(pending.values()))
             if dg.deadline >= ts:
                 break
-            del pending[dg.key]
-            self._bytes -= dg.size
-            self.stats["dropped_fragments"] += dg.got
+            self._drop(dg)
             self._report(dg.first_frame, "ip.frag_timeout",
                          self._describe(dg) + f", timed out by frame {frame}")
         discarded = self._discarded
@@ -268,12 +282,11 @@ class FragmentReassembler:
             key, (until, _) = next(iter(done.items()))
             if until >= ts:
                 break
-            del done[key]
+            self._forget(key)
 
     def _evict_oldest(self, frame: int, what: str, limit: int) -> None:
-        dg = self._pending.pop(next(iter(self._pending)))
-        self._bytes -= dg.size
-        self.stats["dropped_fragments"] += dg.got
+        dg = next(iter(self._pending.values()))
+        self._drop(dg)
         self._report(dg.first_frame, "ip.frag_pending_limit",
                      f"{what} over the limit of {limit} at frame {frame}: " + self._describe(dg) + " discarded")
 
