@@ -164,6 +164,8 @@ class _Detector:
 
     def _become_rpc(self) -> None:
         self.analysis.stats.rpc_flows += 1
+        if self.conn.tunnel is not None:      # its calls will name the tunnel (sensor, VNI ...)
+            self.analysis._tunnels[self.conn.index] = self.conn.tunnel
         self.handler = DceRpcConnection(self.conn, self.analysis.emit, auth=self.analysis.auth_contexts(self.conn))
         chunks, self.chunks = self.chunks, None
         for direction, data, frame, ts in chunks:
@@ -237,7 +239,7 @@ class Analysis:
         a `CaptureSet`, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
-        reassembler = TcpReassembler(self._handler_for, errors=self.emit)
+        reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
             source = open_sources([source])
@@ -268,11 +270,6 @@ class Analysis:
         stats.pdus_by_outcome["malformed"] += sum(self._call_pdus.values())
         self._call_pdus.clear()
         yield from _drain(out)
-
-    def _handler_for(self, conn):
-        if conn.tunnel is not None:
-            self._tunnels[conn.index] = conn.tunnel
-        return _Detector(conn, self)
 
     def _place(self, rec) -> None:
         """Names the file (capture sets) and the tunnel (sensors) a record came from."""
