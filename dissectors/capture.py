@@ -800,6 +800,10 @@ def _ip_payload(proto: int, data: bytes, p: int, end: int, addrs: bytes, ctx: De
     if proto == 6:
         return _tcp(data, p, end, addrs, ctx)
     if proto == 17:
+        # Most UDP is DNS, NetBIOS, LDAP pings ...: one port lookup before any tunnel work.
+        if p + 4 > end or _U16.unpack_from(data, p + 2)[0] not in _encap.UDP_TUNNEL_PORTS:
+            counters["not_tcp"] += 1
+            return None
         found = _tunnel(ctx, addrs, _encap.udp(data, p, end))
     elif proto == 47:
         found = _tunnel(ctx, addrs, _encap.gre(data, p, end))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["MAX_DEPTH", "VXLAN_PORTS", "GENEVE_PORT", "udp", "gre", "mpls"]
+__all__ = ["MAX_DEPTH", "VXLAN_PORTS", "GENEVE_PORT", "UDP_TUNNEL_PORTS", "udp", "gre", "mpls"]
 
 # Tunnels inside tunnels deeper than this are refused: a crafted packet could
 # otherwise nest until the frame ends, at Python's cost per layer.
@@ -38,6 +38,7 @@ MAX_DEPTH = 8
 
 VXLAN_PORTS = frozenset((4789, 8472))
 GENEVE_PORT = 6081
+UDP_TUNNEL_PORTS = VXLAN_PORTS | {GENEVE_PORT}
 
 _ETHER_TYPES = {0x6558: "ether", 0x0800: "ipv4", 0x86DD: "ipv6", 0x8847: "mpls", 0x8848: "mpls"}
 _U16 = struct.Struct("!H")
