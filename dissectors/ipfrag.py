@@ -199,6 +199,21 @@ class FragmentReassembler:
         new, False for a duplicate, None when dg was refused (IPv6 overlap)."""
         stop = offset + len(payload)
         parts = dg.parts
+        # The usual arrivals, in order or in reverse order, touch no held octet.
+        if not parts or offset >= parts[-1][0] + len(parts[-1][1]):
+            parts.append((offset, payload))
+        elif stop <= parts[0][0]:
+            parts.insert(0, (offset, payload))
+        else:
+            return self._place_between(dg, offset, stop, payload, frame, v6)
+        dg.size += len(payload)
+        dg.got += 1
+        self._bytes += len(payload)
+        return True
+
+    def _place_between(self, dg: _Datagram, offset: int, stop: int, payload: bytes, frame: int,
+                       v6: bool) -> bool | None:
+        parts = dg.parts
         new: list[tuple[int, bytes]] = []
         pos = offset
         conflict = False
