@@ -133,7 +133,12 @@ class _DumpcapCapture(LiveCapture):
             # Reads the section and interface headers: dumpcap writes them once capturing
             # has begun, or exits with its reason (no rights, no such interface).
             self._reader = open_capture(stream)
-        except Exception:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):     # Ctrl-C before the first packet: stop dumpcap too
+                self._proc.kill()
+                self._proc.wait()
+                self._close_out()
+                raise
             self._proc.wait()
             self._stderr_thread.join(1)
             self._close_out()

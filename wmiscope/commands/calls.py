@@ -25,9 +25,10 @@ def run(args) -> int:
     analysis = make_analysis(args)
     write = sys.stdout.write
     table = args.format == "table"
+    source = open_source(args)          # a bad name ends the run before any output
     if table:
         write(_TABLE_HEAD)
-    for rec in analysis.run(with_progress(open_source(args), analysis, streaming=True)):
+    for rec in analysis.run(with_progress(source, analysis, streaming=True)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")

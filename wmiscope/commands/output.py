@@ -196,8 +196,10 @@ def open_source(args):
     from wmiscope.dissectors.capture import CaptureFormatError, open_sources
     try:
         return open_sources(args.capture)
-    except (CaptureFormatError, OSError) as exc:
+    except CaptureFormatError as exc:
         raise SystemExit(f"wmiscope: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"wmiscope: {exc.filename or ''}: {exc.strerror or exc}") from None
 
 
 def autostop_duration(conditions) -> float | None:
