@@ -766,7 +766,7 @@ def _tunnel(ctx: Decapsulation, addrs: bytes, found) -> tuple | None:
         counters["not_tcp"] += 1
         return None
     inner, off, layer = found
-    if addrs:
+    if len(addrs) == 8 or len(addrs) == 32:     # not a header cut short by the frame's end
         pair = _pairs.get(addrs) or _pair(addrs)
         layer["src"], layer["dst"] = pair
     if ctx.layers is None:
@@ -989,6 +989,6 @@ def tcp_segment(linktype: int, data: bytes, ctx: Decapsulation | None = None, fr
             return None
         counters["unsupported_linktype"] += 1
         return None
-    except (struct.error, IndexError):
+    except (struct.error, IndexError, ValueError):     # ValueError: an address cut short
         counters["malformed"] += 1
         return None

@@ -15,6 +15,8 @@ import ipaddress
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tshark_util import CAPTURES, PCAPS, have_tshark
 from wmiscope.commands.output import call_dict
@@ -161,3 +163,49 @@ def test_tunnels_nested_past_the_limit_are_refused_not_recursed():
             assert len(seg.tunnel) == depth
         else:
             assert counters["not_tcp"] == 1
+
+
+_FUZZ_BASE = None
+
+
+def _fuzz_frames():
+    """A few real frames of the clear sample, each through a tunnel or fragmentation."""
+    global _FUZZ_BASE
+    if _FUZZ_BASE is None:
+        from wmiscope.dissectors.capture import open_capture
+        plain = [d for _, _, _, d in open_capture(SAMPLE)][:8]
+        out = []
+        for name in ("frag4-reverse-dup", "frag6", "vxlan-fragmented", "erspan3-qinq-ipv6", "mpls-ether",
+                     "gre-ether", "geneve", "ip6ip"):
+            steps = sensor.steps(name)
+            for frame in plain:
+                frames = [frame]
+                for step in steps:
+                    frames = [o for f in frames for o in step(f)]
+                out.extend(frames)
+        _FUZZ_BASE = out
+    return _FUZZ_BASE
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_tunnels_and_fragments_never_raise(data):
+    """Flipped, cut and repeated octets in tunnel and fragment headers: tcp_segment
+    returns a segment or None, anomalies are named records, nothing raises."""
+    from wmiscope.dissectors.capture import Decapsulation, tcp_segment
+    from wmiscope.dissectors.ipfrag import ANOMALIES
+
+    base = _fuzz_frames()
+    errors = []
+    ctx = Decapsulation(errors.append, max_datagrams=4, max_bytes=20_000)
+    for i in range(data.draw(st.integers(1, 12))):
+        frame = bytearray(base[data.draw(st.integers(0, len(base) - 1))])
+        for _ in range(data.draw(st.integers(0, 4))):
+            frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+        if data.draw(st.booleans()):
+            frame = frame[:data.draw(st.integers(0, len(frame)))]
+        seg = tcp_segment(1, bytes(frame), ctx, i + 1, float(data.draw(st.integers(0, 200))))
+        assert seg is None or isinstance(seg.payload, bytes)
+        assert ctx.frag.pending <= 4 and ctx.frag.pending_bytes <= 20_000
+    ctx.finish()
+    assert all(e.kind in ANOMALIES and e.frame for e in errors)
