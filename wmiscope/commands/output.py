@@ -202,6 +202,15 @@ def open_source(args):
         raise SystemExit(f"wmiscope: {exc.filename or ''}: {exc.strerror or exc}") from None
 
 
+def set_note(source) -> str | None:
+    """For a capture set of several files, the line that says how its frames are numbered."""
+    names = getattr(source, "names", None)
+    if not names or len(names) < 2:
+        return None
+    return (f"# {len(names)} captures merged in time order; frame numbers as tshark shows them on "
+            f"`mergecap -w set.pcapng {' '.join(names)}`\n")
+
+
 def autostop_duration(conditions) -> float | None:
     """The seconds of tshark-style ``-a duration:N`` conditions (the smallest), or None."""
     duration = None
