@@ -721,9 +721,10 @@ class Decapsulation:
 
     __slots__ = ("frag", "frame", "ts", "layers", "depth")
 
-    def __init__(self, errors: Callable[[ErrorRecord], None] | None = None, **limits):
+    def __init__(self, errors: Callable[[ErrorRecord], None] | None = None, *, reassemble: bool = True,
+                 **limits):
         from .ipfrag import FragmentReassembler
-        self.frag = FragmentReassembler(errors, **limits) if errors is not False else None
+        self.frag = FragmentReassembler(errors, **limits) if reassemble else None
         self.frame = 0
         self.ts = 0.0
         self.layers: list | None = None
@@ -734,14 +735,8 @@ class Decapsulation:
             self.frag.finish()
 
 
-class _Stateless(Decapsulation):
-    __slots__ = ()
-
-    def __init__(self):
-        super().__init__(errors=False)
-
-
-_STATELESS = _Stateless()
+# What tcp_segment uses when it is given no context: tunnels, but no reassembly.
+_STATELESS = Decapsulation(reassemble=False)
 
 
 def _tcp(data: bytes, t: int, end: int, addrs: bytes, ctx: Decapsulation) -> TcpSegment | None:

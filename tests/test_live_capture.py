@@ -101,8 +101,9 @@ def _calls(jsonl: str) -> list[tuple]:
     return out
 
 
-def _capture_rights_user(tmp: Path):
-    """(uid, gid, bin dir holding a dumpcap this user may capture with), or a skip reason."""
+def _capture_rights_user(tmp: Path, created: list):
+    """(uid, gid, bin dir holding a dumpcap this user may capture with), or a skip reason.
+    The user and group it had to create are added to ``created`` (commands that remove them)."""
     dumpcap = shutil.which("dumpcap")
     if dumpcap is None:
         return "dumpcap is not installed (it comes with tshark)"
@@ -114,10 +115,12 @@ def _capture_rights_user(tmp: Path):
         grp.getgrnam(GROUP)
     except KeyError:
         subprocess.run(["groupadd", "-r", GROUP], check=True)
+        created.append(("groupdel", GROUP))
     try:
         pwd.getpwnam(USER)
     except KeyError:
         subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "-g", GROUP, USER], check=True)
+        created.insert(0, ("userdel", USER))
     bindir = tmp / "bin"
     bindir.mkdir()
     copy = bindir / "dumpcap"
@@ -153,8 +156,9 @@ def _user_python(become_user) -> list[str] | str:
 
 def test_live_capture_through_dumpcap_as_an_unprivileged_user():
     tmp = Path(tempfile.mkdtemp(prefix="wmiscope-live-"))
+    created: list[tuple[str, str]] = []
     try:
-        got = _capture_rights_user(tmp)
+        got = _capture_rights_user(tmp, created)
         if isinstance(got, str):
             pytest.skip(got)
         uid, gid, bindir = got
@@ -216,6 +220,8 @@ def test_live_capture_through_dumpcap_as_an_unprivileged_user():
         assert any(c[1] == "ExecMethod" and "CommandLine" in c[3] for c in live)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for command, name in created:          # leave the machine's users as they were
+            subprocess.run([command, name], capture_output=True)
 
 
 def test_pcapng_writer_reads_back():
