@@ -6,9 +6,15 @@ Two halves, both on the per-packet hot path:
   ``(frame number, epoch seconds, linktype, frame bytes)``. It reads the file in
   large chunks and slices records out of them with precompiled `struct.Struct`s,
   so memory stays at about one chunk whatever the file size.
-* `tcp_segment(linktype, frame)` peels the link layer, IPv4/IPv6 and the TCP
-  header off a frame and returns a `TcpSegment`, or None when the frame carries
-  no (first-fragment) TCP.
+* `open_sources(paths)` reads several files, folders or glob patterns as one
+  `CaptureSet`, merged in time order (mergecap's order and frame numbering), with
+  `origin(frame)` naming the file and the frame inside it.
+* `tcp_segment(linktype, frame, ctx, number, ts)` peels the link layer, IPv4/IPv6
+  and the TCP header off a frame and returns a `TcpSegment`, or None when the frame
+  carries no TCP (yet). Only untagged IPv4/TCP on Ethernet takes the inlined fast
+  path; everything else goes through a `Decapsulation` (one per analysis) that
+  reassembles IP fragments (dissectors/ipfrag.py) and opens tunnels
+  (dissectors/encap.py).
 
 Formats (the "pcap" and "pcapng" Internet-Drafts of the IETF OPSAWG):
 
