@@ -460,6 +460,9 @@ def open_capture(path: str | os.PathLike | BinaryIO,
     return CaptureReader(path, errors)
 
 
+MAX_ORIGIN_RUNS = 1 << 20
+
+
 class CaptureSet:
     """Several capture files read as one, packets merged in time order.
 
@@ -471,9 +474,11 @@ class CaptureSet:
     gives the file and the frame number inside it, for tshark on that one file.
     A set of one file is that file: its numbers are the file's own.
 
-    Memory: one pending frame per file for the merge, and one entry per run of
-    consecutive frames from the same file for `origin` (one per file for rolling
-    sensor files; at worst one per frame when two files interleave packet by packet).
+    Memory: one pending frame per file for the merge, and one entry (24 octets) per
+    run of consecutive frames from the same file for `origin`: one per file for
+    rolling sensor files, at worst one per frame when files interleave packet by
+    packet; then only the last MAX_ORIGIN_RUNS to 2 * MAX_ORIGIN_RUNS runs are kept
+    (at most about 50 MB), and an older frame's origin is unknown.
     Errors: a damaged file ends only that file (its ErrorRecord, with ``file`` set,
     goes to ``errors``); a file that is no capture raises CaptureFormatError before
     any frame, naming the file.
@@ -532,6 +537,10 @@ class CaptureSet:
             for ts, i, local, linktype, data in heapq.merge(*(keyed(i, r) for i, r in enumerate(self._readers))):
                 frame += 1
                 if i != last_file:
+                    if len(starts) >= 2 * MAX_ORIGIN_RUNS:
+                        # Files interleaving packet by packet make a run per frame: only the
+                        # latest runs are kept, which is where records point.
+                        del starts[:MAX_ORIGIN_RUNS], files[:MAX_ORIGIN_RUNS], locals_[:MAX_ORIGIN_RUNS]
                     starts.append(frame)
                     files.append(i)
                     locals_.append(local)
@@ -540,13 +549,14 @@ class CaptureSet:
         finally:
             self.frames = frame
 
-    def origin(self, frame: int) -> tuple[str, int]:
-        """(file name, frame number in that file) of a frame number of the set."""
+    def origin(self, frame: int) -> tuple[str | None, int | None]:
+        """(file name, frame number in that file) of a frame number of the set;
+        (None, None) for a frame older than the runs kept (see MAX_ORIGIN_RUNS)."""
         if not self.multi:
             return self.names[0], frame
         k = bisect.bisect_right(self._run_start, frame) - 1
         if k < 0:
-            return self.names[0], frame
+            return None, None
         return self.names[self._run_file[k]], self._run_local[k] + frame - self._run_start[k]
 
     def close(self) -> None:

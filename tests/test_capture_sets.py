@@ -117,3 +117,15 @@ def test_bad_sources_end_with_one_line(tmp_path, capsys):
         assert str(exc.value).startswith("wmiscope: ") and "\n" not in str(exc.value)
     with pytest.raises(CaptureFormatError):
         open_sources([str(tmp_path / "empty")])
+
+
+def test_origins_of_packet_by_packet_interleaving_are_bounded(tmp_path, monkeypatch):
+    from wmiscope.dissectors import capture
+
+    monkeypatch.setattr(capture, "MAX_ORIGIN_RUNS", 16)
+    files = split(REAL, tmp_path / "alt", lambda i, ts, d: f"{i % 2}.pcap")
+    s = open_sources([str(f) for f in files])
+    n = sum(1 for _ in s)
+    assert len(s._run_start) <= 32
+    assert s.origin(n) == ("0.pcap" if n % 2 else "1.pcap", (n + 1) // 2)
+    assert s.origin(1) == (None, None)
