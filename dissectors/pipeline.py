@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from .auth import AuthContexts
-from .capture import CaptureSet, Decapsulation, open_sources, tcp_segment
+from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
 from .dcom import DcomDecoder, IpidRegistry
 from .operations import Operations
@@ -245,7 +245,7 @@ class Analysis:
             source = open_sources([source])
         elif isinstance(source, (list, tuple)):
             source = open_sources(source)
-        if isinstance(source, CaptureSet) and source.multi:
+        if getattr(source, "multi", False):      # a CaptureSet of several files (or a wrapper of one)
             self._origin = source.origin
         # IP fragments and tunnels: state the fast path never touches.
         decap = Decapsulation(self.emit)
