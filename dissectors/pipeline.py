@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from .auth import AuthContexts
-from .capture import open_capture, tcp_segment
+from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
 from .dcom import DcomDecoder, IpidRegistry
 from .operations import Operations
@@ -54,9 +54,10 @@ class Stats:
     errors: int = 0
     errors_by_stage: Counter = field(default_factory=Counter)
     tcp: dict = field(default_factory=dict)
+    ip_fragments: dict | None = None    # dissectors/ipfrag.py counters, when the capture held fragments
 
     def as_dict(self) -> dict:
-        return {
+        d = {
             "frames": self.frames,
             "non_tcp_frames": self.non_tcp_frames,
             "tcp_flows": self.tcp_flows,
@@ -73,6 +74,9 @@ class Stats:
             "errors_by_stage": dict(self.errors_by_stage),
             "tcp": self.tcp,
         }
+        if self.ip_fragments:
+            d["ip_fragments"] = self.ip_fragments
+        return d
 
 
 def call_outcome(call: Call) -> str:
@@ -160,6 +164,8 @@ class _Detector:
 
     def _become_rpc(self) -> None:
         self.analysis.stats.rpc_flows += 1
+        if self.conn.tunnel is not None:      # its calls will name the tunnel (sensor, VNI ...)
+            self.analysis._tunnels[self.conn.index] = self.conn.tunnel
         self.handler = DceRpcConnection(self.conn, self.analysis.emit, auth=self.analysis.auth_contexts(self.conn))
         chunks, self.chunks = self.chunks, None
         for direction, data, frame, ts in chunks:
@@ -186,6 +192,8 @@ class Analysis:
         self.wmi = WmiDecoder(self.operations, objects=objects)
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
+        self._origin = None                             # CaptureSet.origin when several files
+        self._tunnels: dict[int, tuple] = {}            # connection index -> tunnel layers
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""
@@ -211,6 +219,8 @@ class Analysis:
             self.dcom.decode_call(rec)
             self.wmi.decode_call(rec)
             self.operations.observe(rec)
+            if self._origin is not None or self._tunnels:
+                self._place(rec)
             outcome = call_outcome(rec)
             stats.calls += 1
             stats.calls_by_outcome[outcome] += 1
@@ -218,31 +228,42 @@ class Analysis:
             stats.pdus_by_outcome[outcome] += self._call_pdus.pop((rec.conn, rec.call_id), 0)
             self._out.append(rec)
         elif kind is ErrorRecord:
+            if self._origin is not None:
+                self._place(rec)
             stats.errors += 1
             stats.errors_by_stage[rec.stage] += 1
             self._out.append(rec)
 
     def run(self, source) -> Iterator[object]:
-        """source: a capture file's path, or any iterable of RawFrames (live_capture)."""
+        """source: a capture file's path, a list of paths (folders, globs: a capture set),
+        a `CaptureSet`, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
-        capture_errors: list[ErrorRecord] = []
         reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
-            source = open_capture(source, errors=capture_errors.append)
+            source = open_sources([source])
+        elif isinstance(source, (list, tuple)):
+            source = open_sources(source)
+        if getattr(source, "multi", False):      # a CaptureSet of several files (or a wrapper of one)
+            self._origin = source.origin
+        # IP fragments and tunnels: state the fast path never touches.
+        decap = Decapsulation(self.emit)
         for frame, ts, linktype, data in source:
             stats.frames += 1
-            seg = tcp_segment(linktype, data)
+            seg = tcp_segment(linktype, data, decap, frame, ts)
             if seg is None:
                 stats.non_tcp_frames += 1
             else:
                 feed(frame, ts, seg)
             if out:
                 yield from _drain(out)
+        decap.finish()
         reassembler.finish()
         stats.tcp = dict(reassembler.stats)
-        for err in capture_errors:
+        if decap.frag.stats["fragments"]:
+            stats.ip_fragments = dict(decap.frag.stats)
+        for err in getattr(source, "errors", ()):
             self.emit(err)
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
         # at close, so this is a safety net that keeps the counts adding up).
@@ -250,6 +271,20 @@ class Analysis:
         self._call_pdus.clear()
         yield from _drain(out)
 
+    def _place(self, rec) -> None:
+        """Names the file (capture sets) and the tunnel (sensors) a record came from."""
+        origin = self._origin
+        if type(rec) is ErrorRecord:
+            if origin is not None and rec.frame is not None and rec.file is None:
+                rec.file, rec.file_frame = origin(rec.frame)
+            return
+        if self._tunnels:
+            rec.tunnel = self._tunnels.get(rec.conn)
+        if origin is not None:
+            rec.origin = {
+                half: [list(origin(frames[0])), list(origin(frames[1]))]
+                for half, frames in (("request", rec.req_frames), ("response", rec.resp_frames)) if frames
+            }
 
 def _drain(out: deque) -> Iterator[object]:
     while out:

@@ -489,6 +489,21 @@ def persistence_session(path: Path) -> None:
         s.close()
 
 
+def process_create_vxlan_fragments(path: Path) -> None:
+    """wmi-process-create.pcap as an AWS VPC Traffic Mirroring sensor delivers it: the
+    packets fragmented (576-octet MTU, fragments in reverse order, one repeated) inside
+    VXLAN (VNI 4242) from 192.0.2.10 to 192.0.2.20."""
+    from wmiscope.synth import sensor
+
+    plain = path.with_suffix(".tmp")
+    process_create(plain)
+    try:
+        sensor.transform_capture(plain, path, sensor.fragment(576, order="reverse", duplicate=True),
+                                 sensor.vxlan(4242))
+    finally:
+        plain.unlink()
+
+
 SAMPLES = {
     "wmi-process-create.pcap": process_create,
     "spec-4.1.1-initialization.pcap": spec_initialization,
@@ -503,6 +518,7 @@ SAMPLES = {
     "wmi-process-create-ntlm-sealed.pcap": process_create_ntlm_sealed,
     "wmi-process-create-kerberos-sealed.pcap": process_create_kerberos_sealed,
     "wmi-process-create-ntlm-signed.pcap": process_create_ntlm_signed,
+    "wmi-process-create-vxlan-fragments.pcap": process_create_vxlan_fragments,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source,
+from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source, set_note,
                      summary_line)
 from .progress import with_progress
 
@@ -25,9 +25,11 @@ def run(args) -> int:
     analysis = make_analysis(args)
     write = sys.stdout.write
     table = args.format == "table"
+    source = open_source(args)          # a bad name ends the run before any output
     if table:
+        write(set_note(source) or "")
         write(_TABLE_HEAD)
-    for rec in analysis.run(with_progress(open_source(args), analysis, streaming=True)):
+    for rec in analysis.run(with_progress(source, analysis, streaming=True)):
         if type(rec) is Call:
             d = call_dict(rec, call_outcome(rec))
             write(_table_row(d) if table else dumps(d) + "\n")

@@ -29,7 +29,7 @@ def summary_line(stats) -> str:
 
 def error_dict(err) -> dict:
     d = {"stage": err.stage, "reason": err.reason}
-    for k in ("frame", "conn", "structure", "offset"):
+    for k in ("frame", "conn", "structure", "offset", "kind", "file", "file_frame"):
         v = getattr(err, k)
         if v is not None:
             d[k] = v
@@ -77,6 +77,15 @@ def call_dict(call, outcome: str) -> dict:
     }
     if call.decoded:
         d["decoded"] = call.decoded
+    if call.tunnel:
+        d["tunnel"] = list(call.tunnel)
+    if call.origin:
+        # A capture set: the frame numbers above count across the set (as tshark on the
+        # mergecap'd set); each half's first and last frame as [file, frame in that file].
+        first = call.origin.get("request") or call.origin.get("response")
+        d["file"] = first[0][0]
+        for half, where in call.origin.items():
+            d[half]["origin"] = where
     return d
 
 
@@ -110,10 +119,17 @@ def _default(o):
 
 
 def add_source_arguments(p) -> None:
-    p.add_argument("capture", nargs="?", help="pcap or pcapng file (gzip-compressed is fine)")
-    p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
+    p.add_argument("capture", nargs="*", metavar="CAPTURE",
+                   help="pcap or pcapng files (gzip-compressed is fine), folders of them or glob patterns: "
+                        "several are analysed as one capture, packets merged in time order")
+    p.add_argument("-i", "--interface", help="capture live on this interface instead (through dumpcap when "
+                                             "installed: Wireshark's capture rights suffice; else needs root)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
     p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+    p.add_argument("-a", "--autostop", action="append", default=[], metavar="duration:SECONDS",
+                   help="stop a live capture after this many seconds (tshark's -a duration:N)")
+    p.add_argument("-w", "--write", metavar="FILE",
+                   help="save the live capture to this pcapng file while decoding it")
     add_credential_arguments(p)
 
 
@@ -164,10 +180,47 @@ def make_analysis(args, **kwargs):
 
 
 def open_source(args):
-    """The capture file, or a live capture; exactly one must be named."""
+    """What a capture-reading command reads: the capture set its CAPTURE arguments name
+    (files, folders, globs; see capture.open_sources), or a live capture; exactly one."""
     if bool(args.capture) == bool(args.interface):
-        raise SystemExit("wmiscope: name a CAPTURE file or a live --interface (one of the two)")
+        raise SystemExit("wmiscope: name CAPTURE files or a live --interface (one of the two)")
     if args.interface:
-        from wmiscope.dissectors.capture import live_capture
-        return live_capture(args.interface, args.filter, args.count)
-    return args.capture
+        from wmiscope.dissectors.live import live_source
+        try:
+            return live_source(args.interface, args.filter, count=args.count,
+                               duration=autostop_duration(args.autostop), write=args.write)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"wmiscope: live capture on {args.interface}: {exc}") from None
+    if args.write or args.autostop:
+        raise SystemExit("wmiscope: -w and -a apply to a live capture (-i)")
+    from wmiscope.dissectors.capture import CaptureFormatError, open_sources
+    try:
+        return open_sources(args.capture)
+    except CaptureFormatError as exc:
+        raise SystemExit(f"wmiscope: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"wmiscope: {exc.filename or ''}: {exc.strerror or exc}") from None
+
+
+def set_note(source) -> str | None:
+    """For a capture set of several files, the line that says how its frames are numbered."""
+    names = getattr(source, "names", None)
+    if not names or len(names) < 2:
+        return None
+    return (f"# {len(names)} captures merged in time order; frame numbers as tshark shows them on "
+            f"`mergecap -w set.pcapng {' '.join(names)}`\n")
+
+
+def autostop_duration(conditions) -> float | None:
+    """The seconds of tshark-style ``-a duration:N`` conditions (the smallest), or None."""
+    duration = None
+    for cond in conditions or ():
+        name, _, value = cond.partition(":")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1
+        if name != "duration" or seconds <= 0:
+            raise SystemExit(f"wmiscope: -a {cond}: only duration:SECONDS (a positive number) is supported")
+        duration = seconds if duration is None else min(duration, seconds)
+    return duration

@@ -13,10 +13,15 @@ from .output import add_credential_arguments, dumps, make_analysis
 
 
 def add_arguments(p) -> None:
-    p.add_argument("captures", nargs="*", metavar="CAPTURE", help="pcap or pcapng files (one report for all)")
-    p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
+    p.add_argument("captures", nargs="*", metavar="CAPTURE",
+                   help="pcap or pcapng files, folders of them or glob patterns (one report for all)")
+    p.add_argument("-i", "--interface", help="capture live on this interface instead (through dumpcap when "
+                                             "installed: Wireshark's capture rights suffice; else needs root)")
     p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
     p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
+    p.add_argument("-a", "--autostop", action="append", default=[], metavar="duration:SECONDS",
+                   help="stop a live capture after this many seconds (tshark's -a duration:N)")
+    p.add_argument("-w", "--write", metavar="FILE", help="save the live capture to this pcapng file")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
     p.add_argument("--format", choices=("html", "json", "jsonl"),
                    help="html: one self-contained page; json: the whole report; jsonl: one ECS finding per line "
@@ -32,10 +37,21 @@ def run(args) -> int:
         raise SystemExit("wmiscope: name CAPTURE file(s) or a live --interface (one of the two)")
     fmt = args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
     if args.interface:
-        from wmiscope.dissectors.capture import live_capture
-        sources = [(f"live:{args.interface}", live_capture(args.interface, args.filter, args.count))]
+        from wmiscope.dissectors.live import live_source
+
+        from .output import autostop_duration
+        try:
+            sources = [(f"live:{args.interface}", live_source(args.interface, args.filter, count=args.count,
+                                                              duration=autostop_duration(args.autostop),
+                                                              write=args.write))]
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"wmiscope report: live capture on {args.interface}: {e}") from None
     else:
-        sources = [(path, path) for path in args.captures]
+        from wmiscope.dissectors.capture import expand_sources
+        try:        # folders and glob patterns stand for the capture files they hold
+            sources = [(path, path) for path in expand_sources(args.captures)]
+        except CaptureFormatError as e:
+            raise SystemExit(f"wmiscope report: {e}") from None
 
     out = None
     if args.output:
