@@ -1,11 +1,19 @@
 """The capture-to-calls pipeline, one module per stage (see DESIGN.md):
 
-  capture     pcap/pcapng/gzip files and live interfaces -> link-layer frames -> TCP segments
-  tcp         bidirectional TCP reassembly, gaps marked
-  dcerpc      connection-oriented DCE/RPC PDUs, fragments, bind contexts, pairing
-  auth        NTLMSSP, SPNEGO and Kerberos tokens carried in auth verifiers
-  ndr         the small NDR reader the DCOM and WMI stubs are decoded with
-  dcom        ORPCTHIS/ORPCTHAT, OBJREF, activation, the IPID registry
-  interfaces  the one interface table (UUIDs, opnums, methods, parameters) as data
-  pipeline    wires the stages together and counts what it saw
+  capture          pcap/pcapng/gzip files and live interfaces -> link-layer frames -> TCP segments
+  tcp              bidirectional TCP reassembly, gaps marked
+  dcerpc           connection-oriented DCE/RPC PDUs, fragments, bind contexts, pairing
+  auth             NTLMSSP, SPNEGO and Kerberos tokens carried in auth verifiers; security contexts
+  credentials      the analyst's secrets and the key provider that unseals stubs with them
+  crypto_ntlm      NTLMSSP session security (MS-NLMP 3.3, 3.4)
+  crypto_kerberos  Kerberos keys, tickets and per-message tokens (RFC 3961, 4120, 4121)
+  ndr              the NDR 2.0 reader and writer the DCOM and WMI stubs are read and written with
+  dcom             ORPCTHIS/ORPCTHAT, OBJREF, activation, the IPID registry, DCOM method decoders
+  wmi              the table interpreter: every WMI method's parameters, decoded and encoded
+  operations       which WMI calls belong together (enumerators, call results, sinks, logins)
+  transcript       every message in the dialect of the MS-WMI section 4 traces
+  records          the records that flow between the stages
+  pipeline         wires the stages together and counts what it saw
+
+The interface table and the WBEM / DCOM constants they read live in wmiscope.spec.
 """

@@ -30,10 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover - when loaded outside the package
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 # --------------------------------------------------------------------------
 # constants

@@ -50,10 +50,7 @@ from .crypto_ntlm import (NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealErro
                           exported_session_key, lmowfv1, ntowfv1)
 from .records import ErrorRecord
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 ETYPE_BY_NAME = {
     "aes256": ETYPE_AES256, "aes256-cts-hmac-sha1-96": ETYPE_AES256, "18": ETYPE_AES256,

@@ -38,10 +38,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from .auth import _KRB5_OID_DER, _der_int, _der_octets, _der_string, _expect, _krb_principal, _tagged
 from .crypto_ntlm import Rc4, UnsealError, hmac_md5, ntowfv1
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 ETYPE_AES128 = 17
 ETYPE_AES256 = 18

@@ -32,7 +32,8 @@ import struct
 from dataclasses import dataclass
 
 from ..formats.errors import DecodeError
-from . import interfaces as _if
+from ..spec import dcom as _dcom
+from ..spec import interfaces as _if
 from .ndr import GUID_NULL, NdrReader, NdrWriter, guid_bytes, guid_text
 from .records import Call, ErrorRecord, guarded
 from .records import call_frame as _frame
@@ -49,10 +50,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 # constants (MS-DCOM 1.9, 2.2.18, 2.2.28)
 
-OBJREF_SIGNATURE = b"MEOW"                     # 0x574f454d little-endian
-OBJREF_STANDARD, OBJREF_HANDLER, OBJREF_CUSTOM, OBJREF_EXTENDED = 1, 2, 4, 8
-OBJREF_KINDS = {1: "standard", 2: "handler", 4: "custom", 8: "extended"}
-OBJREF_EXTENDED_SIGNATURE = 0x4E535956
+OBJREF_SIGNATURE = _dcom.OBJREF_SIGNATURE.to_bytes(4, "little")    # b"MEOW"
+OBJREF_STANDARD, OBJREF_HANDLER, OBJREF_CUSTOM, OBJREF_EXTENDED = (f for f, *_ in _dcom.OBJREF_FLAGS)
+OBJREF_KINDS = {f: kind for f, _, kind, _ in _dcom.OBJREF_FLAGS}
+OBJREF_EXTENDED_SIGNATURE = _dcom.OBJREF_EXTENDED_SIGNATURE
 MAX_ACTPROP_LIMIT = 10                          # CustomHeader.cIfs range (2.2.28.1)
 MAX_SCAN_ERRORS = 8                             # malformed OBJREF candidates reported one by one, per stub
 
@@ -71,13 +72,7 @@ CLSID_WBEM_CONTEXT_MARSHALER = _if.uuid_of("WbemContext unmarshaler")
 # scan_objrefs steps over them, so no byte of a WMI object can pose as an interface pointer.
 OPAQUE_PAYLOAD_CLSIDS = frozenset((CLSID_WBEM_CLASS_OBJECT_MARSHALER, CLSID_WBEM_CONTEXT_MARSHALER))
 
-# RPC protocol sequence identifiers (tower ids) used in STRINGBINDINGs (MS-DCOM 2.2.19.3).
-TOWER_IDS = {
-    0x04: "ncacn_dnet_nsp", 0x07: "ncacn_ip_tcp", 0x08: "ncadg_ip_udp", 0x09: "ncacn_nb_tcp",
-    0x0C: "ncacn_spx", 0x0D: "ncacn_nb_ipx", 0x0E: "ncadg_ipx", 0x0F: "ncacn_np",
-    0x10: "ncalrpc", 0x12: "ncacn_nb_nb", 0x16: "ncacn_at_dsp", 0x17: "ncadg_at_ddp",
-    0x1A: "ncacn_vns_spp", 0x1D: "ncadg_mq", 0x1F: "ncacn_http",
-}
+TOWER_IDS = _dcom.TOWER_IDS
 
 _U16 = struct.Struct("<H")
 _U16X2 = struct.Struct("<HH")

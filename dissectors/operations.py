@@ -64,8 +64,8 @@ from collections import OrderedDict, deque
 from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
 from ..formats.wmio import WmiClass, WmiInstance
-from . import interfaces as _if
-from . import wbem_constants as _wc
+from ..spec import interfaces as _if
+from ..spec import wbem as _wc
 from .ndr import NdrReader
 from .records import Call, ErrorRecord, call_frame
 

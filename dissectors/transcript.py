@@ -63,8 +63,9 @@ from ..formats import wmio
 from ..formats.context import WbemContext
 from ..formats.object_array import ObjectArray
 from ..formats.refresher import RefreshedObject
-from . import interfaces as _if
-from . import wbem_constants as _wc
+from ..spec import dcom as _dcom
+from ..spec import interfaces as _if
+from ..spec import wbem as _wc
 from .auth import AUTH_LEVEL_NAMES, AUTH_TYPE_NAMES
 from .dcerpc import PTYPE_NAMES
 from .records import Call, ErrorRecord, Pdu
@@ -128,12 +129,8 @@ _RETURN_IMMEDIATELY = ("WBEM_FLAG_RETURN_IMMEDIATELY", _wc.value_of("WBEM_FLAG_R
 # on the wire the parameter is a plain number.
 _LOCAL_FLAG_SETS = frozenset(("WBEM_CONNECT_OPTIONS",))
 
-_ORPC_FLAGS = {0: ("ORPCFNUL", "No additional information in this packet"),
-               1: ("ORPCFLOCAL", "Local call to this computer"),
-               2: ("ORPCFRESERVED1", "Reserved"), 4: ("ORPCFRESERVED2", "Reserved"),
-               8: ("ORPCFRESERVED3", "Reserved"), 16: ("ORPCFRESERVED4", "Reserved")}
-_OBJREF_KIND = {"standard": "OBJREFSTANDARD", "handler": "OBJREFHANDLER", "custom": "OBJREFCUSTOM",
-                "extended": "OBJREFEXTENDED"}
+_ORPC_FLAGS = _dcom.ORPC_FLAGS
+_OBJREF_KIND = {kind: trace_name for _, _, kind, trace_name in _dcom.OBJREF_FLAGS}
 
 MAX_OBJECT_VALUES = 64          # property values listed under an instance (the MOF has them all)
 MAX_TEXT = 4096                 # characters of one string value

@@ -1,7 +1,7 @@
 """The WMI layer (MS-WMI 3.1.4; IDL in section 6): every parameter of every WMI call.
 
 One small NDR interpreter reads and writes the type vocabulary of the interface table
-(dissectors/interfaces.py): the table is the program.  Each method's signature is
+(wmiscope/spec/interfaces.py): the table is the program.  Each method's signature is
 compiled once into a plan (a list of typed parameters); decoding a call walks its plan
 over the stub after ORPCTHIS / ORPCTHAT, encoding walks the same plan the other way.
 
@@ -48,8 +48,8 @@ from ..formats import object_array as _oa
 from ..formats import refresher as _refresher
 from ..formats import wmio
 from ..formats.errors import DecodeError, EncodeError
-from . import interfaces as _if
-from . import wbem_constants as _wc
+from ..spec import interfaces as _if
+from ..spec import wbem as _wc
 from .dcom import (
     CLSID_WBEM_CLASS_OBJECT_MARSHALER, CLSID_WBEM_CONTEXT_MARSHALER, OBJREF_CUSTOM, ObjRef,
     build_objref, parse_objref, read_orpcthat, read_orpcthis, write_orpcthat, write_orpcthis,
@@ -721,13 +721,6 @@ class _MethodPlan:
     error: str | None = None       # a type the interpreter does not know
 
 
-# Parameters whose NDR bytes carry an MS-WMI encoding decoded with the caller's state.
-_SPECIAL = {
-    ("IWbemWCOSmartEnum", "Next", "pBuffer"): "object_array",
-    ("IWbemRemoteRefresher", "RemoteRefresh", "paObjects"): "refreshed_objects",
-    ("IWbemObjectSink", "Indicate", "apObjArray"): "indicate",
-}
-
 _PLANS: dict[tuple[str, int], _MethodPlan | None] = {}
 
 
@@ -767,7 +760,7 @@ def _compile(info: dict, m: dict) -> _MethodPlan:
             break
         where = [(i, m["name"], p["name"]) for i in chain]
         ann = next((a for a in (_wc.annotation(*w) for w in where) if a), None)
-        special = next((_SPECIAL[w] for w in where if w in _SPECIAL), None)
+        special = next((s for s in (_if.special_param(*w) for w in where) if s), None)
         pp = _ParamPlan(p["name"], p["type"], node, ann or node.ann, special)
         if p["dir"] in ("in", "inout"):
             req.append(pp)

@@ -33,7 +33,7 @@ from construct import (
     Int16sl, Int16ul, Int32sl, Int32ul, Padded, Pass, Rebuild, Struct, Subconstruct, len_, this,
 )
 
-from ..dissectors import interfaces as _if
+from ..spec import interfaces as _if
 from . import wmio
 from .cim import named
 from .declarations import FixedHeader, Located, construct_failure

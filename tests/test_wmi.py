@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wmiscope.dissectors import interfaces as I
-from wmiscope.dissectors import wbem_constants as wc
+from wmiscope.spec import interfaces as I
+from wmiscope.spec import wbem as wc
 from wmiscope.dissectors import wmi
 from wmiscope.dissectors.dcom import DcomDecoder, build_dualstringarray, build_objref, write_orpcthis
 from wmiscope.dissectors.ndr import NdrWriter

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import tshark_util
-from wmiscope.dissectors import interfaces as I
+from wmiscope.spec import interfaces as I
 from wmiscope.dissectors import wmi
 from wmiscope.dissectors.dcom import DcomDecoder, IpidRegistry
 from wmiscope.dissectors.pipeline import analyse

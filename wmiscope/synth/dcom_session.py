@@ -16,7 +16,8 @@ import hashlib
 import struct
 import uuid
 
-from ..dissectors import interfaces, wmi
+from ..dissectors import wmi
+from ..spec import interfaces
 from ..dissectors.dcom import (OBJREF_CUSTOM, OBJREF_STANDARD, build_activation_properties, build_dualstringarray,
                                build_objref, write_orpcthat, write_orpcthis)
 from ..dissectors.ndr import NdrWriter
