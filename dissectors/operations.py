@@ -58,13 +58,13 @@ async call that passes the stub finds it.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict, deque
 
 from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
 from ..formats.wmio import WmiClass, WmiInstance
 from ..spec import interfaces as _if
+from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
 from .ndr import NdrReader
 from .records import Call, ErrorRecord, call_frame
@@ -106,9 +106,6 @@ _TRACKED = frozenset(_OPERATION_INTERFACES) | {"IWbemServices"}
 # RemQueryInterface asking an unknown object for these says what the object is.
 _QI_HINTS = {"IWbemFetchSmartEnum": "IEnumWbemClassObject", "IWbemRefreshingServices": "IWbemServices"}
 
-_POINTER_TYPE = re.compile(r"^(?:unique<)?(I\w+)\*>?$")
-
-
 def _pointer_params() -> tuple[dict, dict]:
     """From the interface table: (interface, method) -> tracked interfaces it returns
     (out / inout pointers), and -> tracked interfaces it passes in (sinks)."""
@@ -120,10 +117,10 @@ def _pointer_params() -> tuple[dict, dict]:
         for m in i["methods"]:
             outs, ins = [], []
             for p in m["params"]:
-                t = _POINTER_TYPE.match(p["type"])
-                if t is None or t.group(1) not in _TRACKED:
+                iface = _types.pointer_interface(_types.parse(p["type"]))
+                if iface not in _TRACKED:
                     continue
-                (ins if p["dir"] == "in" else outs).append(t.group(1))
+                (ins if p["dir"] == "in" else outs).append(iface)
             if outs:
                 produces[(i["name"], m["name"])] = tuple(outs)
             if ins and m["name"] != "CancelAsyncCall":     # names a sink already passed

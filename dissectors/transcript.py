@@ -65,6 +65,7 @@ from ..formats.object_array import ObjectArray
 from ..formats.refresher import RefreshedObject
 from ..spec import dcom as _dcom
 from ..spec import interfaces as _if
+from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
 from .auth import AUTH_LEVEL_NAMES, AUTH_TYPE_NAMES
 from .dcerpc import PTYPE_NAMES
@@ -531,16 +532,17 @@ class TranscriptRenderer:
             if obj is not None:
                 lines += _object_lines(obj, below, self.mof)
             return lines
-        if typ.endswith("*") or typ == "MInterfacePointer":
+        tree = _type(typ)
+        if isinstance(tree, _types.InterfacePointer) or typ == "MInterfacePointer":
             if value is None and obj is None:
                 return [f"{indent}+ {label}: NULL"]
-        if typ.startswith("unique<array<") or typ.startswith("unique<varray<"):
+        if isinstance(tree, _types.Unique) and isinstance(tree.inner, (_types.Array, _types.VArray)):
             return self._pointer_array_lines(p, typ, label, stub, indent, value, obj)
         if isinstance(value, dict) and ("flags" in value or "name" in value):
             return [*self._described_lines(call, p, typ, label, value, indent)]
         if value is None:
             return [f"{indent}+ {label}: NULL"] if not _fixed(typ) else [f"{indent}  {label}: NULL"]
-        if typ == "GUID" or (isinstance(value, str) and typ.startswith("GUID")):
+        if typ == "GUID":
             return [f"{indent}  {label}: {_guid(value)}"]
         if isinstance(value, bool):
             return [f"{indent}{sign}{label}: {value}"]
@@ -580,7 +582,7 @@ class TranscriptRenderer:
         where = f"0x{ref:08X}" if ref else "?"
         lines = [f"{indent}+ {label}: Pointer To {where}, {count} Elements"]
         below = indent + "    "
-        element = typ[typ.index("<", 7) + 1:].split(",")[0] if typ.startswith("unique<array<") else ""
+        element = _element_type(typ)
         if isinstance(value, list) and element != "byte":
             lines += self._elements(None, element, value, below, obj if isinstance(obj, list) else None)
         elif obj is not None:
@@ -773,27 +775,21 @@ def _is_status(value: dict) -> bool:
     return name not in _ENUM_NAMES and (name is not None or "Unknown Value (" in (value.get("text") or ""))
 
 
+@lru_cache(maxsize=1024)
+def _type(typ: str):
+    """The grammar's tree of a parameter's or field's type string (None when none is known)."""
+    return _types.parse(typ) if typ else None
+
+
 def _element_type(typ: str) -> str:
-    t = _strip_unique(typ)
-    for pre in ("array<", "varray<"):
-        if t.startswith(pre):
-            inner = t[len(pre):-1]
-            depth = 0
-            for i, c in enumerate(inner):
-                if c == "<":
-                    depth += 1
-                elif c == ">":
-                    depth -= 1
-                elif c == "," and depth == 0:
-                    return inner[:i]
-            return inner
-    return t
+    """The element type of an (optionally unique) array type, else the type unique-stripped."""
+    tree = _type(typ)
+    return _types.element(tree).text if tree is not None else ""
 
 
 def _strip_unique(typ: str) -> str:
-    while typ.startswith("unique<") and typ.endswith(">"):
-        typ = typ[7:-1]
-    return typ
+    tree = _type(typ)
+    return _types.strip_unique(tree).text if tree is not None else ""
 
 
 def _structure_name(obj) -> str:

@@ -37,7 +37,6 @@ not decoded).
 from __future__ import annotations
 
 import datetime
-import re
 import struct
 import weakref
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from ..formats import refresher as _refresher
 from ..formats import wmio
 from ..formats.errors import DecodeError, EncodeError
 from ..spec import interfaces as _if
+from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
 from .dcom import (
     CLSID_WBEM_CLASS_OBJECT_MARSHALER, CLSID_WBEM_CONTEXT_MARSHALER, OBJREF_CUSTOM, ObjRef,
@@ -165,6 +165,8 @@ def _size_of(expr, scope: dict, ctx) -> int | None:
         return None
     if isinstance(expr, int):
         return expr
+    if isinstance(expr, _types.Expr):             # e.g. (size+7)&~7
+        return expr.evaluate(lambda name: _size_of(name, scope, ctx))
     v = scope.get(expr) if expr in scope else (ctx.params.get(expr) if ctx is not None else None)
     if v is None or isinstance(v, (list, bytes, str)):
         return None
@@ -416,6 +418,14 @@ class _Mip(_Node):
         w.interface_pointer_data(_objref_bytes(v))
 
 
+# the built-in types of the grammar: (node class, alignment, smallest wire size)
+_BUILTIN_NODES = {
+    "GUID": lambda t: _Guid(t, 4, 16), "FILETIME": lambda t: _Filetime(t, 4, 8),
+    "wstring": lambda t: _WString(t, 4, 12), "string": lambda t: _CString(t, 4, 12),
+    "BSTR": lambda t: _Bstr(t, 4, 4), "MInterfacePointer": lambda t: _Mip(t, 4, 8),
+}
+
+
 class _Unique(_Node):
     __slots__ = ("inner",)
 
@@ -459,16 +469,9 @@ def _single_pointer_form(r: NdrReader) -> bool:
     return p + 12 <= r.end and b[p + 8:p + 12] == b"MEOW" and b[p:p + 4] == b[p + 4:p + 8] != b"\0\0\0\0"
 
 
-def _parse_expr(text: str):
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    return text if re.fullmatch(r"[A-Za-z_]\w*", text) else None
-
-
 def _check_count(r, what: str, expr, scope, ctx, n: int, at: int) -> None:
     want = _size_of(expr, scope, ctx)
-    if want is not None and isinstance(expr, str) and (want & 0xFFFFFFFF) != n:
+    if want is not None and not isinstance(expr, int) and (want & 0xFFFFFFFF) != n:
         ctx.soft.append(DecodeError(r.structure, at, f"{what} count {n} does not match {expr} = {want}"))
 
 
@@ -634,68 +637,41 @@ class _Union(_Node):
 _NODES: dict[str, _Node] = {}
 
 
-def _split_args(s: str) -> list[str]:
-    out, depth, cur = [], 0, []
-    for ch in s:
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur).strip())
-    return out
-
-
 def _node(text: str) -> _Node:
-    """The node of a type string of the table's vocabulary (cached: structures are shared)."""
+    """The node of a type string of the table's vocabulary (cached: structures are shared).
+    The grammar (wmiscope.spec.ndr_types) says what the string means; KeyError if it rejects it."""
     text = text.strip()
     n = _NODES.get(text)
     if n is not None:
         return n
-    m = re.fullmatch(r"(unique|array|varray)<(.*)>", text)
-    if m:
-        args = _split_args(m.group(2))
-        kind = m.group(1)
-        if kind == "unique":
-            n = _Unique(text, _node(args[0]))
-        elif kind == "array":
-            n = _Array(text, _node(args[0]), _parse_expr(args[1]))
-        else:
-            n = _VArray(text, _node(args[0]), _parse_expr(args[1]), _parse_expr(args[2]))
-    elif text.endswith("*"):
-        n = _Iface(text, text[:-1])
-    elif text in _Prim._TABLE:
+    try:
+        t = _types.parse(text)
+    except _types.TypeStringError as e:
+        raise KeyError(str(e)) from None
+    if isinstance(t, _types.Unique):
+        n = _Unique(text, _node(t.inner.text))
+    elif isinstance(t, _types.VArray):
+        n = _VArray(text, _node(t.element.text), t.size, t.length)
+    elif isinstance(t, _types.Array):
+        n = _Array(text, _node(t.element.text), t.size)
+    elif isinstance(t, _types.InterfacePointer):
+        n = _Iface(text, t.interface)
+    elif isinstance(t, _types.Primitive):
         n = _Prim(text)
-    elif text == "GUID":
-        n = _Guid(text, 4, 16)
-    elif text == "FILETIME":
-        n = _Filetime(text, 4, 8)
-    elif text == "wstring":
-        n = _WString(text, 4, 12)
-    elif text == "string":
-        n = _CString(text, 4, 12)
-    elif text == "BSTR":
-        n = _Bstr(text, 4, 4)
-    elif text == "MInterfacePointer":
-        n = _Mip(text, 4, 8)
-    elif text in _if.STRUCTS:
-        spec = _if.STRUCTS[text]
+    elif isinstance(t, _types.Builtin):
+        n = _BUILTIN_NODES[text](text)
+    else:
+        spec = _if.STRUCTS[t.name]
         if "union" in spec:
             u = spec["union"]
             n = _Union(text, _Prim(u["switch_type"]), u["switch_is"],
-                       [(v, an, _node(t)) for v, an, t in u["arms"]])
+                       [(v, an, _node(at)) for v, an, at in u["arms"]])
         else:
             if not spec["fields"]:
                 raise KeyError(f"structure {text} has no field list")
             n = _Struct(text)
             _NODES[text] = n           # before the fields: a structure may name itself
-            n.finish([(f, _node(t), _wc.field_annotation(text, f)) for f, t in spec["fields"]])
-    else:
-        raise KeyError(f"type {text!r} is not in the table's vocabulary")
+            n.finish([(f, _node(ft), _wc.field_annotation(text, f)) for f, ft in spec["fields"]])
     _NODES[text] = n
     return n
 
