@@ -9,7 +9,8 @@
   crypto_kerberos  Kerberos keys, tickets and per-message tokens (RFC 3961, 4120, 4121)
   ndr              the NDR 2.0 reader and writer the DCOM and WMI stubs are read and written with
   dcom             ORPCTHIS/ORPCTHAT, OBJREF, activation, the IPID registry, DCOM method decoders
-  wmi              the table interpreter: every WMI method's parameters, decoded and encoded
+  interpreter      the table interpreter: any method's parameters decoded and encoded from its signature
+  wmi              MS-WMI's hooks into it (MS-WMIO objects, ObjectArrays, refresher blobs) and the WMI decoder
   operations       which WMI calls belong together (enumerators, call results, sinks, logins)
   transcript       every message in the dialect of the MS-WMI section 4 traces
   records          the records that flow between the stages

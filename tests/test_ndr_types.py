@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from wmiscope.dissectors import operations, wmi
+from wmiscope.dissectors import interpreter, operations, wmi
 from wmiscope.spec import interfaces as I
 from wmiscope.spec import ndr_types as T
 
@@ -80,7 +80,7 @@ def test_the_interpreter_compiles_every_method_through_the_grammar():
                 compiled += 1
     assert compiled > 100 and failed <= 2
     with pytest.raises(KeyError):
-        wmi._node("array<byte,(size+7>")
+        interpreter._node("array<byte,(size+7>")
 
 
 def test_the_correlation_reads_pointer_parameters_through_the_grammar():

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from wmiscope.spec import interfaces as I
 from wmiscope.spec import wbem as wc
-from wmiscope.dissectors import wmi
+from wmiscope.dissectors import interpreter, wmi
 from wmiscope.dissectors.dcom import DcomDecoder, build_dualstringarray, build_objref, write_orpcthis
 from wmiscope.dissectors.ndr import NdrWriter
 from wmiscope.dissectors.records import Call
@@ -333,7 +333,7 @@ def _ours(v):
     if v is None or v is wmi.REF_TO_NULL:
         return None
     if isinstance(v, (wmio.WmiClass, wmio.WmiInstance, fctx.WbemContext)):
-        return wmi._objref_bytes(v)
+        return interpreter._objref_bytes(v)
     if isinstance(v, list):
         return [_ours(x) for x in v]
     if isinstance(v, dict):
@@ -736,7 +736,7 @@ def test_single_pointer_form_of_an_inout_interface_pointer():
     w = NdrWriter()
     w.u32(0)
     w.referent(False)                               # ORPCTHAT
-    w.interface_pointer(wmi._objref_bytes(CLASS))   # one pointer, not two
+    w.interface_pointer(interpreter._objref_bytes(CLASS))   # one pointer, not two
     w.referent(False)
     w.u32(0)
     out = wmi.decode_stub("IWbemServices", "GetObject", w.getvalue(), response=True)
