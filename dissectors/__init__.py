@@ -3,7 +3,10 @@
   capture          pcap/pcapng/gzip files and live interfaces -> link-layer frames -> TCP segments
   tcp              bidirectional TCP reassembly, gaps marked
   dcerpc           connection-oriented DCE/RPC PDUs, fragments, bind contexts, pairing
-  auth             NTLMSSP, SPNEGO and Kerberos tokens carried in auth verifiers; security contexts
+  auth             which token an auth verifier holds, SPNEGO / GSS-API / Netlogon framing; security contexts
+  der              the bounded DER (X.690) reader Kerberos and SPNEGO tokens are read with
+  ntlmssp          NTLMSSP messages (MS-NLMP 2.2)
+  kerberos         Kerberos messages and per-message tokens (RFC 4120, 4121, 4757)
   credentials      the analyst's secrets and the key provider that unseals stubs with them
   crypto_ntlm      NTLMSSP session security (MS-NLMP 3.3, 3.4)
   crypto_kerberos  Kerberos keys, tickets and per-message tokens (RFC 3961, 4120, 4121)
