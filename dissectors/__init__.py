@@ -11,7 +11,10 @@
   crypto_ntlm      NTLMSSP session security (MS-NLMP 3.3, 3.4)
   crypto_kerberos  Kerberos keys, tickets and per-message tokens (RFC 3961, 4120, 4121)
   ndr              the NDR 2.0 reader and writer the DCOM and WMI stubs are read and written with
-  dcom             ORPCTHIS/ORPCTHAT, OBJREF, activation, the IPID registry, DCOM method decoders
+  orpc             ORPCTHIS / ORPCTHAT, the implicit first parameter of every ORPC call (MS-DCOM 2.2.13)
+  activation       the activation property blobs of IRemoteSCMActivator (MS-DCOM 2.2.22)
+  ipid_registry    which IPID is which interface of which object, and the OXID bindings
+  dcom             names every call, decodes the DCOM methods, feeds the IPID registry
   interpreter      the table interpreter: any method's parameters decoded and encoded from its signature
   wmi              MS-WMI's hooks into it (MS-WMIO objects, ObjectArrays, refresher blobs) and the WMI decoder
   operations       which WMI calls belong together (enumerators, call results, sinks, logins)
@@ -19,5 +22,6 @@
   records          the records that flow between the stages
   pipeline         wires the stages together and counts what it saw
 
-The interface table and the WBEM / DCOM constants they read live in wmiscope.spec.
+The interface table and the WBEM / DCOM constants they read live in wmiscope.spec; the
+OBJREF and DUALSTRINGARRAY declarations in formats/objref.py.
 """

@@ -29,8 +29,9 @@ from ..formats.errors import DecodeError, EncodeError
 from ..spec import interfaces as _if
 from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
-from .dcom import OBJREF_CUSTOM, ObjRef, parse_objref, write_orpcthat, write_orpcthis
+from ..formats.objref import OBJREF_CUSTOM, ObjRef, parse_objref
 from .ndr import GUID_NULL, NdrReader, NdrWriter
+from .orpc import write_orpcthat, write_orpcthis
 
 __all__ = [
     "Blob", "InterfacePointer", "REF_TO_NULL", "plain", "method_plan", "StubDecode", "decode_direction",

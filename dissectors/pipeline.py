@@ -19,7 +19,8 @@ from typing import Iterator
 from .auth import AuthContexts
 from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
-from .dcom import DcomDecoder, IpidRegistry
+from .dcom import DcomDecoder
+from .ipid_registry import IpidRegistry
 from .operations import Operations
 from .records import Call, ErrorRecord, Pdu
 from .tcp import TcpReassembler

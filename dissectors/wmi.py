@@ -38,17 +38,16 @@ from ..formats import object_array as _oa
 from ..formats import refresher as _refresher
 from ..formats import wmio
 from ..formats.errors import DecodeError
+from ..formats.objref import (CLSID_WBEM_CLASS_OBJECT_MARSHALER, CLSID_WBEM_CONTEXT_MARSHALER, OBJREF_CUSTOM,
+                              build_objref)
 from ..spec import interfaces as _if
 from . import interpreter as _ndr
-from .dcom import (
-    CLSID_WBEM_CLASS_OBJECT_MARSHALER, CLSID_WBEM_CONTEXT_MARSHALER, OBJREF_CUSTOM, build_objref, read_orpcthat,
-    read_orpcthis,
-)
 from .interpreter import (
     REF_TO_NULL, InterfacePointer, StubDecode, decode_direction, encode_request, encode_response, located,
     method_plan, plain,
 )
 from .ndr import NdrReader
+from .orpc import read_orpcthat, read_orpcthis
 from .records import Call, ErrorRecord, guarded
 from .records import call_frame as _frame
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from wmiscope import synth
 from wmiscope.dissectors import wmi
-from wmiscope.dissectors.dcom import OBJREF_STANDARD, build_dualstringarray, build_objref, write_orpcthis
+from wmiscope.dissectors.orpc import write_orpcthis
+from wmiscope.formats.objref import OBJREF_STANDARD, build_dualstringarray, build_objref
 from wmiscope.dissectors.ndr import NdrWriter
 from wmiscope.formats import wmio
 from wmiscope.formats.object_array import PacketType

@@ -13,10 +13,12 @@ import time
 import pytest
 
 import tshark_util
-from wmiscope.dissectors import dcom
-from wmiscope.dissectors.dcom import (DcomDecoder, IpidRegistry, build_activation_properties, build_dualstringarray,
-                                      build_objref, parse_dualstringarray, parse_objref, scan_objrefs,
-                                      write_orpcthat, write_orpcthis)
+from wmiscope.dissectors.activation import build_activation_properties
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.ipid_registry import IpidRegistry
+from wmiscope.dissectors.orpc import write_orpcthat, write_orpcthis
+from wmiscope.formats import objref
+from wmiscope.formats.objref import build_dualstringarray, build_objref, parse_dualstringarray, parse_objref, scan_objrefs
 from wmiscope.dissectors.ndr import DecodeError, NdrWriter
 from wmiscope.dissectors.records import Call, as_dict
 
@@ -597,7 +599,7 @@ def test_scan_of_hostile_stubs_is_linear():
     write_orpcthis(w, "fd7ed21b-dac9-49d2-aadd-65b0c706fc49")
     c = _call(IID_IWBEMSERVICES, 6, w.getvalue() + head * 100)
     DcomDecoder().decode_call(c)
-    assert len(c.errors) == dcom.MAX_SCAN_ERRORS + 1 and c.errors[-1].reason.startswith("92 more")
+    assert len(c.errors) == objref.MAX_SCAN_ERRORS + 1 and c.errors[-1].reason.startswith("92 more")
 
 
 def _activation_call(req=None, resp=None):

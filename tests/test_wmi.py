@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from wmiscope.spec import interfaces as I
 from wmiscope.spec import wbem as wc
 from wmiscope.dissectors import interpreter, wmi
-from wmiscope.dissectors.dcom import DcomDecoder, build_dualstringarray, build_objref, write_orpcthis
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.orpc import write_orpcthis
+from wmiscope.formats.objref import build_dualstringarray, build_objref
 from wmiscope.dissectors.ndr import NdrWriter
 from wmiscope.dissectors.records import Call
 from wmiscope.formats import context as fctx

@@ -17,7 +17,8 @@ import pytest
 import tshark_util
 from wmiscope.spec import interfaces as I
 from wmiscope.dissectors import wmi
-from wmiscope.dissectors.dcom import DcomDecoder, IpidRegistry
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.ipid_registry import IpidRegistry
 from wmiscope.dissectors.pipeline import analyse
 from wmiscope.dissectors.records import Call, ErrorRecord
 from wmiscope.formats import object_array as oa
