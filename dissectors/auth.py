@@ -60,6 +60,18 @@ OID_NAMES = {
     OID_KRB5_U2U: "Kerberos 5 user-to-user", OID_NTLMSSP: "NTLMSSP", OID_NEGOEX: "NEGOEX",
 }
 
+def auth_type_name(auth_type) -> str:
+    """An auth_type of the sec_trailer (MS-RPCE 2.2.1.1.7) as the transcript and the JSON
+    lines print it: the name above, else the number."""
+    return AUTH_TYPE_NAMES.get(auth_type, str(auth_type))
+
+
+def auth_level_name(level) -> str:
+    """An auth_level (MS-RPCE 2.2.1.1.8) as the transcript and the JSON lines print it:
+    the name above without "packet " for integrity and privacy."""
+    return AUTH_LEVEL_NAMES.get(level, str(level)).removeprefix("packet ")
+
+
 NEG_STATE_NAMES = {0: "accept-completed", 1: "accept-incomplete", 2: "reject", 3: "request-mic"}
 
 _U32 = struct.Struct("<I")

@@ -67,7 +67,7 @@ from ..spec import dcom as _dcom
 from ..spec import interfaces as _if
 from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
-from .auth import AUTH_LEVEL_NAMES, AUTH_TYPE_NAMES
+from .auth import auth_level_name, auth_type_name
 from .dcerpc import PTYPE_NAMES
 from .records import Call, ErrorRecord, Pdu
 
@@ -815,18 +815,6 @@ def _pointer_and_count(stub: bytes | None, offset) -> tuple[int | None, int | No
 
 def _pad_line(n: int) -> str:
     return f"{'+ ' if n else '  '}Pad: {n} Bytes"
-
-
-def auth_type_name(auth_type) -> str:
-    """An auth_type of the sec_trailer (MS-RPCE 2.2.1.1.7) as the transcript and the JSON
-    lines print it: dissectors.auth's name, else the number."""
-    return AUTH_TYPE_NAMES.get(auth_type, str(auth_type))
-
-
-def auth_level_name(level) -> str:
-    """An auth_level (MS-RPCE 2.2.1.1.8) as the transcript and the JSON lines print it:
-    dissectors.auth's name without "packet " for integrity and privacy."""
-    return AUTH_LEVEL_NAMES.get(level, str(level)).removeprefix("packet ")
 
 
 def _mechanism(call: Call) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 import tshark_util
 from wmiscope import synth
-from wmiscope.commands.output import call_dict
+from wmiscope.dissectors.jsonl import call_dict
 from wmiscope.dissectors.orpc import write_orpcthat, write_orpcthis
 from wmiscope.formats.objref import OBJREF_CUSTOM, build_dualstringarray, build_objref
 from wmiscope.dissectors.ndr import NdrWriter, guid_bytes
