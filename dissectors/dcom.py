@@ -1,34 +1,37 @@
 """The DCOM layer (MS-DCOM 2.2, 3.1): names every call and decodes the DCOM methods.
 
-  activation (3.1.2.5.2)               IRemoteSCMActivator::RemoteCreateInstance /
-                                       RemoteGetClassObject (property blobs: activation.py),
-                                       and the older IActivation::RemoteActivation
-  IObjectExporter (3.1.2.5.1)          ResolveOxid(2), SimplePing, ComplexPing, ServerAlive(2)
-  IRemUnknown(2) (3.1.1.5.6-7)         RemQueryInterface(2), RemAddRef, RemRelease
+The methods of activation (IRemoteSCMActivator, IActivation: 3.1.2.5.2), OXID resolution
+and pinging (IObjectExporter: 3.1.2.5.1) and IRemUnknown(2) (3.1.1.5.6-7) are decoded from
+their signatures in the interface table by the table interpreter (interpreter.py), the
+same one that decodes WMI, so their records carry the IDL's own parameter names (pOxid,
+ppdsaOxidBindings, ripid, ppQIResults ...). What only code can do runs after decoding as
+small named hooks, one per method (DCOM_HOOKS), the way Wireshark's pidl .cnf files sit
+beside generated dissection: learning IPIDs from the interface pointers and REMQIRESULTs a
+reply hands out, learning OXID bindings, reading the activation property sets
+(activation.py) inside pActProperties, and naming what an IPID or IID stands for.
 
-Every OBJREF (formats/objref.py) seen in a clear stub, every RemQueryInterface result
-and every activation reply teaches the IPID registry (ipid_registry.py) which IPID is
-which interface; a request's object UUID then names its interface.
+Every OBJREF (formats/objref.py) seen in any other clear stub teaches the IPID registry
+(ipid_registry.py) too; a request's object UUID then names its interface.
 
-`DcomDecoder.decode_call(call)` names a `records.Call`, decodes the DCOM calls'
-parameters into `call.decoded = {"request": {...}, "response": {...}, "notes": [...]}` (JSON-able:
-GUIDs as text, OXIDs/OIDs as "0x" hex text, HRESULTs as unsigned ints; "notes" only
-when naming met something odd, e.g. an IPID never seen), decodes the ORPCTHIS /
-ORPCTHAT (orpc.py) of every other ORPC call (leaving `params_offset`, where the
-interface's own parameters start, for the WMI layer, and under "objrefs" every OBJREF
-found in the stub, custom ones with `payload_offset` / `payload_length` of their MS-WMIO
-or IWbemContextBuffer bytes) and reports malformed stubs as `ErrorRecord(stage="dcom")`;
-it never raises.
+`DcomDecoder.decode_call(call)` names a `records.Call` and fills `call.decoded =
+{"request": {...}, "response": {...}, "notes": [...]}`: the ORPCTHIS / ORPCTHAT
+(orpc.py) of every ORPC call; for the DCOM methods above "params" (in wire order, as the
+WMI decoder writes them: see wmi.WmiDecoder) and the response's "return"; for every
+other call `params_offset` (where the interface's own parameters start, for the WMI
+layer) and under "objrefs" every OBJREF found in the stub. Malformed stubs become
+`ErrorRecord(stage="dcom")`; it never raises.
 """
 
 from __future__ import annotations
 
+import struct
+
 from ..formats.errors import DecodeError
-from ..formats.objref import (MAX_SCAN_ERRORS, OBJREF_CUSTOM, OBJREF_SIGNATURE, DualStringArray, ObjRef, parse_stdobjref,
-                              scan_objrefs)
+from ..formats.objref import (MAX_SCAN_ERRORS, OBJREF_CUSTOM, OBJREF_SIGNATURE, DualStringArray, ObjRef,
+                              parse_dualstringarray, scan_objrefs)
 from ..spec import interfaces as _if
-from .activation import (decode_activation_properties, interface_pointers, ndr_dualstringarray, objref_summary,
-                         read_objref)
+from .activation import decode_activation_properties
+from .interpreter import InterfacePointer, decode_direction, method_plan
 from .ipid_registry import IpidRegistry
 from .ndr import NdrReader
 from .orpc import read_orpcthat, read_orpcthis
@@ -52,7 +55,222 @@ def _hex64(v: int | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
-# per-method parameter decoders: req(r, out, dec, call) / resp(r, out, dec, call, request)
+# hooks: what only code can do, after a DCOM method was decoded from its signature.
+# hook(dec, call, side, values, request): side is the direction's decoded dict ("params"
+# as JSON), values the native values by parameter name, request the request's native
+# values (None for a request hook).
+
+# The interfaces whose methods the table gives in full (the IDispatch / ITypeInfo entries
+# leave VARIANT and friends out: those calls are named, and their OBJREFs scanned).
+TABLE_DECODED = frozenset(("IRemUnknown", "IRemUnknown2", "IRemoteSCMActivator", "IActivation", "IObjectExporter"))
+
+
+def _param(side: dict, name: str) -> dict | None:
+    return next((p for p in side.get("params") or () if p.get("name") == name), None)
+
+
+def _status(ret) -> int | None:
+    return ret.get("value") if isinstance(ret, dict) else None
+
+
+def _dualstringarray(v) -> DualStringArray | None:
+    """A DUALSTRINGARRAY the interpreter read (its aStringArray as 16-bit units), parsed into
+    its string and security bindings."""
+    if not isinstance(v, dict) or not isinstance(v.get("aStringArray"), list):
+        return None
+    units = v["aStringArray"]
+    raw = struct.pack(f"<HH{len(units)}H", len(units), v.get("wSecurityOffset") or 0, *units)
+    try:
+        return parse_dualstringarray(raw, 0)[0]
+    except DecodeError:
+        return None
+
+
+def _show_bindings(side: dict, name: str, values: dict) -> DualStringArray | None:
+    """A DUALSTRINGARRAY parameter shown by what its aStringArray says (string and security
+    bindings, and the bindings as text) instead of 16-bit units."""
+    dsa = _dualstringarray(values.get(name))
+    p = _param(side, name)
+    if dsa is not None and p is not None and isinstance(p.get("value"), dict):
+        p["value"] = {"wNumEntries": dsa.num_entries, "wSecurityOffset": dsa.security_offset,
+                      **{k: v for k, v in dsa.to_dict().items() if k.endswith("_bindings")},
+                      "bindings": dsa.bindings_text()}
+    return dsa
+
+
+def _name_iids(side: dict, name: str) -> None:
+    """An array of IIDs annotated with the interfaces they name."""
+    p = _param(side, name)
+    if p is not None and isinstance(p.get("value"), list):
+        p["interfaces"] = [_if.interface_name(i) for i in p["value"]]
+
+
+def _name_ipid(dec, side: dict, name: str) -> None:
+    """An IPID parameter annotated with the interface the registry knows it as."""
+    p = _param(side, name)
+    if p is not None and isinstance(p.get("value"), str):
+        e = dec.registry.lookup(p["value"])
+        p["interface"] = e.interface if e else None
+
+
+def _learn_oxid(dec, call: Call, oxid, dsa: DualStringArray | None, values: dict, ipid: str, hint: str,
+                version: str, source: str) -> None:
+    """Teach the registry an exporter's bindings and its IRemUnknown."""
+    if not isinstance(oxid, int):
+        return
+    frame = _frame(call, 1)
+    ver = values.get(version)
+    ver = f"{ver.get('MajorVersion')}.{ver.get('MinorVersion')}" if isinstance(ver, dict) else None
+    remunknown = values.get(ipid)
+    dec.registry.learn_oxid(oxid, bindings=dsa, ipid_remunknown=remunknown, authn_hint=values.get(hint),
+                            version=ver, frame=frame)
+    if remunknown:
+        dec.registry.learn_ipid(remunknown, IID_IREMUNKNOWN, oxid=oxid, frame=frame, conn=call.conn, source=source)
+
+
+def _learn_pointers(dec, call: Call, pointers: list, iids: list, source: str) -> None:
+    """Interface pointers a reply hands out, each of the IID the request asked for at its position."""
+    frame = _frame(call, 1)
+    for i, ptr in enumerate(pointers):
+        o = ptr.objref if isinstance(ptr, InterfacePointer) else None
+        if o is not None and o.std is not None:
+            iid = iids[i] if i < len(iids) else o.iid
+            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source=source)
+
+
+def _rem_qi_request(dec, call, side, values, request) -> None:
+    _name_ipid(dec, side, "ripid")
+    _name_iids(side, "iids")
+
+
+def _rem_qi_response(dec, call, side, values, request) -> None:
+    """RemQueryInterface: each REMQIRESULT's STDOBJREF is an IPID of the IID asked at its position."""
+    iids = (request or {}).get("iids") or []
+    p = _param(side, "ppQIResults")
+    frame = _frame(call, 1)
+    for i, (native, shown) in enumerate(zip(values.get("ppQIResults") or (), (p or {}).get("value") or ())):
+        iid = iids[i] if i < len(iids) else None
+        shown["iid"], shown["interface"] = iid, _if.interface_name(iid)
+        std = native.get("std") or {}
+        if iid and not (native.get("hResult") or 0) & 0x80000000 and std.get("ipid"):
+            dec.registry.learn_ipid(std["ipid"], iid, oxid=std.get("oxid"), oid=std.get("oid"), frame=frame,
+                                    conn=call.conn, source="remqi", public_refs=std.get("cPublicRefs"))
+
+
+def _rem_qi2_response(dec, call, side, values, request) -> None:
+    """RemQueryInterface2: the MInterfacePointers of the IIDs asked, in order."""
+    _learn_pointers(dec, call, values.get("ppMIF") or [], (request or {}).get("iids") or [], "remqi")
+    p = _param(side, "ppMIF")
+    if p is not None:
+        p["interfaces"] = [_if.interface_name(i) for i in (request or {}).get("iids") or ()]
+
+
+def _rem_refs_request(dec, call, side, values, request) -> None:
+    """RemAddRef / RemRelease: each REMINTERFACEREF named by the interface of its IPID."""
+    p = _param(side, "InterfaceRefs")
+    for ref in (p or {}).get("value") or ():
+        e = dec.registry.lookup(ref.get("ipid"))
+        ref["interface"] = e.interface if e else None
+
+
+def _activation_properties(call: Call, side: dict, values: dict, name: str, clsid: str, stub: bytes) -> dict | None:
+    """The activation property set (2.2.22) inside an ActivationProperties OBJREF_CUSTOM,
+    decoded and lifted into the parameter's "activation" facts."""
+    ptr = values.get(name)
+    o = ptr.objref if isinstance(ptr, InterfacePointer) else None
+    p = _param(side, name)
+    if o is None or p is None or o.flags != OBJREF_CUSTOM or o.clsid != clsid:
+        return None
+    blob = decode_activation_properties(stub, o.payload_offset, o.payload_length)
+    facts = _flatten_props(blob)
+    p["activation"] = facts
+    return facts
+
+
+def _activation_request(dec, call, side, values, request) -> None:
+    facts = _activation_properties(call, side, values, "pActProperties", CLSID_ACTIVATION_PROPERTIES_IN,
+                                   call.req_stub)
+    if facts is not None:
+        for prop in facts["properties"]:      # nothing to learn from a request
+            _json_values(prop)
+
+
+def _activation_response(dec, call, side, values, request) -> None:
+    facts = _activation_properties(call, side, values, "ppActProperties", CLSID_ACTIVATION_PROPERTIES_OUT,
+                                   call.resp_stub)
+    if facts is None:
+        return
+    frame = _frame(call, 1)
+    for e in facts.get("interfaces", ()):
+        o = e.get("objref")
+        if isinstance(o, ObjRef) and o.std is not None:
+            dec.registry.learn_objref(o, iid=e.get("iid") or o.iid, frame=frame, conn=call.conn, source="activation")
+            e["ipid"] = o.std.ipid
+    dsa = facts.get("oxid_bindings") if isinstance(facts.get("oxid_bindings"), DualStringArray) else None
+    oxid = facts.get("oxid")
+    if isinstance(oxid, int):
+        dec.registry.learn_oxid(oxid, bindings=dsa, ipid_remunknown=facts.get("ipid_remunknown"),
+                                authn_hint=facts.get("authn_hint"), version=facts.get("server_version"), frame=frame)
+        if facts.get("ipid_remunknown"):
+            dec.registry.learn_ipid(facts["ipid_remunknown"], IID_IREMUNKNOWN, oxid=oxid, frame=frame,
+                                    conn=call.conn, source="activation")
+    for prop in facts["properties"]:
+        _json_values(prop)
+    _json_values(facts)
+
+
+def _remote_activation_request(dec, call, side, values, request) -> None:
+    _name_iids(side, "pIIDs")
+
+
+def _remote_activation_response(dec, call, side, values, request) -> None:
+    """IActivation::RemoteActivation: the exporter of the new object and its interface pointers."""
+    dsa = _show_bindings(side, "ppdsaOxidBindings", values)
+    _learn_oxid(dec, call, values.get("pOxid"), dsa, values, "pipidRemUnknown", "pAuthnHint", "pServerVersion",
+                "activation")
+    iids = (request or {}).get("pIIDs") or []
+    _learn_pointers(dec, call, values.get("ppInterfaceData") or [], iids, "activation")
+    p = _param(side, "ppInterfaceData")
+    if p is not None:
+        p["interfaces"] = [_if.interface_name(i) for i in iids]
+
+
+def _resolve_oxid_response(dec, call, side, values, request) -> None:
+    """ResolveOxid(2): the bindings of the OXID the request named, when the call succeeded."""
+    dsa = _show_bindings(side, "ppdsaOxidBindings", values)
+    if _status(side.get("return")) == 0:
+        _learn_oxid(dec, call, (request or {}).get("pOxid"), dsa, values, "pipidRemUnknown", "pAuthnHint",
+                    "pComVersion", "resolver")
+
+
+def _server_alive2_response(dec, call, side, values, request) -> None:
+    _show_bindings(side, "ppdsaOrBindings", values)
+
+
+# (interface, method) -> (request hook, response hook); IRemUnknown2 inherits IRemUnknown's methods.
+DCOM_HOOKS = {
+    ("IRemoteSCMActivator", "RemoteGetClassObject"): (_activation_request, _activation_response),
+    ("IRemoteSCMActivator", "RemoteCreateInstance"): (_activation_request, _activation_response),
+    ("IActivation", "RemoteActivation"): (_remote_activation_request, _remote_activation_response),
+    ("IObjectExporter", "ResolveOxid"): (None, _resolve_oxid_response),
+    ("IObjectExporter", "ResolveOxid2"): (None, _resolve_oxid_response),
+    ("IObjectExporter", "ServerAlive2"): (None, _server_alive2_response),
+    ("IRemUnknown", "RemQueryInterface"): (_rem_qi_request, _rem_qi_response),
+    ("IRemUnknown", "RemAddRef"): (_rem_refs_request, None),
+    ("IRemUnknown", "RemRelease"): (_rem_refs_request, None),
+    ("IRemUnknown2", "RemQueryInterface2"): (_rem_qi_request, _rem_qi2_response),
+}
+
+
+def _hooks(info: dict, method: str) -> tuple:
+    """The hooks of a method, found on the interface that declares it (IRemUnknown2 inherits
+    RemQueryInterface from IRemUnknown)."""
+    for i in _if.base_chain(info):
+        hooks = DCOM_HOOKS.get((i["name"], method))
+        if hooks is not None:
+            return hooks
+    return None, None
+
 
 def _json_values(d: dict) -> None:
     """The objects kept until the registry has learned from them, turned into JSON in place:
@@ -69,18 +287,9 @@ def _json_values(d: dict) -> None:
             e["objref"] = e["objref"].to_dict()
 
 
-def _activation_objref(r: NdrReader, clsid_expected: str) -> tuple[dict, dict | None]:
-    """An MInterfacePointer holding the ActivationProperties OBJREF_CUSTOM, and its decoded blob."""
-    o = read_objref(r)
-    blob = None
-    if o.flags == OBJREF_CUSTOM and o.clsid == clsid_expected:
-        blob = decode_activation_properties(r.buf, o.payload_offset, o.payload_length)
-    return o.to_dict(), blob
-
-
-def _flatten_props(out: dict, blob: dict) -> None:
-    """Lift the facts an analyst looks for out of the property list."""
-    out["properties"] = blob["properties"]
+def _flatten_props(blob: dict) -> dict:
+    """The facts an analyst looks for, lifted out of an activation property list."""
+    out: dict = {}
     for p in blob["properties"]:
         name = p["name"]
         if name == "InstantiationInfoData":
@@ -102,313 +311,8 @@ def _flatten_props(out: dict, blob: dict) -> None:
                 out["oxid_bindings"] = p["oxid_bindings"]
         elif name == "PropsOutInfo":
             out["interfaces"] = p["interfaces"]
-
-
-def _finish_oxid_reply(out: dict, dec: "DcomDecoder", call: Call, oxid: int | None, frame: int | None) -> None:
-    """Teach the registry an exporter's bindings / IRemUnknown and render OXID values as text."""
-    dsa = out.get("oxid_bindings")
-    dsa = dsa if isinstance(dsa, DualStringArray) else None
-    if oxid is not None:
-        dec.registry.learn_oxid(oxid, bindings=dsa, ipid_remunknown=out.get("ipid_remunknown"),
-                                authn_hint=out.get("authn_hint"), version=out.get("server_version"), frame=frame)
-        if out.get("ipid_remunknown"):
-            dec.registry.learn_ipid(out["ipid_remunknown"], IID_IREMUNKNOWN, oxid=oxid, frame=frame,
-                                    conn=call.conn, source="activation" if "interfaces" in out else "resolver")
-    _json_values(out)
-
-
-def _activation_req(r: NdrReader, out: dict, dec, call: Call, create: bool) -> None:
-    out["orpcthis"] = read_orpcthis(r)
-    r.structure = "RemoteCreateInstance" if create else "RemoteGetClassObject"
-    if create and r.referent():
-        r.structure = "pUnkOuter"
-        out["unk_outer"] = objref_summary(r)
-    r.structure = "pActProperties"
-    if r.referent():
-        out["act_properties"], blob = _activation_objref(r, CLSID_ACTIVATION_PROPERTIES_IN)
-        if blob is not None:
-            for p in blob["properties"]:       # nothing to learn from a request
-                _json_values(p)
-            _flatten_props(out, blob)
-
-
-def _activation_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    out["orpcthat"] = read_orpcthat(r)
-    r.structure = "ppActProperties"
-    blob = None
-    if r.referent():
-        out["act_properties"], blob = _activation_objref(r, CLSID_ACTIVATION_PROPERTIES_OUT)
-    r.structure = "HRESULT"
-    out["hresult"] = r.u32()
-    if blob is None:
-        return
-    _flatten_props(out, blob)
-    frame = _frame(call, 1)
-    oxid = out.get("oxid")
-    requested = request.get("requested_iids") or []
-    for i, e in enumerate(out.get("interfaces", ())):
-        o = e.get("objref")
-        if o is not None and o.std is not None:
-            iid = e.get("iid") or (requested[i] if i < len(requested) else None) or o.iid
-            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source="activation")
-            e["ipid"] = o.std.ipid
-    for p in blob["properties"]:
-        _json_values(p)
-    _finish_oxid_reply(out, dec, call, oxid if isinstance(oxid, int) else None, frame)
-
-
-def _create_req(r, out, dec, call):
-    _activation_req(r, out, dec, call, True)
-
-
-def _getclass_req(r, out, dec, call):
-    _activation_req(r, out, dec, call, False)
-
-
-def _remote_activation_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    out["orpcthis"] = read_orpcthis(r)
-    r.structure = "RemoteActivation"
-    out["clsid"] = r.guid()
-    out["class_name"] = _if.clsid_name(out["clsid"])
-    if r.referent():
-        out["object_name"] = r.wstring()
-    if r.referent():
-        out["object_storage"] = objref_summary(r)
-    out["client_imp_level"] = r.u32()
-    out["mode"] = r.u32()
-    n_ifs = r.u32()
-    iids = r.conformant_guids("RemoteActivation.pIIDs") if r.referent() else []
-    if len(iids) != n_ifs:
-        r.fail(f"Interfaces {n_ifs} but {len(iids)} IIDs")
-    out["requested_iids"] = iids
-    out["requested_interfaces"] = [_if.interface_name(i) for i in iids]
-    n_seq = r.u16()
-    seqs = r.u16_array(r.count(2, "aRequestedProtseqs"))
-    if len(seqs) != n_seq:
-        r.fail(f"cRequestedProtseqs {n_seq} but {len(seqs)} protocol sequences")
-    out["requested_protseqs"] = seqs
-
-
-def _returned_interfaces(objrefs: list[ObjRef | None], iids: list, hrs: list, dec, call: Call, source: str, *,
-                         with_ipid: bool = False) -> list[dict]:
-    """The interface pointers a reply hands out (RemoteActivation, RemQueryInterface2), one
-    entry each: the IID the request asked for at that position (else the OBJREF's own), its
-    HRESULT and the OBJREF, which the registry learns."""
-    frame = _frame(call, 1)
-    out = []
-    for i, o in enumerate(objrefs):
-        iid = iids[i] if i < len(iids) else (o.iid if o else None)
-        e = {"iid": iid, "interface": _if.interface_name(iid), "hresult": hrs[i] if i < len(hrs) else None}
-        if o is not None:
-            e["objref"] = o.to_dict()
-            if with_ipid and o.std is not None:
-                e["ipid"] = o.std.ipid
-            dec.registry.learn_objref(o, iid=iid, frame=frame, conn=call.conn, source=source)
-        out.append(e)
+    out["properties"] = blob["properties"]
     return out
-
-
-def _remote_activation_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    out["orpcthat"] = read_orpcthat(r)
-    r.structure = "RemoteActivation"
-    oxid = r.u64()
-    out["oxid"] = oxid
-    if r.referent():
-        out["oxid_bindings"] = ndr_dualstringarray(r)
-    r.structure = "RemoteActivation"
-    out["ipid_remunknown"] = r.guid()
-    out["authn_hint"] = r.u32()
-    out["server_version"] = f"{r.u16()}.{r.u16()}"
-    out["hresult"] = r.u32()
-    objrefs = interface_pointers(r, "ppInterfaceData")
-    hrs = r.conformant_u32s("pResults")
-    out["status"] = r.u32()
-    out["interfaces"] = _returned_interfaces(objrefs, request.get("requested_iids") or [], hrs, dec, call,
-                                             "activation", with_ipid=True)
-    _finish_oxid_reply(out, dec, call, oxid, _frame(call, 1))
-
-
-def _resolve_oxid_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "ResolveOxid"
-    out["oxid"] = _hex64(r.u64())
-    n = r.u16()
-    seqs = r.u16_array(r.count(2, "arRequestedProtseqs"))
-    if len(seqs) != n:
-        r.fail(f"cRequestedProtseqs {n} but {len(seqs)} protocol sequences")
-    out["requested_protseqs"] = seqs
-
-
-def _resolve_oxid_resp(r: NdrReader, out: dict, dec, call: Call, request: dict, v2: bool = False) -> None:
-    r.structure = "ResolveOxid2" if v2 else "ResolveOxid"
-    if r.referent():
-        out["oxid_bindings"] = ndr_dualstringarray(r)
-        r.structure = "ResolveOxid2" if v2 else "ResolveOxid"
-    out["ipid_remunknown"] = r.guid()
-    out["authn_hint"] = r.u32()
-    if v2:
-        out["server_version"] = f"{r.u16()}.{r.u16()}"
-    out["status"] = r.u32()
-    oxid = request.get("oxid")
-    ok = out["status"] == 0
-    _finish_oxid_reply(out, dec, call, int(oxid, 16) if (oxid and ok) else None, _frame(call, 1))
-
-
-def _resolve_oxid2_resp(r, out, dec, call, request):
-    _resolve_oxid_resp(r, out, dec, call, request, True)
-
-
-def _simple_ping_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "SimplePing"
-    out["set_id"] = _hex64(r.u64())
-
-
-def _status_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "error_status_t"
-    out["status"] = r.u32()
-
-
-def _complex_ping_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "ComplexPing"
-    out["set_id"] = _hex64(r.u64())
-    out["sequence_num"] = r.u16()
-    n_add = r.u16()
-    n_del = r.u16()
-    add = r.u64_array(r.count(8, "AddToSet")) if r.referent() else []
-    rem = r.u64_array(r.count(8, "DelFromSet")) if r.referent() else []
-    if len(add) != n_add or len(rem) != n_del:
-        r.fail(f"cAddToSet {n_add} / cDelFromSet {n_del} but {len(add)} / {len(rem)} OIDs")
-    out["add_to_set"] = [_hex64(v) for v in add]
-    out["del_from_set"] = [_hex64(v) for v in rem]
-
-
-def _complex_ping_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "ComplexPing"
-    out["set_id"] = _hex64(r.u64())
-    out["ping_backoff_factor"] = r.u16()
-    out["status"] = r.u32()
-
-
-def _server_alive2_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "ServerAlive2"
-    out["server_version"] = f"{r.u16()}.{r.u16()}"
-    if r.referent():
-        dsa = ndr_dualstringarray(r)
-        out["or_bindings"] = dsa.to_dict()
-        out["or_bindings_text"] = dsa.bindings_text()
-    r.structure = "ServerAlive2"
-    r.u32()                                    # pReserved
-    out["status"] = r.u32()
-
-
-def _requested_iids(r: NdrReader, out: dict, what: str) -> None:
-    """cIids (unsigned short) and the conformant IID array it counts, as RemQueryInterface
-    and RemQueryInterface2 (3.1.1.5.6) both end their requests."""
-    n = r.u16()
-    iids = r.conformant_guids(what)
-    if len(iids) != n:
-        r.fail(f"cIids {n} but {len(iids)} IIDs")
-    out["iids"] = iids
-    out["interfaces"] = [_if.interface_name(i) for i in iids]
-
-
-def _rem_qi_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "RemQueryInterface"
-    out["ipid"] = r.guid()
-    e = dec.registry.lookup(out["ipid"])
-    out["object_interface"] = e.interface if e else None
-    out["refs"] = r.u32()
-    _requested_iids(r, out, "RemQueryInterface.iids")
-
-
-def _rem_qi_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "RemQueryInterface"
-    results = []
-    if r.referent():
-        n = r.count(48, "ppQIResults")
-        for _ in range(n):
-            r.structure = "REMQIRESULT"
-            r.align(8)
-            hr = r.u32()
-            r.align(8)
-            r.need(40)
-            std = parse_stdobjref(r.buf, r.pos, r.end)
-            r.pos += 40
-            results.append((hr, std))
-    r.structure = "RemQueryInterface"
-    out["hresult"] = r.u32()
-    iids = request.get("iids") or []
-    frame = _frame(call, 1)
-    res = []
-    for i, (hr, std) in enumerate(results):
-        iid = iids[i] if i < len(iids) else None
-        e = {"iid": iid, "interface": _if.interface_name(iid), "hresult": hr}
-        if hr & 0x80000000 == 0:
-            e["std"] = std.to_dict()
-            if iid:
-                dec.registry.learn_ipid(std.ipid, iid, oxid=std.oxid, oid=std.oid, frame=frame, conn=call.conn,
-                                        source="remqi", public_refs=std.public_refs)
-        res.append(e)
-    out["results"] = res
-
-
-def _rem_qi2_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "RemQueryInterface2"
-    out["ipid"] = r.guid()
-    e = dec.registry.lookup(out["ipid"])
-    out["object_interface"] = e.interface if e else None
-    _requested_iids(r, out, "RemQueryInterface2.iids")
-
-
-def _rem_qi2_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "RemQueryInterface2"
-    hrs = r.conformant_u32s("RemQueryInterface2.phr")
-    objrefs = interface_pointers(r, "RemQueryInterface2.ppMIF")
-    out["hresult"] = r.u32()
-    out["results"] = _returned_interfaces(objrefs, request.get("iids") or [], hrs, dec, call, "remqi")
-
-
-def _rem_refs_req(r: NdrReader, out: dict, dec, call: Call) -> None:
-    r.structure = "REMINTERFACEREF"
-    n = r.u16()
-    m = r.count(24, "InterfaceRefs")
-    if m != n:
-        r.fail(f"cInterfaceRefs {n} but a conformance of {m}", r.pos - 4)
-    refs = []
-    for _ in range(m):
-        ipid = r.guid()
-        e = dec.registry.lookup(ipid)
-        refs.append({"ipid": ipid, "interface": e.interface if e else None,
-                     "public_refs": r.u32(), "private_refs": r.u32()})
-    out["interface_refs"] = refs
-
-
-def _rem_addref_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "RemAddRef"
-    out["results"] = r.conformant_u32s("RemAddRef.pResults")
-    out["hresult"] = r.u32()
-
-
-def _hresult_resp(r: NdrReader, out: dict, dec, call: Call, request: dict) -> None:
-    r.structure = "HRESULT"
-    out["hresult"] = r.u32()
-
-
-# (interface IID, opnum) -> (request decoder, response decoder); IRemUnknown2 inherits IRemUnknown's.
-_DECODERS = {
-    (IID_ISYSTEMACTIVATOR, 3): (_getclass_req, _activation_resp),
-    (IID_ISYSTEMACTIVATOR, 4): (_create_req, _activation_resp),
-    (IID_IACTIVATION, 0): (_remote_activation_req, _remote_activation_resp),
-    (IID_IOBJECTEXPORTER, 0): (_resolve_oxid_req, _resolve_oxid_resp),
-    (IID_IOBJECTEXPORTER, 1): (_simple_ping_req, _status_resp),
-    (IID_IOBJECTEXPORTER, 2): (_complex_ping_req, _complex_ping_resp),
-    (IID_IOBJECTEXPORTER, 3): (None, _status_resp),
-    (IID_IOBJECTEXPORTER, 4): (_resolve_oxid_req, _resolve_oxid2_resp),
-    (IID_IOBJECTEXPORTER, 5): (None, _server_alive2_resp),
-    (IID_IREMUNKNOWN, 3): (_rem_qi_req, _rem_qi_resp),
-    (IID_IREMUNKNOWN, 4): (_rem_refs_req, _rem_addref_resp),
-    (IID_IREMUNKNOWN, 5): (_rem_refs_req, _hresult_resp),
-    (IID_IREMUNKNOWN2, 6): (_rem_qi2_req, _rem_qi2_resp),
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,27 +361,36 @@ class DcomDecoder:
         iid = self._name(call, notes)
         info = _if.interface_by_uuid(iid)
         orpc = info["orpc"] if info is not None else bool(call.ipid)
-        key_iid = IID_IREMUNKNOWN if (iid == IID_IREMUNKNOWN2 and call.opnum in (3, 4, 5)) else iid
-        req_fn, resp_fn = _DECODERS.get((key_iid, call.opnum), (None, None))
-        structured = (key_iid, call.opnum) in _DECODERS
+        plan = None
+        if info is not None and info["name"] in TABLE_DECODED and call.opnum is not None:
+            plan = method_plan(info["name"], call.opnum)
+            if plan is not None and plan.error:
+                plan = None
+        hooks = _hooks(info, plan.method) if plan else (None, None)
         little = (call.drep & 0x10) != 0
         decoded: dict = {}
-        request: dict = {}
+        values: list[dict | None] = [None, None]
         ok = [False, False]
 
-        if call.req_stub is not None:
-            ok[0] = self._decode_stub(call, 0, request, little, orpc, structured, req_fn)
-            decoded["request"] = request
-
-        if call.resp_stub is not None and call.fault is None:
-            response: dict = {}
-            # the response decoder also sees the request: a reply's arrays follow what was asked
-            ok[1] = self._decode_stub(call, 1, response, little, orpc, structured, resp_fn, request)
-            decoded["response"] = response
+        for direction, stub in ((0, call.req_stub), (1, call.resp_stub)):
+            if stub is None or (direction and call.fault is not None):
+                continue
+            side: dict = {}
+            decoded["request" if direction == 0 else "response"] = side
+            ok[direction], values[direction] = self._decode_stub(call, direction, side, little,
+                                                                 orpc or (plan is not None and plan.header), plan)
+            notes += side.pop("notes", ())
+            hook = hooks[direction]
+            if hook is not None and values[direction] is not None:
+                try:
+                    hook(self, call, side, values[direction], values[0])
+                except DecodeError as e:
+                    self._error(call, direction, e)
+                    ok[direction] = False
 
         # every interface pointer on the wire teaches the registry, whoever carries it
         for direction, stub in ((0, call.req_stub), (1, call.resp_stub)):
-            if not stub or (structured and ok[direction]) or OBJREF_SIGNATURE not in stub:
+            if not stub or (plan is not None and ok[direction]) or OBJREF_SIGNATURE not in stub:
                 continue
             errs: list[DecodeError] = []
             found = scan_objrefs(stub, errs)
@@ -496,31 +409,39 @@ class DcomDecoder:
                     frame=_frame(call, direction), conn=call.conn, structure="OBJREF"))
 
         if notes:
-            decoded["notes"] = notes
+            decoded.setdefault("notes", []).extend(notes)
         if decoded:
             call.decoded = decoded
 
-    def _decode_stub(self, call: Call, direction: int, out: dict, little: bool, orpc: bool, structured: bool,
-                     fn, *request) -> bool:
-        """One direction's stub into `out`: ORPCTHIS / ORPCTHAT (2.2.13) first on an ORPC
-        interface, then the method's decoder, or where its parameters start for a method that
-        has none. False after a DecodeError, which becomes an error record of the call; what
-        was decoded before it stays in `out`."""
-        r = NdrReader(call.resp_stub if direction else call.req_stub, little_endian=little)
+    def _decode_stub(self, call: Call, direction: int, out: dict, little: bool, header: bool,
+                     plan) -> tuple[bool, dict | None]:
+        """One direction's stub into `out`: ORPCTHIS / ORPCTHAT (2.2.13) first where the call
+        carries one, then the method's parameters from the table, or, for a method not decoded
+        here, where its parameters start. (ok, native values): not ok after a DecodeError, which
+        becomes an error record of the call; what was decoded before it stays in `out`."""
+        stub = call.resp_stub if direction else call.req_stub
+        r = NdrReader(stub, little_endian=little)
         try:
-            if orpc:
+            if header:
                 if direction:
                     out["orpcthat"] = read_orpcthat(r)
                 else:
                     out["orpcthis"] = read_orpcthis(r)
-            if fn is not None:
-                fn(r, out, self, call, *request)
-            elif not structured:
-                out["params_offset"] = r.pos
-            return True
         except DecodeError as e:
             self._error(call, direction, e)
-            return False
+            return False, None
+        if plan is None:
+            out["params_offset"] = r.pos
+            return True, None
+        d = decode_direction(plan, stub, r.pos, little, None, call, direction == 1)
+        out["params"] = d.params
+        if direction:
+            out["return"] = d.ret
+        if d.notes:
+            out.setdefault("notes", []).extend(d.notes)
+        for e in d.errors:
+            self._error(call, direction, e)
+        return not d.errors, d.values
 
     def _error(self, call: Call, direction: int, e: DecodeError) -> None:
         call.errors.append(ErrorRecord(stage="dcom", reason=e.reason, frame=_frame(call, direction),

@@ -499,26 +499,44 @@ class _VArray(_Array):
 
 
 class _Struct(_Node):
-    __slots__ = ("name", "fields")
+    """A structure: its fields in order. One whose last member is a conformant array
+    (DUALSTRINGARRAY, ORPC_EXTENT) is a conformant structure: NDR sends that array's
+    conformance first, ahead of the structure (C706 14.3.7.1)."""
+
+    __slots__ = ("name", "fields", "conformant")
 
     def __init__(self, name: str):
         super().__init__(name, 1, 0)
         self.name = name
         self.fields: list[tuple[str, _Node, tuple | None]] = []
+        self.conformant = False
 
     def finish(self, fields):
         self.fields = fields
         self.align = max((n.align for _, n, _ in fields), default=1)
         self.min_size = sum(n.min_size for _, n, _ in fields)
+        self.conformant = bool(fields) and type(fields[-1][1]) is _Array
+        if self.conformant:
+            self.align = max(self.align, 4)
 
     def read(self, r, ctx, scope, holder, key):
-        r.align(self.align)
         d: dict = {}
         holder[key] = d
         name = self.name
-        for fname, node, _ in self.fields:
+        fields = self.fields
+        if self.conformant:
+            *fields, (last_name, last, _) = fields
+            r.structure = name + "." + last_name
+            at = r.pos
+            n = r.count(last.elem.min_size, r.structure)
+        r.align(self.align)
+        for fname, node, _ in fields:
             r.structure = name + "." + fname
             node.read(r, ctx, d, d, fname)
+        if self.conformant:
+            r.structure = name + "." + last_name
+            _check_count(r, "array", last.size, d, ctx, n, at)
+            last._elements(r, ctx, d, d, last_name, n)
 
     def write(self, w, v, ctx, scope):
         v = dict(v or {})
@@ -528,9 +546,16 @@ class _Struct(_Node):
             if isinstance(node, _Array) and isinstance(node.size, str) and v.get(node.size) is None \
                     and v.get(fname) is not None:
                 v[node.size] = len(v[fname])
+        fields = self.fields
+        if self.conformant:
+            *fields, (last_name, last, _) = fields
+            elements = v.get(last_name) or []
+            w.count(len(elements))
         w.align(self.align)
-        for fname, node, _ in self.fields:
+        for fname, node, _ in fields:
             node.write(w, v.get(fname), ctx, v)
+        if self.conformant:
+            last._write_elements(w, elements, ctx, v)
 
 
 class _Union(_Node):
@@ -643,6 +668,8 @@ class _MethodPlan:
     response: list
     returns: _Node
     error: str | None = None       # a type the interpreter does not know
+    header: bool = False           # ORPCTHIS / ORPCTHAT written as parameters (the plain RPC
+                                   # activation interfaces): read as the ORPC header, not here
 
 
 _PLANS: dict[tuple[str, int], _MethodPlan | None] = {}
@@ -673,9 +700,12 @@ def method_plan(interface: str, method) -> _MethodPlan | None:
 
 def _compile(info: dict, m: dict) -> _MethodPlan:
     chain = [i["name"] for i in _if.base_chain(info)]
-    req, resp, error = [], [], None
+    req, resp, error, header = [], [], None, False
     for p in m["params"]:
         if p.get("implicit"):
+            continue
+        if p["type"] in ("ORPCTHIS", "ORPCTHAT"):
+            header = True
             continue
         try:
             node = _node(p["type"])
@@ -691,7 +721,7 @@ def _compile(info: dict, m: dict) -> _MethodPlan:
         if p["dir"] in ("out", "inout"):
             resp.append(pp)
     return _MethodPlan(info["name"], m["name"], m["opnum"], f"{info['name']}::{m['name']}", req, resp,
-                       _node(m["returns"]), error)
+                       _node(m["returns"]), error, header)
 
 
 # ---------------------------------------------------------------------------------------
@@ -811,11 +841,12 @@ class StubDecode:
     header: dict | None = None
 
 
-def _param_dict(pp: _ParamPlan, off: int, length: int, pad: int, v) -> dict:
+def _param_dict(pp: _ParamPlan, off: int, length: int, pad: int, v, r: NdrReader) -> dict:
     d = {"name": pp.name, "type": pp.type, "offset": off, "length": length, "pad": pad,
          "value": _json(pp.node, v, pp.ann)}
     if type(pp.node) is _Unique:
-        d["referent"] = v is not None          # the [unique] pointer itself was not NULL
+        # the [unique] pointer's referent ID (0: NULL), as the traces print it ("Pointer To 0x00020000")
+        d["referent"] = int.from_bytes(r.buf[off:off + 4], "little" if r.little else "big")
     ptrs = _pointers(v, [])
     if ptrs:
         base = _unwrap(pp.node)
@@ -883,7 +914,7 @@ def _decode_params(plan: _MethodPlan, plans: list, r: NdrReader, ctx: _Ctx, resp
         if off > start and buf[start:off].strip(b"\x00"):
             ctx.notes.append(f"{plan.label}: non-zero alignment padding {buf[start:off].hex()} "
                              f"before {pp.name} at offset {start}")
-        d = _param_dict(pp, off, r.pos - off, off - start, v)
+        d = _param_dict(pp, off, r.pos - off, off - start, v, r)
         special = PARAM_HOOKS.get(pp.special)
         if special is not None:
             special(pp, v, d, ctx)

@@ -1,7 +1,7 @@
 """The JSON-lines records of `wmiscope calls --format jsonl`: one versioned schema, in the library.
 
-Each line is one record: a call ({"schema": 1, "type": "call", ...}, `call_dict`) or an
-error met outside any call ({"schema": 1, "type": "error", ...}, `error_line`). The layout
+Each line is one record: a call ({"schema": 2, "type": "call", ...}, `call_dict`) or an
+error met outside any call ({"schema": 2, "type": "error", ...}, `error_line`). The layout
 is documented field by field in docs/calls.schema.json (JSON Schema, draft 2020-12); a
 change that renames, removes or retypes a field raises SCHEMA_VERSION, a new optional
 field does not. The TypedDicts below are the same layout for Python readers (the
@@ -25,7 +25,7 @@ from .auth import auth_level_name, auth_type_name
 __all__ = ["SCHEMA_VERSION", "CallRecord", "HalfRecord", "AuthRecord", "ErrorDict", "call_dict", "error_dict",
            "error_line", "dumps", "iso", "endpoint"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ErrorDict(TypedDict, total=False):

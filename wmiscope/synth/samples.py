@@ -26,7 +26,6 @@ samples are wmi-process-create at packet privacy (NTLMv2, Kerberos AES256).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from wmiscope import synth
