@@ -28,7 +28,7 @@ import struct
 
 from ..formats.errors import DecodeError
 from ..formats.objref import (MAX_SCAN_ERRORS, OBJREF_CUSTOM, OBJREF_SIGNATURE, DualStringArray, ObjRef,
-                              parse_dualstringarray, scan_objrefs)
+                              hex64, parse_dualstringarray, scan_objrefs)
 from ..spec import interfaces as _if
 from .activation import decode_activation_properties
 from .interpreter import InterfacePointer, decode_direction, method_plan
@@ -48,10 +48,6 @@ IID_IOBJECTEXPORTER = _if.uuid_of("IObjectExporter")
 
 CLSID_ACTIVATION_PROPERTIES_IN = _if.uuid_of("ActivationPropertiesIn")
 CLSID_ACTIVATION_PROPERTIES_OUT = _if.uuid_of("ActivationPropertiesOut")
-
-
-def _hex64(v: int | None) -> str | None:
-    return None if v is None else f"0x{v:016x}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,7 +277,7 @@ def _json_values(d: dict) -> None:
         d["oxid_bindings"] = dsa.to_dict()
         d["oxid_bindings_text"] = dsa.bindings_text()
     if isinstance(d.get("oxid"), int):
-        d["oxid"] = _hex64(d["oxid"])
+        d["oxid"] = hex64(d["oxid"])
     for e in d.get("interfaces", ()):
         if isinstance(e.get("objref"), ObjRef):
             e["objref"] = e["objref"].to_dict()

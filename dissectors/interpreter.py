@@ -428,7 +428,8 @@ class _Array(_Node):
 
     __slots__ = ("elem", "size", "fast")
     _FAST = {"long": NdrReader.i32_array, "ulong": NdrReader.u32_array, "HRESULT": NdrReader.u32_array,
-             "error_status_t": NdrReader.u32_array, "GUID": NdrReader.guid_array}
+             "error_status_t": NdrReader.u32_array, "GUID": NdrReader.guid_array,
+             "ushort": NdrReader.u16_array, "uhyper": NdrReader.u64_array}
 
     def __init__(self, text: str, elem: _Node, size):
         super().__init__(text, max(4, elem.align), 4)
@@ -656,6 +657,7 @@ class _ParamPlan:
     node: _Node
     ann: tuple | None
     special: str | None
+    pointers: bool = True          # whether the type can hold an interface pointer at all
 
 
 @dataclass(slots=True)
@@ -698,6 +700,25 @@ def method_plan(interface: str, method) -> _MethodPlan | None:
     return plan
 
 
+def _holds_pointers(node: _Node, seen: set) -> bool:
+    """Whether values of this type can contain an interface pointer (decided once per
+    parameter, so that the values of the others are not searched for one)."""
+    if isinstance(node, (_Iface, _Mip)):
+        return True
+    if id(node) in seen:
+        return False
+    seen.add(id(node))
+    if isinstance(node, (_Unique, )):
+        return _holds_pointers(node.inner, seen)
+    if isinstance(node, _Array):
+        return _holds_pointers(node.elem, seen)
+    if isinstance(node, _Struct):
+        return any(_holds_pointers(n, seen) for _, n, _ in node.fields)
+    if isinstance(node, _Union):
+        return any(_holds_pointers(n, seen) for _, n in node.arms.values())
+    return False
+
+
 def _compile(info: dict, m: dict) -> _MethodPlan:
     chain = [i["name"] for i in _if.base_chain(info)]
     req, resp, error, header = [], [], None, False
@@ -715,7 +736,7 @@ def _compile(info: dict, m: dict) -> _MethodPlan:
         where = [(i, m["name"], p["name"]) for i in chain]
         ann = next((a for a in (_wc.annotation(*w) for w in where) if a), None)
         special = next((s for s in (_if.special_param(*w) for w in where) if s), None)
-        pp = _ParamPlan(p["name"], p["type"], node, ann or node.ann, special)
+        pp = _ParamPlan(p["name"], p["type"], node, ann or node.ann, special, _holds_pointers(node, set()))
         if p["dir"] in ("in", "inout"):
             req.append(pp)
         if p["dir"] in ("out", "inout"):
@@ -847,7 +868,7 @@ def _param_dict(pp: _ParamPlan, off: int, length: int, pad: int, v, r: NdrReader
     if type(pp.node) is _Unique:
         # the [unique] pointer's referent ID (0: NULL), as the traces print it ("Pointer To 0x00020000")
         d["referent"] = int.from_bytes(r.buf[off:off + 4], "little" if r.little else "big")
-    ptrs = _pointers(v, [])
+    ptrs = _pointers(v, []) if pp.pointers else None
     if ptrs:
         base = _unwrap(pp.node)
         if type(base) in (_Iface, _Mip):

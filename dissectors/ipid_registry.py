@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..formats.objref import DualStringArray, ObjRef
+from ..formats.objref import DualStringArray, ObjRef, hex64
 from ..spec import interfaces as _if
 from .ndr import GUID_NULL
 
 __all__ = ["IpidEntry", "OxidEntry", "IpidRegistry"]
-
-
-def _hex64(v: int | None) -> str | None:
-    return None if v is None else f"0x{v:016x}"
 
 
 @dataclass(slots=True)
@@ -39,8 +35,8 @@ class IpidEntry:
         return _if.interface_name(self.iid)
 
     def to_dict(self) -> dict:
-        return {"ipid": self.ipid, "iid": self.iid, "interface": self.interface, "oxid": _hex64(self.oxid),
-                "oid": _hex64(self.oid), "frame": self.frame, "conn": self.conn, "source": self.source,
+        return {"ipid": self.ipid, "iid": self.iid, "interface": self.interface, "oxid": hex64(self.oxid),
+                "oid": hex64(self.oid), "frame": self.frame, "conn": self.conn, "source": self.source,
                 "resolver": self.resolver.bindings_text() if self.resolver else None}
 
 
@@ -54,7 +50,7 @@ class OxidEntry:
     frame: int | None = None
 
     def to_dict(self) -> dict:
-        return {"oxid": _hex64(self.oxid), "bindings": self.bindings.bindings_text() if self.bindings else None,
+        return {"oxid": hex64(self.oxid), "bindings": self.bindings.bindings_text() if self.bindings else None,
                 "ipid_remunknown": self.ipid_remunknown, "authn_hint": self.authn_hint,
                 "version": self.version, "frame": self.frame}
 

@@ -41,7 +41,7 @@ __all__ = [
     "StringBinding", "SecurityBinding", "DualStringArray", "StdObjRef", "ObjRef",
     "parse_dualstringarray", "build_dualstringarray", "parse_stdobjref", "parse_objref", "build_objref", "scan_objrefs",
     "OBJREF_SIGNATURE", "OBJREF_STANDARD", "OBJREF_HANDLER", "OBJREF_CUSTOM", "OBJREF_EXTENDED", "OBJREF_KINDS",
-    "OBJREF_EXTENDED_SIGNATURE", "TOWER_IDS", "OPAQUE_PAYLOAD_CLSIDS", "MAX_SCAN_ERRORS",
+    "OBJREF_EXTENDED_SIGNATURE", "TOWER_IDS", "OPAQUE_PAYLOAD_CLSIDS", "MAX_SCAN_ERRORS", "hex64",
 ]
 
 OBJREF_SIGNATURE = _dcom.OBJREF_SIGNATURE.to_bytes(4, "little")    # b"MEOW"
@@ -109,7 +109,8 @@ _ZERO_GUID = bytes(16)
 _PORT = re.compile(r"\[(\d{1,5})\]$")
 
 
-def _hex64(v: int | None) -> str | None:
+def hex64(v: int | None) -> str | None:
+    """An OXID or OID as the records show it: 16 hex digits (JSON numbers lose 64-bit precision)."""
     return None if v is None else f"0x{v:016x}"
 
 
@@ -241,8 +242,8 @@ class StdObjRef:
     ipid: str
 
     def to_dict(self) -> dict:
-        return {"flags": self.flags, "public_refs": self.public_refs, "oxid": _hex64(self.oxid),
-                "oid": _hex64(self.oid), "ipid": self.ipid}
+        return {"flags": self.flags, "public_refs": self.public_refs, "oxid": hex64(self.oxid),
+                "oid": hex64(self.oid), "ipid": self.ipid}
 
 
 @dataclass(slots=True)
