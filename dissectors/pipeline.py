@@ -19,7 +19,8 @@ from typing import Iterator
 from .auth import AuthContexts
 from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
-from .dcom import DcomDecoder, IpidRegistry
+from .dcom import DcomDecoder
+from .ipid_registry import IpidRegistry
 from .operations import Operations
 from .records import Call, ErrorRecord, Pdu
 from .tcp import TcpReassembler
@@ -177,19 +178,22 @@ class Analysis:
 
     want_pdus: also yield every Pdu record (the tshark cross-check uses them).
     objects: decode the MS-WMIO objects inside calls (off for outputs that never show them).
+    params: decode the WMI methods' parameters at all (off for the calls table, which prints
+    none: calls are still named, paired and correlated from what the DCOM layer reads, but a
+    stub malformed only inside its WMI parameters is not seen as malformed).
     credentials: the analyst's secrets (dissectors.credentials.Credentials): sealed
     stubs they open are decrypted and decoded like clear ones.
     """
 
     def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None, credentials=None,
-                 objects: bool = True):
+                 objects: bool = True, params: bool = True):
         self.stats = Stats()
         self.credentials = credentials
         self.want_pdus = want_pdus
         self.registry = registry or IpidRegistry()
         self.dcom = DcomDecoder(self.registry)
         self.operations = Operations()
-        self.wmi = WmiDecoder(self.operations, objects=objects)
+        self.wmi = WmiDecoder(self.operations, objects=objects) if params else None
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
         self._origin = None                             # CaptureSet.origin when several files
@@ -217,7 +221,8 @@ class Analysis:
                 self._out.append(rec)
         elif kind is Call:
             self.dcom.decode_call(rec)
-            self.wmi.decode_call(rec)
+            if self.wmi is not None:
+                self.wmi.decode_call(rec)
             self.operations.observe(rec)
             if self._origin is not None or self._tunnels:
                 self._place(rec)

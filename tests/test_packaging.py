@@ -17,7 +17,12 @@ def test_wheel_holds_every_package_under_wmiscope_and_no_bare_top_level(tmp_path
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"wmiscope"}          # never a bare `formats` or `dissectors` (one exists on PyPI)
     for module in ("wmiscope/cli.py", "wmiscope/commands/calls.py", "wmiscope/commands/transcript.py",
-                   "wmiscope/synth/wire.py", "wmiscope/formats/wmio.py", "wmiscope/dissectors/pipeline.py"):
+                   "wmiscope/spec/interfaces.py", "wmiscope/formats/objref.py", "wmiscope/formats/wmio.py",
+                   "wmiscope/dissectors/pipeline.py", "wmiscope/dissectors/jsonl.py"):
         assert module in names, module
+    # The sample generator and its test-only credentials stay in the source tree.
+    assert not [n for n in names if n.startswith("wmiscope/synth/")]
+    wheel_bytes = b"".join(zipfile.ZipFile(wheel).read(n) for n in names)
+    assert b"Sample-Only-Pa55" not in wheel_bytes and b"sample only" not in wheel_bytes
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "wmiscope = wmiscope.cli:main" in entry

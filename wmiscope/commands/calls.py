@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source, set_note,
+from .output import (add_source_arguments, call_dict, dumps, error_line, make_analysis, open_source, set_note,
                      summary_line)
 from .progress import with_progress
 
@@ -37,7 +37,7 @@ def run(args) -> int:
             if table:
                 write(f"! {_error_line(rec)}\n")
             else:
-                write(dumps({"type": "error", **error_dict(rec)}) + "\n")
+                write(dumps(error_line(rec)) + "\n")
     s = analysis.stats
     if table:
         write("\n" + summary_line(s))

@@ -1,121 +1,16 @@
-"""Shared rendering of pipeline records for the commands (JSON lines and tables)."""
+"""Shared rendering of pipeline records for the commands: arguments, the summary line; the
+JSON-lines record layout lives in the library (wmiscope.dissectors.jsonl)."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
-
-import orjson
-
-from wmiscope.dissectors.transcript import auth_level_name, auth_type_name
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def endpoint(ep) -> str:
-    ip, port = ep
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+# The record layout of the JSON lines lives in the library; re-exported for the commands.
+from wmiscope.dissectors.jsonl import call_dict, dumps, endpoint, error_dict, error_line, iso  # noqa: F401
 
 
 def summary_line(stats) -> str:
     """The closing line of the calls table and the transcript: the counts that add up."""
     outcomes = ", ".join(f"{k} {v}" for k, v in stats.as_dict()["calls_by_outcome"].items())
     return f"{stats.calls} calls ({outcomes}), {stats.pdus} PDUs, {stats.errors} errors, {stats.frames} frames\n"
-
-
-def error_dict(err) -> dict:
-    d = {"stage": err.stage, "reason": err.reason}
-    for k in ("frame", "conn", "structure", "offset", "kind", "file", "file_frame"):
-        v = getattr(err, k)
-        if v is not None:
-            d[k] = v
-    return d
-
-
-def call_dict(call, outcome: str) -> dict:
-    def half(frames, ts, stub_len, encrypted, decrypted, verified):
-        if frames is None:
-            return None
-        return {"frames": list(frames), "time": iso(ts), "epoch": ts,
-                "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted,
-                "verified": verified}   # signed (level 5) and checked with the credentials; None: not checked
-
-    d = {
-        "type": "call",
-        "conn": call.conn,
-        "call_id": call.call_id,
-        "client": endpoint(call.client),
-        "server": endpoint(call.server),
-        "ctx_id": call.ctx_id,
-        "interface": call.interface,
-        "interface_uuid": call.interface_uuid,
-        "interface_source": call.interface_source,
-        "opnum": call.opnum,
-        "method": call.method,
-        "ipid": call.ipid,
-        "request": half(call.req_frames, call.req_ts, call.req_stub_len, call.req_encrypted, call.req_decrypted,
-                        call.req_verified),
-        "response": half(call.resp_frames, call.resp_ts, call.resp_stub_len, call.resp_encrypted,
-                         call.resp_decrypted, call.resp_verified),
-        "fault": call.fault,
-        "auth": None if call.auth_type is None else {
-            "type": call.auth_type,
-            "type_name": auth_type_name(call.auth_type),
-            "level": call.auth_level,
-            "level_name": auth_level_name(call.auth_level),
-            "principal": call.auth_principal,
-        },
-        "encrypted": call.req_encrypted or call.resp_encrypted,
-        "decrypted": call.req_decrypted or call.resp_decrypted,   # sealed on the wire, opened with the credentials
-        "outcome": outcome,
-        "errors": [error_dict(e) for e in call.errors],
-        "operation": call.operation,
-    }
-    if call.decoded:
-        d["decoded"] = call.decoded
-    if call.tunnel:
-        d["tunnel"] = list(call.tunnel)
-    if call.origin:
-        # A capture set: the frame numbers above count across the set (as tshark on the
-        # mergecap'd set); each half's first and last frame as [file, frame in that file].
-        first = call.origin.get("request") or call.origin.get("response")
-        d["file"] = first[0][0]
-        for half, where in call.origin.items():
-            d[half]["origin"] = where
-    return d
-
-
-# Dataclasses (the WMI objects) and datetimes go to _default, as with json, instead of
-# orjson's own field-by-field rendering.
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-
-
-def dumps(obj) -> str:
-    """One compact JSON line. orjson writes it several times faster than the standard
-    library (JSON lines of decoded objects are the costliest output); anything orjson
-    refuses (an integer past 64 bits, a key it cannot take) goes through json."""
-    try:
-        return orjson.dumps(obj, default=_default, option=_ORJSON_OPTIONS).decode()
-    except TypeError:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
-
-
-def _default(o):
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return bytes(o).hex()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    # Decoded WMI objects (classes, instances, contexts, ObjectArrays) ride in a
-    # Param's "object"; JSON shows them through the formats' own to_json.
-    from wmiscope.dissectors.wmi import object_json
-    from wmiscope.formats import wmio
-    if isinstance(o, (wmio.WmiClass, wmio.WmiInstance)) or hasattr(o, "to_json"):
-        return object_json(o)
-    return str(o)
 
 
 def add_source_arguments(p) -> None:
