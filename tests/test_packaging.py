@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,8 +10,22 @@ import zipfile
 from tshark_util import ROOT
 
 
+def _clean_checkout(dst):
+    """The tracked files only: setuptools reuses a stale build/ or *.egg-info left in the
+    work tree (an editable install writes one), which can put back files the
+    configuration now leaves out, so the wheel is built as a fresh clone would build it."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for rel in filter(None, tracked.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst
+
+
 def test_wheel_holds_every_package_under_wmiscope_and_no_bare_top_level(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    src = _clean_checkout(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("wmiscope-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
