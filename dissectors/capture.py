@@ -6,9 +6,15 @@ Two halves, both on the per-packet hot path:
   ``(frame number, epoch seconds, linktype, frame bytes)``. It reads the file in
   large chunks and slices records out of them with precompiled `struct.Struct`s,
   so memory stays at about one chunk whatever the file size.
-* `tcp_segment(linktype, frame)` peels the link layer, IPv4/IPv6 and the TCP
-  header off a frame and returns a `TcpSegment`, or None when the frame carries
-  no (first-fragment) TCP.
+* `open_sources(paths)` reads several files, folders or glob patterns as one
+  `CaptureSet`, merged in time order (mergecap's order and frame numbering), with
+  `origin(frame)` naming the file and the frame inside it.
+* `tcp_segment(linktype, frame, ctx, number, ts)` peels the link layer, IPv4/IPv6
+  and the TCP header off a frame and returns a `TcpSegment`, or None when the frame
+  carries no TCP (yet). Only untagged IPv4/TCP on Ethernet takes the inlined fast
+  path; everything else goes through a `Decapsulation` (one per analysis) that
+  reassembles IP fragments (dissectors/ipfrag.py) and opens tunnels
+  (dissectors/encap.py).
 
 Formats (the "pcap" and "pcapng" Internet-Drafts of the IETF OPSAWG):
 
@@ -32,20 +38,26 @@ in the reader's ``errors`` list. A file that is not a capture at all raises
 
 from __future__ import annotations
 
+import bisect
+import glob
 import gzip
+import heapq
 import ipaddress
 import os
 import socket
 import struct
 import time
 import zlib
+from array import array
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
+from . import encap as _encap
 from .records import ErrorRecord
 
 __all__ = [
     "RawFrame", "TcpSegment", "CaptureReader", "CaptureFormatError", "open_capture",
-    "live_capture", "tcp_segment", "counters", "reset_counters",
+    "live_capture", "tcp_segment", "counters", "reset_counters", "Decapsulation",
+    "CaptureSet", "open_sources", "expand_sources",
 ]
 
 RawFrame = tuple[int, float, int, bytes]
@@ -497,23 +509,171 @@ def open_capture(path: str | os.PathLike | BinaryIO,
     return CaptureReader(path, errors)
 
 
-def live_capture(interface: str, bpf: str = "tcp", count: int | None = None) -> Iterator[RawFrame]:
+MAX_ORIGIN_RUNS = 1 << 20
+
+
+class CaptureSet:
+    """Several capture files read as one, packets merged in time order.
+
+    Iterating yields `RawFrame`s numbered 1, 2, ... across the whole set in the
+    order they are merged: the earliest timestamp at the head of any file first,
+    the earlier-named file on a tie. That is the order and the numbering of
+    ``mergecap -w set.pcapng FILE...`` (chronological merge), so a frame number of
+    a set's records is the number tshark shows on the merged file; `origin(frame)`
+    gives the file and the frame number inside it, for tshark on that one file.
+    A set of one file is that file: its numbers are the file's own.
+
+    Memory: one pending frame per file for the merge, and one entry (24 octets) per
+    run of consecutive frames from the same file for `origin`: one per file for
+    rolling sensor files, at worst one per frame when files interleave packet by
+    packet; then only the last MAX_ORIGIN_RUNS to 2 * MAX_ORIGIN_RUNS runs are kept
+    (at most about 50 MB), and an older frame's origin is unknown.
+    Errors: a damaged file ends only that file (its ErrorRecord, with ``file`` set,
+    goes to ``errors``); a file that is no capture raises CaptureFormatError before
+    any frame, naming the file.
+    """
+
+    def __init__(self, paths, errors: Callable[[ErrorRecord], None] | None = None):
+        self.paths = [os.fspath(p) for p in paths]
+        if not self.paths:
+            raise CaptureFormatError("no capture files given")
+        self.names = [os.path.basename(p) for p in self.paths]
+        if len(set(self.names)) != len(self.names):
+            self.names = list(self.paths)       # two folders with the same file name: keep them apart
+        self._errors = errors
+        self.errors: list[ErrorRecord] = []
+        self._run_start = array("q")            # first global frame of each run
+        self._run_file = array("q")             # file index of the run
+        self._run_local = array("q")            # that file's frame number at the run's start
+        self.frames = 0
+        # Open every file now: a file that is no capture stops the run before any output.
+        self._readers = []
+        try:
+            for i, p in enumerate(self.paths):
+                self._readers.append(CaptureReader(p, self._file_errors(i)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _file_errors(self, i: int):
+        def report(rec: ErrorRecord) -> None:
+            if len(self.paths) > 1:
+                rec.file = self.names[i]
+                rec.file_frame = rec.frame
+                rec.frame = None
+            self.errors.append(rec)
+            if self._errors is not None:
+                self._errors(rec)
+        return report
+
+    @property
+    def multi(self) -> bool:
+        return len(self.paths) > 1
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        if not self.multi:
+            return iter(self._readers[0])
+        return self._merged()
+
+    def _merged(self) -> Iterator[RawFrame]:
+        def keyed(i, reader):
+            for local, ts, linktype, data in reader:
+                yield ts, i, local, linktype, data
+        starts, files, locals_ = self._run_start, self._run_file, self._run_local
+        frame = 0
+        last_file = -1
+        try:
+            for ts, i, local, linktype, data in heapq.merge(*(keyed(i, r) for i, r in enumerate(self._readers))):
+                frame += 1
+                if i != last_file:
+                    if len(starts) >= 2 * MAX_ORIGIN_RUNS:
+                        # Files interleaving packet by packet make a run per frame: only the
+                        # latest runs are kept, which is where records point.
+                        del starts[:MAX_ORIGIN_RUNS], files[:MAX_ORIGIN_RUNS], locals_[:MAX_ORIGIN_RUNS]
+                    starts.append(frame)
+                    files.append(i)
+                    locals_.append(local)
+                    last_file = i
+                yield frame, ts, linktype, data
+        finally:
+            self.frames = frame
+
+    def origin(self, frame: int) -> tuple[str | None, int | None]:
+        """(file name, frame number in that file) of a frame number of the set;
+        (None, None) for a frame older than the runs kept (see MAX_ORIGIN_RUNS)."""
+        if not self.multi:
+            return self.names[0], frame
+        k = bisect.bisect_right(self._run_start, frame) - 1
+        if k < 0:
+            return None, None
+        return self.names[self._run_file[k]], self._run_local[k] + frame - self._run_start[k]
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+
+
+def expand_sources(sources) -> list[str]:
+    """The capture files that paths, folders and glob patterns name, in a stable order.
+
+    A folder stands for the capture files directly in it (pcap, pcapng, cap, and
+    those gzip-compressed), sorted by name; a pattern for its matches, sorted; a
+    plain path for itself. Raises CaptureFormatError when something names nothing.
+    """
+    out: list[str] = []
+    for s in sources:
+        s = os.fspath(s)
+        if os.path.isdir(s):
+            found = sorted(os.path.join(s, n) for n in os.listdir(s)
+                           if n.lower().endswith(_CAPTURE_SUFFIXES) and os.path.isfile(os.path.join(s, n)))
+            if not found:
+                raise CaptureFormatError(f"{s}: no capture files (.pcap, .pcapng, .cap) in this folder")
+            out.extend(found)
+        elif not os.path.exists(s) and glob.has_magic(s):
+            found = sorted(p for p in glob.glob(s) if os.path.isfile(p))
+            if not found:
+                raise CaptureFormatError(f"{s}: no file matches this pattern")
+            out.extend(found)
+        else:
+            out.append(s)
+    seen = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+_CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".ntar")
+
+
+def open_sources(sources, errors: Callable[[ErrorRecord], None] | None = None) -> CaptureSet:
+    """The `CaptureSet` of capture files, folders and glob patterns: one time-ordered stream.
+
+    What every capture-reading command opens (wmiscope/commands/output.py), and the
+    unit that parallel and distributed runs split.
+    """
+    return CaptureSet(expand_sources(sources), errors)
+
+
+def live_capture(interface: str, bpf: str = "tcp", count: int | None = None, *, timeout: float | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[RawFrame]:
     """Frames captured live on ``interface`` through scapy's level-2 listening socket.
 
     The kernel applies ``bpf``; nothing is dissected by scapy: the raw bytes are
     yielded with the link type of the interface, numbered from 1. The socket is
     opened by this call (so capture starts now, and missing privileges raise
     PermissionError here, not at the first frame). Stops after ``count`` frames if
-    given; closing the iterator closes the socket.
+    given, or once ``should_stop()`` says so (asked at least every ``timeout``
+    seconds while no packet comes); closing the iterator closes the socket.
+    (dissectors/live.py chooses between this and dumpcap.)
     """
     from scapy.config import conf
     import scapy.layers.l2  # noqa: F401  (registers the link types of conf.l2types)
 
     sock = conf.L2listen(iface=interface, filter=bpf)
-    return _live_frames(sock, conf, count)
+    if timeout is not None and hasattr(sock, "ins"):
+        sock.ins.settimeout(timeout)
+    return _live_frames(sock, conf, count, should_stop)
 
 
-def _live_frames(sock, conf, count: int | None) -> Iterator[RawFrame]:
+def _live_frames(sock, conf, count: int | None, should_stop=None) -> Iterator[RawFrame]:
     linktype = conf.l2types.layer2num.get(getattr(sock, "LL", None), 1)
     # On Linux, scapy's own receive routine also hands back the packet-socket address,
     # whose packet type lets us drop the outgoing copy the loopback device shows of
@@ -527,8 +687,13 @@ def _live_frames(sock, conf, count: int | None) -> Iterator[RawFrame]:
     frame = 0
     try:
         while count is None or frame < count:
+            if should_stop is not None and should_stop():
+                break
             if receive is not None:
-                data, sa_ll, ts = receive(ins, 65535)
+                try:
+                    data, sa_ll, ts = receive(ins, 65535)
+                except TimeoutError:
+                    continue
                 if loopback and sa_ll[2] == _PACKET_OUTGOING:
                     continue
             else:
@@ -558,11 +723,15 @@ class TcpSegment(NamedTuple):
     ack: int
     flags: int
     payload: bytes
+    # The tunnels the segment came through, outermost first (a tuple of small dicts
+    # from dissectors/encap.py with the outer addresses added), or None.
+    tunnel: tuple | None = None
 
 
 # What was not turned into a TcpSegment, by cause. Module-wide: the pipeline reads
 # and resets them per run (reset_counters()).
-counters = {"not_tcp": 0, "malformed": 0, "truncated": 0, "fragments": 0, "unsupported_linktype": 0}
+counters = {"not_tcp": 0, "malformed": 0, "truncated": 0, "fragments": 0, "unsupported_linktype": 0,
+            "tunnelled": 0}
 
 
 def reset_counters() -> dict:
@@ -574,14 +743,16 @@ def reset_counters() -> dict:
 
 
 _ETH_IPV4 = struct.Struct("!HBxH2xHxB")   # EtherType at 12, then IPv4: ver/IHL, total length, flags/fragment, protocol
-_IPV4 = struct.Struct("!BxH2xHxB")       # ver/IHL, total length, flags/fragment offset, protocol
+_IPV4 = struct.Struct("!BxHHHxB")        # ver/IHL, total length, identification, flags/fragment offset, protocol
 _IPV6 = struct.Struct("!B3xHB")          # version/class, payload length, next header
 _TCP = struct.Struct("!HHIIH")           # ports, sequence, acknowledgement, data offset/flags
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _U32LE = struct.Struct("<I")
 _new_segment = tuple.__new__
 
 _VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))     # 802.1Q, 802.1ad, the old QinQ outer tag
+_MPLS_TYPES = frozenset((0x8847, 0x8848))             # unicast, multicast label stacks
 _IPV6_EXTENSIONS = frozenset((0, 43, 60))              # hop-by-hop, routing, destination options
 _NULL_INET6 = frozenset((24, 28, 30))                  # AF_INET6 of NetBSD/OpenBSD, FreeBSD, Darwin
 _RAW_IP = frozenset((101, 12, 14))
@@ -603,7 +774,37 @@ def _pair(key: bytes) -> tuple[str, str]:
     return pair
 
 
-def _tcp(data: bytes, t: int, end: int, addrs: bytes) -> TcpSegment | None:
+class Decapsulation:
+    """The state that peeling a frame down to TCP needs beyond the frame itself.
+
+    One per analysis: IP fragments pending reassembly (dissectors/ipfrag.py), and,
+    for the frame being peeled, its number and time and the tunnels met on the way.
+    Only the slow path (anything but untagged, unfragmented IPv4/TCP on Ethernet)
+    touches it. ``tcp_segment`` without one still decapsulates tunnels but cannot
+    reassemble: it delivers a first fragment's TCP and counts the others.
+    """
+
+    __slots__ = ("frag", "frame", "ts", "layers", "depth")
+
+    def __init__(self, errors: Callable[[ErrorRecord], None] | None = None, *, reassemble: bool = True,
+                 **limits):
+        from .ipfrag import FragmentReassembler
+        self.frag = FragmentReassembler(errors, **limits) if reassemble else None
+        self.frame = 0
+        self.ts = 0.0
+        self.layers: list | None = None
+        self.depth = 0
+
+    def finish(self) -> None:
+        if self.frag is not None:
+            self.frag.finish()
+
+
+# What tcp_segment uses when it is given no context: tunnels, but no reassembly.
+_STATELESS = Decapsulation(reassemble=False)
+
+
+def _tcp(data: bytes, t: int, end: int, addrs: bytes, ctx: Decapsulation) -> TcpSegment | None:
     """The TCP header at t; the segment (header and payload) ends at end."""
     sport, dport, seq, ack, off_flags = _TCP.unpack_from(data, t)
     start = t + ((off_flags >> 10) & 0x3C)
@@ -611,21 +812,77 @@ def _tcp(data: bytes, t: int, end: int, addrs: bytes) -> TcpSegment | None:
         counters["malformed"] += 1
         return None
     pair = _pairs.get(addrs) or _pair(addrs)
+    layers = ctx.layers
+    if layers:
+        counters["tunnelled"] += 1
+        layers = tuple(layers)
     return _new_segment(TcpSegment, (pair[0], sport, pair[1], dport, seq, ack, off_flags & 0x1FF,
-                                     data[start:end]))
+                                     data[start:end], layers))
 
 
-def _ipv4(data: bytes, off: int) -> TcpSegment | None:
-    vihl, total, frag, proto = _IPV4.unpack_from(data, off)
+def _tunnel(ctx: Decapsulation, addrs: bytes, found) -> tuple | None:
+    """Notes a tunnel layer (with the outer addresses) and says what is inside it."""
+    if found is None or ctx.depth >= _encap.MAX_DEPTH:
+        counters["not_tcp"] += 1
+        return None
+    inner, off, layer = found
+    if len(addrs) == 8 or len(addrs) == 32:     # not a header cut short by the frame's end
+        pair = _pairs.get(addrs) or _pair(addrs)
+        layer["src"], layer["dst"] = pair
+    if ctx.layers is None:
+        ctx.layers = [layer]
+    else:
+        ctx.layers.append(layer)
+    ctx.depth += 1
+    return inner, off
+
+
+def _inner(data: bytes, kind: str, off: int, end: int, ctx: Decapsulation) -> TcpSegment | None:
+    if kind == "ether":
+        if off + 14 > end:
+            counters["malformed"] += 1
+            return None
+        return _ethertype(data[:end], off + 14, _U16.unpack_from(data, off + 12)[0], ctx)
+    if kind == "ipv4":
+        return _ipv4(data[:end], off, ctx)
+    if kind == "ipv6":
+        return _ipv6(data[:end], off, ctx)
+    return _mpls(data[:end], off, end, ctx)
+
+
+def _mpls(data: bytes, off: int, end: int, ctx: Decapsulation) -> TcpSegment | None:
+    found = _tunnel(ctx, b"", _encap.mpls(data, off, end))
+    return None if found is None else _inner(data, found[0], found[1], end, ctx)
+
+
+def _ip_payload(proto: int, data: bytes, p: int, end: int, addrs: bytes, ctx: Decapsulation) -> TcpSegment | None:
+    """What an IP datagram carries, from p to end: TCP, or a tunnel to open."""
+    if proto == 6:
+        return _tcp(data, p, end, addrs, ctx)
+    if proto == 17:
+        # Most UDP is DNS, NetBIOS, LDAP pings ...: one port lookup before any tunnel work.
+        if p + 4 > end or _U16.unpack_from(data, p + 2)[0] not in _encap.UDP_TUNNEL_PORTS:
+            counters["not_tcp"] += 1
+            return None
+        found = _tunnel(ctx, addrs, _encap.udp(data, p, end))
+    elif proto == 47:
+        found = _tunnel(ctx, addrs, _encap.gre(data, p, end))
+    elif proto == 4 or proto == 41:     # IP-in-IP, IPv6-in-IP (RFC 2003, RFC 4213)
+        found = _tunnel(ctx, addrs, ("ipv4" if proto == 4 else "ipv6", p, {"proto": "ipip" if proto == 4 else "ip6ip"}))
+    else:
+        counters["not_tcp"] += 1
+        return None
+    return None if found is None else _inner(data, found[0], found[1], end, ctx)
+
+
+def _ipv4(data: bytes, off: int, ctx: Decapsulation = _STATELESS) -> TcpSegment | None:
+    vihl, total, ident, frag, proto = _IPV4.unpack_from(data, off)
     ihl = (vihl & 0x0F) << 2
     if vihl >> 4 != 4 or ihl < 20:
         counters["malformed"] += 1
         return None
-    if proto != 6:
+    if proto != 6 and proto not in _TUNNEL_PROTOS:
         counters["not_tcp"] += 1
-        return None
-    if frag & 0x1FFF:
-        counters["fragments"] += 1
         return None
     end = off + total
     if total == 0:
@@ -636,10 +893,26 @@ def _ipv4(data: bytes, off: int) -> TcpSegment | None:
     elif end > len(data):
         counters["truncated"] += 1      # cut by the snapshot length: what is there is delivered
         end = len(data)
-    return _tcp(data, off + ihl, end, data[off + 12:off + 20])
+    addrs = data[off + 12:off + 20]
+    if frag & 0x3FFF:                   # a fragment: offset or More Fragments
+        counters["fragments"] += 1
+        reassembler = ctx.frag
+        if reassembler is None:         # no state: the first fragment's TCP header is all there is
+            if frag & 0x1FFF or proto != 6:
+                return None
+        else:
+            whole = reassembler.add((4, addrs, proto, ident), False, ctx.frame, ctx.ts, (frag & 0x1FFF) << 3,
+                                    bool(frag & 0x2000), data[off + ihl:end], ihl)
+            if whole is None:
+                return None
+            return _ip_payload(proto, whole, 0, len(whole), addrs, ctx)
+    return _ip_payload(proto, data, off + ihl, end, addrs, ctx)
 
 
-def _ipv6(data: bytes, off: int) -> TcpSegment | None:
+_TUNNEL_PROTOS = frozenset((4, 17, 41, 47))
+
+
+def _ipv6(data: bytes, off: int, ctx: Decapsulation = _STATELESS) -> TcpSegment | None:
     vtc, plen, nh = _IPV6.unpack_from(data, off)
     if vtc >> 4 != 6:
         counters["malformed"] += 1
@@ -654,13 +927,28 @@ def _ipv6(data: bytes, off: int) -> TcpSegment | None:
     while nh != 6:
         if nh in _IPV6_EXTENSIONS:
             nh, hlen = data[p], (data[p + 1] + 1) << 3
-        elif nh == 44:                  # fragment header: only the first fragment holds TCP
-            if _U16.unpack_from(data, p + 2)[0] & 0xFFF8:
+        elif nh == 44:                  # fragment header (RFC 8200 4.5)
+            offset_m = _U16.unpack_from(data, p + 2)[0]
+            if offset_m & 0xFFF9:       # not an atomic fragment (RFC 6946): reassemble
                 counters["fragments"] += 1
-                return None
-            nh, hlen = data[p], 8
+                reassembler = ctx.frag
+                if reassembler is None:
+                    if offset_m & 0xFFF8:
+                        return None
+                    nh, hlen = data[p], 8
+                else:
+                    whole = reassembler.add((6, addrs, _U32.unpack_from(data, p + 4)[0]), True, ctx.frame, ctx.ts,
+                                            offset_m & 0xFFF8, bool(offset_m & 1), data[p + 8:end])
+                    if whole is None:
+                        return None
+                    nh, data, p, end = data[p], whole, 0, len(whole)
+                    continue
+            else:
+                nh, hlen = data[p], 8
         elif nh == 51:                  # authentication header, length in 4-octet units minus 2
             nh, hlen = data[p], (data[p + 1] + 2) << 2
+        elif nh in _TUNNEL_PROTOS:
+            return _ip_payload(nh, data, p, end, addrs, ctx)
         else:
             counters["not_tcp"] += 1
             return None
@@ -668,33 +956,40 @@ def _ipv6(data: bytes, off: int) -> TcpSegment | None:
         if p > end:
             counters["malformed"] += 1
             return None
-    return _tcp(data, p, end, addrs)
+    return _tcp(data, p, end, addrs, ctx)
 
 
-def _ethertype(data: bytes, off: int, etype: int) -> TcpSegment | None:
+def _ethertype(data: bytes, off: int, etype: int, ctx: Decapsulation = _STATELESS) -> TcpSegment | None:
+    # VLAN tags (any number, 802.1Q inside 802.1ad QinQ) are a property of the link,
+    # not a tunnel: they are skipped without a mark on the segment.
     while etype in _VLAN_TYPES:
         etype = _U16.unpack_from(data, off + 2)[0]
         off += 4
     if etype == 0x0800:
-        return _ipv4(data, off)
+        return _ipv4(data, off, ctx)
     if etype == 0x86DD:
-        return _ipv6(data, off)
+        return _ipv6(data, off, ctx)
+    if etype in _MPLS_TYPES:
+        return _mpls(data, off, len(data), ctx)
+    if etype == 0x6558:                 # transparent Ethernet bridging straight on the link
+        return _inner(data, "ether", off, len(data), ctx)
     counters["not_tcp"] += 1
     return None
 
 
-def _raw_ip(data: bytes, off: int) -> TcpSegment | None:
+def _raw_ip(data: bytes, off: int, ctx: Decapsulation = _STATELESS) -> TcpSegment | None:
     version = data[off] >> 4
     if version == 4:
-        return _ipv4(data, off)
+        return _ipv4(data, off, ctx)
     if version == 6:
-        return _ipv6(data, off)
+        return _ipv6(data, off, ctx)
     counters["malformed"] += 1
     return None
 
 
-def tcp_segment(linktype: int, data: bytes) -> TcpSegment | None:
-    """The TCP segment a frame carries, or None (not TCP, non-first fragment, malformed).
+def tcp_segment(linktype: int, data: bytes, ctx: Decapsulation | None = None, frame: int = 0,
+                ts: float = 0.0) -> TcpSegment | None:
+    """The TCP segment a frame carries, or None (not TCP, a fragment still incomplete, malformed).
 
     Link types: 1 Ethernet (802.1Q / 802.1ad / QinQ tags), 113 Linux SLL, 276
     Linux SLL2, 101/12/14 raw IP, 228 raw IPv4, 229 raw IPv6, 0 and 108 BSD
@@ -702,6 +997,11 @@ def tcp_segment(linktype: int, data: bytes) -> TcpSegment | None:
     Ethernet padding; a frame cut short by the snapshot length yields what it
     holds (the reassembler then sees the missing bytes as a gap). Why a frame
     was refused is counted in the module's ``counters``.
+
+    Tunnels (VXLAN, Geneve, GRE, ERSPAN, MPLS, IP-in-IP, see dissectors/encap.py)
+    are opened and the segment names them in ``tunnel``. With a `Decapsulation`
+    ``ctx`` (one per analysis, given the frame's number and time), IP fragments are
+    reassembled and the segment comes out of the frame that completes its datagram.
     """
     try:
         if linktype == 1:
@@ -720,30 +1020,35 @@ def tcp_segment(linktype: int, data: bytes) -> TcpSegment | None:
                 addrs = data[26:34]
                 pair = _pairs.get(addrs) or _pair(addrs)
                 return _new_segment(TcpSegment, (pair[0], sport, pair[1], dport, seq, ack,
-                                                 off_flags & 0x1FF, data[start:end]))
-            return _ethertype(data, 14, etype)
+                                                 off_flags & 0x1FF, data[start:end], None))
+        # The slow path: anything else. The context learns which frame it peels.
+        if ctx is None:
+            ctx = _STATELESS
+        ctx.frame, ctx.ts, ctx.layers, ctx.depth = frame, ts, None, 0
+        if linktype == 1:
+            return _ethertype(data, 14, _U16.unpack_from(data, 12)[0], ctx)
         if linktype == 113:                 # Linux cooked v1: protocol at 14, 16-octet header
-            return _ethertype(data, 16, _U16.unpack_from(data, 14)[0])
+            return _ethertype(data, 16, _U16.unpack_from(data, 14)[0], ctx)
         if linktype == 276:                 # Linux cooked v2: protocol first, 20-octet header
-            return _ethertype(data, 20, _U16.unpack_from(data, 0)[0])
+            return _ethertype(data, 20, _U16.unpack_from(data, 0)[0], ctx)
         if linktype in _RAW_IP:
-            return _raw_ip(data, 0)
+            return _raw_ip(data, 0, ctx)
         if linktype == 228:
-            return _ipv4(data, 0)
+            return _ipv4(data, 0, ctx)
         if linktype == 229:
-            return _ipv6(data, 0)
+            return _ipv6(data, 0, ctx)
         if linktype == 0 or linktype == 108:
             family = _U32LE.unpack_from(data, 0)[0]
             if family > 0xFFFF:             # written in the other byte order
                 family = int.from_bytes(data[:4], "big")
             if family == 2:
-                return _ipv4(data, 4)
+                return _ipv4(data, 4, ctx)
             if family in _NULL_INET6:
-                return _ipv6(data, 4)
+                return _ipv6(data, 4, ctx)
             counters["not_tcp"] += 1
             return None
         counters["unsupported_linktype"] += 1
         return None
-    except (struct.error, IndexError):
+    except (struct.error, IndexError, ValueError):     # ValueError: an address cut short
         counters["malformed"] += 1
         return None

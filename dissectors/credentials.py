@@ -41,8 +41,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from .auth import (ETYPE_NAMES, MIC_LEN, AuthContext, KerberosApRep, KerberosApReq, NtlmAuthenticate, NtlmChallenge,
-                   NtlmNegotiate, inner_token)
+from .auth import AuthContext, inner_token
+from .kerberos import ETYPE_NAMES, KerberosApRep, KerberosApReq
+from .ntlmssp import MIC_LEN, NtlmAuthenticate, NtlmChallenge, NtlmNegotiate
 from .crypto_kerberos import (AES_KEY_SIZES, ETYPE_AES128, ETYPE_AES256, ETYPE_RC4, Key, KerberosContextKeys,
                               KerberosCryptoError, KerberosDceSecurity, default_salt, parse_keytab,
                               recover_context_keys, string_to_key)
@@ -50,10 +51,7 @@ from .crypto_ntlm import (NtlmDceSecurity, NtlmKeyError, NtlmSession, UnsealErro
                           exported_session_key, lmowfv1, ntowfv1)
 from .records import ErrorRecord
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 ETYPE_BY_NAME = {
     "aes256": ETYPE_AES256, "aes256-cts-hmac-sha1-96": ETYPE_AES256, "18": ETYPE_AES256,

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .auth import _KRB5_OID_DER, _der_int, _der_octets, _der_string, _expect, _krb_principal, _tagged
+from .der import der_int, der_octets, der_string, expect, tagged
+from .kerberos import KRB5_OID_DER, krb_principal
 from .crypto_ntlm import Rc4, UnsealError, hmac_md5, ntowfv1
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 ETYPE_AES128 = 17
 ETYPE_AES256 = 18
@@ -380,23 +378,23 @@ class ApRepPart:
 
 
 def _app_body(buf: bytes, tag: int, what: str) -> dict[int, tuple[int, int]]:
-    s, e = _expect(buf, 0, len(buf), tag, what)
-    s, e = _expect(buf, s, e, 0x30, what)
-    return _tagged(buf, s, e, what)
+    s, e = expect(buf, 0, len(buf), tag, what)
+    s, e = expect(buf, s, e, 0x30, what)
+    return tagged(buf, s, e, what)
 
 
 def _encryption_key(buf: bytes, s: int, e: int, what: str) -> Key:
-    s, e = _expect(buf, s, e, 0x30, what)
-    f = _tagged(buf, s, e, what)
+    s, e = expect(buf, s, e, 0x30, what)
+    f = tagged(buf, s, e, what)
     if 0 not in f or 1 not in f:
         raise DecodeError(what, s, "EncryptionKey without keytype or keyvalue")
-    ks, ke = _der_octets(buf, *f[1], what + ".keyvalue")
-    return Key(_der_int(buf, *f[0], what + ".keytype"), buf[ks:ke])
+    ks, ke = der_octets(buf, *f[1], what + ".keyvalue")
+    return Key(der_int(buf, *f[0], what + ".keytype"), buf[ks:ke])
 
 
 def _principal_text(buf: bytes, f: dict, name_tag: int, realm_tag: int, what: str) -> str:
-    name = "/".join(_krb_principal(buf, *f[name_tag], what + ".cname")[1]) if name_tag in f else "?"
-    realm = _der_string(buf, *f[realm_tag], what + ".crealm") if realm_tag in f else "?"
+    name = "/".join(krb_principal(buf, *f[name_tag], what + ".cname")[1]) if name_tag in f else "?"
+    realm = der_string(buf, *f[realm_tag], what + ".crealm") if realm_tag in f else "?"
     return f"{name}@{realm}"
 
 
@@ -413,16 +411,16 @@ def parse_authenticator(plain: bytes) -> AuthenticatorPart:
     f = _app_body(plain, 0x62, what)
     out = AuthenticatorPart(_principal_text(plain, f, 2, 1, what))
     if 3 in f:                                  # Checksum: RFC 4121 4.1.1 for type 0x8003
-        cs, ce = _expect(plain, *f[3], 0x30, what + ".cksum")
-        cf = _tagged(plain, cs, ce, what + ".cksum")
-        if 0 in cf and 1 in cf and _der_int(plain, *cf[0], what + ".cksumtype") == 0x8003:
-            vs, ve = _der_octets(plain, *cf[1], what + ".checksum")
+        cs, ce = expect(plain, *f[3], 0x30, what + ".cksum")
+        cf = tagged(plain, cs, ce, what + ".cksum")
+        if 0 in cf and 1 in cf and der_int(plain, *cf[0], what + ".cksumtype") == 0x8003:
+            vs, ve = der_octets(plain, *cf[1], what + ".checksum")
             if ve - vs >= 24:
                 out.gss_flags = struct.unpack_from("<I", plain, vs + 20)[0]
     if 6 in f:
         out.subkey = _encryption_key(plain, *f[6], what + ".subkey")
     if 7 in f:
-        out.seq_number = _der_int(plain, *f[7], what + ".seq-number") & 0xFFFFFFFF
+        out.seq_number = der_int(plain, *f[7], what + ".seq-number") & 0xFFFFFFFF
     return out
 
 
@@ -433,7 +431,7 @@ def parse_enc_ap_rep_part(plain: bytes) -> ApRepPart:
     if 2 in f:
         out.subkey = _encryption_key(plain, *f[2], what + ".subkey")
     if 3 in f:
-        out.seq_number = _der_int(plain, *f[3], what + ".seq-number") & 0xFFFFFFFF
+        out.seq_number = der_int(plain, *f[3], what + ".seq-number") & 0xFFFFFFFF
     return out
 
 
@@ -519,11 +517,11 @@ def _rc4_token_body(token: bytes, mic: bool = False) -> bytes:
     """The octets after the GSS framing of an RFC 4757 Wrap (32) or MIC (24) token."""
     if len(token) < 2 or token[0] != 0x60:
         raise KerberosCryptoError("not a GSS-framed RFC 4757 token")
-    at = token.find(_KRB5_OID_DER, 2, 6 + len(_KRB5_OID_DER))   # after 0x60 and a 1..4-octet length
+    at = token.find(KRB5_OID_DER, 2, 6 + len(KRB5_OID_DER))   # after 0x60 and a 1..4-octet length
     if at < 0:
         raise KerberosCryptoError("RFC 4757 token without the Kerberos OID")
     size, head = (_RC4_MIC_LEN, _RC4_MIC_HEAD) if mic else (_RC4_TOKEN_LEN, _RC4_WRAP_HEAD)
-    body = token[at + len(_KRB5_OID_DER):at + len(_KRB5_OID_DER) + size]
+    body = token[at + len(KRB5_OID_DER):at + len(KRB5_OID_DER) + size]
     if len(body) < size or body[:2] != head[:2]:
         raise KerberosCryptoError(f"not an RFC 4757 {'MIC' if mic else 'Wrap'} token")
     if body[2:6] != head[2:6]:
@@ -581,7 +579,7 @@ def rc4_wrap_dce(key: Key, plain: bytes, seq: int, acceptor: bool, confounder: b
     sealed = rc4.update(plain)
     body = head8 + snd_seq + cksum + enc_conf
     # MS-KILE 3.4.5.1: the GSS length does not count the application data
-    framing = b"\x60" + bytes((len(_KRB5_OID_DER) + len(body),)) + _KRB5_OID_DER
+    framing = b"\x60" + bytes((len(KRB5_OID_DER) + len(body),)) + KRB5_OID_DER
     return framing + body, sealed
 
 
@@ -627,7 +625,7 @@ def rc4_get_mic_dce(key: Key, data: bytes, seq: int, acceptor: bool) -> bytes:
     """RFC 4757 7.2 GSS_GetMIC -> the GSS-framed MIC token (37 octets)."""
     cksum = _rc4_checksum(key, _RC4_MIC_HEAD, b"", data, _RC4_USAGE_SIGN)
     body = _RC4_MIC_HEAD + Rc4(_rc4_kseq(key, cksum)).update(_seq_plain(seq, acceptor)) + cksum
-    return b"\x60" + bytes((len(_KRB5_OID_DER) + len(body),)) + _KRB5_OID_DER + body
+    return b"\x60" + bytes((len(KRB5_OID_DER) + len(body),)) + KRB5_OID_DER + body
 
 
 def rc4_verify_mic(key: Key, token: bytes, candidates: tuple[bytes, ...]) -> int:

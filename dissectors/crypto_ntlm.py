@@ -45,14 +45,14 @@ except ImportError:  # pragma: no cover - cryptography < 43
 
 # The MS-NLMP 2.2.2.5 flags this module acts on and the AUTHENTICATE message's MIC field,
 # defined once beside the message parser.
-from .auth import MIC_LEN, MIC_OFFSET
-from .auth import NTLMSSP_NEGOTIATE_56 as NEGOTIATE_56
-from .auth import NTLMSSP_NEGOTIATE_128 as NEGOTIATE_128
-from .auth import NTLMSSP_NEGOTIATE_DATAGRAM as NEGOTIATE_DATAGRAM
-from .auth import NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY as NEGOTIATE_EXTENDED_SESSIONSECURITY
-from .auth import NTLMSSP_NEGOTIATE_KEY_EXCH as NEGOTIATE_KEY_EXCH
-from .auth import NTLMSSP_NEGOTIATE_LM_KEY as NEGOTIATE_LM_KEY
-from .auth import NTLMSSP_REQUEST_NON_NT_SESSION_KEY as NEGOTIATE_REQUEST_NON_NT_SESSION_KEY
+from .ntlmssp import MIC_LEN, MIC_OFFSET
+from .ntlmssp import NTLMSSP_NEGOTIATE_56 as NEGOTIATE_56
+from .ntlmssp import NTLMSSP_NEGOTIATE_128 as NEGOTIATE_128
+from .ntlmssp import NTLMSSP_NEGOTIATE_DATAGRAM as NEGOTIATE_DATAGRAM
+from .ntlmssp import NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY as NEGOTIATE_EXTENDED_SESSIONSECURITY
+from .ntlmssp import NTLMSSP_NEGOTIATE_KEY_EXCH as NEGOTIATE_KEY_EXCH
+from .ntlmssp import NTLMSSP_NEGOTIATE_LM_KEY as NEGOTIATE_LM_KEY
+from .ntlmssp import NTLMSSP_REQUEST_NON_NT_SESSION_KEY as NEGOTIATE_REQUEST_NON_NT_SESSION_KEY
 
 CLIENT, SERVER = 0, 1          # direction of a message: 0 client->server, 1 server->client
 

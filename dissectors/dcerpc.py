@@ -20,14 +20,11 @@ import struct
 from typing import Callable
 
 from .auth import AuthContexts
-from .interfaces import TRANSFER_SYNTAXES
+from ..spec.interfaces import TRANSFER_SYNTAXES
 from .ndr import GUID_NULL, guid_text
 from .records import AuthVerifier, Call, ErrorRecord, Pdu, PresentationContext
 
-try:
-    from ..formats.errors import DecodeError
-except ImportError:  # pragma: no cover
-    from wmiscope.formats.errors import DecodeError
+from ..formats.errors import DecodeError
 
 # C706 12.6.4 PTYPE values (MS-RPCE 2.2.2.1 names 16 rpc_auth_3)
 PTYPE_NAMES: dict[int, str] = {

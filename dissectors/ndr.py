@@ -24,37 +24,22 @@ alike. Decoders with a fixed, shallow layout may also read pointees by hand.
 from __future__ import annotations
 
 import struct
-import uuid as _uuid
 
 from ..formats.errors import DecodeError, EncodeError
+from ..formats.guid import GUID_NULL, guid_bytes, guid_text
 
 __all__ = [
     "DecodeError", "NdrReader", "NdrWriter", "guid_text", "guid_bytes",
     "GUID_NULL", "MAX_DEFER_DEPTH",
 ]
 
-GUID_NULL = "00000000-0000-0000-0000-000000000000"
 MAX_DEFER_DEPTH = 32
 
 _STRUCTS = {
     True: {k: struct.Struct("<" + k) for k in "BbHhIiQqfd"},
     False: {k: struct.Struct(">" + k) for k in "BbHhIiQqfd"},
 }
-_GUID_LE = struct.Struct("<IHH8s")
 _BLOB_HEADER = struct.Struct("<III")        # FLAGGED_WORD_BLOB conformance, cBytes, clSize
-_GUID_BE = struct.Struct(">IHH8s")
-
-
-def guid_text(buf: bytes, offset: int = 0, little_endian: bool = True) -> str:
-    """A GUID (MS-DTYP 2.3.4.2: Data1-3 in the stream's byte order, Data4 as bytes)."""
-    d1, d2, d3, d4 = (_GUID_LE if little_endian else _GUID_BE).unpack_from(buf, offset)
-    h = d4.hex()
-    return f"{d1:08x}-{d2:04x}-{d3:04x}-{h[:4]}-{h[4:]}"
-
-
-def guid_bytes(text: str, little_endian: bool = True) -> bytes:
-    u = _uuid.UUID(text.strip("{}"))
-    return u.bytes_le if little_endian else u.bytes
 
 
 # The typed primitives and arrays of NdrReader / NdrWriter differ only in their struct

@@ -58,14 +58,14 @@ async call that passes the stub finds it.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict, deque
 
 from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
 from ..formats.wmio import WmiClass, WmiInstance
-from . import interfaces as _if
-from . import wbem_constants as _wc
+from ..spec import interfaces as _if
+from ..spec import ndr_types as _types
+from ..spec import wbem as _wc
 from .ndr import NdrReader
 from .records import Call, ErrorRecord, call_frame
 
@@ -106,9 +106,6 @@ _TRACKED = frozenset(_OPERATION_INTERFACES) | {"IWbemServices"}
 # RemQueryInterface asking an unknown object for these says what the object is.
 _QI_HINTS = {"IWbemFetchSmartEnum": "IEnumWbemClassObject", "IWbemRefreshingServices": "IWbemServices"}
 
-_POINTER_TYPE = re.compile(r"^(?:unique<)?(I\w+)\*>?$")
-
-
 def _pointer_params() -> tuple[dict, dict]:
     """From the interface table: (interface, method) -> tracked interfaces it returns
     (out / inout pointers), and -> tracked interfaces it passes in (sinks)."""
@@ -120,10 +117,10 @@ def _pointer_params() -> tuple[dict, dict]:
         for m in i["methods"]:
             outs, ins = [], []
             for p in m["params"]:
-                t = _POINTER_TYPE.match(p["type"])
-                if t is None or t.group(1) not in _TRACKED:
+                iface = _types.pointer_interface(_types.parse(p["type"]))
+                if iface not in _TRACKED:
                     continue
-                (ins if p["dir"] == "in" else outs).append(t.group(1))
+                (ins if p["dir"] == "in" else outs).append(iface)
             if outs:
                 produces[(i["name"], m["name"])] = tuple(outs)
             if ins and m["name"] != "CancelAsyncCall":     # names a sink already passed
@@ -220,6 +217,22 @@ def _pointers(call: Call, side: str) -> list[tuple[str | None, str]]:
             ipid = o.get("ipid") or (o.get("std") or {}).get("ipid") if o else None
             if ipid:
                 out.append((o.get("interface"), ipid))
+    return out
+
+
+def _returned_ipids(call: Call) -> list[str]:
+    """The IPIDs a RemQueryInterface (REMQIRESULTs) or RemQueryInterface2 (MInterfacePointers)
+    reply hands out, the failed ones left out."""
+    out = []
+    for r in _value(call, "response", "ppQIResults") or ():
+        std = r.get("std") or {}
+        if not (_int(r.get("hResult")) or 0) & 0x80000000 and std.get("ipid"):
+            out.append(std["ipid"])
+    hrs = _value(call, "response", "phr") or []
+    for i, o in enumerate((_param(call, "response", "ppMIF") or {}).get("objrefs") or ()):
+        ipid = (o or {}).get("ipid")
+        if ipid and not (_int(hrs[i]) if i < len(hrs) else 0) & 0x80000000:
+            out.append(ipid)
     return out
 
 
@@ -588,33 +601,30 @@ class Operations:
     def _rem_unknown(self, st: _PairState, call: Call) -> None:
         """RemQueryInterface(2) shares the object's operation / namespace with the IPIDs it
         returns; RemAddRef / RemRelease of one operation's IPIDs belong to it."""
-        req = _side(call, "request") or {}
         if call.method in ("RemQueryInterface", "RemQueryInterface2"):
-            target = req.get("ipid")
+            ripid = _param(call, "request", "ripid") or {}
+            target = ripid.get("value")
             if not target:
                 return                          # sealed
             obj = st.get(target)
             inferred = obj.inferred if obj is not None else False
             if obj is None:
-                hint = req.get("object_interface")
+                hint = ripid.get("interface")   # what the IPID registry knows it as
                 if hint not in _TRACKED:
-                    asked = [i for i in req.get("interfaces") or () if isinstance(i, str)]
+                    asked = [i for i in (_param(call, "request", "iids") or {}).get("interfaces") or ()
+                             if isinstance(i, str)]
                     hint = next((_QI_HINTS[i] for i in asked if i in _QI_HINTS), None)
                 if hint:
                     obj, inferred = st.find(target, hint)
                 if obj is None:
                     obj = st.put(target, _Object())
-            for r in (_side(call, "response") or {}).get("results") or ():
-                if (r.get("hresult") or 0) & 0x80000000:
-                    continue
-                std = r.get("std") or (r.get("objref") or {}).get("std")
-                if std and std.get("ipid"):
-                    st.put(std["ipid"], obj)
+            for ipid in _returned_ipids(call):
+                st.put(ipid, obj)
             if obj.op is not None:
                 call.operation = obj.op.record(ROLE_QUERY_INTERFACE, inferred)
         elif call.method in ("RemRelease", "RemAddRef"):
             ops, inferred = set(), False
-            for ref in req.get("interface_refs") or ():
+            for ref in _value(call, "request", "InterfaceRefs") or ():
                 o = st.get(ref.get("ipid"))
                 if o is None or o.op is None:
                     return

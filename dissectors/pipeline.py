@@ -19,9 +19,10 @@ from typing import Iterator
 from wmiscope.spec.anomalies import BY_NAME, SEVERITIES
 
 from .auth import AuthContexts
-from .capture import open_capture, tcp_segment
+from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
-from .dcom import DcomDecoder, IpidRegistry
+from .dcom import DcomDecoder
+from .ipid_registry import IpidRegistry
 from .operations import Operations
 from .records import Call, ErrorRecord, Pdu, is_error
 from .tcp import TcpReassembler
@@ -69,9 +70,10 @@ class Stats:
     anomalies: Counter = field(default_factory=Counter)     # by catalog kind: every record, in calls too
     suppressed: int = 0             # records of a flood counted here but not shown
     tcp: dict = field(default_factory=dict)
+    ip_fragments: dict | None = None    # dissectors/ipfrag.py counters, when the capture held fragments
 
     def as_dict(self) -> dict:
-        return {
+        d = {
             "frames": self.frames,
             "non_tcp_frames": self.non_tcp_frames,
             "tcp_flows": self.tcp_flows,
@@ -92,6 +94,9 @@ class Stats:
             "suppressed": self.suppressed,
             "tcp": self.tcp,
         }
+        if self.ip_fragments:
+            d["ip_fragments"] = self.ip_fragments
+        return d
 
 
 def call_outcome(call: Call) -> str:
@@ -212,6 +217,8 @@ class _Detector:
         analysis = self.analysis
         analysis._undecided -= self.size
         analysis.stats.rpc_flows += 1
+        if self.conn.tunnel is not None:      # its calls will name the tunnel (sensor, VNI ...)
+            analysis._tunnels[self.conn.index] = self.conn.tunnel
         self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn),
                                         held=analysis._rpc_held)
         chunks, self.chunks = self.chunks, None
@@ -237,24 +244,29 @@ class Analysis:
 
     want_pdus: also yield every Pdu record (the tshark cross-check uses them).
     objects: decode the MS-WMIO objects inside calls (off for outputs that never show them).
+    params: decode the WMI methods' parameters at all (off for the calls table, which prints
+    none: calls are still named, paired and correlated from what the DCOM layer reads, but a
+    stub malformed only inside its WMI parameters is not seen as malformed).
     credentials: the analyst's secrets (dissectors.credentials.Credentials): sealed
     stubs they open are decrypted and decoded like clear ones.
     """
 
     def __init__(self, *, want_pdus: bool = False, registry: IpidRegistry | None = None, credentials=None,
-                 objects: bool = True):
+                 objects: bool = True, params: bool = True):
         self.stats = Stats()
         self.credentials = credentials
         self.want_pdus = want_pdus
         self.registry = registry or IpidRegistry()
         self.dcom = DcomDecoder(self.registry)
         self.operations = Operations()
-        self.wmi = WmiDecoder(self.operations, objects=objects)
+        self.wmi = WmiDecoder(self.operations, objects=objects) if params else None
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
         self._flood: dict[tuple[int, str], int] = {}
         self._undecided = 0             # octets held by connections not yet known to be DCE/RPC or not
         self._rpc_held = [0]            # stub octets held by open calls, over all connections
+        self._origin = None                             # CaptureSet.origin when several files
+        self._tunnels: dict[int, tuple] = {}            # connection index -> tunnel layers
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""
@@ -278,8 +290,11 @@ class Analysis:
                 self._out.append(rec)
         elif kind is Call:
             self.dcom.decode_call(rec)
-            self.wmi.decode_call(rec)
+            if self.wmi is not None:
+                self.wmi.decode_call(rec)
             self.operations.observe(rec)
+            if self._origin is not None or self._tunnels:
+                self._place(rec)
             outcome = call_outcome(rec)
             for e in rec.errors:
                 stats.anomalies[e.kind] += 1
@@ -289,6 +304,8 @@ class Analysis:
             stats.pdus_by_outcome[outcome] += self._call_pdus.pop((rec.conn, rec.call_id), 0)
             self._out.append(rec)
         elif kind is ErrorRecord:
+            if self._origin is not None:
+                self._place(rec)
             stats.anomalies[rec.kind] += 1
             if rec.conn is not None:
                 key = (rec.conn, rec.kind)
@@ -311,24 +328,34 @@ class Analysis:
                                       f"were counted, not shown", conn=conn, kind="analysis.suppressed"))
 
     def run(self, source) -> Iterator[object]:
-        """source: a capture file's path, or any iterable of RawFrames (live_capture)."""
+        """source: a capture file's path, a list of paths (folders, globs: a capture set),
+        a `CaptureSet`, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
         reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
-            source = open_capture(source)
+            source = open_sources([source])
+        elif isinstance(source, (list, tuple)):
+            source = open_sources(source)
+        if getattr(source, "multi", False):      # a CaptureSet of several files (or a wrapper of one)
+            self._origin = source.origin
+        # IP fragments and tunnels: state the fast path never touches.
+        decap = Decapsulation(self.emit)
         for frame, ts, linktype, data in source:
             stats.frames += 1
-            seg = tcp_segment(linktype, data)
+            seg = tcp_segment(linktype, data, decap, frame, ts)
             if seg is None:
                 stats.non_tcp_frames += 1
             else:
                 feed(frame, ts, seg)
             if out:
                 yield from _drain(out)
+        decap.finish()
         reassembler.finish()
         stats.tcp = dict(reassembler.stats)
+        if decap.frag.stats["fragments"]:
+            stats.ip_fragments = dict(decap.frag.stats)
         self._flush_floods()
         for err in getattr(source, "errors", ()):    # a capture file's located records
             self.emit(err)
@@ -338,6 +365,20 @@ class Analysis:
         self._call_pdus.clear()
         yield from _drain(out)
 
+    def _place(self, rec) -> None:
+        """Names the file (capture sets) and the tunnel (sensors) a record came from."""
+        origin = self._origin
+        if type(rec) is ErrorRecord:
+            if origin is not None and rec.frame is not None and rec.file is None:
+                rec.file, rec.file_frame = origin(rec.frame)
+            return
+        if self._tunnels:
+            rec.tunnel = self._tunnels.get(rec.conn)
+        if origin is not None:
+            rec.origin = {
+                half: [list(origin(frames[0])), list(origin(frames[1]))]
+                for half, frames in (("request", rec.req_frames), ("response", rec.resp_frames)) if frames
+            }
 
 def _drain(out: deque) -> Iterator[object]:
     while out:

@@ -27,7 +27,9 @@ class ErrorRecord:
     conn: int | None = None         # TCP connection index (like tcp.stream)
     structure: str | None = None    # spec name of the structure being decoded
     offset: int | None = None       # byte offset inside that structure's buffer
-    kind: str | None = None         # catalog name, e.g. "dcerpc.frag_len_short"
+    kind: str | None = None         # catalog name, e.g. "dcerpc.frag_len_short" (wmiscope/spec/anomalies.py)
+    file: str | None = None         # in a capture set of several files: the file of `frame`
+    file_frame: int | None = None   # ... and the frame's number inside that file
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -130,6 +132,8 @@ class Call:
     errors: list[ErrorRecord] = field(default_factory=list)
     drep: int = 0x10                # data representation of the request (0x10: little-endian NDR)
     operation: dict | None = None   # the WMI operation this call belongs to (dissectors/operations.py)
+    tunnel: tuple | None = None     # tunnels the connection came through (VXLAN, GRE ...: TcpSegment.tunnel)
+    origin: dict | None = None      # capture sets: {"request"/"response": [[file, frame], [file, frame]]}
 
 
 def call_frame(call: Call, direction: int) -> int | None:

@@ -94,6 +94,7 @@ class TcpConnection:
     bytes: list[int] = field(default_factory=lambda: [0, 0])       # delivered, per direction
     gaps: list[int] = field(default_factory=lambda: [0, 0])        # holes, per direction
     gap_bytes: list[int] = field(default_factory=lambda: [0, 0])   # known missing bytes, per direction
+    tunnel: tuple | None = None             # the tunnels its first segment came through (TcpSegment.tunnel)
 
 
 class StreamHandler(Protocol):
@@ -263,7 +264,7 @@ class TcpReassembler:
     # -- the slow path ----------------------------------------------------------------
 
     def _slow(self, frame: int, ts: float, seg: TcpSegment, h: _Half | None) -> None:
-        src, sport, dst, dport, seq, ack, flags, payload = seg
+        src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
         if h is None:
             key = (src, sport, dst, dport)
             gone = self._closed.get(key)
@@ -515,7 +516,7 @@ class TcpReassembler:
     # -- connections ----------------------------------------------------------------------
 
     def _open(self, frame: int, seg: TcpSegment) -> _Half:
-        src, sport, dst, dport, seq, ack, flags, payload = seg
+        src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
         fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
         tentative = False
         if flags & SYN:
@@ -529,7 +530,7 @@ class TcpReassembler:
             client, server = (src, sport), (dst, dport)
         else:
             client, server = (dst, dport), (src, sport)
-        rec = TcpConnection(self._next_index, client, server, frame, known_by)
+        rec = TcpConnection(self._next_index, client, server, frame, known_by, tunnel=seg.tunnel)
         self._next_index += 1
         self._c["flows"] += 1
         try:

@@ -55,7 +55,6 @@ all=True the DCOM header line above each WMI message and the binds between calls
 from __future__ import annotations
 
 import json
-import struct
 from functools import lru_cache
 from typing import Iterable, Iterator
 
@@ -63,9 +62,11 @@ from ..formats import wmio
 from ..formats.context import WbemContext
 from ..formats.object_array import ObjectArray
 from ..formats.refresher import RefreshedObject
-from . import interfaces as _if
-from . import wbem_constants as _wc
-from .auth import AUTH_LEVEL_NAMES, AUTH_TYPE_NAMES
+from ..spec import dcom as _dcom
+from ..spec import interfaces as _if
+from ..spec import ndr_types as _types
+from ..spec import wbem as _wc
+from .auth import auth_level_name, auth_type_name
 from .dcerpc import PTYPE_NAMES
 from .records import Call, ErrorRecord, Pdu
 
@@ -128,12 +129,8 @@ _RETURN_IMMEDIATELY = ("WBEM_FLAG_RETURN_IMMEDIATELY", _wc.value_of("WBEM_FLAG_R
 # on the wire the parameter is a plain number.
 _LOCAL_FLAG_SETS = frozenset(("WBEM_CONNECT_OPTIONS",))
 
-_ORPC_FLAGS = {0: ("ORPCFNUL", "No additional information in this packet"),
-               1: ("ORPCFLOCAL", "Local call to this computer"),
-               2: ("ORPCFRESERVED1", "Reserved"), 4: ("ORPCFRESERVED2", "Reserved"),
-               8: ("ORPCFRESERVED3", "Reserved"), 16: ("ORPCFRESERVED4", "Reserved")}
-_OBJREF_KIND = {"standard": "OBJREFSTANDARD", "handler": "OBJREFHANDLER", "custom": "OBJREFCUSTOM",
-                "extended": "OBJREFEXTENDED"}
+_ORPC_FLAGS = _dcom.ORPC_FLAGS
+_OBJREF_KIND = {kind: trace_name for _, _, kind, trace_name in _dcom.OBJREF_FLAGS}
 
 MAX_OBJECT_VALUES = 64          # property values listed under an instance (the MOF has them all)
 MAX_TEXT = 4096                 # characters of one string value
@@ -453,7 +450,7 @@ class TranscriptRenderer:
         if stub is None and sealed:
             n = call.req_stub_len if request else call.resp_stub_len
             fields.append(f"  (encrypted: {n} bytes of stub sealed with {_mechanism(call)})")
-        elif side is not None and "params" in side:
+        elif side is not None and "params" in side and layer != "DCOM":
             items, fields = self._wmi_fields(call, info, side, stub, request)
             if getattr(call, "req_decrypted" if request else "resp_decrypted", False):
                 fields.insert(0, f"  (decrypted: sealed with {_mechanism(call)}, opened with the given credentials)")
@@ -534,16 +531,17 @@ class TranscriptRenderer:
             if obj is not None:
                 lines += _object_lines(obj, below, self.mof)
             return lines
-        if typ.endswith("*") or typ == "MInterfacePointer":
+        tree = _type(typ)
+        if isinstance(tree, _types.InterfacePointer) or typ == "MInterfacePointer":
             if value is None and obj is None:
                 return [f"{indent}+ {label}: NULL"]
-        if typ.startswith("unique<array<") or typ.startswith("unique<varray<"):
+        if isinstance(tree, _types.Unique) and isinstance(tree.inner, (_types.Array, _types.VArray)):
             return self._pointer_array_lines(p, typ, label, stub, indent, value, obj)
         if isinstance(value, dict) and ("flags" in value or "name" in value):
             return [*self._described_lines(call, p, typ, label, value, indent)]
         if value is None:
             return [f"{indent}+ {label}: NULL"] if not _fixed(typ) else [f"{indent}  {label}: NULL"]
-        if typ == "GUID" or (isinstance(value, str) and typ.startswith("GUID")):
+        if typ == "GUID":
             return [f"{indent}  {label}: {_guid(value)}"]
         if isinstance(value, bool):
             return [f"{indent}{sign}{label}: {value}"]
@@ -575,15 +573,14 @@ class TranscriptRenderer:
     def _pointer_array_lines(self, p, typ, label, stub, indent, value, obj) -> list[str]:
         """unique<array<...>>: `Pointer To 0x00020000, N Elements`, the decoded content as a
         sibling line named after its structure (4.2.3.1: BufferPtrSize, then ObjectArray)."""
-        ref, count = _pointer_and_count(stub, p.get("offset"))
+        ref = p.get("referent")
         if value is None and obj is None and not ref:
             return [f"{indent}+ {label}: Pointer To NULL"]
-        if count is None:
-            count = len(value) if isinstance(value, (list, str, bytes)) else 0
+        count = _element_count(value)
         where = f"0x{ref:08X}" if ref else "?"
         lines = [f"{indent}+ {label}: Pointer To {where}, {count} Elements"]
         below = indent + "    "
-        element = typ[typ.index("<", 7) + 1:].split(",")[0] if typ.startswith("unique<array<") else ""
+        element = _element_type(typ)
         if isinstance(value, list) and element != "byte":
             lines += self._elements(None, element, value, below, obj if isinstance(obj, list) else None)
         elif obj is not None:
@@ -664,71 +661,68 @@ class TranscriptRenderer:
         return out
 
     def _dcom_fields(self, call: Call, side: dict, stub: bytes | None, request: bool):
-        """A DCOM call from the decoded dict of dissectors/dcom.py, through _DCOM_VIEWS (the labels
-        of the traces); calls without a view get their decoded keys one per line."""
-        direction = "Request" if request else "Response"
-        method = call.method or ""
+        """A DCOM call from the parameters the table interpreter decoded, in the dialect of the
+        traces' DCOM parser: a [unique] pointer to an array is `XPtr: Pointer To 0x...`, an
+        array `Size: N Elements` then its elements, the labels of DCOM_LABELS (else the IDL
+        name as display_name makes it), the activation facts beneath ActivationProperties."""
         header = side.get("orpcthis" if request else "orpcthat")
         items = [_orpc_text(header, request)] if header is not None else []
         lines: list[str] = []
         if header is not None:
             lines.append(f"+ {'HeaderReq' if request else 'HeaderResp'}: {_orpc_text(header, request)}")
-        view = _DCOM_VIEWS.get((method, direction))
-        below = "    "
-        if view is None:
-            for k, v in side.items():
-                if k in _DCOM_SKIP or f"{k}_text" in side:
-                    continue                # a DUALSTRINGARRAY is shown by its bindings (key_text)
-                label = "".join(w[:1].upper() + w[1:] for w in k.removesuffix("_text").split("_"))
-                if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
-                    lines.append(f"  {label}: {', '.join(_text(_plain(x)) for x in v)}")
-                elif isinstance(v, (dict, list)):
-                    lines.append(f"+ {label}:")
-                    lines += _object_lines(v, below, False)
-                else:
-                    lines.append(f"  {label}: {_text(_plain(v))}")
-        else:
-            for label, key, how in view:
-                v = side.get(key)
-                if how == "guid":
-                    lines.append(f"  {label}: {_guid(v)}")
-                elif how == "int":
-                    lines.append(f"  {label}: {_number(v) if isinstance(v, int) else '?'}")
-                elif how == "count":
-                    lines.append(f"  {label}: {_number(len(v or ()))}")
-                elif how == "elements":
-                    lines.append(f"+ {label}: {len(v or ())} Elements")
-                elif how == "pointer":
-                    ref = _first_pointer(stub, request)
-                    lines.append(f"+ {label}: Pointer To " + (f"0x{ref:08X}" if ref else "NULL"))
-                elif how == "iids":
-                    lines.append(f"+ {label}:")
-                    for i in v or ():
-                        name = _if.interface_name(i)
-                        lines.append(f"{below}{_guid(i)}" + (f" {name}" if name else ""))
-                elif how == "qiresults":
-                    lines.append(f"+ {label}:")
-                    for e in v or ():
-                        ipid = (e.get("std") or {}).get("ipid") or (e.get("objref") or {}).get("std", {}).get("ipid")
-                        lines.append(f"{below}{e.get('interface') or _guid(e.get('iid'))}: {_dcom_status(e.get('hresult'))}"
-                                     + (f", IPID {_guid(ipid)}" if ipid else ""))
-                elif how == "refs":
-                    lines.append(f"+ {label}:")
-                    for e in v or ():
-                        lines.append(f"{below}{_guid(e.get('ipid'))}" + (f" {e['interface']}" if e.get("interface") else "")
-                                     + f", PublicRefs {e.get('public_refs')}, PrivateRefs {e.get('private_refs')}")
-                elif how == "hresults":
-                    lines.append(f"+ {label}:")
-                    lines += [f"{below}{_dcom_status(h)}" for h in v or ()]
-                elif how == "objref":
-                    lines.append(f"+ {label}:" + (f" {_objref_text(v)}" if v else ""))
-                elif how == "activation":
-                    lines.append(f"+ {label}:")
-                    lines += _activation_lines(side, below)
-        status = side.get("hresult", side.get("status"))
-        if not request and isinstance(status, int):
-            lines.append(f"+ ReturnValue: {_dcom_status(status)}")
+        for p in side.get("params") or ():
+            lines += self._dcom_param_lines(p, "    ")
+        ret = side.get("return")
+        if not request and isinstance(ret, dict) and isinstance(ret.get("value"), int):
+            lines.append(f"+ ReturnValue: {_dcom_status(ret['value'])}")
         return items, lines
+
+    def _dcom_param_lines(self, p: dict, below: str) -> list[str]:
+        name = p.get("name", "?")
+        typ = p.get("type") or ""
+        label = DCOM_LABELS.get(name) or display_name(_strip_dcom_prefix(name))
+        value = p.get("value")
+        if "error" in p:
+            return self._param_lines(None, p, typ, label, None, "")
+        if "activation" in p:
+            return [f"+ {label}:"] + _activation_lines(p["activation"], below)
+        tree = _type(typ)
+        if isinstance(tree, _types.Unique) and isinstance(tree.inner, (_types.Array, _types.VArray)):
+            ref = p.get("referent")
+            ptr_label = DCOM_POINTER_LABELS.get(name) or label + "Ptr"
+            lines = [f"+ {ptr_label}: Pointer To " + (f"0x{ref:08X}" if ref else "NULL")]
+            return lines + (self._dcom_array_lines(p, tree.inner, label, below) if ref else [])
+        if isinstance(tree, (_types.Array, _types.VArray)):
+            return self._dcom_array_lines(p, tree, label, below)
+        base = _types.strip_unique(tree) if tree is not None else None
+        if isinstance(base, _types.InterfacePointer) or (isinstance(base, _types.Builtin)
+                                                          and base.name == "MInterfacePointer"):
+            return [f"+ {label}:" + (f" {_objref_text(value)}" if value else "")]
+        if value is None:
+            return [f"+ {label}: NULL"]
+        if isinstance(value, dict) and isinstance(value.get("bindings"), list):       # a DUALSTRINGARRAY
+            return [f"  {label}: {', '.join(value['bindings'])}"]
+        if isinstance(base, _types.Struct) and base.name == "COMVERSION":
+            return [f"  {label}: {value.get('MajorVersion')}.{value.get('MinorVersion')}"]
+        if typ == "GUID":
+            return [f"  {label}: {_guid(value)}"]
+        if isinstance(value, dict) and isinstance(value.get("value"), int):           # an HRESULT
+            return [f"  {label}: {_dcom_status(value['value'])}"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [f"  {label}: {_number(value, typ)}"]
+        return [f"  {label}: {_text(_plain(value))}"]
+
+    def _dcom_array_lines(self, p: dict, array, label: str, below: str) -> list[str]:
+        values = p.get("value")
+        values = values if isinstance(values, list) else []
+        names = p.get("interfaces") or []
+        lines = [f"+ Size: {_element_count(p.get('value'))} Elements", f"+ {label}:"]
+        element = _types.strip_unique(array.element)
+        for i, v in enumerate(values[:MAX_ELEMENTS]):
+            lines.append(below + _dcom_element(element, v, names[i] if i < len(names) else None))
+        if len(values) > MAX_ELEMENTS:
+            lines.append(f"{below}... {len(values) - MAX_ELEMENTS} more")
+        return lines
 
     def _described_lines(self, call, p, typ, label, value: dict, indent: str) -> list[str]:
         """Flag sets, enumerations and status codes, as the traces print each."""
@@ -776,27 +770,21 @@ def _is_status(value: dict) -> bool:
     return name not in _ENUM_NAMES and (name is not None or "Unknown Value (" in (value.get("text") or ""))
 
 
+@lru_cache(maxsize=1024)
+def _type(typ: str):
+    """The grammar's tree of a parameter's or field's type string (None when none is known)."""
+    return _types.parse(typ) if typ else None
+
+
 def _element_type(typ: str) -> str:
-    t = _strip_unique(typ)
-    for pre in ("array<", "varray<"):
-        if t.startswith(pre):
-            inner = t[len(pre):-1]
-            depth = 0
-            for i, c in enumerate(inner):
-                if c == "<":
-                    depth += 1
-                elif c == ">":
-                    depth -= 1
-                elif c == "," and depth == 0:
-                    return inner[:i]
-            return inner
-    return t
+    """The element type of an (optionally unique) array type, else the type unique-stripped."""
+    tree = _type(typ)
+    return _types.element(tree).text if tree is not None else ""
 
 
 def _strip_unique(typ: str) -> str:
-    while typ.startswith("unique<") and typ.endswith(">"):
-        typ = typ[7:-1]
-    return typ
+    tree = _type(typ)
+    return _types.strip_unique(tree).text if tree is not None else ""
 
 
 def _structure_name(obj) -> str:
@@ -811,29 +799,17 @@ def _structure_name(obj) -> str:
     return type(obj).__name__
 
 
-def _pointer_and_count(stub: bytes | None, offset) -> tuple[int | None, int | None]:
-    """The referent id at a pointer parameter's offset and the conformance after it."""
-    if stub is None or offset is None or offset < 0 or offset + 4 > len(stub):
-        return None, None
-    ref = struct.unpack_from("<I", stub, offset)[0]
-    count = struct.unpack_from("<I", stub, offset + 4)[0] if ref and offset + 8 <= len(stub) else None
-    return ref, count
+def _element_count(value) -> int:
+    """How many elements an array parameter's decoded value holds (its conformance)."""
+    if isinstance(value, (list, str)):
+        return len(value)
+    if isinstance(value, dict) and isinstance(value.get("length"), int):
+        return value["length"]             # a byte array, shown by its length and hex
+    return 0
 
 
 def _pad_line(n: int) -> str:
     return f"{'+ ' if n else '  '}Pad: {n} Bytes"
-
-
-def auth_type_name(auth_type) -> str:
-    """An auth_type of the sec_trailer (MS-RPCE 2.2.1.1.7) as the transcript and the JSON
-    lines print it: dissectors.auth's name, else the number."""
-    return AUTH_TYPE_NAMES.get(auth_type, str(auth_type))
-
-
-def auth_level_name(level) -> str:
-    """An auth_level (MS-RPCE 2.2.1.1.8) as the transcript and the JSON lines print it:
-    dissectors.auth's name without "packet " for integrity and privacy."""
-    return AUTH_LEVEL_NAMES.get(level, str(level)).removeprefix("packet ")
 
 
 def _mechanism(call: Call) -> str:
@@ -882,50 +858,56 @@ def _objref_detail(o: dict, indent: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# DCOM: the decoded dicts of dissectors/dcom.py, field by field as the traces name them.
-# (method, direction) -> rows (label, key of the decoded dict, how to print it).
+# DCOM: the labels the traces' DCOM parser gives the IDL's parameters (MS-WMI 4.1.1, 4.2.3,
+# 4.3.3: RemQueryInterface, RemoteCreateInstance), and how one array element reads.
 
-_DCOM_VIEWS: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {
-    ("RemQueryInterface", "Request"): (
-        ("QueriedObjectIpId", "ipid", "guid"), ("PublicObjectReferenceCount", "refs", "int"),
-        ("NumRequestedIIds", "iids", "count"), ("Size", "iids", "elements"), ("InterfaceIds", "iids", "iids")),
-    ("RemQueryInterface", "Response"): (
-        ("RemqiresultPtr", "results", "pointer"), ("Size", "results", "elements"),
-        ("QueryInterfaceResults", "results", "qiresults")),
-    ("RemQueryInterface2", "Request"): (
-        ("QueriedObjectIpId", "ipid", "guid"), ("NumRequestedIIds", "iids", "count"),
-        ("Size", "iids", "elements"), ("InterfaceIds", "iids", "iids")),
-    ("RemQueryInterface2", "Response"): (
-        ("Size", "results", "elements"), ("QueryInterfaceResults", "results", "qiresults")),
-    ("RemAddRef", "Request"): (
-        ("ObjectReferenceCount", "interface_refs", "count"), ("Size", "interface_refs", "elements"),
-        ("InterfaceReferences", "interface_refs", "refs")),
-    ("RemAddRef", "Response"): (("Size", "results", "elements"), ("Results", "results", "hresults")),
-    ("RemRelease", "Request"): (
-        ("ObjectReferenceCount", "interface_refs", "count"), ("Size", "interface_refs", "elements"),
-        ("InterfaceReferences", "interface_refs", "refs")),
-    ("RemoteCreateInstance", "Request"): (
-        ("AggregationInterface", "unk_outer", "objref"), ("ActivationProperties", "act_properties", "activation")),
-    ("RemoteGetClassObject", "Request"): (("ActivationProperties", "act_properties", "activation"),),
-    ("RemoteCreateInstance", "Response"): (("ActivationProperties", "act_properties", "activation"),),
-    ("RemoteGetClassObject", "Response"): (("ActivationProperties", "act_properties", "activation"),),
+DCOM_LABELS = {
+    "ripid": "QueriedObjectIpId", "cRefs": "PublicObjectReferenceCount", "cIids": "NumRequestedIIds",
+    "iids": "InterfaceIds", "ppQIResults": "QueryInterfaceResults", "ppMIF": "QueryInterfaceResults",
+    "cInterfaceRefs": "ObjectReferenceCount", "InterfaceRefs": "InterfaceReferences",
+    "pUnkOuter": "AggregationInterface", "pActProperties": "ActivationProperties",
+    "ppActProperties": "ActivationProperties", "pipidRemUnknown": "IpidRemUnknown",
 }
-_DCOM_SKIP = frozenset(("orpcthis", "orpcthat", "hresult", "status", "params_offset", "objrefs", "notes"))
+DCOM_POINTER_LABELS = {"ppQIResults": "RemqiresultPtr"}
+# MS-DCOM's own Hungarian prefixes (pointer to pointer to DUALSTRINGARRAY, array): dropped
+# like the WMI ones, so ppdsaOxidBindings reads OxidBindings, arRequestedProtseqs RequestedProtseqs.
+_DCOM_PREFIXES = ("ppdsa", "ar")
+
+
+def _strip_dcom_prefix(name: str) -> str:
+    for pre in _DCOM_PREFIXES:
+        if len(name) > len(pre) and name.startswith(pre) and name[len(pre)].isupper():
+            return name[len(pre):]
+    return name
 _ACTIVATION_FACTS = (("class_name", "Class"), ("clsid", "CLSID"), ("requested_interfaces", "Interfaces"),
                      ("server_name", "ServerName"), ("requested_protseqs", "Protseqs"), ("oxid", "OXID"),
                      ("ipid_remunknown", "IRemUnknown IPID"), ("server_version", "ServerVersion"),
                      ("authn_hint", "AuthnHint"), ("oxid_bindings_text", "Bindings"))
 
 
-
-
-def _first_pointer(stub: bytes | None, request: bool) -> int | None:
-    """The referent id right after an ORPCTHAT without extensions (RemQueryInterface's ppQIResults)."""
-    if not stub or len(stub) < 12:
-        return None
-    if struct.unpack_from("<I", stub, 4)[0]:          # extensions present: not worth re-parsing here
-        return None
-    return struct.unpack_from("<I", stub, 8)[0]
+def _dcom_element(element, v, name: str | None) -> str:
+    """One element of a DCOM array parameter: an IID with the interface it names, a REMQIRESULT
+    or REMINTERFACEREF as the traces summarize them, a status, an interface pointer."""
+    if isinstance(v, dict) and "hResult" in v:                                       # REMQIRESULT
+        hr = v["hResult"].get("value") if isinstance(v["hResult"], dict) else v["hResult"]
+        ipid = (v.get("std") or {}).get("ipid") if isinstance(hr, int) and not hr & 0x80000000 else None
+        return f"{v.get('interface') or _guid(v.get('iid'))}: {_dcom_status(hr)}" + (f", IPID {_guid(ipid)}" if ipid else "")
+    if isinstance(v, dict) and "cPublicRefs" in v:                                   # REMINTERFACEREF
+        return (f"{_guid(v.get('ipid'))}" + (f" {v['interface']}" if v.get("interface") else "")
+                + f", PublicRefs {v.get('cPublicRefs')}, PrivateRefs {v.get('cPrivateRefs')}")
+    if _is_pointer_json(v):
+        ipid = v.get("ipid")
+        return (name + ": " if name else "") + _objref_text(v) + (f", IPID {_guid(ipid)}" if ipid else "")
+    if isinstance(v, dict) and isinstance(v.get("value"), int):                      # an HRESULT
+        return _dcom_status(v["value"])
+    if v is None:
+        return "NULL"
+    if isinstance(element, _types.Builtin) and element.name == "GUID":
+        iface = _if.interface_name(v)
+        return _guid(v) + (f" {iface}" if iface else "")
+    if isinstance(v, int) and not isinstance(v, bool):
+        return _number(v, element.text)
+    return _text(_plain(v))
 
 
 def _activation_lines(side: dict, indent: str) -> list[str]:

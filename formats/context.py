@@ -29,15 +29,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from construct import (
-    Bytes, Const, Construct, ConstructError, ExprAdapter, Float32l, Float64l, Int8sl, Int8ul,
+    Bytes, Construct, ConstructError, ExprAdapter, Float32l, Float64l, Int8sl, Int8ul,
     Int16sl, Int16ul, Int32sl, Int32ul, Padded, Pass, Rebuild, Struct, Subconstruct, len_, this,
 )
 
-from ..dissectors import interfaces as _if
+from ..spec import interfaces as _if
 from . import wmio
 from .cim import named
-from .declarations import FixedHeader, Located, construct_failure
+from .declarations import Located, construct_failure
 from .errors import DecodeError, EncodeError
+from .objref import ObjrefCustomHeader
 
 __all__ = [
     "VarType", "VT_ARRAY", "ContextProperty", "WbemContext",
@@ -133,15 +134,8 @@ IWbemContextString = Located("IWbemContextString", ExprAdapter(
 # MS-OAUT VARIANT_BOOL: 0xFFFF is TRUE; any non-zero value reads as true.
 VariantBool = ExprAdapter(Int16ul, lambda raw, ctx: raw != 0, lambda v, ctx: 0xFFFF if v else 0)
 
-# MS-DCOM 2.2.18.1 OBJREF + 2.2.18.6 OBJREF_CUSTOM up to pObjectData.
-ObjrefCustom = FixedHeader("OBJREF_CUSTOM", Struct(
-    "signature" / Const(0x574F454D, Int32ul),
-    "flags" / Const(4, Int32ul),
-    "iid" / Bytes(16),
-    "clsid" / Bytes(16),
-    "cbExtension" / Int32ul,
-    "reserved" / Int32ul,
-))
+# MS-DCOM 2.2.18.1 OBJREF + 2.2.18.6 OBJREF_CUSTOM up to pObjectData, declared in formats/objref.
+ObjrefCustom = ObjrefCustomHeader
 
 
 class _ObjectMarshalingBuffer(Construct):

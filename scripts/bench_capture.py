@@ -2,6 +2,7 @@
 """Speed of the bottom of the wire engine against tshark, on the same file in the same run.
 
     python scripts/bench_capture.py [CAPTURE ...] [--size MB] [--keep PATH] [--no-tshark]
+                                    [--transform NAME ...]
 
 Times three nested stages on each capture: reading frames (open_capture),
 decapsulating TCP (tcp_segment), and reassembling with a no-op handler
@@ -9,6 +10,11 @@ decapsulating TCP (tcp_segment), and reassembling with a no-op handler
 by `replicate()` from the real wmimplant.pcap (every copy with its own addresses,
 so every connection is new). tshark runs `-Y dcerpc -T fields` on each file for
 the ratio. Figures: packets/s and MB/s of the file size.
+
+With ``--transform NAME`` (a name of wmiscope.synth.sensor.SENSOR_TRANSFORMS:
+frag4, vxlan, erspan3 ...) the synthetic file is also rewritten as a sensor would
+deliver it and timed the same way: the cost of IP reassembly and decapsulation
+beside the plain file's fast path.
 
 `replicate(src, dst, target_bytes)` is importable for other benchmarks.
 """
@@ -28,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "captures" / "wmimplant.pcap"
 
 sys.path.insert(0, str(ROOT))
-from wmiscope.dissectors.capture import open_capture, tcp_segment  # noqa: E402
+from wmiscope.dissectors.capture import Decapsulation, open_capture, tcp_segment  # noqa: E402
 from wmiscope.dissectors.tcp import NullHandler, TcpReassembler  # noqa: E402
 from wmiscope.synth.wire import PcapWriter  # noqa: E402
 
@@ -88,10 +94,12 @@ def _stage_read(path) -> int:
 
 
 def _stage_segment(path) -> int:
+    # As the pipeline calls it: with the state IP reassembly and tunnels need.
     n = 0
     seg = tcp_segment
-    for _, _, lt, data in open_capture(path):
-        seg(lt, data)
+    ctx = Decapsulation(lambda e: None)
+    for frame, ts, lt, data in open_capture(path):
+        seg(lt, data, ctx, frame, ts)
         n += 1
     return n
 
@@ -99,10 +107,11 @@ def _stage_segment(path) -> int:
 def _stage_reassemble(path) -> tuple[int, dict]:
     n = 0
     seg = tcp_segment
+    ctx = Decapsulation(lambda e: None)
     r = TcpReassembler(lambda conn: _NOOP)
     feed = r.feed
     for frame, ts, lt, data in open_capture(path):
-        s = seg(lt, data)
+        s = seg(lt, data, ctx, frame, ts)
         if s is not None:
             feed(frame, ts, s)
         n += 1
@@ -161,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", help="write the synthetic file here and keep it")
     ap.add_argument("--no-tshark", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="runs per stage; the best is reported")
+    ap.add_argument("--transform", action="append", default=[], metavar="NAME",
+                    help="also time the synthetic file rewritten by this sensor transformation "
+                         "(wmiscope.synth.sensor: frag4, frag6, vxlan, erspan3, ...)")
     args = ap.parse_args(argv)
     for path in args.captures:
         bench(path, tshark=not args.no_tshark, repeat=args.repeat)
@@ -171,6 +183,13 @@ def main(argv=None) -> int:
             n = replicate(args.source, dst, int(args.size * 1e6))
             print(f"(replicated {Path(args.source).name} into {n} frames in {time.perf_counter() - t:.1f} s)")
             bench(dst, tshark=not args.no_tshark, repeat=args.repeat)
+            for name in args.transform:
+                from wmiscope.synth import sensor
+                moved = os.path.join(tmp, f"replicated-{name}.pcap")
+                n = sensor.transform_capture(dst, moved, *sensor.steps(name))
+                print(f"(rewritten as '{name}': {n} frames)")
+                bench(moved, tshark=not args.no_tshark, repeat=args.repeat)
+                os.unlink(moved)
     return 0
 
 

@@ -203,7 +203,7 @@ def _analyse(frames) -> None:
     from wmiscope.dissectors.pipeline import Analysis
 
     analysis = Analysis(want_pdus=True)
-    _render(list(analysis.run(frames)))
+    _render(list(analysis.run(iter(frames))))     # a list would be read as a capture set's paths
     analysis.stats.as_dict()
 
 

@@ -27,6 +27,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     apt_install chromium chromium-driver
 fi
 
+# setcap: the live-capture test gives a throw-away user dumpcap's capture rights the
+# way wireshark-common does (file capabilities), to capture as an unprivileged user.
+if ! command -v setcap >/dev/null 2>&1 && [ ! -x /usr/sbin/setcap ] && [ ! -x /sbin/setcap ]; then
+    apt_install libcap2-bin
+fi
+
 PY=${PYTHON:-python3}
 if ! command -v "$PY" >/dev/null 2>&1; then
     apt_install python3 python3-venv python3-pip

@@ -15,6 +15,8 @@ import pytest
 import tshark_util
 from test_dcerpc import AUTH_FIELDS, CAPTURES, build_bind, build_bind_ack, build_pdu, build_request, feed, new_conn
 from wmiscope.dissectors import auth as A
+from wmiscope.dissectors import kerberos as K5
+from wmiscope.dissectors import ntlmssp as N
 from wmiscope.dissectors.records import Call, ErrorRecord, Pdu
 from wmiscope.formats.errors import DecodeError
 
@@ -38,21 +40,21 @@ def our_auth_fields(tokens) -> dict[str, str]:
                 out["spnego.negResult"].append(str(tok.neg_state))
             if tok.supported_mech:
                 out["spnego.supportedMech"].append(tok.supported_mech)
-        if isinstance(inner, (A.NtlmNegotiate, A.NtlmChallenge, A.NtlmAuthenticate)):
+        if isinstance(inner, (N.NtlmNegotiate, N.NtlmChallenge, N.NtlmAuthenticate)):
             out["ntlmssp.messagetype"].append(
-                {A.NtlmNegotiate: "0x00000001", A.NtlmChallenge: "0x00000002",
-                 A.NtlmAuthenticate: "0x00000003"}[type(inner)])
+                {N.NtlmNegotiate: "0x00000001", N.NtlmChallenge: "0x00000002",
+                 N.NtlmAuthenticate: "0x00000003"}[type(inner)])
             out["ntlmssp.negotiateflags"].append(f"0x{inner.flags:08x}")
             if inner.version is not None:
                 out["ntlmssp.version.build_number"].append(str(inner.version.build))
-        if isinstance(inner, A.NtlmChallenge):
+        if isinstance(inner, N.NtlmChallenge):
             out["ntlmssp.ntlmserverchallenge"].append(inner.server_challenge.hex())
             if inner.target_name:
                 out["ntlmssp.challenge.target_name"].append(inner.target_name)
             for key, field in (("MsvAvNbComputerName", "nb_computer_name"), ("MsvAvDnsDomainName", "dns_domain_name")):
                 if key in inner.target_info:
                     out["ntlmssp.challenge.target_info." + field].append(inner.target_info[key])
-        if isinstance(inner, A.NtlmAuthenticate):
+        if isinstance(inner, N.NtlmAuthenticate):
             out["ntlmssp.auth.username"].append(_ntlm_text(inner.user))
             out["ntlmssp.auth.domain"].append(_ntlm_text(inner.domain))
             out["ntlmssp.auth.hostname"].append(_ntlm_text(inner.workstation))
@@ -60,7 +62,7 @@ def our_auth_fields(tokens) -> dict[str, str]:
                 out["ntlmssp.auth.sesskey"].append(inner.encrypted_session_key.hex())
             if inner.mic is not None:
                 out["ntlmssp.authenticate.mic"].append(inner.mic.hex())
-        if isinstance(inner, A.KerberosApReq):
+        if isinstance(inner, K5.KerberosApReq):
             out["kerberos.realm"].append(inner.realm)
             out["kerberos.SNameString"].extend(inner.sname)
             if inner.ticket_kvno is not None:
@@ -117,9 +119,9 @@ def test_every_handshake_token_matches_tshark(name):
 def test_lm_ntlm_user_3b_lgreen_and_its_messages():
     toks = _handshake_tokens("LM_WMI_ProcessCallCreate.pcapng")
     neg, chal, auth = (A.inner_token(toks[f][0]) for f in (49, 50, 51))
-    assert isinstance(neg, A.NtlmNegotiate) and neg.flags & A.NTLMSSP_NEGOTIATE_SEAL
+    assert isinstance(neg, N.NtlmNegotiate) and neg.flags & N.NTLMSSP_NEGOTIATE_SEAL
     assert str(neg.version).startswith("10.0.")
-    assert isinstance(chal, A.NtlmChallenge)
+    assert isinstance(chal, N.NtlmChallenge)
     assert chal.target_info["MsvAvNbComputerName"] == "01566S-WIN16-IR"
     assert chal.target_info["MsvAvDnsComputerName"] == "01566s-win16-ir.threebeesco.com"
     assert chal.timestamp.startswith("2020-07-24T10:13:45")
@@ -136,18 +138,18 @@ def test_lm_kerberos_spnego_on_the_login_interfaces():
     toks = _handshake_tokens("LM_WMI_ProcessCallCreate.pcapng")
     init = toks[30][0]
     assert isinstance(init, A.SpnegoInit)
-    assert init.mech_types[:2] == [A.OID_MS_KRB5, A.OID_KRB5] and A.OID_NTLMSSP in init.mech_types
+    assert init.mech_types[:2] == [K5.OID_MS_KRB5, K5.OID_KRB5] and N.OID_NTLMSSP in init.mech_types
     req = init.mech_token
-    assert isinstance(req, A.KerberosApReq)
+    assert isinstance(req, K5.KerberosApReq)
     assert (req.sname, req.realm, req.ticket_etype) == (["host", "01566s-win16-ir.threebeesco.com"], "THREEBEESCO.COM", 18)
     assert req.ap_options & 0x20000000                              # mutual-required
     resp = toks[32][0]
-    assert isinstance(resp, A.SpnegoResp) and resp.neg_state == 1 and resp.supported_mech == A.OID_MS_KRB5
-    assert isinstance(resp.response_token, A.KerberosApRep) and resp.response_token.etype == 18
+    assert isinstance(resp, A.SpnegoResp) and resp.neg_state == 1 and resp.supported_mech == K5.OID_MS_KRB5
+    assert isinstance(resp.response_token, K5.KerberosApRep) and resp.response_token.etype == 18
     # the DCE-style third leg: the client's AP-REP in an alter_context, then accept-completed with a MIC
-    assert isinstance(toks[33][0].response_token, A.KerberosApRep)
+    assert isinstance(toks[33][0].response_token, K5.KerberosApRep)
     done = toks[34][0]
-    assert done.neg_state == 0 and isinstance(A.parse_token(done.mech_list_mic), A.KerberosMic)
+    assert done.neg_state == 0 and isinstance(A.parse_token(done.mech_list_mic), K5.KerberosMic)
     assert A.token_summary(init).startswith("SPNEGO_negTokenInit > KRB_AP_REQ host/01566s-win16-ir")
 
 
@@ -157,17 +159,17 @@ def test_rfc4121_verifiers_of_the_kerberos_calls():
     resp = next(p for p in fed.pdus if p.frame == 36).auth.token
     assert req.hex() == "040404ffffffffff000000001c88d84da49649a0041fc724162465e8"   # tshark's auth_credentials
     mic = A.parse_token(req)
-    assert isinstance(mic, A.KerberosMic) and mic.flags == 0x04 and mic.snd_seq == 0x1C88D84D
+    assert isinstance(mic, K5.KerberosMic) and mic.flags == 0x04 and mic.snd_seq == 0x1C88D84D
     assert len(mic.checksum) == 12                                   # HMAC-SHA1-96 (aes256-cts)
     assert A.parse_token(resp).flags == 0x05                         # SentByAcceptor | AcceptorSubkey
     assert A.classify_verifier(req) == "RFC4121_MIC"
     sig = A.parse_token(next(p for p in fed.pdus if p.frame == 52).auth.token)
-    assert isinstance(sig, A.NtlmSignature) and sig.version == 1
+    assert isinstance(sig, N.NtlmSignature) and sig.version == 1
 
 
 def test_covenant_kerberos_tickets():
     toks = _handshake_tokens("covenant_sharpwmi_dcerpc_wmi_execquery_execmethod.cap")
-    reqs = {f: A.inner_token(t[0]) for f, t in toks.items() if isinstance(A.inner_token(t[0]), A.KerberosApReq)}
+    reqs = {f: A.inner_token(t[0]) for f, t in toks.items() if isinstance(A.inner_token(t[0]), K5.KerberosApReq)}
     assert reqs[55].principal == "RPCSS/WORKSTATION6.theshire.local@THESHIRE.LOCAL"
     assert reqs[96].principal == "host/WORKSTATION6.theshire.local@THESHIRE.LOCAL"
     assert {r.realm for r in reqs.values()} == {"THESHIRE.LOCAL"}
@@ -198,11 +200,11 @@ def _secbuf(length, offset):
 def test_ntlm_oem_strings_and_ntlmv1():
     payload = b"DOM" + b"WKS"
     neg = b"NTLMSSP\x00" + struct.pack("<II", 1, 0x00003002) + _secbuf(3, 32) + _secbuf(3, 35) + payload
-    m = A.parse_ntlmssp(neg)
+    m = N.parse_ntlmssp(neg)
     assert (m.domain, m.workstation, m.version) == ("DOM", "WKS", None)
     chal = (b"NTLMSSP\x00" + struct.pack("<I", 2) + _secbuf(6, 48) + struct.pack("<I", 0x2)
             + b"\x11" * 8 + b"\x00" * 8 + _secbuf(0, 0) + b"SERVER")
-    c = A.parse_ntlmssp(chal)
+    c = N.parse_ntlmssp(chal)
     assert c.target_name == "SERVER" and c.server_challenge == b"\x11" * 8 and c.target_info == {}
     user, dom = "bob".encode("utf-16-le"), "CORP".encode("utf-16-le")
     lm, nt = b"\x01" * 24, b"\x02" * 24
@@ -211,12 +213,12 @@ def test_ntlm_oem_strings_and_ntlmv1():
     auth = (b"NTLMSSP\x00" + struct.pack("<I", 3) + _secbuf(24, off) + _secbuf(24, off + 24)
             + _secbuf(len(dom), off + 48) + _secbuf(len(user), off + 48 + len(dom)) + _secbuf(0, 0)
             + _secbuf(0, 0) + struct.pack("<I", 1) + body)
-    a = A.parse_ntlmssp(auth)
+    a = N.parse_ntlmssp(auth)
     assert (a.ntlm_version, a.principal, a.mic, a.version) == (1, "CORP\\bob", None, None)
     with pytest.raises(DecodeError):
-        A.parse_ntlmssp(auth[:-1])                                 # user name runs past the end
+        N.parse_ntlmssp(auth[:-1])                                 # user name runs past the end
     with pytest.raises(DecodeError):
-        A.parse_ntlmssp(b"NTLMSSP\x00" + struct.pack("<I", 9) + b"\x00" * 40)
+        N.parse_ntlmssp(b"NTLMSSP\x00" + struct.pack("<I", 9) + b"\x00" * 40)
 
 
 def test_der_reader_bounds():
@@ -225,11 +227,11 @@ def test_der_reader_bounds():
     wrap = bytes.fromhex("60") + bytes([len(krb5) + 32]) + krb5 + bytes.fromhex("02011100" "1000ffff") \
         + b"\x01" * 8 + b"\x02" * 8 + b"\x03" * 8
     t = A.parse_token(wrap)
-    assert isinstance(t, A.KerberosLegacyToken) and t.wrap and (t.sgn_alg, t.seal_alg) == (0x11, 0x10)
+    assert isinstance(t, K5.KerberosLegacyToken) and t.wrap and (t.sgn_alg, t.seal_alg) == (0x11, 0x10)
     assert A.classify_verifier(wrap) == "RFC4757_WRAP"
     w4121 = bytes.fromhex("050406ff0010001c") + (7).to_bytes(8, "big")
     w = A.parse_token(w4121)
-    assert isinstance(w, A.KerberosWrap) and w.sealed and (w.ec, w.rrc, w.snd_seq) == (16, 28, 7)
+    assert isinstance(w, K5.KerberosWrap) and w.sealed and (w.ec, w.rrc, w.snd_seq) == (16, 28, 7)
     for bad in (b"\x60\x84\xff\xff\xff\xff", b"\x60\x80\x06\x00", b"\x60\x05\x06\x09\x2a",
                 b"\xa1\x03\x30\x01", b"\x6e\x02\x30\x00", b"\x60" + b"\x7f" * 4, b"\x04"):
         with pytest.raises(DecodeError):

@@ -102,7 +102,7 @@ def test_hostile_traffic_beside_a_real_session_leaves_it_intact(tmp_path):
 
 
 def test_non_wmi_dcom_captures_are_never_called_wmi():
-    from wmiscope.dissectors import interfaces
+    from wmiscope.spec import interfaces
 
     for name, named in (("dcom_mmc20_application.pcapng", {"IDispatch", "ITypeInfo"}),
                         ("impacket_dcomexec.pcapng", {"IRemoteSCMActivator", "IDispatch"})):

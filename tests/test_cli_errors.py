@@ -59,7 +59,7 @@ def assert_one_line(result, status: int, *needles: str) -> None:
 CASES = [
     # (argv after the command, exit status, what the line must say)
     (["{d}/missing.pcap"], 1, ["missing.pcap", "No such file"]),
-    (["{d}/a-directory"], 1, ["a-directory", "is a directory"]),
+    (["{d}/a-directory"], 1, ["a-directory", "no capture files"]),     # a folder is a capture set: of none
     (["{d}/empty.pcap"], 1, ["empty.pcap", "too short"]),
     (["{d}/notes.txt"], 1, ["notes.txt", "not a pcap or pcapng file"]),
     (["/dev/null"], 1, ["/dev/null", "too short"]),
@@ -73,6 +73,8 @@ CASES = [
     ([SAMPLE, "-i", "lo"], 2, ["one of the two"]),
     ([SAMPLE, "-c", "-3"], 2, ["--count"]),
     ([SAMPLE, "--no-such-option"], 2, ["--no-such-option"]),
+    ([SAMPLE, "-a", "duration:10"], 2, ["apply to a live capture"]),
+    (["-i", "lo", "-a", "duration:inf"], 2, ["duration:SECONDS"]),
 ]
 
 
@@ -146,8 +148,11 @@ def test_ctrl_c_on_a_live_capture_flushes_and_summarises():
     srv.bind(("127.0.0.1", 0))
     srv.listen()
     port = srv.getsockname()[1]
+    # The raw-socket capture, whose queue this test can watch in our own process (the
+    # dumpcap path's Ctrl-C is tests/test_live_capture.py's).
     p = subprocess.Popen([sys.executable, "-m", "wmiscope", "stats", "-i", "lo", "-f", f"tcp port {port}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "WMISCOPE_CAPTURE": "socket"})
     try:
         started = p.stderr.readline()          # said once the socket is open and filtered
         assert started.startswith("wmiscope: capturing on lo"), started + p.stderr.read()

@@ -15,6 +15,7 @@ import pytest
 import tshark_util
 from tshark_util import generator
 from wmiscope.dissectors import auth as A
+from wmiscope.dissectors import kerberos as K5
 from wmiscope.dissectors import crypto_kerberos as K
 from wmiscope.formats.errors import DecodeError
 
@@ -134,7 +135,7 @@ def _sample_handshake(etype=18, auth_type=GEN.RPC_C_AUTHN_GSS_NEGOTIATE):
 @pytest.mark.parametrize("auth_type", [9, 16])
 def test_ticket_authenticator_and_ap_rep_open_with_the_keytab(auth_type):
     sealer, ap_req, ap_rep = _sample_handshake(auth_type=auth_type)
-    assert isinstance(ap_req, A.KerberosApReq) and ap_req.principal == "host/srv-files01.wmilab.example@WMILAB.EXAMPLE"
+    assert isinstance(ap_req, K5.KerberosApReq) and ap_req.principal == "host/srv-files01.wmilab.example@WMILAB.EXAMPLE"
     keys = [e.key for e in K.parse_keytab(tshark_util.sample_secrets()["wmi-process-create-kerberos.keytab"].read_bytes())]
     ctx = K.recover_context_keys(ap_req, ap_rep, keys)
     assert ctx.client == "analyst@WMILAB.EXAMPLE"

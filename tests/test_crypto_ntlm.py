@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from wmiscope.dissectors import auth as A
+from wmiscope.dissectors import ntlmssp as A
 from wmiscope.dissectors import crypto_ntlm as N
 
 H = bytes.fromhex

@@ -13,10 +13,12 @@ import time
 import pytest
 
 import tshark_util
-from wmiscope.dissectors import dcom
-from wmiscope.dissectors.dcom import (DcomDecoder, IpidRegistry, build_activation_properties, build_dualstringarray,
-                                      build_objref, parse_dualstringarray, parse_objref, scan_objrefs,
-                                      write_orpcthat, write_orpcthis)
+from wmiscope.dissectors.activation import build_activation_properties
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.ipid_registry import IpidRegistry
+from wmiscope.dissectors.orpc import write_orpcthat, write_orpcthis
+from wmiscope.formats import objref
+from wmiscope.formats.objref import build_dualstringarray, build_objref, parse_dualstringarray, parse_objref, scan_objrefs
 from wmiscope.dissectors.ndr import DecodeError, NdrWriter
 from wmiscope.dissectors.records import Call, as_dict
 
@@ -151,14 +153,32 @@ def decoded(name: str) -> tuple[dict[int, Call], IpidRegistry]:
 ALL = (LM, WMIEXEC, DCOMEXEC, COVENANT, WMIMPLANT, INVOKE, WMIEXECPRO, MMC20)
 
 
+def param(side: dict, name: str) -> dict:
+    """A DCOM parameter as the table interpreter decoded it, by its IDL name."""
+    (p,) = [p for p in side["params"] if p["name"] == name]
+    return p
+
+
+def value(side: dict, name: str):
+    return param(side, name)["value"]
+
+
+def act(side: dict) -> dict:
+    """The activation facts the activation hook lifted out of (pp)ActProperties."""
+    return param(side, "pActProperties" if "pActProperties" in [p["name"] for p in side["params"]]
+                 else "ppActProperties")["activation"]
+
+
 # ---------------------------------------------------------------------------------------------
 # LM_WMI_ProcessCallCreate: the whole DCOM story of a WMI session
 
 def test_remote_create_instance_request_lm():
     c = decoded(LM)[0][24]
     assert (c.interface, c.method, c.interface_source) == ("IRemoteSCMActivator", "RemoteCreateInstance", "context")
-    req = c.decoded["request"]
-    assert req["orpcthis"] == {"version": "5.7", "flags": 1, "cid": "fd7ed21b-dac9-49d2-aadd-65b0c706fc49"}
+    side = c.decoded["request"]
+    assert side["orpcthis"] == {"version": "5.7", "flags": 1, "cid": "fd7ed21b-dac9-49d2-aadd-65b0c706fc49"}
+    assert value(side, "pUnkOuter") is None and param(side, "pUnkOuter")["referent"] == 0
+    req = act(side)
     assert req["clsid"] == CLSID_WBEMLEVEL1LOGIN and req["class_name"] == "WbemLevel1Login"
     assert req["requested_interfaces"] == ["IWbemLevel1Login"]
     assert req["server_name"] == "172.16.66.36"
@@ -173,8 +193,9 @@ def test_remote_create_instance_request_lm():
 
 def test_remote_create_instance_response_lm():
     calls, reg = decoded(LM)
-    resp = calls[24].decoded["response"]
-    assert resp["hresult"] == 0
+    side = calls[24].decoded["response"]
+    assert side["return"]["value"] == 0
+    resp = act(side)
     assert resp["oxid"] == "0x053773507f213667"
     assert resp["ipid_remunknown"] == "0000c000-0530-0000-7d85-2faeeac5c880"
     assert (resp["authn_hint"], resp["server_version"]) == (4, "5.7")
@@ -195,7 +216,7 @@ def test_every_clear_activation_matches_tshark():
         for c in decoded(name)[0].values():
             if c.method != "RemoteCreateInstance" or c.req_encrypted:
                 continue
-            req, resp = c.decoded["request"], c.decoded["response"]
+            req, resp = act(c.decoded["request"]), act(c.decoded["response"])
             t_req, t_resp = _checks(name)[c.req_frames[1]], _checks(name)[c.resp_frames[1]]
             assert [p["clsid"] for p in req["properties"]] == t_req["isystemactivator.customhdr.clsid"]
             assert [req["clsid"]] == t_req["isystemactivator.properties.instninfo.clsid"]
@@ -220,12 +241,15 @@ def test_rem_query_interface_teaches_login_client_id_lm():
     qi = calls[35]
     assert (qi.interface, qi.method, qi.interface_source) == ("IRemUnknown2", "RemQueryInterface", "ipid")
     req, resp = qi.decoded["request"], qi.decoded["response"]
-    assert req["ipid"] == "00014006-0530-0000-0333-997691ea98ab" and req["object_interface"] == "IWbemLevel1Login"
-    assert (req["refs"], req["interfaces"]) == (5, ["IWbemLoginClientID"])
-    (res,) = resp["results"]
+    ripid = param(req, "ripid")
+    assert ripid["value"] == "00014006-0530-0000-0333-997691ea98ab" and ripid["interface"] == "IWbemLevel1Login"
+    assert (value(req, "cRefs"), value(req, "cIids"), param(req, "iids")["interfaces"]) == (
+        5, 1, ["IWbemLoginClientID"])
+    (res,) = value(resp, "ppQIResults")
+    assert param(resp, "ppQIResults")["referent"] == 0x00020000
     assert res["std"]["ipid"] == tshark_fields(LM, 36, "dcom.ipid")[1] == "00013416-0530-0000-d756-78286df5d5d9"
-    assert [res["std"]["oxid"]] == tshark_fields(LM, 36, "dcom.oxid")
-    assert (res["hresult"], resp["hresult"]) == (0, 0)
+    assert [f"0x{res['std']['oxid']:016x}"] == tshark_fields(LM, 36, "dcom.oxid")
+    assert (res["hResult"]["value"], res["interface"], resp["return"]["value"]) == (0, "IWbemLoginClientID", 0)
     # the IPID learned here names the next call although its bind context came later
     set_client = calls[39]
     assert set_client.ipid == res["std"]["ipid"]
@@ -263,12 +287,13 @@ def test_rem_release_lm():
     calls, _ = decoded(LM)
     rel = calls[47]
     assert (rel.interface, rel.method) == ("IRemUnknown2", "RemRelease")
-    refs = rel.decoded["request"]["interface_refs"]
+    refs = value(rel.decoded["request"], "InterfaceRefs")
+    assert value(rel.decoded["request"], "cInterfaceRefs") == 2
     assert [r["ipid"] for r in refs] == tshark_fields(LM, 47, "dcom.ipid")[1:]
     assert [r["interface"] for r in refs] == ["IWbemLoginClientID", "IWbemLevel1Login"]
-    assert [(r["public_refs"], r["private_refs"]) for r in refs] == [(5, 0), (5, 0)]
-    assert rel.decoded["response"]["hresult"] == 0
-    assert calls[129].decoded["request"]["interface_refs"][0]["interface"] == "IWbemServices"
+    assert [(r["cPublicRefs"], r["cPrivateRefs"]) for r in refs] == [(5, 0), (5, 0)]
+    assert rel.decoded["response"]["return"]["value"] == 0
+    assert value(calls[129].decoded["request"], "InterfaceRefs")[0]["interface"] == "IWbemServices"
 
 
 def test_every_call_of_lm_is_named():
@@ -324,9 +349,9 @@ def test_covenant_login_ex_and_server_alive2():
     assert (alive.interface, alive.method) == ("IObjectExporter", "ServerAlive2")
     resp = alive.decoded["response"]
     ts = tshark_fields(COVENANT, 50, "dcom.dualstringarray.network_addr")
-    assert [b["network_addr"] for b in resp["or_bindings"]["string_bindings"]] == ts == [
+    assert [b["network_addr"] for b in value(resp, "ppdsaOrBindings")["string_bindings"]] == ts == [
         "WORKSTATION6", "172.18.39.6"]
-    assert (resp["server_version"], resp["status"]) == ("5.7", 0)
+    assert (value(resp, "pComVersion"), resp["return"]["value"]) == ({"MajorVersion": 5, "MinorVersion": 7}, 0)
     ex = calls[85]
     assert (ex.interface, ex.method, ex.interface_source) == ("IWbemLoginClientIDEx", "SetClientInfoEx", "ipid")
     assert reg.lookup(ex.ipid).source == "remqi"
@@ -347,8 +372,8 @@ def test_wmimplant_and_others_every_dcom_call_named_no_errors():
             assert not c.errors, (name, c.req_frames, c.errors)
             json.dumps(as_dict(c))                  # everything a call carries is JSON-able
     ping = decoded(WMIMPLANT)[0][387]
-    assert (ping.method, ping.decoded["request"]["set_id"], ping.decoded["response"]["status"]) == (
-        "SimplePing", "0x00000005cb5467e6", 0)
+    assert (ping.method, value(ping.decoded["request"], "pSetId"), ping.decoded["response"]["return"]["value"]) \
+        == ("SimplePing", 0x00000005CB5467E6, 0)
 
 
 def test_mmc20_unknown_ipids_are_reported_not_guessed():
@@ -450,7 +475,8 @@ def test_resolve_oxid2_teaches_bindings():
     call = _call("99fcfec4-5260-101b-bbcb-00aa0021347a", 4, w.getvalue(), r.getvalue())
     DcomDecoder(reg).decode_call(call)
     assert call.method == "ResolveOxid2" and not call.errors
-    assert call.decoded["response"]["oxid_bindings_text"] == ["ncacn_ip_tcp:srv[49700]"]
+    assert value(call.decoded["request"], "pOxid") == 0xABCDEF
+    assert value(call.decoded["response"], "ppdsaOxidBindings")["bindings"] == ["ncacn_ip_tcp:srv[49700]"]
     assert reg.oxid(0xABCDEF).bindings.string_bindings[0].port == 49700
     assert reg.lookup("0000c000-0530-0000-7d85-2faeeac5c880").source == "resolver"
 
@@ -463,8 +489,9 @@ def test_complex_ping():
     r.u64(9), r.u16(2), r.u32(0)
     call = _call("99fcfec4-5260-101b-bbcb-00aa0021347a", 2, w.getvalue(), r.getvalue())
     DcomDecoder().decode_call(call)
-    assert call.decoded["request"]["add_to_set"] == ["0x0000000000000010", "0x0000000000000020"]
-    assert call.decoded["response"]["ping_backoff_factor"] == 2
+    assert value(call.decoded["request"], "AddToSet") == [0x10, 0x20]
+    assert value(call.decoded["request"], "DelFromSet") is None
+    assert value(call.decoded["response"], "pPingBackoffFactor") == 2
 
 
 def test_rem_query_interface2_and_add_ref():
@@ -492,8 +519,10 @@ def test_rem_query_interface2_and_add_ref():
     r.conformant_u32s([0]), r.u32(0)
     call = _call("00000131-0000-0000-c000-000000000046", 4, w.getvalue(), r.getvalue(), ipid=ipid)
     dec.decode_call(call)
-    assert call.decoded["request"]["interface_refs"][0]["interface"] == "IWbemLoginClientID"
-    assert call.decoded["response"] == {"orpcthat": {"flags": 0}, "results": [0], "hresult": 0}
+    assert value(call.decoded["request"], "InterfaceRefs")[0]["interface"] == "IWbemLoginClientID"
+    resp = call.decoded["response"]
+    assert resp["orpcthat"] == {"flags": 0} and resp["return"]["value"] == 0
+    assert [h["value"] for h in value(resp, "pResults")] == [0]
 
 
 def test_remote_activation():
@@ -512,9 +541,11 @@ def test_remote_activation():
     call = _call("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57", 0, w.getvalue(), r.getvalue())
     DcomDecoder(reg).decode_call(call)
     assert not call.errors
-    assert call.decoded["request"]["class_name"] == "WbemLevel1Login"
+    assert value(call.decoded["request"], "Clsid") == CLSID_WBEMLEVEL1LOGIN
+    assert param(call.decoded["request"], "pIIDs")["interfaces"] == ["IWbemLevel1Login"]
     resp = call.decoded["response"]
-    assert resp["interfaces"][0]["ipid"] == "00030000-aaaa-bbbb-cccc-000000000002"
+    assert value(resp, "ppInterfaceData")[0]["ipid"] == "00030000-aaaa-bbbb-cccc-000000000002"
+    assert value(resp, "pOxid") == 0x77 and resp["return"]["value"] == 0
     assert reg.bindings_for("00030000-aaaa-bbbb-cccc-000000000002") == ["ncacn_ip_tcp:10.0.0.2[1025]"]
 
 
@@ -532,7 +563,7 @@ def test_built_activation_blob_decodes_like_a_real_one():
     call = _call("000001a0-0000-0000-c000-000000000046", 4, w.getvalue())
     DcomDecoder().decode_call(call)
     assert not call.errors
-    assert call.decoded["request"]["requested_interfaces"] == ["IWbemLevel1Login"]
+    assert act(call.decoded["request"])["requested_interfaces"] == ["IWbemLevel1Login"]
 
 
 def test_naming_rules():
@@ -597,7 +628,7 @@ def test_scan_of_hostile_stubs_is_linear():
     write_orpcthis(w, "fd7ed21b-dac9-49d2-aadd-65b0c706fc49")
     c = _call(IID_IWBEMSERVICES, 6, w.getvalue() + head * 100)
     DcomDecoder().decode_call(c)
-    assert len(c.errors) == dcom.MAX_SCAN_ERRORS + 1 and c.errors[-1].reason.startswith("92 more")
+    assert len(c.errors) == objref.MAX_SCAN_ERRORS + 1 and c.errors[-1].reason.startswith("92 more")
 
 
 def _activation_call(req=None, resp=None):

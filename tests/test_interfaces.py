@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wmiscope.dissectors import interfaces as I
+from wmiscope.spec import interfaces as I
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "MS-WMI.txt"
 

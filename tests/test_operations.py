@@ -19,8 +19,9 @@ import pytest
 
 import tshark_util
 from wmiscope import synth
-from wmiscope.commands.output import call_dict
-from wmiscope.dissectors.dcom import OBJREF_CUSTOM, build_dualstringarray, build_objref, write_orpcthat, write_orpcthis
+from wmiscope.dissectors.jsonl import call_dict
+from wmiscope.dissectors.orpc import write_orpcthat, write_orpcthis
+from wmiscope.formats.objref import OBJREF_CUSTOM, build_dualstringarray, build_objref
 from wmiscope.dissectors.ndr import NdrWriter, guid_bytes
 from wmiscope.dissectors.operations import Operations
 from wmiscope.dissectors.pipeline import Analysis, analyse
@@ -522,6 +523,7 @@ def refresher_session(tmp_path_factory):
     AddEnumToRefresher, GetRemoteRefresher, RemoteRefresh, StopRefreshing,
     ReconnectRemoteRefresher, RemoteRefresh again; QueryObjectSink and an Indicate to it."""
     from wmiscope.dissectors import wmi
+    from wmiscope.spec import interfaces as table
     from wmiscope.formats.refresher import RefreshedObject
 
     path = tmp_path_factory.mktemp("ops") / "refresher.pcap"
@@ -532,7 +534,7 @@ def refresher_session(tmp_path_factory):
     f = {}
 
     def call(iface, method, values, out=None, ipid=None, hresult=0):
-        opnum = next(m["opnum"] for m in wmi._if.methods_of(IID[iface]).values() if m["name"] == method)
+        opnum = next(m["opnum"] for m in table.methods_of(IID[iface]).values() if m["name"] == method)
         return c.call(iface, opnum, wmi.encode_request(iface, method, values, cid=CID),
                       wmi.encode_response(iface, method, out or {}, hresult), ipid)
 

@@ -12,7 +12,8 @@ import pytest
 
 from tshark_util import CAPTURES, PCAPS
 from wmiscope.cli import main
-from wmiscope.dissectors.dcom import DcomDecoder, IpidRegistry
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.ipid_registry import IpidRegistry
 from wmiscope.dissectors.pipeline import Analysis, analyse
 from wmiscope.dissectors.records import Call
 from wmiscope.dissectors.transcript import TranscriptRenderer, display_name, render_call

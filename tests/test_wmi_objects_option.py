@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tshark_util import CAPTURES, encoding_units, stub
-from wmiscope.dissectors import wmi
+from wmiscope.dissectors import interpreter, wmi
 from wmiscope.dissectors.pipeline import analyse
 from wmiscope.dissectors.records import Call
 
@@ -30,7 +30,7 @@ def test_objects_off_keeps_parameters_but_decodes_no_object():
 
 def test_cache_shares_identical_objects_and_keeps_to_its_budget():
     unit = encoding_units(stub("impacket_wmiexec.pcapng", 66))[0]
-    cache = wmi._PayloadCache(budget=2 * len(unit), largest=len(unit))
+    cache = interpreter._PayloadCache(budget=2 * len(unit), largest=len(unit))
     first = cache.decode(CLSID, 0, unit)
     assert cache.decode(CLSID, 0, bytes(unit)) is first and first.name == "Win32_Process"
     other = unit[:-1] + b"\x00"          # different bytes, decoded anew (or failing on their own)
@@ -41,6 +41,6 @@ def test_cache_shares_identical_objects_and_keeps_to_its_budget():
     third = encoding_units(stub("impacket_wmiexec.pcapng", 115))[0]
     cache.decode(CLSID, 0, third)
     assert cache.used <= cache.budget
-    big = wmi._PayloadCache(budget=1 << 20, largest=10)
+    big = interpreter._PayloadCache(budget=1 << 20, largest=10)
     big.decode(CLSID, 0, unit)
     assert big.used == 0                 # objects larger than `largest` are never kept

@@ -15,9 +15,10 @@ import time
 import pytest
 
 import tshark_util
-from wmiscope.dissectors import interfaces as I
+from wmiscope.spec import interfaces as I
 from wmiscope.dissectors import wmi
-from wmiscope.dissectors.dcom import DcomDecoder, IpidRegistry
+from wmiscope.dissectors.dcom import DcomDecoder
+from wmiscope.dissectors.ipid_registry import IpidRegistry
 from wmiscope.dissectors.pipeline import analyse
 from wmiscope.dissectors.records import Call, ErrorRecord
 from wmiscope.formats import object_array as oa
@@ -141,7 +142,7 @@ def test_wmiexec_execmethod_create_command_line():
     inp = _params(c)["pInParams"]["object"]
     assert inp.get("CommandLine") == r"cmd.exe /Q /c whoami 1> \\127.0.0.1\ADMIN$\__1683291962.56 2>&1"
     assert inp.get("CurrentDirectory") == "C:\\"
-    assert _params(c)["ppOutParams"]["referent"] is True                # "give me the out-parameters"
+    assert _params(c)["ppOutParams"]["referent"] > 0               # "give me the out-parameters"
     out = _params(c, "response")["ppOutParams"]["object"]
     assert out.get("ReturnValue") == 0 and out.get("ProcessId") == 2692
     # impacket's tells: 0xbf padding (a note) and 12 stray bytes after GetObject's parameters (an anomaly)

@@ -274,6 +274,10 @@ def _impacket_value(p: Property, v):
     char16 as its code point (impacket does not interpret those)."""
     if v is None:
         return None
+    if not p.is_array and type(v) is int and v == 0xFFFFFFFF:
+        # impacket's ENCODED_VALUE.getValue takes a cell of 0xFFFFFFFF for NULL,
+        # even the uint32 (or uint64) number 4294967295 stored inline (2.2.71)
+        return None
     if p.base_type == CimType.BOOLEAN:
         if p.is_array:  # elements come back as the raw BOOL cells
             return [0xFFFF if x else 0 for x in v]

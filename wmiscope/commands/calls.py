@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import (add_source_arguments, call_dict, dumps, error_dict, make_analysis, open_source,
+from .output import (add_source_arguments, call_dict, dumps, error_line, make_analysis, open_source, set_note,
                      summary_line)
 from .progress import with_progress
 
@@ -26,7 +26,9 @@ def run(args) -> int:
     source = open_source(args)      # refused here, before the table's head is written
     write = sys.stdout.write
     table = args.format == "table"
+    source = open_source(args)          # a bad name ends the run before any output
     if table:
+        write(set_note(source) or "")
         write(_TABLE_HEAD)
     for rec in analysis.run(with_progress(source, analysis, streaming=True)):
         if type(rec) is Call:
@@ -36,7 +38,7 @@ def run(args) -> int:
             if table:
                 write(f"! {_error_line(rec)}\n")
             else:
-                write(dumps({"type": "error", **error_dict(rec)}) + "\n")
+                write(dumps(error_line(rec)) + "\n")
     s = analysis.stats
     if table:
         write("\n" + summary_line(s))

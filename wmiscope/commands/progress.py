@@ -52,15 +52,30 @@ def with_progress(source, analysis, *, streaming: bool, stream=None):
 
 def _metered(source, analysis, progress: Progress):
     if isinstance(source, (str, bytes, os.PathLike)):
-        from wmiscope.dissectors.capture import open_capture
-        # opened here, so its read errors go to the analysis like any other error record
-        source = open_capture(source, errors=analysis.emit)
-    try:
-        for raw in source:
-            progress.bytes += len(raw[3])
-            progress(analysis.stats)
-            yield raw
-    finally:
-        progress.done()
-    for err in getattr(source, "errors", ()):    # an opened capture file's own records (damage, clamped times)
-        analysis.emit(err)
+        from wmiscope.dissectors.capture import open_sources
+        # a capture set keeps its read errors, which the analysis reports at the end as for any file
+        source = open_sources([source])
+    return _Metered(source, analysis, progress)
+
+
+class _Metered:
+    """The source's frames, metered; its other attributes (a capture set's ``origin``,
+    ``multi``, ``errors``) stay visible to the analysis."""
+
+    def __init__(self, source, analysis, progress: Progress):
+        self._source = source
+        self._analysis = analysis
+        self._progress = progress
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def __iter__(self):
+        progress, stats = self._progress, self._analysis.stats
+        try:
+            for raw in self._source:
+                progress.bytes += len(raw[3])
+                progress(stats)
+                yield raw
+        finally:
+            progress.done()

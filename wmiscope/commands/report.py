@@ -11,14 +11,14 @@ import sys
 
 from wmiscope.cli import InputError, UsageError
 
-from .output import positive_count, add_credential_arguments, dumps, make_analysis, open_capture_file, open_live
+from .output import (add_credential_arguments, add_live_arguments, autostop_duration, dumps, make_analysis,
+                     open_capture_set, open_live)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("captures", nargs="*", metavar="CAPTURE", help="pcap or pcapng files (one report for all)")
-    p.add_argument("-i", "--interface", help="capture live on this interface instead (needs capture rights)")
-    p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
-    p.add_argument("-c", "--count", type=positive_count, help="stop a live capture after this many frames")
+    p.add_argument("captures", nargs="*", metavar="CAPTURE",
+                   help="pcap or pcapng files, folders of them or glob patterns (one report for all)")
+    add_live_arguments(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
     p.add_argument("--format", choices=("html", "json", "jsonl"),
                    help="html: one self-contained page; json: the whole report; jsonl: one ECS finding per line "
@@ -35,9 +35,17 @@ def run(args) -> int:
     fmt = args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
     make_analysis(args)     # a bad credentials file or keytab is said before anything is read
     if args.interface:
-        sources = [(f"live:{args.interface}", open_live(args.interface, args.filter, args.count))]
+        sources = [(f"live:{args.interface}", open_live(args.interface, args.filter, args.count,
+                                                        autostop_duration(args.autostop), args.write))]
     else:   # every file opened first: one that cannot be read is said before a long run
-        sources = [(path, open_capture_file(path)) for path in args.captures]
+        if args.write or args.autostop:
+            raise UsageError("-w and -a apply to a live capture (-i)")
+        from wmiscope.dissectors.capture import expand_sources
+        try:        # folders and glob patterns stand for the capture files they hold
+            paths = expand_sources(args.captures)
+        except CaptureFormatError as e:
+            raise InputError(str(e)) from None
+        sources = [(path, open_capture_set([path])) for path in paths]
 
     out = None
     if args.output:

@@ -25,6 +25,10 @@ def run(args) -> int:
         return 0
     w = sys.stdout.write
     w(f"frames            {d['frames']:>8}   (not TCP: {d['non_tcp_frames']})\n")
+    ip = d.get("ip_fragments")
+    if ip:
+        w(f"IP fragments      {ip['fragments']:>8}   (datagrams reassembled: {ip['reassembled']}, "
+          f"duplicates: {ip['duplicates']}, dropped: {ip['dropped_fragments']})\n")
     w(f"TCP flows         {d['tcp_flows']:>8}   (DCE/RPC: {d['dcerpc_flows']}, other: {d['other_flows']})\n")
     w(f"TCP gaps          {d['gaps']:>8}   ({d['gap_bytes']} bytes missing)\n")
     w(f"DCE/RPC PDUs      {d['pdus']:>8}\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import add_source_arguments, make_analysis, open_source, summary_line
+from .output import add_source_arguments, make_analysis, open_source, set_note, summary_line
 from .progress import with_progress
 
 
@@ -31,6 +31,9 @@ def run(args) -> int:
     renderer = TranscriptRenderer(frames=args.frames, mof=args.mof, all=args.all,
                                   operations=not args.no_operations)
     write = sys.stdout.write
+    source = open_source(args)
+    if args.frames and set_note(source):
+        write(set_note(source))
     for line in renderer.render(analysis.run(with_progress(source, analysis, streaming=True))):
         write(line + "\n")
     write(summary_line(analysis.stats))

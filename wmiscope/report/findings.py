@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from wmiscope.dissectors import interfaces as _if
+from wmiscope.spec import interfaces as _if
 
 from . import rules as R
 from .handlers import HANDLERS, set_out

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 SEVERITIES = ("error", "warning", "note")
-LAYERS = ("capture", "tcp", "dcerpc", "auth", "dcom", "wmi", "analysis")
+LAYERS = ("capture", "ip", "tcp", "dcerpc", "auth", "dcom", "wmi", "analysis")
 
 
 class Anomaly(NamedTuple):
@@ -46,6 +46,27 @@ ANOMALIES: tuple[Anomaly, ...] = (
     Anomaly("capture.timestamp_out_of_range", "warning", "capture",
             "Packet times outside 1970..9999 (a hostile if_tsresol / if_tsoffset) were clamped into that range."),
     Anomaly("capture.other", "error", "capture", "A capture-file problem without a more specific name."),
+    # IP fragment reassembly (RFC 791, RFC 8200, RFC 5722: dissectors/ipfrag.py)
+    Anomaly("ip.frag_overlap", "warning", "ip",
+            "IPv4 fragments overlap with different octets; the first-seen octets are kept."),
+    Anomaly("ip.frag_overlap_dropped", "warning", "ip",
+            "IPv6 fragments overlap: the whole datagram is discarded (RFC 5722)."),
+    Anomaly("ip.frag_too_big", "warning", "ip",
+            "Fragment would make the datagram exceed 65,535 octets; datagram discarded."),
+    Anomaly("ip.frag_bad_length", "warning", "ip",
+            "IPv6 non-final fragment length is not a multiple of 8; datagram discarded."),
+    Anomaly("ip.frag_inconsistent_end", "warning", "ip",
+            "A fragment disagrees with those held on where the datagram ends; those held are discarded, "
+            "the fragment starts a new datagram."),
+    Anomaly("ip.frag_too_many", "warning", "ip",
+            "More fragments than the per-datagram limit; datagram discarded."),
+    Anomaly("ip.frag_pending_limit", "note", "ip",
+            "Too many datagrams (or octets) pending reassembly; the oldest discarded."),
+    Anomaly("ip.frag_timeout", "note", "ip",
+            "Datagram not completed within the reassembly timeout; discarded."),
+    Anomaly("ip.frag_incomplete", "note", "ip",
+            "Datagram still missing fragments when the capture ended."),
+    Anomaly("ip.other", "warning", "ip", "An IP-layer problem without a more specific name."),
     # TCP
     Anomaly("tcp.gap", "warning", "tcp",
             "Segments of a DCE/RPC connection were not captured; the calls around the hole may be incomplete."),
@@ -107,6 +128,9 @@ ANOMALIES: tuple[Anomaly, ...] = (
     Anomaly("dcom.stub_malformed", "error", "dcom", "An ORPCTHIS, ORPCTHAT or OBJREF in a stub does not parse."),
     Anomaly("dcom.objref_flood", "warning", "dcom",
             "More malformed OBJREF candidates in one stub than are reported one by one; this says how many more."),
+    Anomaly("dcom.stub_trailing_bytes", "warning", "dcom",
+            "Octets are left over after a DCOM method's last parameter: a marshaling the table does not expect "
+            "(the values before them may be misread)."),
     Anomaly("dcom.internal_error", "error", "dcom", "Decoding a DCOM call failed (a bug of ours); the run went on."),
     Anomaly("dcom.other", "error", "dcom", "A DCOM problem without a more specific name."),
     # WMI (MS-WMI 2.2, 3.1.4; MS-WMIO)

@@ -7,6 +7,9 @@
                 tokens, and the TEST-ONLY sample credentials and keytab
   wmi_objects   the WMI classes and instances the samples carry, ObjectArrays with
                 fixed classIDs
+  samples       the scenarios of the sample captures in pcaps/ (`python -m wmiscope.synth`)
+
+The package stays in the source tree and out of the wheel (its credentials are test-only).
 
 The wire names are re-exported here (`synth.PcapWriter`, `synth.request`, ...): tests
 that only frame bytes need nothing else, and importing them stays cheap (wire takes only

@@ -16,9 +16,11 @@ import hashlib
 import struct
 import uuid
 
-from ..dissectors import interfaces, wmi
-from ..dissectors.dcom import (OBJREF_CUSTOM, OBJREF_STANDARD, build_activation_properties, build_dualstringarray,
-                               build_objref, write_orpcthat, write_orpcthis)
+from ..dissectors import wmi
+from ..spec import interfaces
+from ..dissectors.activation import build_activation_properties
+from ..dissectors.orpc import write_orpcthat, write_orpcthis
+from ..formats.objref import OBJREF_CUSTOM, OBJREF_STANDARD, build_dualstringarray, build_objref
 from ..dissectors.ndr import NdrWriter
 from .wire import TcpSession, bind, bind_ack, request, response
 

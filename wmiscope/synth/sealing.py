@@ -21,7 +21,8 @@ import struct
 from pathlib import Path
 
 from ..dissectors import crypto_kerberos, crypto_ntlm
-from ..dissectors.auth import OID_KRB5, OID_MS_KRB5, OID_NTLMSSP
+from ..dissectors.kerberos import OID_KRB5, OID_MS_KRB5
+from ..dissectors.ntlmssp import OID_NTLMSSP
 from ..dissectors.dcerpc import (ALTER_CONTEXT, ALTER_CONTEXT_RESP, BIND, BIND_ACK, PFC_OBJECT_UUID,
                                  PFC_SUPPORT_HEADER_SIGN, REQUEST, RESPONSE)
 from .dcom_session import IWBEM_LEVEL1_LOGIN

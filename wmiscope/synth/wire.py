@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 # The numbers the dissectors read are the ones written here: PDU types, flags, syntaxes.
 from ..dissectors.dcerpc import (ALTER_CONTEXT, ALTER_CONTEXT_RESP, AUTH3, BIND, BIND_ACK, FAULT, PFC_FIRST_FRAG,
                                  PFC_LAST_FRAG, PFC_OBJECT_UUID, REQUEST, RESPONSE)
-from ..dissectors.interfaces import TRANSFER_SYNTAXES
+from ..spec.interfaces import TRANSFER_SYNTAXES
 from ..dissectors.ndr import guid_bytes
 from ..dissectors.tcp import ACK, FIN, PSH, RST, SYN  # noqa: F401 - RST: for wmiscope.synth's users
 

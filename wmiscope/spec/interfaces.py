@@ -459,6 +459,23 @@ CLSIDS: list[dict] = [
      "spec": "", "purpose": "MMC application object (dcomexec lateral movement)"},
 ]
 
+# Parameters whose NDR bytes carry an MS-WMI encoding that the signature alone does not
+# say, decoded with state kept across calls ("encoding" names the decoder's hook):
+#   object_array       an ObjectArray (WBEMDATA, MS-WMI 2.2.14) read against the
+#                      enumeration's class cache (3.1.4.7.1)
+#   refreshed_objects  WBEM_REFRESHED_OBJECT blobs (2.2.15-2.2.19) read against the
+#                      template of their request id
+#   indicate           after the sink answered WBEM_S_NEW_STYLE (3.1.4.2.1) the objects come
+#                      as an ObjectArray instead of interface pointers
+SPECIAL_PARAMS: list[dict] = [
+    {"interface": "IWbemWCOSmartEnum", "method": "Next", "param": "pBuffer", "encoding": "object_array",
+     "spec": "MS-WMI 3.1.4.7.1"},
+    {"interface": "IWbemRemoteRefresher", "method": "RemoteRefresh", "param": "paObjects",
+     "encoding": "refreshed_objects", "spec": "MS-WMI 2.2.15"},
+    {"interface": "IWbemObjectSink", "method": "Indicate", "param": "apObjArray", "encoding": "indicate",
+     "spec": "MS-WMI 3.1.4.2.1"},
+]
+
 TRANSFER_SYNTAXES: list[dict] = [
     {"name": "NDR", "uuid": "8a885d04-1ceb-11c9-9fe8-08002b104860", "version": "2.0", "spec": "C706 14"},
     {"name": "NDR64", "uuid": "71710533-beba-4937-8319-b5dbef9ccc36", "version": "1.0", "spec": "MS-RPCE 2.2.5"},
@@ -579,12 +596,50 @@ def transfer_syntax_name(uuid: str | None) -> str | None:
     return None
 
 
-def to_json(indent: int | None = 1) -> str:
-    """The whole table as JSON (the Wireshark Lua generator reads this)."""
-    return json.dumps({
-        "version": 1,
+def special_param(interface: str, method: str, param: str) -> str | None:
+    """The encoding hook of a parameter of SPECIAL_PARAMS, or None."""
+    return _SPECIAL.get((interface, method, param))
+
+
+_SPECIAL = {(s["interface"], s["method"], s["param"]): s["encoding"] for s in SPECIAL_PARAMS}
+
+
+def export() -> dict:
+    """Everything the spec layer holds, as plain JSON-able data: the interfaces, structures,
+    class IDs and transfer syntaxes, the parameters with special encodings, the
+    enumerations and flag sets with the parameters and fields they name, every named
+    status code (HRESULT), and the MS-DCOM constants. Generators outside Python (the
+    Wireshark Lua plugin) read this and nothing else."""
+    from . import dcom, wbem       # the spec layer's own modules; nothing outside it
+
+    return {
+        "version": 2,
         "interfaces": INTERFACES,
         "structs": STRUCTS,
         "clsids": CLSIDS,
         "transfer_syntaxes": TRANSFER_SYNTAXES,
-    }, indent=indent, sort_keys=False)
+        "special_params": SPECIAL_PARAMS,
+        "enums": {name: {**e, "values": [list(v) for v in e["values"]],
+                         **({"masks": [list(v) for v in e["masks"]]} if "masks" in e else {})}
+                  for name, e in wbem.ENUMS.items()},
+        "param_enums": [{"interface": i, "method": m, "param": p, "enums": list(e)}
+                        for (i, m, p), e in wbem.PARAM_ENUMS.items()],
+        "field_enums": [{"struct": s, "field": f, "enums": list(e)} for (s, f), e in wbem.FIELD_ENUMS.items()],
+        "hresults": {
+            "wbemstatus": [{"name": n, "value": v, "text": x} for n, v, x in wbem.WBEMSTATUS],
+            "appendix_c": [{"name": n, "value": v, "use": u} for n, v, u in wbem.APPENDIX_C],
+            "erref": [{"name": n, "value": v, "text": x} for n, v, x in wbem.ERREF],
+        },
+        "dcom": {
+            "objref_signature": dcom.OBJREF_SIGNATURE,
+            "objref_extended_signature": dcom.OBJREF_EXTENDED_SIGNATURE,
+            "objref_flags": [{"value": v, "name": n, "kind": k, "trace_name": t} for v, n, k, t in dcom.OBJREF_FLAGS],
+            "tower_ids": {str(k): v for k, v in dcom.TOWER_IDS.items()},
+            "orpc_flags": {str(k): {"name": n, "text": x} for k, (n, x) in dcom.ORPC_FLAGS.items()},
+        },
+    }
+
+
+def to_json(indent: int | None = 1) -> str:
+    """The whole spec layer as JSON (see export())."""
+    return json.dumps(export(), indent=indent, sort_keys=False)
