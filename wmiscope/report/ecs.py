@@ -96,8 +96,7 @@ def _wmi(f: dict) -> dict:
         "source_names": f["source"].get("names") or [], "destination_names": f["destination"].get("names") or [],
     }
     for k in ("class", "method", "query", "object_path", "return_value", "return_text", "process_id",
-              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path",
-              "also_seen"):
+              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path"):
         v = f["wmi"].get(k)
         if v not in (None, {}, []):
             w[k] = v
@@ -105,6 +104,8 @@ def _wmi(f: dict) -> dict:
         w["principal"] = f["principal"]["text"]
         if f["principal"].get("service"):
             w["kerberos_service"] = f["principal"]["service"]
+    if f.get("evidence"):
+        w["evidence"] = f["evidence"]
     if f["client_machine"]:
         w["client_machine"] = f["client_machine"]
     if f["client_pid"] is not None:
