@@ -78,6 +78,11 @@ EXPECTED = {
     CAPTURES / "covenant_sharpwmi_dcerpc_wmi_execquery_execmethod.cap": [
         ("namespace-login", ["T1047"], "observed", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
          r"\\WORKSTATION6\root\cimv2", [91]),
+        # Issue 10b: the README says SharpWMI ran a sealed ExecQuery (frame 101) whose smart
+        # enumerator's Next (frames 121-126) brought back 9148 bytes: a low-confidence lead of
+        # reconnaissance or collection, with the ExecQuery and both Next calls as evidence.
+        ("sealed-query", ["T1047"], "inferred", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
+         "sealed ExecQuery on \\\\WORKSTATION6\\root\\cimv2, 9148 bytes returned", [101, 102, 126, 142, 143]),
         ("sealed-method-exec", ["T1047"], "inferred", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
          "Likely remote method execution", [129, 138, 141]),
     ],
@@ -230,6 +235,9 @@ def test_covenant_sealed_connection_lists_its_calls_and_the_key(capsys):
     assert conn["login"]["client_machine"] == "WORKSTATION5" and conn["login"]["client_pid"] == 7240
     assert conn["sequence"][0] == "ExecQuery (248/192 bytes)" and "ExecMethod (1016/424 bytes)" in conn["sequence"]
     assert "service host/WORKSTATION6.theshire.local@THESHIRE.LOCAL" in conn["key"]
+    query = r["findings"][1]
+    assert (query["confidence"], query["severity"], query["wmi"]["next_replies"]) == (0.5, "low", [9148, 24])
+    assert any("low-confidence lead" in x for x in query["reasons"])
     assert r["summary"]["errors"] == 1      # the file ends inside a record header: counted, report still made
 
 
@@ -621,3 +629,21 @@ def test_sealed_puts_on_root_subscription_are_likely_persistence():
     puts = [sealed("PutInstance", 10, 900, 16)]
     puts[0]["operation"]["namespace"] = r"\\DC01\root\cimv2"
     assert [f["rule"] for f in _findings(cimv2, *puts)] == ["namespace-login"]
+
+
+def test_sealed_queries_are_low_confidence_leads():
+    def sealed(method, frame, req, resp, op="op-9", iface="IWbemServices"):
+        d = _call(method, frame=frame, iface=iface, op={"id": op, "kind": "CreateInstanceEnum",
+                                                        "namespace": r"\\DC01\root\cimv2", "role": "origin"})
+        d.update(encrypted=True, outcome="encrypted", decoded=None)
+        d["request"]["stub_len"], d["response"]["stub_len"] = req, resp
+        return d
+
+    # an enumeration whose Next replies carry nothing says less than one that brought objects back
+    (empty,) = _findings(sealed("CreateInstanceEnum", 10, 120, 80),
+                         sealed("Next", 12, 40, 24, iface="IEnumWbemClassObject"))
+    assert (empty["rule"], empty["basis"], empty["confidence"]) == ("sealed-query", "inferred", 0.4)
+    assert "returned" not in empty["title"] and {10, 12} <= set(empty["frames"])
+    (full,) = _findings(sealed("CreateInstanceEnum", 10, 120, 80),
+                        sealed("Next", 12, 40, 5000, iface="IEnumWbemClassObject"))
+    assert full["confidence"] == 0.5 and full["wmi"]["result_bytes"] == 5000

@@ -24,6 +24,7 @@ _CATEGORY = {
     "namespace-login": (["authentication", "session"], ["start"]),
     "wmi-failure": (["network"], ["denied"]),
     "recon-query": (["host"], ["info"]),
+    "sealed-query": (["host"], ["info"]),
     "cleanup": (["configuration"], ["deletion"]),
     "shadow-copy-create": (["file"], ["creation"]),
     "shadow-copy-delete": (["file"], ["deletion"]),
@@ -96,7 +97,7 @@ def _wmi(f: dict) -> dict:
         "source_names": f["source"].get("names") or [], "destination_names": f["destination"].get("names") or [],
     }
     for k in ("class", "method", "query", "object_path", "return_value", "return_text", "process_id",
-              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path"):
+              "hresult", "error", "shape", "result_bytes", "next_replies", "subscription", "service", "in", "out", "properties", "result_path"):
         v = f["wmi"].get(k)
         if v not in (None, {}, []):
             w[k] = v
