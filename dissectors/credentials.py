@@ -349,7 +349,10 @@ class ConnectionKeys:
             if ntlm_auth is not None:
                 return self._ntlm(ctx, tokens, ntlm_auth)
             if ap_req is not None:
-                return self._kerberos(tokens, ap_req)
+                security = self._kerberos(tokens, ap_req)
+                # the client's name travels only inside the ticket, encrypted with the service's key
+                ctx.client_principal = security.keys.client
+                return security
             if not ctx.tokens:
                 raise _Refusal("no handshake of this context was captured (the capture starts after it), "
                                "so no session key can be derived")
