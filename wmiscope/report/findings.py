@@ -24,7 +24,7 @@ from wmiscope.spec import interfaces as _if
 from . import rules as R
 from .handlers import HANDLERS, set_out
 from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
-                     is_ip, parse_principal, props, record_dict, split_endpoint)
+                     is_ip, parse_principal, principal_of, props, record_dict, split_endpoint)
 
 WMI_INTERFACES = frozenset(i["name"] for i in _if.INTERFACES if i["group"] == "wmi")
 
@@ -148,6 +148,8 @@ class ReportBuilder:
             p = auth.get("principal")
             if p and p not in s["principals"]:
                 s["principals"].append(p)
+            if auth.get("client"):
+                s["kerberos_client"] = auth["client"]
             s["auth"] = {"type": auth.get("type_name"), "level": auth.get("level_name")}
         return s
 
@@ -220,7 +222,7 @@ class ReportBuilder:
             "techniques": [R.technique(t) for t in tids],
             "first_epoch": None, "last_epoch": None,
             "source": dict(s["client"]), "destination": dict(s["server"]),
-            "principal": parse_principal(auth.get("principal")),
+            "principal": principal_of(auth),
             "namespace": op.get("namespace") or s["login"].get("namespace"),
             "client_machine": s["login"].get("client_machine"),
             "client_pid": s["login"].get("client_pid"),
@@ -286,7 +288,7 @@ class ReportBuilder:
                     user_of[s["id"]] = pr
         for f in self.findings:
             pr = f["principal"]
-            if (pr is None or pr["kind"] == "kerberos") and f["session"] in user_of:
+            if (pr is None or pr["kind"] == "kerberos" and not pr["name"]) and f["session"] in user_of:
                 user = dict(user_of[f["session"]])
                 if pr is not None:
                     user["service"] = pr["service"]
@@ -294,6 +296,10 @@ class ReportBuilder:
                     f["reasons"].append(f"principal: {user['text']} authenticated (NTLM) the later calls of this "
                                         f"connection; these calls used Kerberos to {pr['service']}")
                 f["principal"] = user
+            elif pr is not None and pr["kind"] == "kerberos" and not pr["name"]:
+                f["reasons"].append(f"principal: the Kerberos client is not known: only the service {pr['service']} "
+                                    "is in clear; the client's name is inside the ticket, encrypted with the "
+                                    "service's key (its keytab, --keytab, would name the user)")
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
                                          self.hosts.get(f["destination"]["ip"], {}).get("names", [])]

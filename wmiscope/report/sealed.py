@@ -187,6 +187,7 @@ def sealed_connections(b) -> list[dict]:
         out.append({
             "session": s["id"], "capture": s["capture"], "client": s["client"], "server": s["server"],
             "principal": pr, "principals": s["principals"], "auth": s["auth"],
+            "kerberos_client": s.get("kerberos_client"),    # named by the ticket once a keytab opened it
             "login": {k: v for k, v in s["login"].items() if k != "frames"},
             "sealed_calls": s["sealed"], "decrypted_calls": s["decrypted"],
             "opened": s["decrypted"] > 0 and not s["sealed_calls"],
