@@ -49,3 +49,28 @@ def test_without_the_keytab_the_report_says_the_client_is_unknown(capsys):
     for d in docs:
         assert "user" not in d and d["wmi"]["principal"] == f"Kerberos to {SERVICE}"
         assert any("the Kerberos client is not known" in r and "--keytab" in r for r in d["wmi"]["reasons"])
+
+
+def test_an_authenticator_naming_another_client_is_said():
+    # The authenticator repeats the ticket's client (RFC 4120 3.2.3); one naming someone else
+    # is a forged or altered AP-REQ: said as an auth anomaly, the ticket's (KDC-sealed) name kept.
+    from wmiscope.dissectors import auth as A
+    from wmiscope.dissectors.credentials import ConnectionKeys, Credentials
+    from wmiscope.synth.sealing import KerberosSealer
+
+    sealer = KerberosSealer()
+    raw = sealer.first_leg()
+    ap_req = A.inner_token(A.parse_token(raw))
+    plain = sealer.session_key.decrypt(11, ap_req.authenticator_cipher)
+    forged = sealer.session_key.encrypt(11, plain.replace(b"analyst", b"mallory"), bytes(16))
+    ctx = A.AuthContext(0, 9)
+    ctx.add_token(5, 0, 11, raw.replace(ap_req.authenticator_cipher, forged))
+    ctx.add_token(6, 1, 12, sealer.second_leg())
+    creds = Credentials()
+    creds.add_keytab(tshark_util.sample_secrets()["wmi-process-create-kerberos.keytab"])
+    errors = []
+    state = ConnectionKeys(creds, 0, errors.append)._establish(ctx)
+    assert state.keys.authenticator_client == "mallory@WMILAB.EXAMPLE"
+    assert ctx.client_principal == "analyst@WMILAB.EXAMPLE"
+    (err,) = errors
+    assert err.stage == "auth" and err.structure == "Authenticator.cname" and "mallory@WMILAB.EXAMPLE" in err.reason
