@@ -309,11 +309,11 @@ class ReportBuilder:
         # bytes already delivered (a retransmission), so each call, and each finding, comes
         # once, its frames those of the copy merged first.
         self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
+        files = self.captures[-1]["files"] if self.captures else []
         for i, f in enumerate(self.findings, 1):
             f["id"] = f"F{i:03d}"
             f.pop("_calls", None)
             # capture sets: where the frames are, as [{file, frames in that file}]
-            files = self.captures[-1]["files"] if self.captures else []
             f["evidence"] = [{"file": k, "frames": sorted(v)} for k, v in
                              sorted(f["evidence"].items(), key=lambda kv: files.index(kv[0]) if kv[0] in files else 0)]
             if f["evidence"]:
