@@ -9,58 +9,34 @@ from __future__ import annotations
 
 import sys
 
-from .output import add_credential_arguments, dumps, make_analysis
+from .output import add_source_arguments, dumps, make_analysis, open_source
 
 
 def add_arguments(p) -> None:
-    p.add_argument("captures", nargs="*", metavar="CAPTURE",
-                   help="pcap or pcapng files, folders of them or glob patterns (one report for all)")
-    p.add_argument("-i", "--interface", help="capture live on this interface instead (through dumpcap when "
-                                             "installed: Wireshark's capture rights suffice; else needs root)")
-    p.add_argument("-f", "--filter", default="tcp", help="BPF filter for live capture (default: tcp)")
-    p.add_argument("-c", "--count", type=int, help="stop a live capture after this many frames")
-    p.add_argument("-a", "--autostop", action="append", default=[], metavar="duration:SECONDS",
-                   help="stop a live capture after this many seconds (tshark's -a duration:N)")
-    p.add_argument("-w", "--write", metavar="FILE", help="save the live capture to this pcapng file")
+    add_source_arguments(p)     # files, folders, globs as one capture set; live; credentials
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
     p.add_argument("--format", choices=("html", "json", "jsonl"),
                    help="html: one self-contained page; json: the whole report; jsonl: one ECS finding per line "
                         "(default: html when -o ends in .html, else jsonl)")
-    add_credential_arguments(p)
 
 
 def run(args) -> int:
     from wmiscope.dissectors.capture import CaptureFormatError
     from wmiscope.report.output import analyse_captures
 
-    if bool(args.captures) == bool(args.interface):
-        raise SystemExit("wmiscope: name CAPTURE file(s) or a live --interface (one of the two)")
     fmt = args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
-    if args.interface:
-        from wmiscope.dissectors.live import live_source
-
-        from .output import autostop_duration
-        try:
-            sources = [(f"live:{args.interface}", live_source(args.interface, args.filter, count=args.count,
-                                                              duration=autostop_duration(args.autostop),
-                                                              write=args.write))]
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"wmiscope report: live capture on {args.interface}: {e}") from None
-    else:
-        from wmiscope.dissectors.capture import expand_sources
-        try:        # folders and glob patterns stand for the capture files they hold
-            sources = [(path, path) for path in expand_sources(args.captures)]
-        except CaptureFormatError as e:
-            raise SystemExit(f"wmiscope report: {e}") from None
-
+    # One capture set (or live capture) for all CAPTURE arguments: one analysis, one report
+    source = open_source(args)
     out = None
     if args.output:
         try:        # before the analysis: a wrong path is said at once, not after a long run
             out = open(args.output, "w", encoding="utf-8")
         except OSError as e:
             raise SystemExit(f"wmiscope report: {args.output}: {e.strerror}") from None
+    name = f"live:{args.interface}" if args.interface else None
     try:
-        report = analyse_captures(sources, lambda: make_analysis(args), excerpts=fmt == "html", progress=True)
+        report = analyse_captures(source, lambda: make_analysis(args), name=name, excerpts=fmt == "html",
+                                  progress=True)
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         raise SystemExit(f"wmiscope report: {where}") from None
