@@ -34,7 +34,6 @@ from __future__ import annotations
 import heapq
 import os
 import re
-import secrets
 import zlib
 from operator import itemgetter
 
@@ -205,6 +204,7 @@ def merge_stats(parts: list[Stats]) -> Stats:
 
 
 def new_nonce() -> str:
+    import secrets
     return secrets.token_hex(6)
 
 

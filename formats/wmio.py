@@ -618,14 +618,33 @@ RawEncodingUnit = EncodingUnit
 RawObjectBlock = ObjectBlock
 RawEncodingUnitInstanceNoClass = EncodingUnitInstanceNoClass
 
-_C_ENCODING_UNIT = EncodingUnit.compile()
-_C_OBJECT_BLOCK = ObjectBlock.compile()
-_C_NOCLASS = EncodingUnitInstanceNoClass.compile()
-_C_INSTANCE_PARTS = InstanceParts.compile()
-_C_PROPERTY_INFO = PropertyInfo.compile()
-_C_QUALIFIER_SET = QualifierSet.compile()
-_C_SIGNATURE = MethodSignatureBlock.compile()
-_C_EMBEDDED = EmbeddedObject.compile()
+class _Compiled:
+    """A declaration's compiled parser, compiled when first used.
+
+    Compiling the declarations costs about a tenth of a second, which commands that
+    never decode an object (the calls table, stats) need not pay at start-up. After the
+    first parse the compiled parser's own method answers directly."""
+
+    __slots__ = ("decl", "parse_stream")
+
+    def __init__(self, decl):
+        self.decl = decl
+
+    def __getattr__(self, name):
+        if name != "parse_stream":
+            raise AttributeError(name)
+        parse = self.parse_stream = self.decl.compile().parse_stream
+        return parse
+
+
+_C_ENCODING_UNIT = _Compiled(EncodingUnit)
+_C_OBJECT_BLOCK = _Compiled(ObjectBlock)
+_C_NOCLASS = _Compiled(EncodingUnitInstanceNoClass)
+_C_INSTANCE_PARTS = _Compiled(InstanceParts)
+_C_PROPERTY_INFO = _Compiled(PropertyInfo)
+_C_QUALIFIER_SET = _Compiled(QualifierSet)
+_C_SIGNATURE = _Compiled(MethodSignatureBlock)
+_C_EMBEDDED = _Compiled(EmbeddedObject)
 
 
 def _window(buf, offset: int, end: int | None, structure: str):
