@@ -230,10 +230,14 @@ def _child(conn, source, shard, shards, nonce, analysis_kwargs, make_renderer):
         conn.close()
 
 
-def cache_stats():
-    """(hits, misses) of the MS-WMIO class-part cache in this process."""
+def cache_stats() -> dict:
+    """Hits and misses of this process's caches of decoded objects: whole objects by their
+    bytes (wmi's payload cache) and MS-WMIO class parts by theirs."""
     from ..formats import wmio
-    return wmio.cache_stats() if hasattr(wmio, "cache_stats") else None
+    from . import interpreter
+    p = interpreter._PAYLOADS
+    hits, misses = wmio.cache_stats()
+    return {"objects": (p.lookups - p.misses, p.misses), "class parts": (hits, misses)}
 
 
 class LocalRun:

@@ -37,11 +37,12 @@ import bench_corpus  # noqa: E402
 from bench_capture import tshark_command  # noqa: E402
 
 GOALS = {"jsonl": 0.5, "table": 0.35, "transcript": 0.5}
-_HITS = re.compile(rb"wmiscope cache: class parts (\d+) hits (\d+) misses")
+_HITS = re.compile(rb"wmiscope cache: objects (\d+) hits (\d+) misses, class parts (\d+) hits (\d+) misses")
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float, bytes]:
-    """(seconds, peak RSS in MB, stderr) of one child, measured by wait4."""
+def timed(cmd: list[str], env=None) -> tuple[float, float, bytes, float]:
+    """(seconds, peak RSS in MB, stderr, CPU seconds) of one child (and the workers it
+    waited for), measured by wait4."""
     start = time.perf_counter()
     with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=null, stderr=err, env=env)
@@ -51,7 +52,7 @@ def timed(cmd: list[str], env=None) -> tuple[float, float, bytes]:
         text = err.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {text[-500:].decode(errors='replace')}")
-    return seconds, usage.ru_maxrss / 1024, text
+    return seconds, usage.ru_maxrss / 1024, text, usage.ru_utime + usage.ru_stime
 
 
 def ours(command: str, path: Path, workers: int) -> list[str]:
@@ -66,11 +67,14 @@ def reference(command: str, path: Path) -> list[str]:
 
 
 def hit_rate(stderr: bytes) -> str:
+    """"objects H% of N / class parts H% of N": whole objects by bytes, then class parts."""
     m = _HITS.search(stderr)
     if not m:
         return "-"
-    hits, misses = int(m.group(1)), int(m.group(2))
-    return f"{100 * hits / max(1, hits + misses):.0f}% of {hits + misses}"
+    out = []
+    for hits, misses in ((int(m.group(1)), int(m.group(2))), (int(m.group(3)), int(m.group(4)))):
+        out.append(f"{100 * hits / max(1, hits + misses):.0f}% of {hits + misses}" if hits + misses else "-")
+    return " / ".join(out)
 
 
 def main(argv=None) -> int:
@@ -92,31 +96,32 @@ def main(argv=None) -> int:
             print(f"built {path}: {info['frames']} frames, {info['copies']} copies", file=sys.stderr)
         for command in args.commands.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
-                walls, ratios, rss, ref_rss, hits = [], [], 0.0, 0.0, "-"
+                walls, ratios, cpu, rss, ref_rss, hits = [], [], [], 0.0, 0.0, "-"
                 for _ in range(args.runs):
-                    t_ref, r_ref, _ = timed(reference(command, path))
-                    t, r, err = timed(ours(command, path, workers), env)
+                    t_ref, r_ref, _, c_ref = timed(reference(command, path))
+                    t, r, err, c = timed(ours(command, path, workers), env)
                     walls.append(t)
                     ratios.append(t / t_ref)
+                    cpu.append(c / c_ref)
                     rss, ref_rss = max(rss, r), max(ref_rss, r_ref)
                     hits = hit_rate(err)
                 row = (workload, command, workers, statistics.median(walls), statistics.median(ratios),
-                       min(ratios), max(ratios), rss, ref_rss, hits)
+                       min(ratios), max(ratios), statistics.median(cpu), rss, ref_rss, hits)
                 rows.append(row)
                 print(_fmt(row, path), file=sys.stderr, flush=True)
-    print(f"| workload ({args.size:g} MB) | command | workers | wall (median s) | ratio to tshark (median; min-max) "
-          f"| goal | peak RSS MB (tshark) | class-part cache hits |")
-    print("|---|---|---|---|---|---|---|---|")
-    for workload, command, workers, wall, ratio, lo, hi, rss, ref_rss, hits in rows:
+    print(f"| workload ({args.size:g} MB) | command | workers | wall (median s) | wall ratio to tshark (median; "
+          f"min-max) | goal | CPU ratio | peak RSS MB (tshark) | cache hits: objects / class parts |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for workload, command, workers, wall, ratio, lo, hi, cpu, rss, ref_rss, hits in rows:
         print(f"| {workload} | {command} | {workers} | {wall:.1f} | {ratio:.2f} ({lo:.2f}-{hi:.2f}) "
-              f"| {GOALS[command]} | {rss:.0f} ({ref_rss:.0f}) | {hits} |")
+              f"| {GOALS[command]} | {cpu:.2f} | {rss:.0f} ({ref_rss:.0f}) | {hits} |")
     return 0
 
 
 def _fmt(row, path) -> str:
-    workload, command, workers, wall, ratio, lo, hi, rss, ref_rss, hits = row
+    workload, command, workers, wall, ratio, lo, hi, cpu, rss, ref_rss, hits = row
     return (f"{path.name} {command} workers={workers}: {wall:.1f} s, ratio {ratio:.2f} ({lo:.2f}-{hi:.2f}), "
-            f"RSS {rss:.0f} MB, cache {hits}")
+            f"CPU ratio {cpu:.2f}, RSS {rss:.0f} MB, cache {hits}")
 
 
 if __name__ == "__main__":

@@ -89,10 +89,13 @@ class renderer_factory:
 
 
 def _report_cache(parts) -> None:
-    """With WMISCOPE_CACHE_STATS set (the benchmarks do), one line on stderr: the class-part
-    cache's hits and misses summed over the processes."""
+    """With WMISCOPE_CACHE_STATS set (the benchmarks do), one line on stderr: the decoded-object
+    caches' hits and misses, summed over the processes."""
     if not os.environ.get("WMISCOPE_CACHE_STATS"):
         return
-    hits = sum(p[0] for p in parts if p)
-    misses = sum(p[1] for p in parts if p)
-    sys.stderr.write(f"wmiscope cache: class parts {hits} hits {misses} misses\n")
+    line = []
+    for name in ("objects", "class parts"):
+        hits = sum(p[name][0] for p in parts if p)
+        misses = sum(p[name][1] for p in parts if p)
+        line.append(f"{name} {hits} hits {misses} misses")
+    sys.stderr.write(f"wmiscope cache: {', '.join(line)}\n")
