@@ -57,8 +57,11 @@ def write_records(args, command: str, write, source, **analysis_kwargs):
             text = render(rec)
             if text:
                 write(text)
+        from wmiscope.dissectors.parallel import cache_stats
+        _report_cache([cache_stats()])
         return analysis.stats
-    # Each shard opens the capture set anew: its files by their absolute paths.
+    # Each shard opens the capture set anew: its files by their absolute paths (a Dask
+    # worker may run in another directory; the files must be there at the same paths).
     paths = [os.path.abspath(p) for p in source.paths]
     analysis_kwargs["credentials"] = credentials_from_args(args)
     make_renderer = renderer_factory(command, args)
@@ -73,6 +76,7 @@ def write_records(args, command: str, write, source, **analysis_kwargs):
             write(text)
     finally:
         run.close()
+    _report_cache(run.cache)
     return run.stats
 
 
