@@ -281,7 +281,7 @@ class _PayloadCache:
     since one object can be close to a megabyte.
     """
 
-    def __init__(self, budget: int = 32 << 20, largest: int = 1 << 20):
+    def __init__(self, budget: int = 8 << 20, largest: int = 1 << 20):
         self.budget = budget
         self.largest = largest
         self.used = 0

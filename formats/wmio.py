@@ -1174,7 +1174,7 @@ class _PartCache:
 
     __slots__ = ("parts", "size", "hits", "misses", "max_entries", "max_bytes")
 
-    def __init__(self, max_entries: int = 4096, max_bytes: int = 32 << 20):
+    def __init__(self, max_entries: int = 2048, max_bytes: int = 8 << 20):
         self.parts: dict = {}
         self.size = 0
         self.hits = self.misses = 0
