@@ -116,7 +116,10 @@ class ShardAnalysis(Analysis):
         return _ShardDetector(conn, self)
 
     def tcp_error(self, rec) -> None:
-        if rec.conn in self.own if rec.conn is not None else self.shard == 0:
+        # Every shard reassembles every connection: each reports its own connections'
+        # errors, shard 0 those about none.
+        mine = rec.conn in self.own if rec.conn is not None else self.shard == 0
+        if mine:
             self.emit(rec)
 
     def decap_error(self, rec) -> None:
