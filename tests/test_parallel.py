@@ -89,3 +89,12 @@ def test_dask_cluster_writes_what_one_process_writes(capture_set):
                                   memory_limit="500MB") as cluster:
         out = wmiscope("calls", "--format", "jsonl", str(capture_set), "--dask", cluster.scheduler_address)
     assert out == one
+
+
+def test_capture_set_of_files_splits_like_one_file():
+    """A set of files (a folder and files beside it), merged in time order: the workers'
+    records name their files and come out as one process writes them."""
+    sources = [str(ROOT / "pcaps"), str(SHARED / "impacket_wmiexec.pcapng"), str(SHARED / "invoke-wmiexec.pcap")]
+    one = wmiscope("calls", "--format", "jsonl", *sources, "--workers", "1")
+    assert '"file":"invoke-wmiexec.pcap"' in one and '"file":"wmi-refresher.pcap"' in one
+    assert wmiscope("calls", "--format", "jsonl", *sources, "--workers", "2") == one
