@@ -647,6 +647,13 @@ _C_SIGNATURE = _Compiled(MethodSignatureBlock)
 _C_EMBEDDED = _Compiled(EmbeddedObject)
 
 
+def compile_parsers() -> None:
+    """Compiles every parser now (a process about to fork workers does it once for all)."""
+    for c in (_C_ENCODING_UNIT, _C_OBJECT_BLOCK, _C_NOCLASS, _C_INSTANCE_PARTS, _C_PROPERTY_INFO,
+              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED):
+        c.parse_stream  # noqa: B018 - the attribute's first read compiles
+
+
 def _window(buf, offset: int, end: int | None, structure: str):
     """(stream, size): a stream over the `size` octets of buf[offset:end] alone.
 

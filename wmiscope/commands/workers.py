@@ -70,6 +70,9 @@ def write_records(args, command: str, write, source, **analysis_kwargs):
         run = DaskRun(args.dask, paths, shards, analysis_kwargs, make_renderer)
     else:
         from wmiscope.dissectors.parallel import LocalRun
+        # What the renderers import on first use, imported once before the workers fork.
+        import wmiscope.dissectors.transcript  # noqa: F401
+        import wmiscope.report.values  # noqa: F401
         run = LocalRun(paths, shards, analysis_kwargs, make_renderer)
     try:
         for text in run.text():
