@@ -49,6 +49,8 @@ def add_credential_arguments(p) -> None:
 
 def credentials_from_args(args):
     """The Credentials the options name, or None when none were given (a bad file ends the run)."""
+    if not any(getattr(args, name, None) for name in ("password", "nt_hash", "keytab", "credentials")):
+        return None             # and the cryptography stays unimported
     from wmiscope.dissectors.credentials import Credentials, CredentialsError
 
     cred = Credentials()
