@@ -14,6 +14,7 @@ G.CIMTYPES = {[16]="sint8",[17]="uint8",[2]="sint16",[18]="uint16",[3]="sint32",
 G.DICTIONARY = {"\"","key","NADA","read","write","volatile","provider","dynamic","cimwin32","DWORD","CIMTYPE"}
 G.CLSIDS = {["8bc3f05e-d86b-11d0-a075-00c04fb68820"]="WbemLevel1Login",["4590f812-1d3a-11d0-891f-00aa004b2e24"]="WbemClassObject unmarshaler",["674b6698-ee92-11d0-ad71-00c04fd8fdff"]="WbemContext unmarshaler",["674b6698-ee92-11d0-ad71-00c04fd8fdfe"]="WbemContext",["9a653086-174f-11d2-b5f9-00104b703efd"]="WbemClassObject",["c49e32c6-bc8b-11d2-85d4-00105a1f8304"]="WbemBackupRestore",["73e709ea-5d93-4b2e-bbb0-99b7938da9e4"]="WbemShutdown",["1f87137d-0e7c-44d5-8c73-4effb68962f2"]="WbemShutdown (alternate)",["49bd2028-1523-11d1-ad79-00c04fd8fdff"]="UnsecuredApartment",["00000338-0000-0000-c000-000000000046"]="ActivationPropertiesIn",["00000339-0000-0000-c000-000000000046"]="ActivationPropertiesOut",["000001b9-0000-0000-c000-000000000046"]="SpecialSystemProperties",["000001ab-0000-0000-c000-000000000046"]="InstantiationInfo",["000001a5-0000-0000-c000-000000000046"]="ActivationContextInfo",["000001a6-0000-0000-c000-000000000046"]="SecurityInfo",["000001a4-0000-0000-c000-000000000046"]="ServerLocationInfo",["000001aa-0000-0000-c000-000000000046"]="ScmRequestInfo",["000001b6-0000-0000-c000-000000000046"]="ScmReplyInfo",["000001ad-0000-0000-c000-000000000046"]="InstanceInfo",["0000033b-0000-0000-c000-000000000046"]="ContextMarshaler",["0000031b-0000-0000-c000-000000000046"]="ErrorObject",["0000031c-0000-0000-c000-000000000046"]="ERROR_EXTENSION",["00000334-0000-0000-c000-000000000046"]="CONTEXT_EXTENSION",["9ba05972-f6a8-11cf-a442-00a0c90a8f39"]="ShellWindows",["c08afd90-f2a1-11d1-8455-00a0c91f3880"]="ShellBrowserWindow",["49b2791a-b1ae-4c90-9b8e-e860ba07f889"]="MMC20.Application"}
 G.PROPS = {"CommandLine","CurrentDirectory","ProcessStartupInformation","ProcessId","ReturnValue","Handle","Name","DisplayName","PathName","ServiceType","ErrorControl","StartMode","DesktopInteract","StartName","StartPassword","LoadOrderGroup","ServiceDependencies","State","Started","hDefKey","sSubKeyName","sValueName","sValue","uValue","sNames","Types","Query","QueryLanguage","EventNamespace","Filter","Consumer","CommandLineTemplate","ExecutablePath","WorkingDirectory","ScriptText","ScriptingEngine","ScriptFileName","KillTimeout","VariableValue","UserName","SystemVariable","Caption","Description","Path","Volume","Context","ShadowID"}
+G.SPECIAL = {["IWbemWCOSmartEnum.Next.pBuffer"]="object_array",["IWbemObjectSink.Indicate.apObjArray"]="indicate",["IWbemRemoteRefresher.RemoteRefresh.paObjects"]="refreshed_objects"}
 G.WMIO_CLSID = "4590f812-1d3a-11d0-891f-00aa004b2e24"
 G.CONTEXT_CLSID = "674b6698-ee92-11d0-ad71-00c04fd8fdff"
 
@@ -773,6 +774,18 @@ local function decode_stub(s, base, lim, info, opnum, response)
             node.o, node.n = start, rd.pos - start
         end)
         if not ok then
+            local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
+            local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
+            if at then
+                -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
+                -- IDL's array of interface pointers
+                node.o = at - 5
+                node.n = lim - node.o
+                node.oa = { at - 5, lim }
+                node.v = "ObjectArray"
+                node.err = nil
+                return out
+            end
             node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
             out.err = node.err
             break
@@ -969,13 +982,29 @@ local function first_pass(pinfo)
                 local stub, from_decrypted
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
+                local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
                 if sealed then
                     nsealed = nsealed + 1
                     local d = decrypted[nsealed]
-                    if d and last then stub, from_decrypted = d.range:raw(), nsealed end
+                    if d and first and last then
+                        stub, from_decrypted = d.range:raw(), nsealed
+                    elseif d then
+                        -- Wireshark's reassembly of decrypted fragments keeps the auth padding
+                        -- of all but the last one: reassemble the fragments' own plaintext
+                        local piece = d.range:raw()
+                        local buf = S.frags[key]
+                        if first or not buf then buf = {} S.frags[key] = buf end
+                        if last then
+                            local own = (h.stub_end or 0) - (h.hdr or 0)
+                            buf[#buf + 1] = ssub(piece, #piece - own + 1)
+                            stub = concat(buf)
+                            S.frags[key] = nil
+                        else
+                            buf[#buf + 1] = piece
+                        end
+                    end
                 elseif h.hdr then
                     local piece = ssub(s, h.hdr + 1, h.stub_end)
-                    local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
                     if first and last then
                         stub = piece
                     else
@@ -1034,7 +1063,7 @@ local function add_object(tree, tvbr, obj)
         local pt = t:add(F.prop_name, tvbr, prop.name or "?")
         pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
             prop.inherited and " (inherited)" or ""))
-        if v ~= nil then
+        if v ~= nil or obj.kind == "instance" then
             pt:add(F.prop_value, tvbr, text)
             local pf = prop.name and PROPF[prop.name:lower()]
             if pf then pt:add(pf, tvbr, text) end
@@ -1085,7 +1114,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         local o = node.objref
         if o.ipid then item:add(F.ipid, r, o.ipid) end
         if o.obj then add_object(item, r, o.obj) end
-        if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("MS-WMIO: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
+        if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("malformed MS-WMIO object: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
         for _, n in ipairs(o.context or {}) do item:add(F.ctx_name, r, n) end
         for _, n in ipairs(o.nested or {}) do item:add(F.objref, r, n.text) end
     end
@@ -1098,7 +1127,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         end
     end
     if node.err then
-        item:add_proto_expert_info(E.malformed, sformat("%s at offset %d", node.err.msg or "?", node.err.off or -1))
+        item:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", node.err.msg or "?", node.err.off or -1))
     end
     return item
 end
@@ -1187,7 +1216,7 @@ local function render(recs, tvb, pinfo, tree)
                     t:add(F.status, r, hresult_text(dec.ret.v)):set_generated()
                 end
                 if dec.err and not dec.params[#dec.params].err then
-                    t:add_proto_expert_info(E.malformed, sformat("%s at offset %d", dec.err.msg or "?", dec.err.off or -1))
+                    t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
                 end
                 if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
                     t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))

@@ -46,6 +46,14 @@ PROPERTY_FIELDS = (
     "Caption", "Description", "Path", "Volume", "Context", "ShadowID",
 )
 
+# Parameters whose NDR bytes carry an MS-WMI encoding of their own (the Python WMI decoder
+# treats the same three specially): the runtime reads them as ObjectArrays.
+SPECIAL = {
+    "IWbemWCOSmartEnum.Next.pBuffer": "object_array",
+    "IWbemObjectSink.Indicate.apObjArray": "indicate",
+    "IWbemRemoteRefresher.RemoteRefresh.paObjects": "refreshed_objects",
+}
+
 _INTEGERS = {"byte": (1, False), "ushort": (2, False), "short": (2, True), "ulong": (4, False),
              "long": (4, True), "uhyper": (8, False), "hyper": (8, True), "error_status_t": (4, False),
              "HRESULT": (4, False), "float": (4, None), "double": (8, None)}
@@ -203,7 +211,7 @@ def _data() -> dict:
     return {
         "IFACES": ifaces, "TYPES": types.nodes, "FIELDS": fields, "HRESULTS": hresults, "ENUMS": enums,
         "CIMTYPES": {int(k): v for k, v in CIM_TYPE_NAMES.items()}, "DICTIONARY": list(DICTIONARY_STRINGS),
-        "CLSIDS": clsids, "PROPS": list(PROPERTY_FIELDS),
+        "CLSIDS": clsids, "PROPS": list(PROPERTY_FIELDS), "SPECIAL": SPECIAL,
         "WMIO_CLSID": itf.uuid_of("WbemClassObject unmarshaler"),
         "CONTEXT_CLSID": itf.uuid_of("WbemContext unmarshaler"),
     }

@@ -754,6 +754,18 @@ local function decode_stub(s, base, lim, info, opnum, response)
             node.o, node.n = start, rd.pos - start
         end)
         if not ok then
+            local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
+            local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
+            if at then
+                -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
+                -- IDL's array of interface pointers
+                node.o = at - 5
+                node.n = lim - node.o
+                node.oa = { at - 5, lim }
+                node.v = "ObjectArray"
+                node.err = nil
+                return out
+            end
             node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
             out.err = node.err
             break
@@ -950,13 +962,29 @@ local function first_pass(pinfo)
                 local stub, from_decrypted
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
+                local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
                 if sealed then
                     nsealed = nsealed + 1
                     local d = decrypted[nsealed]
-                    if d and last then stub, from_decrypted = d.range:raw(), nsealed end
+                    if d and first and last then
+                        stub, from_decrypted = d.range:raw(), nsealed
+                    elseif d then
+                        -- Wireshark's reassembly of decrypted fragments keeps the auth padding
+                        -- of all but the last one: reassemble the fragments' own plaintext
+                        local piece = d.range:raw()
+                        local buf = S.frags[key]
+                        if first or not buf then buf = {} S.frags[key] = buf end
+                        if last then
+                            local own = (h.stub_end or 0) - (h.hdr or 0)
+                            buf[#buf + 1] = ssub(piece, #piece - own + 1)
+                            stub = concat(buf)
+                            S.frags[key] = nil
+                        else
+                            buf[#buf + 1] = piece
+                        end
+                    end
                 elseif h.hdr then
                     local piece = ssub(s, h.hdr + 1, h.stub_end)
-                    local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
                     if first and last then
                         stub = piece
                     else
@@ -1015,7 +1043,7 @@ local function add_object(tree, tvbr, obj)
         local pt = t:add(F.prop_name, tvbr, prop.name or "?")
         pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
             prop.inherited and " (inherited)" or ""))
-        if v ~= nil then
+        if v ~= nil or obj.kind == "instance" then
             pt:add(F.prop_value, tvbr, text)
             local pf = prop.name and PROPF[prop.name:lower()]
             if pf then pt:add(pf, tvbr, text) end
@@ -1066,7 +1094,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         local o = node.objref
         if o.ipid then item:add(F.ipid, r, o.ipid) end
         if o.obj then add_object(item, r, o.obj) end
-        if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("MS-WMIO: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
+        if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("malformed MS-WMIO object: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
         for _, n in ipairs(o.context or {}) do item:add(F.ctx_name, r, n) end
         for _, n in ipairs(o.nested or {}) do item:add(F.objref, r, n.text) end
     end
@@ -1079,7 +1107,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         end
     end
     if node.err then
-        item:add_proto_expert_info(E.malformed, sformat("%s at offset %d", node.err.msg or "?", node.err.off or -1))
+        item:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", node.err.msg or "?", node.err.off or -1))
     end
     return item
 end
@@ -1168,7 +1196,7 @@ local function render(recs, tvb, pinfo, tree)
                     t:add(F.status, r, hresult_text(dec.ret.v)):set_generated()
                 end
                 if dec.err and not dec.params[#dec.params].err then
-                    t:add_proto_expert_info(E.malformed, sformat("%s at offset %d", dec.err.msg or "?", dec.err.off or -1))
+                    t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
                 end
                 if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
                     t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
