@@ -10,7 +10,10 @@ error, and the built-in DCE/RPC and DCOM fields must be what they are without th
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import shutil
 import os
 import subprocess
 from collections import defaultdict
@@ -52,7 +55,9 @@ CASES = sorted(p for p in CAPTURES.glob("*") if p.suffix in (".pcap", ".pcapng",
 
 
 def tshark_fields(path: Path, options: list[str], tshark: list[str] | None = None, plugin_args=None, dfilter="wmi"):
-    """frame -> {field: [values]} of the frames the plugin decoded, and tshark's stderr."""
+    """frame -> {field: [values]} of the frames the plugin decoded, and tshark's stderr.
+
+    tshark 4.4 escapes backslashes in -T fields output (4.0 does not): undone here."""
     cmd = [*(tshark or ["tshark"]), *(plugin_args if plugin_args is not None else ["-X", f"lua_script:{PLUGIN}"]),
            "-r", str(path), *options, "-Y", dfilter, "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={SEP}"]
     for f in FIELDS:
@@ -61,6 +66,8 @@ def tshark_fields(path: Path, options: list[str], tshark: list[str] | None = Non
     frames = {}
     for line in run.stdout.splitlines():
         cells = line.split("\t")
+        if tshark:
+            cells = [re.sub(r"\\(.)", r"\1", c) for c in cells]
         row = {f: (c.split(SEP) if c else []) for f, c in zip(FIELDS, cells)}
         frames[int(cells[0])] = row
     return frames, run.stderr
@@ -71,10 +78,15 @@ def lua_errors(stderr: str) -> list[str]:
             if "Running as user" not in line and "cut short in the middle of a packet" not in line and line.strip()]
 
 
-def wmiscope_calls(path: Path, options: list[str]) -> list[dict]:
+@functools.lru_cache(maxsize=None)
+def _calls(path: Path, options: tuple[str, ...]) -> tuple[dict, ...]:
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "wmiscope"), "calls", "--format", "jsonl", "--no-errors",
                           *options, str(path)], capture_output=True, text=True, check=True).stdout
-    return [d for d in map(json.loads, out.splitlines()) if d["type"] == "call"]
+    return tuple(d for d in map(json.loads, out.splitlines()) if d["type"] == "call")
+
+
+def wmiscope_calls(path: Path, options: list[str]) -> tuple[dict, ...]:
+    return _calls(path, tuple(options))
 
 
 def _text(v) -> str:
@@ -130,10 +142,32 @@ def expected(call: dict) -> list[tuple[int, dict]]:
     return out
 
 
-def compare(path: Path) -> tuple[int, list[str]]:
+TSHARK44 = ROOT / ".tshark44" / "tshark"
+
+
+@functools.lru_cache(maxsize=None)
+def tshark44() -> list[str] | None:
+    """The private tshark 4.4 (scripts/tshark44.sh) with the plugin in its global Lua plugin
+    folder: as root, 4.4 loads Lua only from there (it ignores -X lua_script and personal folders)."""
+    if not TSHARK44.exists():
+        return None
+    out = subprocess.run([str(TSHARK44), "-G", "folders"], capture_output=True, text=True).stdout
+    folder = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                   if line.startswith("Global Lua Plugins")), None)
+    if folder is None:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PLUGIN, Path(folder) / "wmiscope.lua")
+    return [str(TSHARK44)]
+
+
+def compare(path: Path, version: str = "4.0") -> tuple[int, list[str]]:
     """(calls checked, differences) for one capture."""
     topts, wopts = _keys(path)
-    frames, stderr = tshark_fields(path, topts)
+    if version == "4.0":
+        frames, stderr = tshark_fields(path, topts)
+    else:
+        frames, stderr = tshark_fields(path, topts, tshark=tshark44(), plugin_args=[])
     assert lua_errors(stderr) == [], stderr
     diffs = []
     checked = 0
@@ -190,10 +224,18 @@ def test_every_parameter_of_the_table_is_a_field():
                 assert f'["{p["name"]}"]=' in text or f'{p["name"]}=' in text, (i["name"], m["name"], p["name"])
 
 
-@needs_tshark
+@pytest.fixture(params=["4.0", "4.4"])
+def version(request):
+    if request.param == "4.0" and not tshark_util.have_tshark():
+        pytest.skip("tshark not installed")
+    if request.param == "4.4" and tshark44() is None:
+        pytest.skip("Wireshark 4.4 not fetched: scripts/tshark44.sh (run by scripts/setup.sh) failed or was not run")
+    return request.param
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.name for p in CASES])
-def test_plugin_agrees_with_wmiscope_calls(path):
-    checked, diffs = compare(path)
+def test_plugin_agrees_with_wmiscope_calls(path, version):
+    checked, diffs = compare(path, version)
     assert diffs == []
     if path.name in ("impacket_dcomexec.pcapng", "dcom_mmc20_application.pcapng"):
         assert checked == 0          # DCOM lateral movement without WMI: nothing to show

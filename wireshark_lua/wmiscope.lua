@@ -929,6 +929,12 @@ local function pdu_header(s)
     return h
 end
 
+-- stubs handed to the claiming dissector (4.4) in the frame being dissected, by call_id
+local CLAIMED = { frame = -1, stubs = {} }
+local f_call_id = Field.new("dcerpc.cn_call_id")
+local f_auth_level = Field.new("dcerpc.auth_level")
+local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
@@ -984,14 +990,20 @@ local function first_pass(pinfo)
                 local first = h.flags % 2 == 1
                 local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
                 if sealed then
-                    nsealed = nsealed + 1
-                    local d = decrypted[nsealed]
-                    if d and first and last then
-                        stub, from_decrypted = d.range:raw(), nsealed
-                    elseif d then
+                    -- the plaintext: on 4.4 the claiming dissector below got it (last fragment
+                    -- of an interface it claims), otherwise a decrypted_stub_data field
+                    local piece, d
+                    if last and CLAIMED.frame == pinfo.number then piece = CLAIMED.stubs[h.call_id] end
+                    if piece == nil then
+                        nsealed = nsealed + 1
+                        d = decrypted[nsealed]
+                        piece = d and d.range:raw()
+                    end
+                    if piece and first and last then
+                        if d then stub, from_decrypted = piece, nsealed else stub = piece end
+                    elseif piece then
                         -- Wireshark's reassembly of decrypted fragments keeps the auth padding
                         -- of all but the last one: reassemble the fragments' own plaintext
-                        local piece = d.range:raw()
                         local buf = S.frags[key]
                         if first or not buf then buf = {} S.frags[key] = buf end
                         if last then
@@ -1016,7 +1028,7 @@ local function first_pass(pinfo)
                 end
                 if call and (last or h.ptype == 3) then
                     local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                        whole = stub and (not (first and last)) and not from_decrypted and stub or nil,
+                        whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
                         single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
                         dec = from_decrypted, status = h.status, ipid = call.ipid }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
@@ -1254,7 +1266,22 @@ register_postdissector(proto)
 -- postdissector above decodes it); 4.0 cannot register Lua dissectors for DCE/RPC UUIDs.
 if MAJOR > 4 or (MAJOR == 4 and MINOR >= 2) then
     local claim = Proto("wmi_stub", "MS-WMI stub (wmiscope)")
-    function claim.dissector(tvb, pinfo, tree) return tvb:len() end
+    function claim.dissector(tvb, pinfo, tree)
+        if not pinfo.visited then
+            if CLAIMED.frame ~= pinfo.number then CLAIMED.frame, CLAIMED.stubs, CLAIMED.enc = pinfo.number, {}, 0 end
+            local ids = { f_call_id() }
+            local id = ids[#ids]
+            -- 4.4 hands over a sealed stub it could not decrypt as it is; one it decrypted has
+            -- an encrypted_stub_data field beside it
+            local levels = { f_auth_level() }
+            local level = levels[#levels]
+            local enc = select("#", f_encrypted())
+            local clear = not (level and level.value == 6) or enc > CLAIMED.enc
+            CLAIMED.enc = enc
+            if id then CLAIMED.stubs[id.value] = clear and tvb:raw() or false end
+        end
+        return tvb:len()
+    end
     local ok, table_ = pcall(DissectorTable.get, "dcerpc.uuid")
     if ok and table_ then
         for uuid, info in pairs(G.IFACES) do
