@@ -10,7 +10,9 @@ error, and the built-in DCE/RPC and DCOM fields must be what they are without th
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import re
 import shutil
@@ -23,6 +25,7 @@ import pytest
 
 import tshark_util
 from tshark_util import CAPTURES, PCAPS, ROOT
+from wmiscope import cli
 from wmiscope.dissectors import interfaces as itf
 from wmiscope.wireshark_plugin import render
 
@@ -80,9 +83,11 @@ def lua_errors(stderr: str) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def _calls(path: Path, options: tuple[str, ...]) -> tuple[dict, ...]:
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "wmiscope"), "calls", "--format", "jsonl", "--no-errors",
-                          *options, str(path)], capture_output=True, text=True, check=True).stdout
-    return tuple(d for d in map(json.loads, out.splitlines()) if d["type"] == "call")
+    # in this process, as the command line runs it (`wmiscope calls --format jsonl`)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["calls", "--format", "jsonl", "--no-errors", *options, str(path)]) == 0
+    return tuple(d for d in map(json.loads, out.getvalue().splitlines()) if d["type"] == "call")
 
 
 def wmiscope_calls(path: Path, options: list[str]) -> tuple[dict, ...]:

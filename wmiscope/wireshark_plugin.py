@@ -74,6 +74,10 @@ def _split_args(s: str) -> list[str]:
     return out + [cur.strip()]
 
 
+class UnknownType(KeyError):
+    """A type string outside the vocabulary: the method is named but not decoded."""
+
+
 class _Types:
     """The table's type strings parsed into Lua-ready nodes, with NDR alignment (C706 14)."""
 
@@ -119,10 +123,37 @@ class _Types:
             else:
                 n["k"] = "opaque"          # VARIANT, EXCEPINFO: the table lists no fields
         else:
-            raise KeyError(f"type {text!r} is not in the table's vocabulary")
+            raise UnknownType(f"type {text!r} is not in the table's vocabulary")
         n.setdefault("m", 1)
         self.nodes[text] = n
         return n
+
+
+# parameters whose values the plugin keeps across calls (namespace, QueryInterface IIDs) or
+# shows as analyst fields (wmi.class)
+_STATE_PARAMS = frozenset(("iids", "wszNetworkResource", "strNamespace", "strObjectPath", "strClass",
+                           "strSuperclass", "strSuperClass", "strQuery", "pObject", "pInst"))
+_CUSTOM_MARSHALED = frozenset(("IWbemClassObject", "IWbemContext"))
+
+
+def _learns(types: _Types, text: str, seen=None) -> bool:
+    """Whether a value of this type can hold an OBJREF that names an IPID."""
+    seen = seen if seen is not None else set()
+    if text in seen:
+        return False
+    seen.add(text)
+    n = types.node(text)
+    if n["k"] == "iface":
+        return n["i"] not in _CUSTOM_MARSHALED
+    if n["k"] == "mip":
+        return True
+    if n["k"] in ("unique", "array", "varray"):
+        return _learns(types, n["e"], seen)
+    if n["k"] == "struct":
+        return any(_learns(types, t, seen) for _, t in n.get("f", ()))
+    if n["k"] == "union":
+        return any(_learns(types, t, seen) for _, t in n["arms"].values())
+    return False
 
 
 def display_name(idl_name: str) -> str:
@@ -187,9 +218,13 @@ def _data() -> dict:
                                    "s": summary and not p.get("implicit"), "e": list(ann) if ann else None})
                         param_kinds.setdefault(p["name"], set()).add(_field_kind(p["type"]))
                     entry[side] = ps
+                    # what the first pass must decode this side for: an interface pointer that
+                    # names an IPID (the custom-marshaled objects and contexts never do), or a
+                    # value the IPID registry and the analyst fields are made of
+                    entry["l" + side] = any(_learns(types, p["t"]) or p["n"] in _STATE_PARAMS for p in ps)
                 entry["ret"] = m["returns"]
                 types.node(m["returns"])
-            except KeyError:
+            except UnknownType:
                 entry = {"n": m["name"]}     # named, not decoded
             methods[opnum] = entry
         ancestors = [a["uuid"] for a in itf.base_chain(i)]

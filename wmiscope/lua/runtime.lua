@@ -222,7 +222,7 @@ local function mip(rd, node, iface)
     local p = rd.pos
     rd.pos = p + n
     node.o = node.o or at
-    local ok, o = pcall(parse_objref, rd.s, p, p + n, iface)
+    local ok, o = pcall(parse_objref, rd.s, p, p + n, iface, rd.objmax)
     if ok then
         node.objref = o
         node.v = o.text
@@ -676,6 +676,41 @@ function WMIO.encoding_unit(s, p, lim)
     return object_block(s, p + 8, p + 8 + n, 0)
 end
 
+-- the name of the class an EncodingUnit holds (or is an instance of), found by skipping
+-- blocks by their EncodingLength rather than decoding them
+local function class_part_name(s, p, lim)
+    local name_ref = u32(s, p + 5)
+    local q = p + 13
+    q = q + u32(s, q)                          -- DerivationList
+    q = q + u32(s, q)                          -- ClassQualifierSet
+    q = q + 4 + 8 * u32(s, q)                  -- PropertyLookupTable
+    q = q + u32(s, p + 9)                      -- NdTable and default values
+    local heap = read_heap(s, q, lim)
+    return heap_string(s, heap, name_ref)
+end
+
+function WMIO.class_name(s, p, lim)
+    if lim - p < 9 or u32(s, p) ~= 0x12345678 then fail(p, "EncodingUnit: signature is not 0x12345678") end
+    local q = p + 8
+    local flags = sbyte(s, q + 1)
+    q = q + 1
+    if flags % 8 >= 4 then
+        for _ = 1, 2 do                        -- Decoration: server and namespace
+            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
+            else
+                q = q + 1
+                while u16(s, q) ~= 0 do q = q + 2 end
+                q = q + 2
+            end
+        end
+    end
+    if flags % 2 == 1 then
+        q = q + u32(s, q)                      -- the parent's ClassPart
+        q = q + u32(s, q)                      -- and its MethodsPart
+    end
+    return class_part_name(s, q, lim)
+end
+
 -- IWbemContextBuffer (MS-WMI 2.2.13.1) is walked only for its value names
 local function context_names(s, p, lim)
     local names = {}
@@ -694,7 +729,7 @@ end
 -- ---------------------------------------------------------------------------------------
 -- OBJREF (MS-DCOM 2.2.18)
 
-parse_objref = function(s, p, lim, declared)
+parse_objref = function(s, p, lim, declared, objmax)
     if p + 24 > lim then fail(p, "OBJREF: need 24 bytes") end
     if ssub(s, p + 1, p + 4) ~= "MEOW" then fail(p, "OBJREF: signature is not MEOW") end
     local flags = u32(s, p + 4)
@@ -711,7 +746,13 @@ parse_objref = function(s, p, lim, declared)
         o.clsid = guid(s, p + 24)
         o.payload = p + 48
         o.text = sformat("OBJREF_CUSTOM %s", o.iface or iid)
-        if o.clsid == G.WMIO_CLSID then
+        if o.clsid == G.WMIO_CLSID and lim - o.payload > (objmax or math.huge) then
+            -- the first pass wants the class name only (wmi.class); a tree that is not shown
+            -- gets the objects a filter is likely to look into (method parameters, instances
+            -- being put), not whole class definitions; a tree that is shown gets everything
+            local ok, name = pcall(WMIO.class_name, s, o.payload, lim)
+            if ok then o.obj = { name = name, light = true } end
+        elseif o.clsid == G.WMIO_CLSID then
             local ok, obj = pcall(WMIO.encoding_unit, s, o.payload, lim)
             if ok then o.obj = obj else o.obj_err = obj end
         elseif o.clsid == G.CONTEXT_CLSID then
@@ -723,7 +764,7 @@ parse_objref = function(s, p, lim, declared)
             while true do
                 local a = s:find("MEOW", q + 1, true)
                 if not a or a + 63 > lim then break end
-                local ok, inner = pcall(parse_objref, s, a - 1, lim, nil)
+                local ok, inner = pcall(parse_objref, s, a - 1, lim, nil, objmax)
                 if ok and inner.ipid then o.nested[#o.nested + 1] = inner end
                 q = a + 3
             end
@@ -737,12 +778,13 @@ end
 -- ---------------------------------------------------------------------------------------
 -- a stub decoded: the parameters as nodes
 
-local function decode_stub(s, base, lim, info, opnum, response)
+local function decode_stub(s, base, lim, info, opnum, response, objmax)
     local m = info.m[opnum]
     local out = { params = {}, objrefs = {} }
     if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
     local plist = response and m.r or m.q
     local rd = reader(s, base, lim)
+    rd.objmax = objmax
     for _, p in ipairs(plist) do
         local node = { l = p.d, p = p, t = p.t }
         out.params[#out.params + 1] = node
@@ -783,7 +825,13 @@ local function decode_stub(s, base, lim, info, opnum, response)
 end
 
 local function param(dec, name)
-    for _, n in ipairs(dec.params) do if n.p.n == name then return n end end
+    local by = dec.by
+    if not by then
+        by = {}
+        for _, n in ipairs(dec.params) do by[n.p.n] = n end
+        dec.by = by
+    end
+    return by[name]
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -915,6 +963,29 @@ local f_call_id = Field.new("dcerpc.cn_call_id")
 local f_auth_level = Field.new("dcerpc.auth_level")
 local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
 
+local function value_text(node)
+    if node.null then return "NULL" end
+    if node.v == nil then return "" end
+    return tostring(node.v)
+end
+
+local function summary(info, rec, dec)
+    local m = info and info.m[rec.call.opnum]
+    local head = sformat("%s:%s %s", info and info.name or "?", m and m.n or ("opnum " .. rec.call.opnum),
+        PTYPE[rec.ptype] or "?")
+    local items = {}
+    if dec then
+        for _, n in ipairs(dec.params) do
+            if n.p.s and not n.err then items[#items + 1] = n.p.d .. "=" .. value_text(n) end
+        end
+        if dec.ret then items[#items + 1] = "ReturnValue=" .. hresult_text(dec.ret.v) end
+    end
+    if rec.sealed then items[#items + 1] = "(encrypted)" end
+    if rec.ptype == 3 then items[#items + 1] = sformat("Fault 0x%08x", rec.status or 0) end
+    if #items > 0 then head = head .. ", " .. concat(items, " ") end
+    return head
+end
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
@@ -1013,11 +1084,33 @@ local function first_pass(pinfo)
                         dec = from_decrypted, status = h.status, ipid = call.ipid }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
-                    if info and stub and info.m[call.opnum] then
-                        local ok, dec = pcall(decode_stub, stub, info.orpc == false and 0 or 0, #stub, info, call.opnum, h.ptype == 2)
-                        if ok then observe(call, dec, h.ptype == 2, pinfo.number) end
+                    local dec
+                    local m = info and info.m[call.opnum]
+                    -- decoded on this pass: a WMI call (its Info column), or what the
+                    -- registry learns from (RemQueryInterface, activation, ...)
+                    local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"])
+                    if needed and stub and h.ptype ~= 3 then
+                        local ok, d = pcall(decode_stub, stub, 0, #stub, info, call.opnum, h.ptype == 2, 0)
+                        if ok then dec = d observe(call, dec, h.ptype == 2, pinfo.number) end
                     end
                     rec.ns, rec.op, rec.class = call.ns, call.op, call.class
+                    -- the Info column, kept so that a pass without a tree decodes nothing
+                    if info then rec.info = summary(info, rec, dec) end
+                    if dec and info.g == "wmi" then
+                        -- what a tree nobody looks at needs (tshark -Y / -T fields): the
+                        -- parameters' plain values; objects only in small stubs (method
+                        -- parameters, instances put), where a filter may look for them
+                        local vals = {}
+                        for _, n in ipairs(dec.params) do
+                            if not n.c and not n.objref and (n.v ~= nil or n.null) then
+                                vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                            end
+                            if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
+                        end
+                        rec.vals = vals
+                        rec.ret = dec.ret and dec.ret.v
+                        rec.err = dec.err
+                    end
                     if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
                     out[#out + 1] = rec
                 end
@@ -1030,13 +1123,11 @@ end
 -- ---------------------------------------------------------------------------------------
 -- tree and columns
 
-local function value_text(node)
-    if node.null then return "NULL" end
-    if node.v == nil then return "" end
-    return tostring(node.v)
-end
-
 local function add_object(tree, tvbr, obj)
+    if obj.light then
+        tree:add(F.obj_class, tvbr, obj.name or "")
+        return
+    end
     local kind = obj.kind == "class" and "Class" or "Instance"
     local t = tree:add(proto, tvbr, sformat("%s %s", kind, obj.name or "?"))
     t:add(F.obj_kind, tvbr, obj.kind)
@@ -1124,99 +1215,105 @@ local function add_node(tree, tvb, node, field, pinfo)
     return item
 end
 
-local function summary(info, rec, dec)
-    local m = info and info.m[rec.call.opnum]
-    local head = sformat("%s:%s %s", info and info.name or "?", m and m.n or ("opnum " .. rec.call.opnum),
-        PTYPE[rec.ptype] or "?")
-    local items = {}
-    if dec then
-        for _, n in ipairs(dec.params) do
-            if n.p.s and not n.err then items[#items + 1] = n.p.d .. "=" .. value_text(n) end
+-- one call's subtree: the stub decoded again, objects included
+local function call_tree(rec, info, pinfo, tree, frame, visible)
+    local call = rec.call
+    -- the stub bytes: in the frame, reassembled (kept from the first pass), or decrypted
+    local s, stvb, base
+    if rec.single then
+        frame.dcerpcs = frame.dcerpcs or { f_dcerpc() }
+        local fi = frame.dcerpcs[rec.single[1]]
+        if fi then
+            s = fi.range:raw(rec.single[2], rec.single[3])
+            stvb, base = fi.range:tvb(), rec.single[2]
         end
-        if dec.ret then items[#items + 1] = "ReturnValue=" .. hresult_text(dec.ret.v) end
+    elseif rec.whole then
+        s = rec.whole
+    elseif rec.dec then
+        frame.decrypted = frame.decrypted or { f_decrypted() }
+        local d = frame.decrypted[rec.dec]
+        if d then s = d.range:raw() stvb = d.range:tvb() base = 0 end
     end
-    if rec.sealed then items[#items + 1] = "(encrypted)" end
-    if rec.ptype == 3 then items[#items + 1] = sformat("Fault 0x%08x", rec.status or 0) end
-    if #items > 0 then head = head .. ", " .. concat(items, " ") end
-    return head
+    local dec
+    local shallow = not visible and not rec.deep
+    if s and info.m[call.opnum] and rec.ptype ~= 3 and not shallow then
+        local ok, d = pcall(decode_stub, s, 0, #s, info, call.opnum, rec.ptype == 2, not visible and 16384 or nil)
+        if ok then dec = d end
+    end
+    local m = info.m[call.opnum]
+    local t = tree:add(proto, rec.info)
+    t:add(F.interface, info.name):set_generated()
+    t:add(F.method, m and m.n or ""):set_generated()
+    t:add(F.opnum, call.opnum):set_generated()
+    t:add(F.direction, PTYPE[rec.ptype] or "?"):set_generated()
+    t:add(F.call_id, rec.call_id):set_generated()
+    if call.ipid then t:add(F.ipid, call.ipid):set_generated() end
+    if rec.ns then t:add(F.namespace, rec.ns):set_generated() end
+    if rec.class then t:add(F.class, rec.class):set_generated() end
+    if rec.op then t:add(F.operation, rec.op):set_generated() end
+    if rec.ptype == 0 and call.resp_frame then t:add(F.response_in, call.resp_frame):set_generated() end
+    if rec.ptype ~= 0 and call.req_frame then t:add(F.request_in, call.req_frame):set_generated() end
+    if rec.sealed then
+        t:add(F.encrypted, true):set_generated()
+        t:add_proto_expert_info(E.encrypted)
+    end
+    if shallow then
+        for _, v in ipairs(rec.vals or {}) do
+            local field = PF[v[1]]
+            local kind = G.FIELDS[v[1]][1]
+            local item
+            if (kind == "uint" or kind == "int") and type(v[2]) == "number" then item = t:add(field, v[2])
+            else item = t:add(field, tostring(v[2])) end
+            for _, n in ipairs(describe(v[3], v[2]) or {}) do item:add(F.flag, n) end
+        end
+        if rec.ret then
+            t:add(F.hresult, rec.ret)
+            t:add(F.status, hresult_text(rec.ret))
+        end
+        if rec.err then t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+        return
+    end
+    if dec then
+        if not stvb and s then stvb = ByteArray.new(s, true):tvb("WMI stub") base = 0 end
+        local shift = function(node)
+            -- offsets are relative to the stub; the tvb may hold it at `base`
+            local function walk(n) if n.o then n.o = n.o + base end for _, c in ipairs(n.c or {}) do walk(c) end end
+            walk(node)
+        end
+        for _, n in ipairs(dec.params) do
+            if not (n.p.n == "ORPCthis" or n.p.n == "ORPCthat") or true then
+                shift(n)
+                add_node(t, stvb, n, PF[n.p.n], pinfo)
+            end
+        end
+        if dec.ret then
+            local r = tvb_range(stvb, dec.ret.o + base, 4)
+            t:add(F.hresult, r, dec.ret.v)
+            t:add(F.status, r, hresult_text(dec.ret.v)):set_generated()
+        end
+        if dec.err and not dec.params[#dec.params].err then
+            t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
+        end
+        if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
+            t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
+        end
+    end
 end
 
 local function render(recs, tvb, pinfo, tree)
     local infos = {}
-    local shown = false
-    local decrypted, dcerpcs = nil, nil
+    local frame = {}
+    -- no tree at all: the columns are all there is to do
+    local want_tree = not tostring(tree):find("has item=false", 1, true)
+    local visible = tree.visible
     for _, rec in ipairs(recs) do
-        local call = rec.call
-        local info = call.iid and G.IFACES[call.iid]
+        local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
-            shown = true
-            -- the stub bytes: in the frame, reassembled (kept from the first pass), or decrypted
-            local s, stvb, base
-            if rec.single then
-                dcerpcs = dcerpcs or { f_dcerpc() }
-                local fi = dcerpcs[rec.single[1]]
-                if fi then
-                    s = fi.range:raw(rec.single[2], rec.single[3])
-                    stvb, base = fi.range:tvb(), rec.single[2]
-                end
-            elseif rec.whole then
-                s = rec.whole
-            elseif rec.dec then
-                decrypted = decrypted or { f_decrypted() }
-                local d = decrypted[rec.dec]
-                if d then s = d.range:raw() stvb = d.range:tvb() base = 0 end
-            end
-            local dec
-            if s and info.m[call.opnum] and rec.ptype ~= 3 then
-                local ok, d = pcall(decode_stub, s, 0, #s, info, call.opnum, rec.ptype == 2)
-                if ok then dec = d end
-            end
-            infos[#infos + 1] = summary(info, rec, dec)
-            local m = info.m[call.opnum]
-            local t = tree:add(proto, summary(info, rec, dec))
-            t:add(F.interface, info.name):set_generated()
-            t:add(F.method, m and m.n or ""):set_generated()
-            t:add(F.opnum, call.opnum):set_generated()
-            t:add(F.direction, PTYPE[rec.ptype] or "?"):set_generated()
-            t:add(F.call_id, rec.call_id):set_generated()
-            if call.ipid then t:add(F.ipid, call.ipid):set_generated() end
-            if rec.ns then t:add(F.namespace, rec.ns):set_generated() end
-            if rec.class then t:add(F.class, rec.class):set_generated() end
-            if rec.op then t:add(F.operation, rec.op):set_generated() end
-            if rec.ptype == 0 and call.resp_frame then t:add(F.response_in, call.resp_frame):set_generated() end
-            if rec.ptype ~= 0 and call.req_frame then t:add(F.request_in, call.req_frame):set_generated() end
-            if rec.sealed then
-                t:add(F.encrypted, true):set_generated()
-                t:add_proto_expert_info(E.encrypted)
-            end
-            if dec then
-                if not stvb and s then stvb = ByteArray.new(s, true):tvb("WMI stub") base = 0 end
-                local shift = function(node)
-                    -- offsets are relative to the stub; the tvb may hold it at `base`
-                    local function walk(n) if n.o then n.o = n.o + base end for _, c in ipairs(n.c or {}) do walk(c) end end
-                    walk(node)
-                end
-                for _, n in ipairs(dec.params) do
-                    if not (n.p.n == "ORPCthis" or n.p.n == "ORPCthat") or true then
-                        shift(n)
-                        add_node(t, stvb, n, PF[n.p.n], pinfo)
-                    end
-                end
-                if dec.ret then
-                    local r = tvb_range(stvb, dec.ret.o + base, 4)
-                    t:add(F.hresult, r, dec.ret.v)
-                    t:add(F.status, r, hresult_text(dec.ret.v)):set_generated()
-                end
-                if dec.err and not dec.params[#dec.params].err then
-                    t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
-                end
-                if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
-                    t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
-                end
-            end
+            infos[#infos + 1] = rec.info
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) end
         end
     end
-    if shown then
+    if #infos > 0 then
         pinfo.cols.protocol = "WMI"
         pinfo.cols.info:clear_fence()
         pinfo.cols.info = concat(infos, "; ")
