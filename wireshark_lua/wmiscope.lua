@@ -948,7 +948,9 @@ end
 
 local PTYPE = { [0] = "Request", [2] = "Response", [3] = "Fault" }
 
-local function pdu_header(s)
+-- the PDU header (C706 12.6) from its first octets; the auth trailer's level and pad length
+-- read from the range (rlen octets long)
+local function pdu_header(s, r, rlen)
     if #s < 16 or sbyte(s, 1) ~= 5 then return nil end
     local h = { ptype = sbyte(s, 3), flags = sbyte(s, 4), little = sbyte(s, 5) >= 16,
         frag_len = u16(s, 8), auth_len = u16(s, 10), call_id = u32(s, 12) }
@@ -965,23 +967,17 @@ local function pdu_header(s)
         h.hdr = 24
         if h.ptype == 3 and #s >= 28 then h.status = u32(s, 24) end
     end
-    local len = math.min(#s, h.frag_len)
-    h.stub_end = len
+    h.stub_end = math.min(rlen, h.frag_len)
     if h.auth_len > 0 and h.frag_len >= h.auth_len + 8 then
         local a = h.frag_len - h.auth_len - 8
-        if a + 3 <= #s then
-            h.auth_level, h.pad = sbyte(s, a + 2), sbyte(s, a + 3)
+        if a + 3 <= rlen then
+            local t = r:raw(a, 3)
+            h.auth_level, h.pad = sbyte(t, 2), sbyte(t, 3)
             h.stub_end = math.max((h.hdr or 24), a - h.pad)
         end
     end
     return h
 end
-
--- stubs handed to the claiming dissector (4.4) in the frame being dissected, by call_id
-local CLAIMED = { frame = -1, stubs = {} }
-local f_call_id = Field.new("dcerpc.cn_call_id")
-local f_auth_level = Field.new("dcerpc.auth_level")
-local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
 
 local function value_text(node)
     if node.null then return "NULL" end
@@ -1006,6 +1002,12 @@ local function summary(info, rec, dec)
     return head
 end
 
+-- stubs handed to the claiming dissector (4.4) in the frame being dissected, by call_id
+local CLAIMED = { frame = -1, stubs = {}, enc = 0 }
+local f_call_id = Field.new("dcerpc.cn_call_id")
+local f_auth_level = Field.new("dcerpc.auth_level")
+local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
@@ -1019,11 +1021,13 @@ local function first_pass(pinfo)
     local ctx, calls = S.ctx[stream], S.calls[stream]
     for idx, fi in ipairs(pdus) do
         local r = fi.range
-        local s = r:raw()
-        local h = pdu_header(s)
+        local rlen = r:len()
+        local s = r:raw(0, rlen < 40 and rlen or 40)
+        local h = pdu_header(s, r, rlen)
         if h and h.little then
             if h.ptype == 11 or h.ptype == 14 then
                 -- bind / alter_context: p_cont_list (C706 12.6.3.1)
+                s = r:raw()
                 if #s >= 28 then
                     local n, p = sbyte(s, 25), 28
                     for _ = 1, n do
@@ -1055,6 +1059,10 @@ local function first_pass(pinfo)
                     call = calls[h.call_id]
                 end
                 local info = call and call.iid and G.IFACES[call.iid]
+                local m = info and info.m[call.opnum]
+                -- decoded on this pass: a WMI call (its Info column), or what the
+                -- registry learns from (RemQueryInterface, activation, ...)
+                local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"]) and h.ptype ~= 3
                 local sealed = h.auth_level == 6
                 local stub, from_decrypted
                 local last = h.flags % 4 >= 2
@@ -1068,7 +1076,7 @@ local function first_pass(pinfo)
                     if piece == nil then
                         nsealed = nsealed + 1
                         d = decrypted[nsealed]
-                        piece = d and d.range:raw()
+                        piece = needed and d and d.range:raw()
                     end
                     if piece and first and last then
                         if d then stub, from_decrypted = piece, nsealed else stub = piece end
@@ -1086,8 +1094,9 @@ local function first_pass(pinfo)
                             buf[#buf + 1] = piece
                         end
                     end
-                elseif h.hdr then
-                    local piece = ssub(s, h.hdr + 1, h.stub_end)
+                elseif h.hdr and needed then
+                    local n = h.stub_end - h.hdr
+                    local piece = n > 0 and r:raw(h.hdr, n) or ""
                     if first and last then
                         stub = piece
                     else
@@ -1105,11 +1114,7 @@ local function first_pass(pinfo)
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
                     local dec
-                    local m = info and info.m[call.opnum]
-                    -- decoded on this pass: a WMI call (its Info column), or what the
-                    -- registry learns from (RemQueryInterface, activation, ...)
-                    local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"])
-                    if needed and stub and h.ptype ~= 3 then
+                    if needed and stub then
                         local ok, d = pcall(decode_stub, stub, 0, #stub, info, call.opnum, h.ptype == 2, 0)
                         if ok then dec = d observe(call, dec, h.ptype == 2, pinfo.number) end
                     end
@@ -1347,9 +1352,20 @@ function proto.dissector(tvb, pinfo, tree)
         if pinfo.visited then return end
         local ok, r = pcall(first_pass, pinfo)
         recs = ok and r or false
+        if not ok then
+            -- a defect of the plugin, never the user's: said once on stderr, so that the
+            -- tests (which read tshark's stderr) see it
+            io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(r)))
+        end
         S.frames[n] = recs
     end
-    if recs then render(recs, tvb, pinfo, tree) end
+    if recs then
+        local ok, err = pcall(render, recs, tvb, pinfo, tree)
+        if not ok then
+            io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(err)))
+            tree:add_proto_expert_info(E.malformed, "wmiscope plugin error: " .. tostring(err))
+        end
+    end
 end
 
 function proto.init()
