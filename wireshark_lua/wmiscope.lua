@@ -589,6 +589,7 @@ local function cim_type_name(t)
 end
 
 local object_block
+local instance_part
 
 -- MethodsPart (2.2.38): names, and the in / out signatures as nested objects
 local function methods_part(s, p, lim, depth)
@@ -653,6 +654,11 @@ object_block = function(s, p, lim, depth)
     end
     -- InstanceType (2.2.53): the class part, then the instance's values
     local cls, e = class_part(s, q, lim)
+    return instance_part(s, e, lim, cls, obj)
+end
+
+-- the instance fields after CurrentClass (2.2.53, and 2.2.3 without the class), at e
+instance_part = function(s, e, lim, cls, obj)
     local len = u32(s, e)
     local stop = e + len
     if stop > lim then fail(e, "InstanceType: EncodingLength runs past the object") end
@@ -687,6 +693,67 @@ object_block = function(s, p, lim, depth)
         inst.values[i] = v
     end
     return inst
+end
+
+-- ObjectFlags and Decoration (2.2.5 - 2.2.9) at p: (flags, namespace, server, where the encoding starts)
+local function block_head(s, p, lim)
+    local flags = sbyte(s, p + 1)
+    if not flags then fail(p, "ObjectBlock: empty") end
+    local q = p + 1
+    local names = {}
+    if flags % 8 >= 4 then
+        for i = 1, 2 do
+            names[i] = encoded_string(s, q, lim)
+            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
+            else
+                q = q + 1
+                while u16(s, q) ~= 0 do q = q + 2 end
+                q = q + 2
+            end
+        end
+    end
+    return flags, names[2], names[1], q
+end
+
+-- MS-WMI 2.2.14 ObjectArray at p: its objects, classes of WBEMOBJECT_INSTANCEs kept in cache
+-- (classID -> class) for the WBEMOBJECT_INSTANCE_NOCLASS of later calls
+function WMIO.object_array(s, p, lim, cache)
+    if p + 46 > lim or ssub(s, p + 5, p + 12) ~= "WBEMDATA" then fail(p, "ObjectArray: no WBEMDATA header") end
+    local size1, ptype, count = u32(s, p + 16), sbyte(s, p + 26), u32(s, p + 42)
+    local stop = p + 26 + size1
+    if stop > lim then fail(p + 16, "ObjectArray: dwDataSize1 runs past the buffer") end
+    local out = { packet = ptype == 0 and "Indicate" or "Next", count = count, objects = {}, at = p, len = stop - p }
+    local q = p + 46
+    for i = 1, count do
+        if q + 9 > stop then fail(q, "ObjectArray: fewer objects than dwNumObjects") end
+        local size, kind = u32(s, q + 4), sbyte(s, q + 9)
+        local body, obj_end = q + 9, q + 9 + size
+        if obj_end > stop then fail(q + 4, "WBEM_DATAPACKET_OBJECT: dwSizeOfData runs past the ObjectArray") end
+        local item = { kind = kind, at = q, len = obj_end - q }
+        local ok, err = pcall(function()
+            if kind == 1 then
+                item.obj = object_block(s, body + 8, obj_end, 0)
+            elseif kind == 2 or kind == 3 then
+                local cid = guid(s, body + 8)
+                item.class_id = cid
+                if kind == 2 then
+                    item.obj = object_block(s, body + 24, obj_end, 0)
+                    if cache and item.obj.class then cache[cid] = item.obj.class end
+                else
+                    local cls = cache and cache[cid]
+                    if not cls then fail(body + 8, "classID " .. cid .. " names no class seen before") end
+                    local flags, ns, server, e = block_head(s, body + 24, obj_end)
+                    item.obj = instance_part(s, e, obj_end, cls, { namespace = ns, server = server })
+                end
+            else
+                fail(q + 8, "bObjectType " .. tostring(kind) .. " is not 1, 2 or 3")
+            end
+        end)
+        if not ok then item.err = type(err) == "table" and err or { off = q, msg = tostring(err) } end
+        out.objects[i] = item
+        q = obj_end
+    end
+    return out
 end
 
 function WMIO.encoding_unit(s, p, lim)
@@ -814,6 +881,9 @@ local function decode_stub(s, base, lim, info, opnum, response, objmax)
             read_type(rd, p.t, node)
             rd:flush()
             node.o, node.n = start, rd.pos - start
+            if node.bytes and G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "object_array" then
+                node.oa = { node.bytes[1], node.bytes[1] + node.bytes[2] }
+            end
         end)
         if not ok then
             local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
@@ -864,6 +934,7 @@ local function reset()
     S.ipids = {}        -- ipid -> {iid, ns, op}
     S.frags = {}        -- stream:call_id:ptype -> list of stub pieces
     S.frames = {}       -- frame number -> list of PDU records (false: none)
+    S.classes = {}      -- smart enumerator / sink IPID -> ObjectArray classID -> class (2.2.14.4)
 end
 reset()
 
@@ -1116,7 +1187,18 @@ local function first_pass(pinfo)
                     local dec
                     if needed and stub then
                         local ok, d = pcall(decode_stub, stub, 0, #stub, info, call.opnum, h.ptype == 2, 0)
-                        if ok then dec = d observe(call, dec, h.ptype == 2, pinfo.number) end
+                        if ok then
+                            dec = d
+                            observe(call, dec, h.ptype == 2, pinfo.number)
+                            for _, n in ipairs(dec.params) do
+                                if n.oa then
+                                    -- the classes later ObjectArrays of this enumeration (or sink) refer to
+                                    local key = call.ipid or "?"
+                                    S.classes[key] = S.classes[key] or {}
+                                    pcall(WMIO.object_array, stub, n.oa[1], n.oa[2], S.classes[key])
+                                end
+                            end
+                        end
                     end
                     rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                     -- the Info column, kept so that a pass without a tree decodes nothing
@@ -1226,6 +1308,20 @@ local function add_node(tree, tvb, node, field, pinfo)
         for _, n in ipairs(o.context or {}) do item:add(F.ctx_name, r, n) end
         for _, n in ipairs(o.nested or {}) do item:add(F.objref, r, n.text) end
     end
+    if node.oa_dec then
+        -- the ObjectArray's offsets are in the stub; the node's were moved to the tvb's
+        local oa, delta = node.oa_dec, (node.o or 0) - (node.oa_o or node.o or 0)
+        local ot = item:add(F.item, tvb_range(tvb, oa.at + delta, oa.len),
+            sformat("ObjectArray (%s): %d objects", oa.packet, oa.count))
+        local kinds = { "WBEMOBJECT_CLASS", "WBEMOBJECT_INSTANCE", "WBEMOBJECT_INSTANCE_NOCLASS" }
+        for i, o in ipairs(oa.objects) do
+            local r2 = tvb_range(tvb, o.at + delta, o.len)
+            local it = ot:add(F.item, r2, sformat("[%d] %s%s", i - 1, kinds[o.kind] or "?",
+                o.class_id and (" classID " .. o.class_id) or ""))
+            if o.obj then add_object(it, r2, o.obj) end
+            if o.err then it:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", o.err.msg or "?", o.err.off or -1)) end
+        end
+    end
     if node.c then
         local shown = 0
         for _, c in ipairs(node.c) do
@@ -1306,7 +1402,12 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
             walk(node)
         end
         for _, n in ipairs(dec.params) do
-            if not (n.p.n == "ORPCthis" or n.p.n == "ORPCthat") or true then
+            if n.oa then
+                n.oa_o = n.o
+                local ok, oa = pcall(WMIO.object_array, s, n.oa[1], n.oa[2], S.classes[call.ipid or "?"] or {})
+                if ok then n.oa_dec = oa else n.err = type(oa) == "table" and oa or { off = n.oa[1], msg = tostring(oa) } end
+            end
+            do
                 shift(n)
                 add_node(t, stvb, n, PF[n.p.n], pinfo)
             end
