@@ -282,3 +282,30 @@ def test_the_create_command_line_is_a_field():
                               dfilter='wmi.prop.CommandLine contains "whoami"')
     lines = [v for row in frames.values() for v in row["wmi.prop.CommandLine"]]
     assert lines == ["cmd.exe /Q /c whoami 1> \\\\127.0.0.1\\ADMIN$\\__1683291962.56 2>&1"]
+
+
+@needs_tshark
+def test_a_malformed_stub_gets_expert_info_and_the_capture_goes_on(tmp_path):
+    """ExecMethod's strObjectPath conformance made huge: that call is named and marked
+    malformed at the offset of the count, the reply and everything else still decode."""
+    from scapy.all import TCP, Raw, rdpcap, wrpcap
+
+    packets = rdpcap(str(PCAPS / "wmi-process-create.pcap"))
+    request = packets[13]                                  # frame 14, the ExecMethod request
+    payload = bytearray(bytes(request[TCP].payload))
+    assert payload[2] == 0 and payload[22] == 24           # a request, opnum 24
+    # stub after the 40-octet header (object UUID present); ORPCTHIS is 32 octets, then the
+    # BSTR's referent and the FLAGGED_WORD_BLOB's conformance
+    payload[40 + 36:40 + 40] = (0xFFFFFF00).to_bytes(4, "little")
+    request[TCP].remove_payload()
+    request[TCP].add_payload(Raw(bytes(payload)))
+    damaged = tmp_path / "damaged.pcap"
+    wrpcap(str(damaged), packets)
+
+    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
+    assert lua_errors(stderr) == []
+    assert frames[14]["wmi.method"] == ["ExecMethod"]
+    assert [m for m in frames[14]["_ws.expert.message"] if m.startswith("malformed stub")] == [
+        "malformed stub: FLAGGED_WORD_BLOB count 4294967040 exceeds the bytes left at offset 36"]   # in the stub
+    assert frames[15]["wmi.status"] == ["WBEM_S_NO_ERROR"]
+    assert frames[13]["wmi.status"] == ["WBEM_S_NO_ERROR"]
