@@ -34,7 +34,7 @@ needs_tshark = pytest.mark.skipif(not tshark_util.have_tshark(), reason="tshark 
 
 FIELDS = ["frame.number", "wmi.interface", "wmi.method", "wmi.direction", "wmi.namespace", "wmi.class",
           "wmi.strQuery", "wmi.strObjectPath", "wmi.strMethodName", "wmi.status", "wmi.prop.name",
-          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message"]
+          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message", "wmi.operation"]
 SEP = "\x1f"
 
 
@@ -143,6 +143,11 @@ def expected(call: dict) -> list[tuple[int, dict]]:
             facts["status"] = d["return"]["name"]
         if ns and call["interface"] == "IWbemServices":
             facts["namespace"] = ns
+        op = call.get("operation") or {}
+        # the operation a call belongs to; wmiscope also guesses the owner of a pointer a sealed
+        # reply carried ("inferred"), which the plugin does not
+        if not op.get("inferred"):
+            facts["operation"] = op.get("kind")
         out.append((call[side]["frames"][1], facts))
     return out
 
@@ -196,6 +201,8 @@ def compare(path: Path, version: str = "4.0") -> tuple[int, list[str]]:
             for name in ("strQuery", "strObjectPath", "strMethodName"):
                 if name in facts and facts[name] not in row[f"wmi.{name}"]:
                     diffs.append(f"{where}: {name} {facts[name]!r} vs {row['wmi.' + name]}")
+            if "operation" in facts and (facts["operation"] or "") not in (row["wmi.operation"] or [""]):
+                diffs.append(f"{where}: operation {facts['operation']!r} vs {row['wmi.operation']}")
             if "class" in facts and facts["class"] not in row["wmi.class"]:
                 diffs.append(f"{where}: class {facts['class']!r} vs {row['wmi.class']}")
             malformed = [m for m in row["_ws.expert.message"] if m.startswith("malformed")]

@@ -96,7 +96,8 @@ class _Types:
             if m.group(1) == "unique":
                 n = {"k": "unique", "a": 4, "e": args[0]}
             else:
-                n = {"k": m.group(1), "a": max(4, inner["a"]), "e": args[0], "m": inner.get("m", 4)}
+                # the conformance (and variance) words align to 4; each element aligns itself
+                n = {"k": m.group(1), "a": 4, "e": args[0], "m": inner.get("m", 4)}
         elif text.endswith("*"):
             n = {"k": "iface", "a": 4, "i": text[:-1]}
         elif text in _INTEGERS:
@@ -131,7 +132,7 @@ class _Types:
 
 # parameters whose values the plugin keeps across calls (namespace, QueryInterface IIDs) or
 # shows as analyst fields (wmi.class)
-_STATE_PARAMS = frozenset(("iids", "wszNetworkResource", "strNamespace", "strObjectPath", "strClass",
+_STATE_PARAMS = frozenset(("iids", "ripid", "ppQIResults", "wszNetworkResource", "strNamespace", "strObjectPath", "strClass",
                            "strSuperclass", "strSuperClass", "strQuery", "pObject", "pInst"))
 _CUSTOM_MARSHALED = frozenset(("IWbemClassObject", "IWbemContext"))
 

@@ -971,8 +971,8 @@ local function observe(call, dec, response, frame)
             call.qi = {}
             for i, c in ipairs(iids.c) do call.qi[i] = c.v end
         end
-        if info and info.g == "wmi" and info.name == "IWbemServices" then call.op = mname end
-        if info and (info.name == "IWbemLevel1Login" or info.name:find("^IWbemLoginClientID")) then call.op = "Login" end
+        local queried = param(dec, "ripid")
+        if queried then call.qi_of = queried.v end
     end
     local ns = call.login_ns or call.ns
     for _, o in ipairs(dec.objrefs) do
@@ -988,7 +988,10 @@ local function observe(call, dec, response, frame)
             local ipid
             for _, f in ipairs(std and std.c or {}) do if f.l == "ipid" then ipid = f.v end end
             if ipid and call.qi[i] and c.fields and c.fields.hResult == 0 then
-                S.ipids[ipid] = { iid = call.qi[i], ns = call.ns, op = call.op, frame = frame }
+                -- the new pointer is another interface of the object queried: its namespace
+                -- and operation carry over
+                local of = call.qi_of and S.ipids[call.qi_of] or call
+                S.ipids[ipid] = { iid = call.qi[i], ns = of.ns, op = of.op, frame = frame }
             end
         end
     end
@@ -1059,6 +1062,9 @@ local f_call_id = Field.new("dcerpc.cn_call_id")
 local f_auth_level = Field.new("dcerpc.auth_level")
 local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
 
+local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLoginClientID = "Login",
+    IWbemLoginClientIDEx = "Login", IWbemRefreshingServices = "Refresher", IWbemRemoteRefresher = "Refresher" }
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
@@ -1104,7 +1110,12 @@ local function first_pass(pinfo)
                         end
                         call.iid = iid
                         call.ns = e and e.ns
-                        call.op = e and e.op
+                        -- the operation (what the analyst thinks of as one request): every
+                        -- IWbemServices call starts one; the objects it returns carry it
+                        local ci = iid and G.IFACES[iid]
+                        call.op = ci and OPERATION[ci.name]
+                        if call.op == true then call.op = ci.m[h.opnum] and ci.m[h.opnum].n end
+                        if not call.op then call.op = e and e.op end
                     end
                 else
                     call = calls[h.call_id]
