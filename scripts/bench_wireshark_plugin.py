@@ -24,12 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import DEFAULT_SOURCE, replicate  # noqa: E402
+from bench_capture import DEFAULT_SOURCE, replay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "wireshark_lua" / "wmiscope.lua"
@@ -68,16 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant; the best counts")
     args = ap.parse_args(argv)
 
-    tmpdir = None
-    if args.keep:
-        path = Path(args.keep)
-    else:
-        tmpdir = tempfile.TemporaryDirectory()
-        path = Path(tmpdir.name) / "plugin-bench.pcap"
-    if not path.exists() or path.stat().st_size < args.size << 20:
-        t = time.perf_counter()
-        packets = replicate(args.source, path, args.size << 20)
-        print(f"built {path} ({path.stat().st_size / 1e6:.0f} MB, {packets} packets) in {time.perf_counter() - t:.0f} s")
+    path, tmpdir = replay(args.keep, args.size, args.source, "plugin-bench.pcap")
     size_mb = path.stat().st_size / 1e6
 
     def report(label: str, without, with_) -> None:

@@ -270,21 +270,22 @@ KIND.filetime = function(rd, t, node)
     local secs = (hi * 4294967296 + lo) / 1e7 - 11644473600
     node.v = (secs > 0 and secs < 4e9) and os.date("!%Y-%m-%d %H:%M:%S UTC", floor(secs)) or sformat("0x%08x%08x", hi, lo)
 end
-KIND.wstring = function(rd, t, node)
+-- [string] wchar_t* / char*: max count, offset, actual count (characters of `width` octets)
+local function string_count(rd, width)
     local n = rd:count(0)
     local at = rd.pos
     rd:u32()
     local actual = rd:u32()
-    if actual > n or 2 * actual > rd.lim - rd.pos then fail(at, "string actual count exceeds the bytes left") end
+    if actual > n or width * actual > rd.lim - rd.pos then fail(at, "string actual count exceeds the bytes left") end
+    return actual
+end
+KIND.wstring = function(rd, t, node)
+    local actual = string_count(rd, 2)
     node.v = utf16(rd.s, rd.pos, actual)
     rd.pos = rd.pos + 2 * actual
 end
 KIND.string = function(rd, t, node)
-    local n = rd:count(0)
-    local at = rd.pos
-    rd:u32()
-    local actual = rd:u32()
-    if actual > n or actual > rd.lim - rd.pos then fail(at, "string actual count exceeds the bytes left") end
+    local actual = string_count(rd, 1)
     local v = ssub(rd.s, rd.pos + 1, rd.pos + actual)
     rd.pos = rd.pos + actual
     node.v = latin1((v:gsub("%z$", "")))
@@ -618,28 +619,30 @@ local function methods_part(s, p, lim, depth)
     return out, stop
 end
 
--- ObjectBlock (2.2.5)
-object_block = function(s, p, lim, depth)
+-- ObjectFlags and Decoration (2.2.5 - 2.2.9) at p: (flags, namespace, server, where the encoding starts)
+local function block_head(s, p, lim)
     local flags = sbyte(s, p + 1)
     if not flags then fail(p, "ObjectBlock: empty") end
     local q = p + 1
-    local obj = {}
+    local names = {}
     if flags % 8 >= 4 then
-        local server = encoded_string(s, q, lim)
-        q = (sbyte(s, q + 1) == 0) and s:find("\0", q + 2, true) or q + 1
-        if sbyte(s, p + 2) == 1 then
-            while u16(s, q) ~= 0 do q = q + 2 end
-            q = q + 2
+        for i = 1, 2 do
+            names[i] = encoded_string(s, q, lim)
+            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
+            else
+                q = q + 1
+                while u16(s, q) ~= 0 do q = q + 2 end
+                q = q + 2
+            end
         end
-        local ns_at = q
-        obj.namespace = encoded_string(s, q, lim)
-        if sbyte(s, ns_at + 1) == 0 then q = s:find("\0", ns_at + 2, true) else
-            q = ns_at + 1
-            while u16(s, q) ~= 0 do q = q + 2 end
-            q = q + 2
-        end
-        obj.server = server
     end
+    return flags, names[2], names[1], q
+end
+
+-- ObjectBlock (2.2.5)
+object_block = function(s, p, lim, depth)
+    local flags, namespace, server, q = block_head(s, p, lim)
+    local obj = { namespace = namespace, server = server }
     if flags % 2 == 1 then
         -- ClassType: the parent's ClassAndMethodsPart, then the class's own
         local parent, e1 = class_part(s, q, lim)
@@ -693,26 +696,6 @@ instance_part = function(s, e, lim, cls, obj)
         inst.values[i] = v
     end
     return inst
-end
-
--- ObjectFlags and Decoration (2.2.5 - 2.2.9) at p: (flags, namespace, server, where the encoding starts)
-local function block_head(s, p, lim)
-    local flags = sbyte(s, p + 1)
-    if not flags then fail(p, "ObjectBlock: empty") end
-    local q = p + 1
-    local names = {}
-    if flags % 8 >= 4 then
-        for i = 1, 2 do
-            names[i] = encoded_string(s, q, lim)
-            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
-            else
-                q = q + 1
-                while u16(s, q) ~= 0 do q = q + 2 end
-                q = q + 2
-            end
-        end
-    end
-    return flags, names[2], names[1], q
 end
 
 -- MS-WMI 2.2.14 ObjectArray at p: its objects, classes of WBEMOBJECT_INSTANCEs kept in cache
@@ -778,19 +761,7 @@ end
 
 function WMIO.class_name(s, p, lim)
     if lim - p < 9 or u32(s, p) ~= 0x12345678 then fail(p, "EncodingUnit: signature is not 0x12345678") end
-    local q = p + 8
-    local flags = sbyte(s, q + 1)
-    q = q + 1
-    if flags % 8 >= 4 then
-        for _ = 1, 2 do                        -- Decoration: server and namespace
-            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
-            else
-                q = q + 1
-                while u16(s, q) ~= 0 do q = q + 2 end
-                q = q + 2
-            end
-        end
-    end
+    local flags, _, _, q = block_head(s, p + 8, lim)
     if flags % 2 == 1 then
         q = q + u32(s, q)                      -- the parent's ClassPart
         q = q + u32(s, q)                      -- and its MethodsPart

@@ -17,6 +17,9 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+# the type grammar's argument splitter, shared with the Python decoder that reads the same strings
+from wmiscope.dissectors.wmi import _split_args
+
 __all__ = ["render", "tables", "PROPERTY_FIELDS"]
 
 
@@ -59,19 +62,6 @@ _INTEGERS = {"byte": (1, False), "ushort": (2, False), "short": (2, True), "ulon
              "HRESULT": (4, False), "float": (4, None), "double": (8, None)}
 _STRINGS = ("wstring", "string", "BSTR")
 _HUNGARIAN = ("wsz", "pstr", "pdw", "apl", "pp", "pl", "pa", "ap", "dw", "sz", "p", "l")
-
-
-def _split_args(s: str) -> list[str]:
-    out, depth, cur = [], 0, ""
-    for ch in s:
-        depth += ch == "<"
-        depth -= ch == ">"
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return out + [cur.strip()]
 
 
 class UnknownType(KeyError):
