@@ -316,3 +316,16 @@ def test_a_malformed_stub_gets_expert_info_and_the_capture_goes_on(tmp_path):
         "malformed stub: FLAGGED_WORD_BLOB count 4294967040 exceeds the bytes left at offset 36"]   # in the stub
     assert frames[15]["wmi.status"] == ["WBEM_S_NO_ERROR"]
     assert frames[13]["wmi.status"] == ["WBEM_S_NO_ERROR"]
+
+
+@needs_tshark
+def test_install_puts_the_plugin_where_tshark_looks(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "wmiscope"), "wireshark-plugin", "--install"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    folder = subprocess.run(["tshark", "-G", "folders"], capture_output=True, text=True, env=env).stdout
+    personal = next(line.split(":", 1)[1].strip() for line in folder.splitlines()
+                    if line.startswith("Personal Lua Plugins"))
+    installed = Path(personal) / "wmiscope.lua"
+    assert str(installed).startswith(str(tmp_path)) and installed.read_text() == PLUGIN.read_text()
