@@ -95,6 +95,7 @@ proto.experts = {E.malformed, E.encrypted, E.process}
 local f_dcerpc = Field.new("dcerpc")
 local f_stream = Field.new("tcp.stream")
 local f_decrypted = Field.new("dcerpc.decrypted_stub_data")
+local f_stub = Field.new("dcerpc.stub_data")
 
 -- ---------------------------------------------------------------------------------------
 -- bytes
@@ -980,6 +981,7 @@ local function pdu_header(s, r, rlen)
     local h = { ptype = sbyte(s, 3), flags = sbyte(s, 4), little = sbyte(s, 5) >= 16,
         frag_len = u16(s, 8), auth_len = u16(s, 10), call_id = u32(s, 12) }
     if not h.little then return h end
+    if #s >= 20 then h.alloc_hint = u32(s, 16) end
     if h.ptype == 0 and #s >= 24 then
         h.ctx_id, h.opnum = u16(s, 20), u16(s, 22)
         h.hdr = 24
@@ -1035,6 +1037,8 @@ local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
 
 local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLoginClientID = "Login",
     IWbemLoginClientIDEx = "Login", IWbemRefreshingServices = "Refresher", IWbemRemoteRefresher = "Refresher" }
+
+local BIG = 256 * 1024
 
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
@@ -1097,7 +1101,7 @@ local function first_pass(pinfo)
                 -- registry learns from (RemQueryInterface, activation, ...)
                 local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"]) and h.ptype ~= 3
                 local sealed = h.auth_level == 6
-                local stub, from_decrypted
+                local stub, from_decrypted, big, tail
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
                 local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
@@ -1129,13 +1133,26 @@ local function first_pass(pinfo)
                     end
                 elseif h.hdr and needed then
                     local n = h.stub_end - h.hdr
-                    local piece = n > 0 and r:raw(h.hdr, n) or ""
+                    local buf = S.frags[key]
+                    if first and not last then
+                        -- a stub announced larger than BIG is not copied on this pass: its
+                        -- return value is its last four octets, and a tree that is shown
+                        -- takes the stub Wireshark reassembled (or handed to us on 4.4)
+                        buf = { big = h.alloc_hint > BIG, total = 0 }
+                        S.frags[key] = buf
+                    end
                     if first and last then
-                        stub = piece
+                        stub = n > 0 and r:raw(h.hdr, n) or ""
+                    elseif buf and buf.big then
+                        buf.total = buf.total + math.max(n, 0)
+                        if last then
+                            big = buf.total
+                            if n >= 4 then tail = r:raw(h.stub_end - 4, 4) end
+                            S.frags[key] = nil
+                        end
                     else
-                        local buf = S.frags[key]
-                        if first or not buf then buf = {} S.frags[key] = buf end
-                        buf[#buf + 1] = piece
+                        if not buf then buf = { total = 0 } S.frags[key] = buf end
+                        buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
                         if last then stub = concat(buf) S.frags[key] = nil end
                     end
                 end
@@ -1143,7 +1160,7 @@ local function first_pass(pinfo)
                     local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
                         whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
                         single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
-                        dec = from_decrypted, status = h.status, ipid = call.ipid }
+                        dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
                     local dec
@@ -1162,6 +1179,7 @@ local function first_pass(pinfo)
                             end
                         end
                     end
+                    if big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
                     rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                     -- the Info column, kept so that a pass without a tree decodes nothing
                     if info then rec.info = summary(info, rec, dec) end
@@ -1312,6 +1330,15 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
         end
     elseif rec.whole then
         s = rec.whole
+    elseif rec.big then
+        if CLAIMED.frame == pinfo.number and CLAIMED.stubs[rec.call_id] then
+            s = CLAIMED.stubs[rec.call_id]                          -- 4.4
+        else
+            frame.stubs = frame.stubs or { f_stub() }               -- 4.0: Wireshark's reassembly
+            for _, fi in ipairs(frame.stubs) do
+                if fi.range:len() == rec.big then s, stvb, base = fi.range:raw(), fi.range:tvb(), 0 break end
+            end
+        end
     elseif rec.dec then
         frame.decrypted = frame.decrypted or { f_decrypted() }
         local d = frame.decrypted[rec.dec]
@@ -1443,7 +1470,7 @@ register_postdissector(proto)
 if MAJOR > 4 or (MAJOR == 4 and MINOR >= 2) then
     local claim = Proto("wmi_stub", "MS-WMI stub (wmiscope)")
     function claim.dissector(tvb, pinfo, tree)
-        if not pinfo.visited then
+        do
             if CLAIMED.frame ~= pinfo.number then CLAIMED.frame, CLAIMED.stubs, CLAIMED.enc = pinfo.number, {}, 0 end
             local ids = { f_call_id() }
             local id = ids[#ids]
