@@ -329,3 +329,32 @@ def test_install_puts_the_plugin_where_tshark_looks(tmp_path):
                     if line.startswith("Personal Lua Plugins"))
     installed = Path(personal) / "wmiscope.lua"
     assert str(installed).startswith(str(tmp_path)) and installed.read_text() == PLUGIN.read_text()
+
+
+@needs_tshark
+def test_an_iwbemcontext_is_shown_value_by_value(tmp_path):
+    """No capture at hand carries an IWbemContext: a GetObject with one, made by the
+    project's generator (formats/context builds the buffer), read back by the plugin."""
+    gen = tshark_util.generator()
+    from wmiscope import synth
+    from wmiscope.formats.context import ContextProperty, VarType, WbemContext, build_context_objref
+
+    ctx = WbemContext(properties=[ContextProperty("__ProviderArchitecture", VarType.VT_I4, 64),
+                                  ContextProperty("__RequiredArchitecture", VarType.VT_BOOL, True),
+                                  ContextProperty("__Locale", VarType.VT_BSTR, "MS_409")])
+    path = tmp_path / "context.pcap"
+    with synth.PcapWriter(path) as pcap:
+        session, services = gen._spec_session(pcap, synth.Clock(), "c0ffee00-0000-4000-8000-000000000001")
+        session.call("IWbemServices", "GetObject", services,
+                     {"strObjectPath": "StdRegProv", "lFlags": 0, "pCtx": build_context_objref(ctx),
+                      "ppObject": None, "ppCallResult": None}, {"ppObject": None, "ppCallResult": None})
+        session.close()
+    frames, stderr = tshark_fields(path, [], dfilter="wmi.context.name")
+    assert lua_errors(stderr) == []
+    (row,) = frames.values()
+    assert row["wmi.method"] == ["GetObject"] and row["wmi.class"] == ["StdRegProv"]
+    out = subprocess.run(["tshark", "-X", f"lua_script:{PLUGIN}", "-r", str(path), "-Y", "wmi.context.name",
+                          "-T", "fields", "-E", f"aggregator={SEP}", "-e", "wmi.context.name"],
+                         capture_output=True, text=True).stdout
+    assert out.strip().split(SEP) == ["__ProviderArchitecture = 64", "__RequiredArchitecture = TRUE",
+                                      "__Locale = MS_409"]

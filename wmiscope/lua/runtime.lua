@@ -750,19 +750,71 @@ function WMIO.class_name(s, p, lim)
     return class_part_name(s, q, lim)
 end
 
--- IWbemContextBuffer (MS-WMI 2.2.13.1) is walked only for its value names
-local function context_names(s, p, lim)
-    local names = {}
-    local q = p
-    while q + 4 < lim and #names < 64 do
-        local a = s:find("[%w_][%z][%w_][%z][%w_][%z]", q + 1)
-        if not a or a > lim then break end
-        local z = a
-        while z + 1 <= lim and u16(s, z - 1) ~= 0 do z = z + 2 end
-        names[#names + 1] = utf16(s, a - 1, (z - a + 1) / 2)
-        q = z + 1
+-- IWbemContextBuffer (MS-WMI 2.2.13.1): its named values, as "Name = value" texts.
+-- Scalars sit in 8-octet slots (VT_R8 in its own 8), strings are IWbemContextStrings (a count
+-- of UTF-16 units, no NUL), VT_UNKNOWN an MS-WMIO EncodingUnit (or a whole OBJREF_CUSTOM).
+local VT_SCALAR = { [2] = { 2, true }, [3] = { 4, true }, [16] = { 1, true }, [17] = { 1 }, [18] = { 2 },
+    [19] = { 4 }, [11] = { 2 } }
+local VT_NAMES = { [1] = "VT_NULL", [2] = "VT_I2", [3] = "VT_I4", [4] = "VT_R4", [5] = "VT_R8", [8] = "VT_BSTR",
+    [11] = "VT_BOOL", [13] = "VT_UNKNOWN", [16] = "VT_I1", [17] = "VT_UI1", [18] = "VT_UI2", [19] = "VT_UI4" }
+
+local function context_string(s, q, lim)
+    local n = u32(s, q)
+    if q + 4 + 2 * n > lim then fail(q, "IWbemContextString: count runs past the buffer") end
+    return utf16(s, q + 4, n), q + 4 + 2 * n
+end
+
+local function context_values(s, p, lim)
+    local out = {}
+    local q = p + 4 + 16 * u32(s, p)                   -- NumGuids, Guids
+    if q + 4 > lim then fail(p, "IWbemContextBuffer: NumGuids runs past the buffer") end
+    local count = u32(s, q)
+    q = q + 4
+    for i = 1, count do
+        if i > 256 then out[#out + 1] = "..." break end
+        local name
+        name, q = context_string(s, q, lim)
+        local vt = u16(s, q + 4)
+        q = q + 6
+        local base, text = vt % 4096, nil
+        if vt >= 0x2000 then
+            local n, size = u32(s, q), u32(s, q + 4)
+            text = sformat("%s array of %d", VT_NAMES[base] or tostring(base), n)
+            if base == 8 then
+                q = q + 8
+                for _ = 1, n do local _, e = context_string(s, q, lim) q = e end
+            else
+                q = q + 8 + n * size
+            end
+        elseif base == 1 then
+            text = "NULL"
+        elseif base == 8 then
+            text, q = context_string(s, q, lim)
+        elseif base == 5 then
+            text = "<real>"
+            q = q + 8
+        elseif base == 4 then
+            text = "<real>"
+            q = q + 8
+        elseif base == 13 then
+            local e = q
+            if ssub(s, q + 1, q + 4) == "MEOW" then e = q + 48 end
+            local obj = WMIO.class_name(s, e, lim)
+            text = "object " .. tostring(obj)
+            q = e + 8 + u32(s, e + 4)
+        elseif VT_SCALAR[base] then
+            local w, signed = VT_SCALAR[base][1], VT_SCALAR[base][2]
+            local v = w == 1 and sbyte(s, q + 1) or w == 2 and u16(s, q) or u32(s, q)
+            if signed and v >= 2 ^ (8 * w - 1) then v = v - 2 ^ (8 * w) end
+            text = base == 11 and (v ~= 0 and "TRUE" or "FALSE") or tostring(floor(v))
+            q = q + 8
+        else
+            fail(q - 2, sformat("PropertyType 0x%04X is not one MS-WMI 2.2.13.2 allows", vt))
+        end
+        if q > lim then fail(q, "IWbemContextProperty runs past the buffer") end
+        out[#out + 1] = name .. " = " .. text
     end
-    return names
+    return out
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -795,7 +847,8 @@ parse_objref = function(s, p, lim, declared, objmax)
             local ok, obj = pcall(WMIO.encoding_unit, s, o.payload, lim)
             if ok then o.obj = obj else o.obj_err = obj end
         elseif o.clsid == G.CONTEXT_CLSID then
-            o.context = context_names(s, o.payload, lim)
+            local ok, values = pcall(context_values, s, o.payload, lim)
+            if ok then o.context = values else o.obj_err = values end
         else
             -- activation properties and other custom blobs: the standard OBJREFs inside
             o.nested = {}
