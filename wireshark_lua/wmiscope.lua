@@ -1283,6 +1283,13 @@ end
 -- ---------------------------------------------------------------------------------------
 -- tree and columns
 
+-- a line of text in the tree (filterable as wmi.item)
+local function line(tree, r, text)
+    local it = tree:add(F.item, r, text)
+    it:set_text(text)
+    return it
+end
+
 local function add_object(tree, tvbr, obj)
     if obj.light then
         tree:add(F.obj_class, tvbr, obj.name or "")
@@ -1294,10 +1301,10 @@ local function add_object(tree, tvbr, obj)
     t:add(F.obj_class, tvbr, obj.name or "")
     local cls = obj.kind == "class" and obj or obj.class
     if cls.superclass then t:add(F.obj_super, tvbr, cls.superclass) end
-    if cls.derivation and #cls.derivation > 0 then t:add(F.item, tvbr, "Derivation: " .. concat(cls.derivation, " <- ")) end
-    if obj.namespace then t:add(F.item, tvbr, "Namespace: " .. tostring(obj.server) .. " " .. obj.namespace) end
+    if cls.derivation and #cls.derivation > 0 then line(t, tvbr, "Derivation: " .. concat(cls.derivation, " <- ")) end
+    if obj.namespace then line(t, tvbr, "Decoration: \\\\" .. tostring(obj.server) .. "\\" .. obj.namespace) end
     for _, q in ipairs(cls.qualifiers or {}) do
-        t:add(F.item, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+        line(t, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
     end
     for i, prop in ipairs(cls.props) do
         local v
@@ -1364,12 +1371,12 @@ local function add_node(tree, tvb, node, field, pinfo)
     if node.oa_dec then
         -- the ObjectArray's offsets are in the stub; the node's were moved to the tvb's
         local oa, delta = node.oa_dec, (node.o or 0) - (node.oa_o or node.o or 0)
-        local ot = item:add(F.item, tvb_range(tvb, oa.at + delta, oa.len),
+        local ot = line(item, tvb_range(tvb, oa.at + delta, oa.len),
             sformat("ObjectArray (%s): %d objects", oa.packet, oa.count))
         local kinds = { "WBEMOBJECT_CLASS", "WBEMOBJECT_INSTANCE", "WBEMOBJECT_INSTANCE_NOCLASS" }
         for i, o in ipairs(oa.objects) do
             local r2 = tvb_range(tvb, o.at + delta, o.len)
-            local it = ot:add(F.item, r2, sformat("[%d] %s%s", i - 1, kinds[o.kind] or "?",
+            local it = line(ot, r2, sformat("[%d] %s%s", i - 1, kinds[o.kind] or "?",
                 o.class_id and (" classID " .. o.class_id) or ""))
             if o.obj then add_object(it, r2, o.obj) end
             if o.err then it:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", o.err.msg or "?", o.err.off or -1)) end
@@ -1379,7 +1386,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         local shown = 0
         for _, c in ipairs(node.c) do
             shown = shown + 1
-            if shown > 256 then item:add(F.item, r, "...") break end
+            if shown > 256 then line(item, r, "...") break end
             add_node(item, tvb, c, nil, pinfo)
         end
     end
