@@ -870,6 +870,8 @@ end
 -- ---------------------------------------------------------------------------------------
 -- a stub decoded: the parameters as nodes
 
+local ORPC_SIZE = { ORPCTHIS = 32, ORPCTHAT = 8 }
+
 local function decode_stub(s, base, lim, info, opnum, response, objmax)
     local m = info.m[opnum]
     local out = { params = {}, objrefs = {} }
@@ -880,6 +882,15 @@ local function decode_stub(s, base, lim, info, opnum, response, objmax)
     for _, p in ipairs(plist) do
         local node = { l = p.d, p = p, t = p.t }
         out.params[#out.params + 1] = node
+        -- the first pass skips the implicit ORPC header when it has no extensions (its
+        -- usual form): a fixed 32 (ORPCTHIS) or 8 (ORPCTHAT) octets, nothing it needs
+        local skip = objmax == 0 and ORPC_SIZE[p.t]
+        if skip and rd.pos + skip <= lim and u32(s, rd.pos + skip - 4) == 0 then
+            node.o, node.n = rd.pos, skip
+            rd.pos = rd.pos + skip
+            goto continue
+        end
+        do
         local ok, err = pcall(function()
             rd:align(G.TYPES[p.t].a)
             local start = rd.pos
@@ -907,6 +918,8 @@ local function decode_stub(s, base, lim, info, opnum, response, objmax)
             out.err = node.err
             break
         end
+        end
+        ::continue::
     end
     if response and not out.err then
         local ok, err = pcall(function()
