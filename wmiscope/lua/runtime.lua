@@ -558,6 +558,8 @@ local function class_part(s, p, lim)
             local ok, v = pcall(cim_value, s, heap, prop.type, values_at + prop.vt)
             if ok then prop.default = v end
         end
+        local okq, quals = pcall(qualifier_set, s, info + 14, heap.at + heap.len, heap)
+        if okq then prop.qualifiers = quals end
         cls.props[i] = prop
     end
     return cls, stop
@@ -1306,6 +1308,12 @@ local function add_object(tree, tvbr, obj)
         local pt = t:add(F.prop_name, tvbr, prop.name or "?")
         pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
             prop.inherited and " (inherited)" or ""))
+        if obj.kind == "class" then
+            -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
+            for _, q in ipairs(prop.qualifiers or {}) do
+                line(pt, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+            end
+        end
         if v ~= nil or obj.kind == "instance" then
             pt:add(F.prop_value, tvbr, text)
             local pf = prop.name and PROPF[prop.name:lower()]
