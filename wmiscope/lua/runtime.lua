@@ -119,9 +119,19 @@ end
 
 -- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
 local function utf16(s, o, n)
-    local out, i, last = {}, 0, o + 2 * n
+    local last = o + 2 * n
+    if n > 16 then
+        -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
+        local raw = ssub(s, o + 1, last)
+        local high = raw:gsub(".(.)", "%1")
+        if not high:find("[^%z]") then
+            local low = raw:gsub("(.).", "%1")
+            if not low:find("[\128-\255]") then return (low:gsub("%z$", "")) end
+        end
+    end
+    local out, i = {}, 0
     local p = o
-    while p + 1 < last + 0 and p + 2 <= last do
+    while p + 2 <= last do
         local c = u16(s, p)
         p = p + 2
         if c >= 0xD800 and c < 0xDC00 and p + 2 <= last then
