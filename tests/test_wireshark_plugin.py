@@ -26,7 +26,7 @@ import pytest
 import tshark_util
 from tshark_util import CAPTURES, PCAPS, ROOT
 from wmiscope import cli
-from wmiscope.dissectors import interfaces as itf
+from wmiscope.spec import interfaces as itf
 from wmiscope.wireshark_plugin import render
 
 PLUGIN = ROOT / "wireshark_lua" / "wmiscope.lua"
@@ -341,8 +341,8 @@ def test_install_puts_the_plugin_where_tshark_looks(tmp_path):
 def test_an_iwbemcontext_is_shown_value_by_value(tmp_path):
     """No capture at hand carries an IWbemContext: a GetObject with one, made by the
     project's generator (formats/context builds the buffer), read back by the plugin."""
-    gen = tshark_util.generator()
     from wmiscope import synth
+    from wmiscope.synth import samples
     from wmiscope.formats.context import ContextProperty, VarType, WbemContext, build_context_objref
 
     ctx = WbemContext(properties=[ContextProperty("__ProviderArchitecture", VarType.VT_I4, 64),
@@ -350,7 +350,7 @@ def test_an_iwbemcontext_is_shown_value_by_value(tmp_path):
                                   ContextProperty("__Locale", VarType.VT_BSTR, "MS_409")])
     path = tmp_path / "context.pcap"
     with synth.PcapWriter(path) as pcap:
-        session, services = gen._spec_session(pcap, synth.Clock(), "c0ffee00-0000-4000-8000-000000000001")
+        session, services = samples._spec_session(pcap, synth.Clock(), "c0ffee00-0000-4000-8000-000000000001")
         session.call("IWbemServices", "GetObject", services,
                      {"strObjectPath": "StdRegProv", "lFlags": 0, "pCtx": build_context_objref(ctx),
                       "ppObject": None, "ppCallResult": None}, {"ppObject": None, "ppCallResult": None})

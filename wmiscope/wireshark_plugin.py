@@ -18,7 +18,11 @@ import re
 from importlib import resources
 
 # the type grammar's argument splitter, shared with the Python decoder that reads the same strings
-from wmiscope.dissectors.wmi import _split_args
+from wmiscope.spec.ndr_types import _split_args as _split_type_args
+
+
+def _split_args(s: str) -> list[str]:
+    return _split_type_args(s, s)
 
 __all__ = ["render", "tables", "PROPERTY_FIELDS"]
 
@@ -26,10 +30,9 @@ __all__ = ["render", "tables", "PROPERTY_FIELDS"]
 def tables():
     """The interface table and the WBEM constants, as modules.
 
-    The one place the generator imports them: when the table moves to the neutral spec
-    layer (wmiscope.spec.interfaces / wmiscope.spec.wbem), only these two lines change."""
-    from wmiscope.dissectors import interfaces, wbem_constants
-    return interfaces, wbem_constants
+    The one place the generator imports them (the neutral spec layer)."""
+    from wmiscope.spec import interfaces, wbem
+    return interfaces, wbem
 
 
 # MS-WMIO property names that get a field of their own (`wmi.prop.<Name>`), so that an
