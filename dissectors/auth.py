@@ -364,6 +364,7 @@ class AuthContext:
     principal: str | None = None     # NTLM DOMAIN\\user, Kerberos service@REALM, Netlogon DOMAIN\\HOST$
     mechanism: str | None = None     # "NTLMSSP" | "Kerberos" | "Netlogon" | None
     client_name: str | None = None   # NTLM workstation / Netlogon computer
+    client_principal: str | None = None  # Kerberos cname@crealm, read in the ticket opened with a keytab
     server_names: dict[str, object] = field(default_factory=dict)   # from CHALLENGE target info
     verifier_kinds: dict[str, int] = field(default_factory=dict)    # per-message token kind -> count
     handshakes: int = 0              # how many times this context id was (re)established

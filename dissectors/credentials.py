@@ -352,7 +352,18 @@ class ConnectionKeys:
             if ntlm_auth is not None:
                 return self._ntlm(ctx, tokens, ntlm_auth)
             if ap_req is not None:
-                return self._kerberos(tokens, ap_req)
+                security = self._kerberos(tokens, ap_req)
+                # the client's name travels only inside the ticket, encrypted with the service's key
+                keys = security.keys
+                ctx.client_principal = keys.client
+                if keys.authenticator_client not in (None, keys.client):
+                    # RFC 4120 3.2.3: a server refuses an authenticator naming another client
+                    # (KRB_AP_ERR_BADMATCH); the ticket, sealed by the KDC, is the one believed
+                    self.emit(ErrorRecord("auth", f"auth context {ctx.ctx_id}: the AP-REQ's authenticator names "
+                                          f"{keys.authenticator_client} but its ticket {keys.client} (RFC 4120 "
+                                          f"3.2.3: a forged or altered AP-REQ); the ticket's client is reported",
+                                          ctx.frame, self.conn, "Authenticator.cname"))
+                return security
             if not ctx.tokens:
                 raise _Refusal("no handshake of this context was captured (the capture starts after it), "
                                "so no session key can be derived")

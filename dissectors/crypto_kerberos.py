@@ -655,6 +655,7 @@ class KerberosContextKeys:
     gss_flags: int | None = None
     initiator_seq: int | None = None
     acceptor_seq: int | None = None
+    authenticator_client: str | None = None     # cname@crealm the authenticator repeats (RFC 4120 3.2.3)
     notes: list[str] = field(default_factory=list)
 
     def candidates(self, flags: int | None) -> list[Key]:
@@ -692,6 +693,7 @@ def recover_context_keys(ap_req, ap_rep, service_keys: list[Key]) -> KerberosCon
     try:
         auth = parse_authenticator(ticket.session_key.decrypt(USAGE_AUTHENTICATOR, ap_req.authenticator_cipher))
         out.initiator_subkey, out.gss_flags, out.initiator_seq = auth.subkey, auth.gss_flags, auth.seq_number
+        out.authenticator_client = auth.client
     except (KerberosCryptoError, DecodeError) as exc:
         out.notes.append(f"authenticator: {exc}")
     if ap_rep is not None and ap_rep.cipher:

@@ -698,12 +698,14 @@ class DceRpcConnection:
             actx = self.auth.get(auth.ctx_id)
             if actx is not None:
                 call.auth_principal = actx.principal
+                call.auth_client = actx.client_principal
         else:
             # at level connect (MS-RPCE 3.3.1.5.2: no verifier on requests) the association's
             # security context still authenticates the call
             actx = self.auth.latest
             if actx is not None and actx.auth_level == 2:
                 call.auth_type, call.auth_level, call.auth_principal = actx.auth_type, 2, actx.principal
+                call.auth_client = actx.client_principal
         st = _CallState(call)
         self._calls[pdu.call_id] = st
         if len(self._calls) > self.max_open_calls:

@@ -56,12 +56,16 @@ class HalfRecord(_HalfRecordBase, total=False):
     origin: list                  # capture sets: [[file, frame], [file, frame]] of its first and last frame
 
 
-class AuthRecord(TypedDict):
+class _AuthRecordBase(TypedDict):
     type: int
     type_name: str
     level: int
     level_name: str
-    principal: str | None
+    principal: str | None         # NTLM DOMAIN\\user; Kerberos: the service principal of the ticket
+
+
+class AuthRecord(_AuthRecordBase, total=False):
+    client: str                   # Kerberos client cname@crealm, from the ticket opened with the analyst's keytab
 
 
 class _CallRecordBase(TypedDict):
@@ -161,6 +165,8 @@ def call_dict(call, outcome: str) -> CallRecord:
         "errors": [error_dict(e) for e in call.errors],
         "operation": call.operation,
     }
+    if call.auth_client and d["auth"] is not None:
+        d["auth"]["client"] = call.auth_client
     if call.decoded:
         d["decoded"] = call.decoded
     if call.tunnel:

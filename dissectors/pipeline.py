@@ -327,12 +327,35 @@ class Analysis:
                 self.emit(ErrorRecord("analysis", f"{n - FLOOD_LIMIT} more '{kind}' records on this connection "
                                       f"were counted, not shown", conn=conn, kind="analysis.suppressed"))
 
+    # Seams a split run (dissectors.parallel) narrows to its share of the host pairs.
+
+    def frames(self, source):
+        """The frames of an opened source, as the pipeline reads them."""
+        return source
+
+    def stream_handler(self, conn):
+        """The handler of a new TCP connection: DCE/RPC detection, then the pipeline."""
+        return _Detector(conn, self)
+
+    def tcp_error(self, rec: ErrorRecord) -> None:
+        """An error record of the TCP reassembler (about one connection, or none)."""
+        self.emit(rec)
+
+    def decap_error(self, rec: ErrorRecord) -> None:
+        """An error record of the decapsulation (IP fragments, tunnels): about frames."""
+        self.emit(rec)
+
+    def capture_errors(self, errors: list) -> None:
+        """The capture reader's error records, reported once the frames are read."""
+        for err in errors:
+            self.emit(err)
+
     def run(self, source) -> Iterator[object]:
         """source: a capture file's path, a list of paths (folders, globs: a capture set),
         a `CaptureSet`, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
-        reassembler = TcpReassembler(lambda conn: _Detector(conn, self), errors=self.emit)
+        reassembler = TcpReassembler(self.stream_handler, errors=self.tcp_error)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
             source = open_sources([source])
@@ -341,8 +364,8 @@ class Analysis:
         if getattr(source, "multi", False):      # a CaptureSet of several files (or a wrapper of one)
             self._origin = source.origin
         # IP fragments and tunnels: state the fast path never touches.
-        decap = Decapsulation(self.emit)
-        for frame, ts, linktype, data in source:
+        decap = Decapsulation(self.decap_error)
+        for frame, ts, linktype, data in self.frames(source):
             stats.frames += 1
             seg = tcp_segment(linktype, data, decap, frame, ts)
             if seg is None:
@@ -357,8 +380,7 @@ class Analysis:
         if decap.frag.stats["fragments"]:
             stats.ip_fragments = dict(decap.frag.stats)
         self._flush_floods()
-        for err in getattr(source, "errors", ()):    # a capture file's located records
-            self.emit(err)
+        self.capture_errors(getattr(source, "errors", ()))
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
         # at close, so this is a safety net that keeps the counts adding up).
         stats.pdus_by_outcome["malformed"] += sum(self._call_pdus.values())

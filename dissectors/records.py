@@ -128,6 +128,7 @@ class Call:
     auth_type: int | None = None
     auth_level: int | None = None
     auth_principal: str | None = None
+    auth_client: str | None = None  # Kerberos client cname@crealm, when the analyst's keytab opened the ticket
     decoded: dict | None = None     # stage-specific decoded parameters (DCOM / WMI)
     errors: list[ErrorRecord] = field(default_factory=list)
     drep: int = 0x10                # data representation of the request (0x10: little-endian NDR)

@@ -95,7 +95,10 @@ def _object_json_shared(obj):
     out = wmio.to_json(obj)
     if len(_JSON_OF) >= 4096:
         _JSON_OF.clear()
-    _JSON_OF[id(obj)] = (weakref.ref(obj), out)
+    key = id(obj)
+    # The entry goes with its object, so the JSON kept is that of objects still held
+    # (by the payload cache or a record), not of up to 4096 dead ones.
+    _JSON_OF[key] = (weakref.ref(obj, lambda _, key=key: _JSON_OF.pop(key, None)), out)
     return out
 
 

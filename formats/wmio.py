@@ -24,6 +24,7 @@ absolute offset in the buffer handed to the public function.
 
 from __future__ import annotations
 
+import copy
 import io as _io
 import struct
 from dataclasses import dataclass, field
@@ -617,14 +618,40 @@ RawEncodingUnit = EncodingUnit
 RawObjectBlock = ObjectBlock
 RawEncodingUnitInstanceNoClass = EncodingUnitInstanceNoClass
 
-_C_ENCODING_UNIT = EncodingUnit.compile()
-_C_OBJECT_BLOCK = ObjectBlock.compile()
-_C_NOCLASS = EncodingUnitInstanceNoClass.compile()
-_C_INSTANCE_PARTS = InstanceParts.compile()
-_C_PROPERTY_INFO = PropertyInfo.compile()
-_C_QUALIFIER_SET = QualifierSet.compile()
-_C_SIGNATURE = MethodSignatureBlock.compile()
-_C_EMBEDDED = EmbeddedObject.compile()
+class _Compiled:
+    """A declaration's compiled parser, compiled when first used.
+
+    Compiling the declarations costs about a tenth of a second, which commands that
+    never decode an object (the calls table, stats) need not pay at start-up. After the
+    first parse the compiled parser's own method answers directly."""
+
+    __slots__ = ("decl", "parse_stream")
+
+    def __init__(self, decl):
+        self.decl = decl
+
+    def __getattr__(self, name):
+        if name != "parse_stream":
+            raise AttributeError(name)
+        parse = self.parse_stream = self.decl.compile().parse_stream
+        return parse
+
+
+_C_ENCODING_UNIT = _Compiled(EncodingUnit)
+_C_OBJECT_BLOCK = _Compiled(ObjectBlock)
+_C_NOCLASS = _Compiled(EncodingUnitInstanceNoClass)
+_C_INSTANCE_PARTS = _Compiled(InstanceParts)
+_C_PROPERTY_INFO = _Compiled(PropertyInfo)
+_C_QUALIFIER_SET = _Compiled(QualifierSet)
+_C_SIGNATURE = _Compiled(MethodSignatureBlock)
+_C_EMBEDDED = _Compiled(EmbeddedObject)
+
+
+def compile_parsers() -> None:
+    """Compiles every parser now (a process about to fork workers does it once for all)."""
+    for c in (_C_ENCODING_UNIT, _C_OBJECT_BLOCK, _C_NOCLASS, _C_INSTANCE_PARTS, _C_PROPERTY_INFO,
+              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED):
+        c.parse_stream  # noqa: B018 - the attribute's first read compiles
 
 
 def _window(buf, offset: int, end: int | None, structure: str):
@@ -990,7 +1017,7 @@ class HeapView:
             self._bad(structure, ref, f"embedded objects nested deeper than {MAX_DEPTH}")
         raw = self.parse(_C_EMBEDDED, ref, "EmbeddedObject")
         self.ctx.spend(raw.ObjectEncodingLength, "EmbeddedObject", self.base + ref)
-        obj = _object_from_raw(raw.ObjectBlock, self.base, self.ctx, self.depth + 1)
+        obj = _object_from_raw(raw.ObjectBlock, self.base, self.ctx, self.depth + 1, self.data)
         self._cache[key] = obj
         return obj
 
@@ -1137,27 +1164,109 @@ def _signature(heap: HeapView, ref, structure: str):
     if raw.ObjectBlock is None:
         return None
     heap.ctx.spend(raw.EncodingLength, "MethodSignatureBlock", heap.base + ref)
-    return _object_from_raw(raw.ObjectBlock, heap.base, heap.ctx, heap.depth + 1)
+    return _object_from_raw(raw.ObjectBlock, heap.base, heap.ctx, heap.depth + 1, heap.data)
 
 
-def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int):
-    """Raw ObjectBlock (offsets relative to `base`) -> WmiClass | WmiInstance."""
+class _PartCache:
+    """Decoded class parts keyed by their octets: every instance of a class carries the
+    same ClassPart, and a class fetched again (from another server, in another session)
+    the same ClassType, so each is decoded once.
+
+    The key is the part's exact octets and the nesting depth (MAX_DEPTH errors depend on
+    it); the value is the decoded WmiClass (with its parent for a ClassType) and the
+    budget its decoding spent. Decoding is a function of those octets alone (only error
+    offsets depend on where they sit, and a part that raised is never cached), so a hit
+    gives what decoding would. Bounded in entries and in octets held; when full, the
+    oldest half goes."""
+
+    __slots__ = ("parts", "size", "hits", "misses", "max_entries", "max_bytes")
+
+    def __init__(self, max_entries: int = 2048, max_bytes: int = 8 << 20):
+        self.parts: dict = {}
+        self.size = 0
+        self.hits = self.misses = 0
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+
+    def get(self, key):
+        v = self.parts.get(key)
+        if v is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return v
+
+    def put(self, key, value) -> None:
+        n = len(key[0])
+        if n > self.max_bytes // 8:
+            return
+        parts = self.parts
+        if len(parts) >= self.max_entries or self.size + n > self.max_bytes:
+            for old in list(parts)[: len(parts) // 2 + 1]:
+                self.size -= len(old[0])
+                del parts[old]
+        parts[key] = value
+        self.size += n
+
+
+_PARTS = _PartCache()
+
+
+def cache_stats() -> tuple[int, int]:
+    """(hits, misses) of the class-part cache in this process."""
+    return _PARTS.hits, _PARTS.misses
+
+
+def _cached_part(buf, start: int, end: int, depth: int, ctx: _Ctx):
+    """(key, cached value or None) for the part at buf[start:end]; a hit is taken only
+    when the budget its decoding spent is still there (else decoding fails as it would)."""
+    if buf is None:
+        return None, None
+    key = (bytes(buf[start:end]), depth)
+    hit = _PARTS.get(key)
+    if hit is not None:
+        if ctx.budget < hit[-1]:
+            return key, None
+        ctx.budget -= hit[-1]
+    return key, hit
+
+
+def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
+    """Raw ObjectBlock (offsets relative to `base`) -> WmiClass | WmiInstance.
+
+    buf: the octets the raw layer's positions count in (to find recurring class parts)."""
     flags = ob.ObjectFlags
     deco = _decoration(ob.Decoration)
     if ob.ClassType is not None:
         ct = ob.ClassType
-        parent = _class_from_part(ct.ParentClass.ClassPart, ct.ParentClass.MethodsPart, base, ctx, depth, None)
-        parent.flags = 0
-        cls = _class_from_part(ct.CurrentClass.ClassPart, ct.CurrentClass.MethodsPart, base, ctx, depth, parent)
+        mp = ct.CurrentClass.MethodsPart
+        key, hit = _cached_part(buf, ct.ParentClass.ClassPart._start, mp._start + mp.EncodingLength, depth, ctx)
+        if hit is None:
+            budget = ctx.budget
+            parent = _class_from_part(ct.ParentClass.ClassPart, ct.ParentClass.MethodsPart, base, ctx, depth, None)
+            parent.flags = 0
+            template = _class_from_part(ct.CurrentClass.ClassPart, mp, base, ctx, depth, parent)
+            if key is not None:
+                _PARTS.put(key, (template, budget - ctx.budget))
+        else:
+            template = hit[0]
+        cls = copy.copy(template)       # the object's own decoration, flags and raw; parts shared
         cls.decoration = deco
         cls.flags = flags & ~ObjectFlags.HAS_DECORATION
         cls._raw = ob
         return cls
     _check_flags(flags, base)
     it = ob.InstanceType
-    cls = _class_from_part(it.CurrentClass, None, base, ctx, depth, None)
-    cls.flags = 0
-    cls._raw = Container(ClassPart=it.CurrentClass)
+    cp = it.CurrentClass
+    key, hit = _cached_part(buf, cp._start, cp._start + cp.ClassHeader.EncodingLength, depth, ctx)
+    if hit is None:
+        budget = ctx.budget
+        cls = _class_from_part(cp, None, base, ctx, depth, None)
+        cls.flags = 0
+        cls._raw = Container(ClassPart=cp)
+        if key is not None:
+            _PARTS.put(key, (cls, budget - ctx.budget))
+    else:
+        cls = hit[0]
     inst = _instance_from_raw(it, cls, base, ctx, depth)
     inst.decoration = deco
     inst.flags = flags & ~ObjectFlags.HAS_DECORATION
@@ -1215,7 +1324,7 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
             end = offset + 8 + _U32.unpack_from(buf, offset + 4)[0]
     s, size = _window(buf, offset, end, "EncodingUnit")
     raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit", offset)
-    obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size)
+    obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size, s.getbuffer())
     obj._raw_unit = raw
     return obj
 
@@ -1226,14 +1335,18 @@ def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> W
     raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock", offset)
     if end is not None and s.tell() != size:
         raise DecodeError("ObjectBlock", offset + s.tell(), f"{size - s.tell()} octets left over")
-    return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size)
+    return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size, s.getbuffer())
 
 
-def _decode_top(ob, base: int, at: int, size: int):
+def _decode_top(ob, base: int, at: int, size: int, buf=None):
     """A top-level raw ObjectBlock starting at `at`, its positions counted
-    from `base` (where its _window starts) -> WmiClass | WmiInstance."""
+    from `base` (where its _window starts, buf its octets) -> WmiClass | WmiInstance."""
     _check_flags(ob.ObjectFlags, at)
-    return _object_from_raw(ob, base, _Ctx(size), 0)
+    try:
+        return _object_from_raw(ob, base, _Ctx(size), 0, buf)
+    finally:
+        if buf is not None:
+            buf.release()
 
 
 def _model(structure: str, offset: int, decode, *args):

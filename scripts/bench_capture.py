@@ -130,6 +130,25 @@ def _best(fn, path, repeat: int):
     return best, result
 
 
+def replay(keep, size_mb: int, source, name: str):
+    """(path, temporary directory or None) of a replay of `source` of at least size_mb MB:
+    at `keep` (built only when missing or smaller), else in a temporary directory that the
+    caller cleans up."""
+    import tempfile
+
+    tmpdir = None
+    if keep:
+        path = Path(keep)
+    else:
+        tmpdir = tempfile.TemporaryDirectory()
+        path = Path(tmpdir.name) / name
+    if not path.exists() or path.stat().st_size < size_mb << 20:
+        t = time.perf_counter()
+        packets = replicate(source, path, size_mb << 20)
+        print(f"built {path} ({path.stat().st_size / 1e6:.0f} MB, {packets} packets) in {time.perf_counter() - t:.0f} s")
+    return path, tmpdir
+
+
 def tshark_command(path) -> list[str]:
     """The tshark run every wire benchmark compares against (the issue's reference)."""
     return ["tshark", "-r", str(path), "-Y", "dcerpc", "-T", "fields",

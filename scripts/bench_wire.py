@@ -23,12 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import DEFAULT_SOURCE, replicate, tshark_command  # noqa: E402
+from bench_capture import DEFAULT_SOURCE, replay, tshark_command  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, int, int]:
@@ -48,16 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     wmiscope = shutil.which("wmiscope") or str(Path(sys.executable).parent / "wmiscope")
-    tmpdir = None
-    if args.keep:
-        path = Path(args.keep)
-    else:
-        tmpdir = tempfile.TemporaryDirectory()
-        path = Path(tmpdir.name) / "wire-bench.pcap"
-    if not path.exists() or path.stat().st_size < args.size << 20:
-        t = time.perf_counter()
-        packets = replicate(args.source, path, args.size << 20)
-        print(f"built {path} ({path.stat().st_size / 1e6:.0f} MB, {packets} packets) in {time.perf_counter() - t:.0f} s")
+    path, tmpdir = replay(args.keep, args.size, args.source, "wire-bench.pcap")
     size_mb = path.stat().st_size / 1e6
 
     runs = {

@@ -3,8 +3,10 @@
 
     .venv/bin/python scripts/screenshot_report.py [--out docs/report-screenshot.png] [CAPTURE ...]
 
-Without CAPTURE it reports four bundled samples of pcaps/ (process creation in clear and
-sealed with Kerberos, event-subscription persistence, an async query).
+Without CAPTURE it reports four bundled samples of pcaps/ as one capture set (process
+creation sealed with Kerberos, a semisynchronous process creation, event-subscription
+persistence, an async query): samples of distinct hosts, since a set is one network's
+traffic (the wmi-process-create* variants share one connection and its times).
 Needs Debian's chromium and chromium-driver (scripts/setup.sh installs them).
 """
 
@@ -30,8 +32,8 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=1900)
     args = ap.parse_args()
     os.chdir(ROOT)      # relative capture names in the page
-    captures = args.captures or ["pcaps/wmi-process-create.pcap", "pcaps/wmi-persistence-subscription.pcap",
-                                 "pcaps/wmi-process-create-kerberos-sealed.pcap",
+    captures = args.captures or ["pcaps/wmi-process-create-kerberos-sealed.pcap",
+                                 "pcaps/wmi-semisync-execmethod.pcap", "pcaps/wmi-persistence-subscription.pcap",
                                  "pcaps/wmi-async-query-callbacks.pcap"]
     from wmiscope.cli import main as wmiscope
 

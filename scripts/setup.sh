@@ -50,3 +50,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# Wireshark 4.4 (Debian trixie) unpacked into .tshark44/, beside the system's 4.0: the
+# Wireshark plugin's tests run under both. Not fatal: without it those tests skip and say why.
+bash scripts/tshark44.sh || echo "setup: Wireshark 4.4 could not be fetched; its plugin tests will skip" >&2

@@ -1,5 +1,5 @@
 """Random mutations of valid encodings, for the tests that a decoder only ever raises
-DecodeError on hostile input, and quickly.
+DecodeError on hostile input, and without a blow-up of work or memory.
 
 The mutation recipe suits length-prefixed structures: most edits overwrite one octet,
 the others plant a 32-bit word that makes a count or length zero or hostile
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 import struct
-import time
+from dataclasses import dataclass
 
 from wmiscope.formats import DecodeError
+from work_meter import RUNAWAY, Work, calls_bound, memory_traced, metered
 
 HOSTILE_WORDS = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
@@ -32,17 +33,30 @@ def mutations(sample: bytes, seed: int, count: int = 300, max_edits: int = 5, wo
         yield bytes(data)
 
 
-def decode_mutations(decode, sample: bytes, seed: int, **options) -> tuple[float, int]:
-    """Runs `decode` on each of `mutations(sample, seed, **options)`: (the slowest call in
-    seconds, how many mutations decoded). Anything but DecodeError propagates: the test fails."""
-    worst = 0.0
-    decoded = 0
-    for data in mutations(sample, seed, **options):
-        t0 = time.perf_counter()
-        try:
-            decode(data)
-            decoded += 1
-        except DecodeError:
-            pass
-        worst = max(worst, time.perf_counter() - t0)
-    return worst, decoded
+@dataclass
+class MutationRun(Work):
+    """calls and peak: the most any one decode made and held (work_meter.Work)."""
+    decoded: int = 0        # how many mutations decoded (the rest raised DecodeError)
+
+
+def decode_mutations(decode, sample: bytes, seed: int, **options) -> MutationRun:
+    """Runs `decode` on each of `mutations(sample, seed, **options)`, metered (work_meter):
+    deterministic measures where a wall-clock bound would fail on a loaded machine.
+    Anything but DecodeError propagates, and so does WorkBudgetExceeded once a decode makes
+    RUNAWAY times what `assert_linear` allows (a runaway fails at once, not by hanging).
+    The tests then `assert_linear(run, len(sample))`: no mutation cost more than a decoder
+    linear in its input may."""
+    decode(sample)   # first-use costs (lazy imports) are no mutation's work
+    run = MutationRun()
+    with memory_traced():
+        for data in mutations(sample, seed, **options):
+            with metered(budget=RUNAWAY * calls_bound(len(data)), memory=True) as work:
+                try:
+                    decode(data)
+                    run.decoded += 1
+                except DecodeError:
+                    pass
+            run.calls = max(run.calls, work.calls)
+            run.peak = max(run.peak, work.peak)
+    return run
+

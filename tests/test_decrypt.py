@@ -42,7 +42,7 @@ def calls_of(path, credentials=None):
 def _comparable(call: Call) -> dict:
     """What a call says once its frames and its authentication are set aside."""
     d = as_dict(call)
-    for k in ("req_frames", "resp_frames", "req_ts", "resp_ts", "auth_type", "auth_level", "auth_principal",
+    for k in ("req_frames", "resp_frames", "req_ts", "resp_ts", "auth_type", "auth_level", "auth_principal", "auth_client",
               "req_decrypted", "resp_decrypted", "operation"):
         d.pop(k, None)
     d["req_stub"], d["resp_stub"] = call.req_stub, call.resp_stub

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fuzz_util import decode_mutations
 from tshark_util import have_tshark, stub
+from work_meter import assert_linear
 from wmiscope.formats import DecodeError, EncodeError, wmio
 from wmiscope.formats.object_array import (
     ClassCache, ObjectArray, ObjectType, PacketType, build_object_array, parse_object_array,
@@ -264,7 +265,7 @@ def test_random_mutations_only_raise_decode_error_quickly(sample, which):
             pytest.skip("tshark not installed")
         sample = stub("wmimplant.pcap", 313)[24:24 + 2765]
     # six edits and this word order: the very mutations the test was written against
-    worst, decoded = decode_mutations(parse_object_array, sample, seed=2140, max_edits=6,
-                                      words=(0, 0x7FFFFFFF, 0xFFFFFFFF))
-    assert worst < 0.5
-    assert decoded < 300   # the checks do reject most mutations
+    run = decode_mutations(parse_object_array, sample, seed=2140, max_edits=6,
+                           words=(0, 0x7FFFFFFF, 0xFFFFFFFF))
+    assert_linear(run, len(sample))
+    assert run.decoded < 300   # the checks do reject most mutations

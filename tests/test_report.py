@@ -78,6 +78,11 @@ EXPECTED = {
     CAPTURES / "covenant_sharpwmi_dcerpc_wmi_execquery_execmethod.cap": [
         ("namespace-login", ["T1047"], "observed", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
          r"\\WORKSTATION6\root\cimv2", [91]),
+        # Issue 10b: the README says SharpWMI ran a sealed ExecQuery (frame 101) whose smart
+        # enumerator's Next (frames 121-126) brought back 9148 bytes: a low-confidence lead of
+        # reconnaissance or collection, with the ExecQuery and both Next calls as evidence.
+        ("sealed-query", ["T1047"], "inferred", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
+         "sealed ExecQuery on \\\\WORKSTATION6\\root\\cimv2, 9148 bytes returned", [101, 102, 126, 142, 143]),
         ("sealed-method-exec", ["T1047"], "inferred", "172.18.39.5", "172.18.39.6", "host/WORKSTATION6",
          "Likely remote method execution", [129, 138, 141]),
     ],
@@ -230,6 +235,9 @@ def test_covenant_sealed_connection_lists_its_calls_and_the_key(capsys):
     assert conn["login"]["client_machine"] == "WORKSTATION5" and conn["login"]["client_pid"] == 7240
     assert conn["sequence"][0] == "ExecQuery (248/192 bytes)" and "ExecMethod (1016/424 bytes)" in conn["sequence"]
     assert "service host/WORKSTATION6.theshire.local@THESHIRE.LOCAL" in conn["key"]
+    query = r["findings"][1]
+    assert (query["confidence"], query["severity"], query["wmi"]["next_replies"]) == (0.5, "low", [9148, 24])
+    assert any("low-confidence lead" in x for x in query["reasons"])
     assert r["summary"]["errors"] == 1      # the file ends inside a record header: counted, report still made
 
 
@@ -248,7 +256,9 @@ def test_sealed_samples_with_their_keys_are_observed(capsys):
 
 def test_several_captures_make_one_report(capsys):
     r = report(capsys, CAPTURES / "impacket_wmiexec.pcapng", CAPTURES / "invoke-wmiexec.pcap")
-    assert len(r["captures"]) == 2 and len(r["findings"]) == 6
+    # one analysis of the capture set (issue 10b): one capture entry naming both files
+    (cap,) = r["captures"]
+    assert cap["files"] == ["impacket_wmiexec.pcapng", "invoke-wmiexec.pcap"] and len(r["findings"]) == 6
     times = [f["first_time"] for f in r["findings"]]
     assert times == sorted(times)
     assert {h["ip"] for h in r["hosts"]} == {"10.1.1.2", "10.1.1.5", "192.168.1.62", "192.168.1.46"}
@@ -346,7 +356,7 @@ def test_user_mistakes_get_one_line(capsys, tmp_path):
                        ([str(tmp_path / "missing.pcap")], "missing.pcap: No such file or directory"),
                        ([str(PCAPS / "wmi-process-create.pcap"), "-o", str(tmp_path / "no" / "r.html")],
                         "r.html: No such file or directory"),
-                       ([], "name CAPTURE file(s) or a live --interface")):
+                       ([], "name CAPTURE files or a live --interface")):
         assert main(["report", *argv]) in (1, 2)       # unreadable input / usage (issue 12's contract)
         out, err = capsys.readouterr()
         assert out == "" and err.startswith("wmiscope: error: ") and said in err and err.count("\n") == 1
@@ -476,7 +486,10 @@ def test_an_unremarkable_query_is_no_finding():
     assert _findings(_call("ExecQuery", [("strQuery", "SELECT * FROM Win32_PerfRawData_Tcpip_TCPv4")])) == []
 
 
-def test_the_same_traffic_in_two_captures_is_one_finding_seen_twice(capsys, tmp_path):
+def test_the_same_traffic_in_two_captures_is_found_once(capsys, tmp_path):
+    # Issue 10b: the set is one analysis; the TCP reassembler takes the second sensor's copy
+    # of each segment as a retransmission, so the findings are those of one copy (no more
+    # `also_seen` join), their frames those of the file merged first, named per file.
     import shutil
 
     import jsonschema
@@ -485,9 +498,10 @@ def test_the_same_traffic_in_two_captures_is_one_finding_seen_twice(capsys, tmp_
     shutil.copy(CAPTURES / "impacket_wmiexec.pcapng", other)
     r = report(capsys, CAPTURES / "impacket_wmiexec.pcapng", other)
     assert [f["rule"] for f in r["findings"]] == ["namespace-login"] + ["process-create"] * 3
-    assert r["findings"][3]["wmi"]["also_seen"] == [{"capture": str(other), "frames": [114, 115, 117],
-                                                     "session": "1:2"}]
-    assert r["findings"][3]["frames"] == [114, 115, 117]
+    whoami = r["findings"][3]
+    assert "whoami" in whoami["command_line"] and "also_seen" not in whoami["wmi"]
+    assert [e["file"] for e in whoami["evidence"]] == ["impacket_wmiexec.pcapng"]
+    assert whoami["evidence"][0]["frames"] == [114, 115, 117]
     assert main(["report", str(CAPTURES / "impacket_wmiexec.pcapng"), str(other)]) == 0
     for line in capsys.readouterr().out.splitlines():
         jsonschema.validate(json.loads(line), SCHEMA)
@@ -504,7 +518,7 @@ def test_hostile_captures_still_give_a_report(tmp_path):
     for i, mutated in enumerate(mutations(body, seed=10, count=15, max_edits=30)):
         path = tmp_path / f"m{i}.pcap"
         path.write_bytes(head + mutated)
-        r = analyse_captures([(str(path), str(path))], Analysis, excerpts=True)
+        r = analyse_captures(str(path), Analysis, excerpts=True)
         stats = r["captures"][0]["stats"]
         assert r["summary"]["errors"] == stats["errors"] == sum(stats["errors_by_stage"].values())
         with_errors += stats["errors"] > 0
@@ -590,7 +604,7 @@ def test_an_interrupted_live_capture_still_reports_what_it_saw():
                 raise KeyboardInterrupt
             yield raw
 
-    r = analyse_captures([("live:eth0", live()), ("never-read.pcap", "never-read.pcap")], Analysis)
+    r = analyse_captures(live(), Analysis, name="live:eth0")
     assert [c["name"] for c in r["captures"]] == ["live:eth0"] and r["captures"][0]["interrupted"] is True
     assert [f["rule"] for f in r["findings"]] == ["namespace-login"] + ["process-create"] * 3
 
@@ -615,3 +629,21 @@ def test_sealed_puts_on_root_subscription_are_likely_persistence():
     puts = [sealed("PutInstance", 10, 900, 16)]
     puts[0]["operation"]["namespace"] = r"\\DC01\root\cimv2"
     assert [f["rule"] for f in _findings(cimv2, *puts)] == ["namespace-login"]
+
+
+def test_sealed_queries_are_low_confidence_leads():
+    def sealed(method, frame, req, resp, op="op-9", iface="IWbemServices"):
+        d = _call(method, frame=frame, iface=iface, op={"id": op, "kind": "CreateInstanceEnum",
+                                                        "namespace": r"\\DC01\root\cimv2", "role": "origin"})
+        d.update(encrypted=True, outcome="encrypted", decoded=None)
+        d["request"]["stub_len"], d["response"]["stub_len"] = req, resp
+        return d
+
+    # an enumeration whose Next replies carry nothing says less than one that brought objects back
+    (empty,) = _findings(sealed("CreateInstanceEnum", 10, 120, 80),
+                         sealed("Next", 12, 40, 24, iface="IEnumWbemClassObject"))
+    assert (empty["rule"], empty["basis"], empty["confidence"]) == ("sealed-query", "inferred", 0.4)
+    assert "returned" not in empty["title"] and {10, 12} <= set(empty["frames"])
+    (full,) = _findings(sealed("CreateInstanceEnum", 10, 120, 80),
+                        sealed("Next", 12, 40, 5000, iface="IEnumWbemClassObject"))
+    assert full["confidence"] == 0.5 and full["wmi"]["result_bytes"] == 5000

@@ -8,12 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 import struct
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from work_meter import linear_in
 from wmiscope.formats import DecodeError, EncodeError, cim, wmio
 from wmiscope.formats.cim import CIM_ARRAY_FLAG, CimType, DmtfDateTime
 from wmiscope.formats.wmio import Method, Property, Qualifier, WmiClass, WmiInstance
@@ -534,12 +534,13 @@ def test_heapref_outside_heap():
 def test_absurd_array_count():
     cls = wmio.new_class("T", properties=[("A", "uint32[]", [1, 2])])
     b = bytearray(wmio.build_encoding_unit(cls))
+    wmio.parse_encoding_unit(bytes(b))   # first-use costs (lazy imports) are not the refusal's
     i = bytes(b).index(struct.pack("<III", 2, 1, 2))
     b[i:i + 4] = struct.pack("<I", 0x7FFFFFFF)
-    t = time.perf_counter()
-    with pytest.raises(DecodeError) as e:
+    # refused before looping over or allocating 2**31-1 elements
+    with pytest.raises(DecodeError) as e, linear_in(len(b)):
         wmio.parse_encoding_unit(bytes(b))
-    assert "ArrayCount" in e.value.reason and time.perf_counter() - t < 1
+    assert "ArrayCount" in e.value.reason
 
 
 def test_absurd_property_count():
@@ -605,8 +606,9 @@ def test_fuzz_mutations_only_raise_decode_error():
     the decoder either returns an object or raises DecodeError, quickly."""
     rng = random.Random(20240505)
     seeds = _sample_units()
+    for seed in seeds:   # first-use costs are no mutation's work
+        wmio.to_json(wmio.parse_encoding_unit(seed))
     cases = 0
-    t0 = time.perf_counter()
     for _ in range(300):
         b = bytearray(rng.choice(seeds))
         kind = rng.randrange(4)
@@ -621,15 +623,14 @@ def test_fuzz_mutations_only_raise_decode_error():
         else:
             i = rng.randrange(8, len(b))
             b[i] = rng.randrange(256)
-        start = time.perf_counter()
-        try:
-            obj = wmio.parse_encoding_unit(bytes(b))
-            wmio.to_json(obj)
-        except DecodeError:
-            pass
-        assert time.perf_counter() - start < 2.0
+        with linear_in(len(b)):
+            try:
+                obj = wmio.parse_encoding_unit(bytes(b))
+                wmio.to_json(obj)
+            except DecodeError:
+                pass
         cases += 1
-    assert cases == 300 and time.perf_counter() - t0 < 30
+    assert cases == 300
 
 
 def test_noclass_against_wrong_class_is_decode_error():

@@ -28,6 +28,7 @@ COMMANDS = {
     "decode": "decode one WMI encoding (MS-WMIO object, ObjectArray, context, refresher blob) from a file",
     "transcript": "every request and response field by field, in the dialect of the MS-WMI section 4 traces",
     "report": "forensics report: findings with MITRE ATT&CK techniques, hosts, principals and evidence frames",
+    "wireshark-plugin": "write the Wireshark Lua plugin generated from the interface table (or --install it)",
 }
 
 EXIT_INPUT = 1
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(name: str):
-    return importlib.import_module(f"wmiscope.commands.{name}")
+    return importlib.import_module(f"wmiscope.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .output import (add_source_arguments, call_dict, dumps, error_line, make_analysis, open_source, set_note,
-                     summary_line)
-from .progress import with_progress
+from . import workers
+from .output import add_source_arguments, call_dict, dumps, error_line, open_source, set_note, summary_line
 
 
 def add_arguments(p) -> None:
@@ -15,36 +14,43 @@ def add_arguments(p) -> None:
                    help="jsonl: one JSON object per call (and per error); table: one line per call")
     p.add_argument("--no-errors", action="store_true",
                    help="leave the error records out of the output (they still count in stats)")
+    workers.add_arguments(p)
 
 
 def run(args) -> int:
-    from wmiscope.dissectors.pipeline import call_outcome
-    from wmiscope.dissectors.records import Call, ErrorRecord
-
-    # objects are decoded for the table too: its summary column shows command lines and instances
-    analysis = make_analysis(args)
-    source = open_source(args)      # refused here, before the table's head is written
     write = sys.stdout.write
     table = args.format == "table"
     source = open_source(args)          # a bad name ends the run before any output
     if table:
         write(set_note(source) or "")
         write(_TABLE_HEAD)
-    for rec in analysis.run(with_progress(source, analysis, streaming=True)):
-        if type(rec) is Call:
-            d = call_dict(rec, call_outcome(rec))
-            write(_table_row(d) if table else dumps(d) + "\n")
-        elif type(rec) is ErrorRecord and not args.no_errors:
-            if table:
-                write(f"! {_error_line(rec)}\n")
-            else:
-                write(dumps(error_line(rec)) + "\n")
-    s = analysis.stats
+    # objects are decoded for the table too: its summary column shows command lines and instances
+    s = workers.write_records(args, "calls", write, source)
     if table:
         write("\n" + summary_line(s))
     return 0
 
 
+def record_renderer(args):
+    """One record's text: a table row or a JSON line (errors unless --no-errors)."""
+    from wmiscope.dissectors.pipeline import call_outcome
+    from wmiscope.dissectors.records import Call, ErrorRecord
+
+    table = args.format == "table"
+    errors = not args.no_errors
+
+    def render(rec) -> str:
+        if type(rec) is Call:
+            d = call_dict(rec, call_outcome(rec))
+            return _table_row(d) if table else dumps(d) + "\n"
+        if type(rec) is ErrorRecord and errors:
+            return f"! {_error_line(rec)}\n" if table else dumps(error_line(rec)) + "\n"
+        return ""
+
+    return render
+
+
+_TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} state\n"
 _TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} {'state':<10} summary\n"
 
 

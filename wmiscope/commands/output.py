@@ -68,7 +68,17 @@ def positive_count(text: str) -> int:
 
 
 def credentials_from_args(args):
-    """The Credentials the options name, or None when none were given (a bad file ends the run)."""
+    """The Credentials the options name, or None when none were given (a bad file ends the run).
+    Read once per command (open_source reads them first, so that a bad file is said before
+    anything is written), then kept on args."""
+    if "_credentials" not in vars(args):
+        args._credentials = _read_credentials(args)
+    return args._credentials
+
+
+def _read_credentials(args):
+    if not any(getattr(args, name, None) for name in ("password", "nt_hash", "keytab", "credentials")):
+        return None             # and the cryptography stays unimported
     from wmiscope.dissectors.credentials import Credentials, CredentialsError
 
     cred = Credentials()
@@ -105,6 +115,7 @@ def open_source(args):
     Exactly one of the two must be named."""
     if bool(args.capture) == bool(args.interface):
         raise UsageError("name CAPTURE files or a live --interface (one of the two)")
+    credentials_from_args(args)     # a bad credentials file or keytab is said before anything is read
     if args.interface:
         frames = open_live(args.interface, args.filter, args.count, autostop_duration(args.autostop), args.write)
         try:    # someone watching a live capture sees each record as it is decoded

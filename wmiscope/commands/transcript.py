@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from .output import add_source_arguments, make_analysis, open_source, set_note, summary_line
-from .progress import with_progress
+from . import workers
+from .output import add_source_arguments, open_source, set_note, summary_line
 
 
 def add_arguments(p) -> None:
@@ -21,20 +21,28 @@ def add_arguments(p) -> None:
                         "auth3 PDUs between calls")
     p.add_argument("--no-operations", action="store_true",
                    help="leave out the [op-N Kind] tag that names the WMI operation each call belongs to")
+    workers.add_arguments(p)
 
 
 def run(args) -> int:
-    from wmiscope.dissectors.transcript import TranscriptRenderer
-
-    analysis = make_analysis(args, want_pdus=args.all)
-    source = open_source(args)
-    renderer = TranscriptRenderer(frames=args.frames, mof=args.mof, all=args.all,
-                                  operations=not args.no_operations)
     write = sys.stdout.write
     source = open_source(args)
     if args.frames and set_note(source):
         write(set_note(source))
-    for line in renderer.render(analysis.run(with_progress(source, analysis, streaming=True))):
-        write(line + "\n")
-    write(summary_line(analysis.stats))
+    stats = workers.write_records(args, "transcript", write, source, want_pdus=args.all)
+    write(summary_line(stats))
     return 0
+
+
+def record_renderer(args):
+    """One record's transcript lines (a call's request and response, an error, a PDU)."""
+    from wmiscope.dissectors.transcript import TranscriptRenderer
+
+    renderer = TranscriptRenderer(frames=args.frames, mof=args.mof, all=args.all,
+                                  operations=not args.no_operations)
+    lines = renderer.render
+
+    def render(rec) -> str:
+        return "".join(line + "\n" for line in lines((rec,)))
+
+    return render

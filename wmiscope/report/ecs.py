@@ -24,6 +24,7 @@ _CATEGORY = {
     "namespace-login": (["authentication", "session"], ["start"]),
     "wmi-failure": (["network"], ["denied"]),
     "recon-query": (["host"], ["info"]),
+    "sealed-query": (["host"], ["info"]),
     "cleanup": (["configuration"], ["deletion"]),
     "shadow-copy-create": (["file"], ["creation"]),
     "shadow-copy-delete": (["file"], ["deletion"]),
@@ -96,8 +97,7 @@ def _wmi(f: dict) -> dict:
         "source_names": f["source"].get("names") or [], "destination_names": f["destination"].get("names") or [],
     }
     for k in ("class", "method", "query", "object_path", "return_value", "return_text", "process_id",
-              "hresult", "error", "shape", "subscription", "service", "in", "out", "properties", "result_path",
-              "also_seen"):
+              "hresult", "error", "shape", "result_bytes", "next_replies", "subscription", "service", "in", "out", "properties", "result_path"):
         v = f["wmi"].get(k)
         if v not in (None, {}, []):
             w[k] = v
@@ -105,6 +105,8 @@ def _wmi(f: dict) -> dict:
         w["principal"] = f["principal"]["text"]
         if f["principal"].get("service"):
             w["kerberos_service"] = f["principal"]["service"]
+    if f.get("evidence"):
+        w["evidence"] = f["evidence"]
     if f["client_machine"]:
         w["client_machine"] = f["client_machine"]
     if f["client_pid"] is not None:

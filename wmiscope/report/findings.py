@@ -24,21 +24,19 @@ from wmiscope.spec import interfaces as _if
 from . import rules as R
 from .handlers import HANDLERS, set_out
 from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
-                     is_ip, parse_principal, props, record_dict, split_endpoint)
+                     is_ip, parse_principal, principal_of, props, record_dict, split_endpoint)
 
 WMI_INTERFACES = frozenset(i["name"] for i in _if.INTERFACES if i["group"] == "wmi")
 
 # How sure a finding is, as the analyst reads it.
 OBSERVED = 1.0
-# Two sensors' clocks and capture points differ by this much at most for one call.
-DUPLICATE_WINDOW = 2.0
 
 
 __all__ = ["ReportBuilder", "record_dict", "call_summary"]
 
 
 class ReportBuilder:
-    """Accumulates sessions, hosts and findings over one or more captures."""
+    """Accumulates sessions, hosts and findings over one analysis (a capture set or a live capture)."""
 
     def __init__(self, *, excerpt_renderer=None):
         self.captures: list[dict] = []
@@ -54,10 +52,12 @@ class ReportBuilder:
 
     # capture-level -------------------------------------------------------------
 
-    def start_capture(self, name: str) -> None:
+    def start_capture(self, name: str, files: list[str] | None = None) -> None:
+        """files: the names of a capture set's files, as its records' `file` gives them."""
         self._cap += 1
         self._capture_name = name
-        self.captures.append({"name": name, "stats": None, "errors": [], "wmi_calls": 0})
+        self.captures.append({"name": name, "files": list(files or [name]), "stats": None, "errors": [],
+                              "wmi_calls": 0})
 
     def end_capture(self, stats: dict) -> None:
         self.captures[-1]["stats"] = stats
@@ -113,6 +113,8 @@ class ReportBuilder:
                     f["last_epoch"] = ts if f["last_epoch"] is None else max(f["last_epoch"], ts)
                 lo, hi = half["frames"]
                 f["frames"].extend(range(lo, hi + 1) if hi - lo < 8 else (lo, hi))
+                if half.get("origin"):
+                    _file_frames(f["evidence"], lo, hi, half["origin"])
         f["frames"] = sorted(set(f["frames"]))
         if self._render is not None and call is not None and len(f["excerpt"]) < 400:
             f["excerpt"].extend(self._render(call))
@@ -126,7 +128,7 @@ class ReportBuilder:
             cip, cport = split_endpoint(d["client"])
             sip, sport = split_endpoint(d["server"])
             s = self.sessions[sid] = {
-                "id": sid, "capture": self._capture_name, "conn": d["conn"],
+                "id": sid, "capture": d.get("file") or self._capture_name, "conn": d["conn"],
                 "client": {"ip": cip, "port": cport}, "server": {"ip": sip, "port": sport},
                 "first_epoch": None, "last_epoch": None, "principals": [], "auth": None,
                 "login": {}, "calls": [], "call_count": 0, "sealed": 0, "decrypted": 0,
@@ -146,6 +148,8 @@ class ReportBuilder:
             p = auth.get("principal")
             if p and p not in s["principals"]:
                 s["principals"].append(p)
+            if auth.get("client"):
+                s["kerberos_client"] = auth["client"]
             s["auth"] = {"type": auth.get("type_name"), "level": auth.get("level_name")}
         return s
 
@@ -218,12 +222,13 @@ class ReportBuilder:
             "techniques": [R.technique(t) for t in tids],
             "first_epoch": None, "last_epoch": None,
             "source": dict(s["client"]), "destination": dict(s["server"]),
-            "principal": parse_principal(auth.get("principal")),
+            "principal": principal_of(auth),
             "namespace": op.get("namespace") or s["login"].get("namespace"),
             "client_machine": s["login"].get("client_machine"),
             "client_pid": s["login"].get("client_pid"),
             "wmi": {}, "command_line": None, "decoded_command": None, "tool": None,
-            "frames": [], "operation": op.get("id"), "session": s["id"], "capture": self._capture_name,
+            "frames": [], "evidence": {}, "operation": op.get("id"), "session": s["id"],
+            "capture": d.get("file") or self._capture_name,
             "basis": basis, "confidence": confidence, "reasons": list(reasons or ()),
             "outcome": "unknown", "severity": severity, "excerpt": [], "_calls": [],
         }
@@ -283,7 +288,7 @@ class ReportBuilder:
                     user_of[s["id"]] = pr
         for f in self.findings:
             pr = f["principal"]
-            if (pr is None or pr["kind"] == "kerberos") and f["session"] in user_of:
+            if (pr is None or pr["kind"] == "kerberos" and not pr["name"]) and f["session"] in user_of:
                 user = dict(user_of[f["session"]])
                 if pr is not None:
                     user["service"] = pr["service"]
@@ -291,36 +296,30 @@ class ReportBuilder:
                     f["reasons"].append(f"principal: {user['text']} authenticated (NTLM) the later calls of this "
                                         f"connection; these calls used Kerberos to {pr['service']}")
                 f["principal"] = user
+            elif pr is not None and pr["kind"] == "kerberos" and not pr["name"]:
+                f["reasons"].append(f"principal: the Kerberos client is not known: only the service {pr['service']} "
+                                    "is in clear; the client's name is inside the ticket, encrypted with the "
+                                    "service's key (its keytab, --keytab, would name the user)")
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
                                          self.hosts.get(f["destination"]["ip"], {}).get("names", [])]
-        self._merge_duplicates()
+        # The same traffic captured twice (two sensors, overlapping rolling files, a file
+        # given twice) needs no join here: the set's files feed one TCP reassembler, which
+        # recognises a second copy of a segment by its connection and sequence numbers as
+        # bytes already delivered (a retransmission), so each call, and each finding, comes
+        # once, its frames those of the copy merged first.
         self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
+        files = self.captures[-1]["files"] if self.captures else []
         for i, f in enumerate(self.findings, 1):
             f["id"] = f"F{i:03d}"
             f.pop("_calls", None)
+            # capture sets: where the frames are, as [{file, frames in that file}]
+            f["evidence"] = [{"file": k, "frames": sorted(v)} for k, v in
+                             sorted(f["evidence"].items(), key=lambda kv: files.index(kv[0]) if kv[0] in files else 0)]
+            if f["evidence"]:
+                f["capture"] = f["evidence"][0]["file"]
             f["summary"] = summary(f)
         return self.report()
-
-    def _merge_duplicates(self) -> None:
-        """The same finding in two captures (both sides of a connection, overlapping rolling
-        files, a file given twice) is one finding seen twice: the later copies become
-        `wmi.also_seen` entries (capture and frames) of the first."""
-        kept: dict[tuple, dict] = {}
-        out = []
-        for f in sorted(self.findings, key=lambda f: f["first_epoch"] or 0):
-            key = (f["rule"], f["title"], f["basis"], f["source"]["ip"], f["source"]["port"],
-                   f["destination"]["ip"], f["destination"]["port"])
-            first = kept.get(key)
-            if (first is not None and first["capture"] != f["capture"] and f["first_epoch"] is not None
-                    and abs(f["first_epoch"] - first["first_epoch"]) <= DUPLICATE_WINDOW):
-                first["wmi"].setdefault("also_seen", []).append({"capture": f["capture"], "frames": f["frames"],
-                                                                 "session": f["session"]})
-                first["last_epoch"] = max(first["last_epoch"] or 0, f["last_epoch"] or 0) or None
-                continue
-            kept.setdefault(key, f)
-            out.append(f)
-        self.findings = out
 
     def report(self) -> dict:
         from .output import report_dict
@@ -335,6 +334,20 @@ def _sealed_view(d: dict, s: dict, call) -> dict:
             "resp_len": (d.get("response") or {}).get("stub_len"),
             "time": (d.get("request") or {}).get("epoch"),
             "namespace": op.get("namespace") or s["login"].get("namespace"), "operation": op.get("id")}
+
+
+def _file_frames(evidence: dict, lo: int, hi: int, origin: list) -> None:
+    """The frames lo..hi of a capture set in their files' own numbers. A record gives the
+    first and last frame's [file, frame]; the frames between are known only when both ends
+    are in one file with the same distance (no other file's frames interleaved)."""
+    (f1, n1), (f2, n2) = origin
+    if f1 is None or f2 is None:        # older than the set's origin table keeps
+        return
+    if f1 == f2 and n2 - n1 == hi - lo and hi - lo < 8:
+        evidence.setdefault(f1, set()).update(range(n1, n2 + 1))
+    else:
+        evidence.setdefault(f1, set()).add(n1)
+        evidence.setdefault(f2, set()).add(n2)
 
 
 def summary(f: dict) -> str:

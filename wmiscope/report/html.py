@@ -139,6 +139,8 @@ def _detail(f: dict) -> str:
         rows.append(("tool", f"{f['tool']['name']}: {f['tool']['evidence']}"))
     if f.get("registry"):
         rows.append(("registry", json.dumps(f["registry"], ensure_ascii=False)))
+    for e in f.get("evidence") or ():
+        rows.append((f"frames in {e['file']}", _frames(e["frames"])))
     for k, v in f["wmi"].items():
         if v not in (None, {}, []):
             rows.append((f"wmi.{k}", v if isinstance(v, (str, int, float)) else json.dumps(v, ensure_ascii=False)))

@@ -51,7 +51,7 @@ def report_dict(b) -> dict:
     return {
         "report": "wmiscope forensics report", "version": REPORT_VERSION, "wmiscope": __version__,
         "generated": iso(time.time()),
-        "captures": [{"name": c["name"], "stats": c["stats"], "wmi_calls": c["wmi_calls"],
+        "captures": [{"name": c["name"], "files": c["files"], "stats": c["stats"], "wmi_calls": c["wmi_calls"],
                       "errors": c["errors"], "interrupted": c.get("interrupted", False)} for c in b.captures],
         "summary": {
             "wmi_calls": wmi_calls,
@@ -72,10 +72,12 @@ def report_dict(b) -> dict:
     }
 
 
-def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress: bool = False) -> dict:
-    """Each capture through its own pipeline, joined in one ReportBuilder (hosts by IP,
-    principals by name; sessions stay per capture). When capture sets land (issue 13),
-    this is the one function to replace with a single merged run."""
+def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts: bool = True,
+                     progress: bool = False) -> dict:
+    """The report of one analysis over `source`: a capture set (capture.open_sources: several
+    files merged in time order), a capture path, or live frames. One pipeline for all the
+    files, so the IPID registry, the operations and the TCP connections are shared: a session
+    cut by a rolling file's boundary is one session, and its sealed calls keep their names."""
     from wmiscope.commands.output import error_dict
     from wmiscope.commands.progress import with_progress
     from wmiscope.dissectors.records import Call, ErrorRecord
@@ -86,21 +88,20 @@ def analyse_captures(sources, make_analysis, *, excerpts: bool = True, progress:
 
     renderer = TranscriptRenderer(frames=True)
     b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)
-    for name, source in sources:
-        analysis = make_analysis()
-        b.start_capture(name)
-        frames = with_progress(source, analysis, streaming=False) if progress else source
-        try:
-            for rec in analysis.run(frames):
-                kind = type(rec)
-                if kind is Call:
-                    b.observe(record_dict(rec), rec)
-                elif kind is ErrorRecord:
-                    b.error(error_dict(rec))
-        except KeyboardInterrupt:
-            # Ctrl-C ends a live capture (or a long file): report what was seen so far
-            b.captures[-1]["interrupted"] = True
-            b.end_capture(analysis.stats.as_dict())
-            break
-        b.end_capture(analysis.stats.as_dict())
+    files = list(getattr(source, "names", None) or ())
+    paths = getattr(source, "paths", None) or [str(source)]
+    b.start_capture(name or ", ".join(paths), files=files or paths)
+    analysis = make_analysis()
+    frames = with_progress(source, analysis, streaming=False) if progress else source
+    try:
+        for rec in analysis.run(frames):
+            kind = type(rec)
+            if kind is Call:
+                b.observe(record_dict(rec), rec)
+            elif kind is ErrorRecord:
+                b.error(error_dict(rec))
+    except KeyboardInterrupt:
+        # Ctrl-C ends a live capture (or a long file): report what was seen so far
+        b.captures[-1]["interrupted"] = True
+    b.end_capture(analysis.stats.as_dict())
     return b.finish()

@@ -11,7 +11,10 @@ infers, labelled `inferred` with a confidence and its reasons:
   class (about 20 KB) and its out-parameters (ProcessId and ReturnValue, about 1.2 KB);
 - PutInstance on a root\\subscription connection: event-subscription persistence,
   surer with three (filter, consumer, binding);
-- a sealed NTLMLogin: a login whose namespace cannot be read.
+- a sealed NTLMLogin: a login whose namespace cannot be read;
+- ExecQuery, ExecQueryAsync or CreateInstanceEnum(Async): a query whose class cannot be
+  read, likely reconnaissance or collection (low confidence: most WMI clients query),
+  surer when the enumerator's Next replies (linked by the operation) carry objects.
 
 Every sealed connection is listed with its principal and the key that would open it.
 """
@@ -26,6 +29,11 @@ CLASS_SIZED = 1000
 WIN32_PROCESS_CLASS = (19000, 24000)
 # ExecMethod reply with Win32_Process.Create's out-parameters (ProcessId, ReturnValue): 1160 bytes seen.
 CREATE_REPLY = (1100, 1250)
+# Methods that start a query or an enumeration of instances (MS-WMI 3.1.4.3).
+QUERIES = ("ExecQuery", "ExecQueryAsync", "CreateInstanceEnum", "CreateInstanceEnumAsync")
+# An enumerator's Next reply with no object (WBEM_S_FALSE, empty array) is tens of bytes; one
+# that carries instances, hundreds or thousands.
+OBJECTS_REPLY = 100
 
 
 def infer(b, s: dict) -> None:
@@ -33,8 +41,15 @@ def infer(b, s: dict) -> None:
     ns_clear = s["login"].get("namespace")
     last_getobject = None
     puts: list[dict] = []
+    queries: dict[str, dict] = {}
     for c in calls:
         m = c["method"]
+        if m in QUERIES:
+            queries[c["operation"] or id(c)] = {"call": c, "more": []}
+            continue
+        if c["operation"] in queries:      # the query's enumerator or sink: Next replies and their sizes
+            queries[c["operation"]]["more"].append(c)
+            continue
         if m == "NTLMLogin":
             f = b.new_finding(c["d"], s, "namespace-login", ["T1047"], "WMI login (namespace sealed)",
                               basis="inferred", confidence=0.9, severity="low",
@@ -51,6 +66,40 @@ def infer(b, s: dict) -> None:
             puts.append(c)
     if puts:
         _subscription(b, s, puts)
+    for q in queries.values():
+        _query(b, s, q["call"], q["more"], ns_clear)
+
+
+def _query(b, s: dict, c: dict, more: list[dict], ns_clear) -> None:
+    ns = c["namespace"] or ns_clear
+    confidence = 0.3
+    reasons = [f"IWbemServices::{c['method']} named from the IPID and opnum in the clear DCE/RPC header; the "
+               "query and its class are sealed", "which class was read cannot be known: most WMI clients "
+               "query, so this is a low-confidence lead, not a verdict"]
+    if namespace_tail(ns) == "root\\cimv2":
+        confidence += 0.1
+        reasons.append(f"on {ns} (logged in to in clear), where the processes, services, users and security "
+                       "products are")
+    nexts = [x for x in more if x["method"] in ("Next", "NextAsync")]
+    sizes = [x["resp_len"] for x in nexts if x["resp_len"] is not None]
+    carried = sum(n for n in sizes if n >= OBJECTS_REPLY)
+    if carried:
+        confidence += 0.1
+        reasons.append(f"{len(nexts)} enumerator Next call(s) of this operation, replies of "
+                       f"{'/'.join(map(str, sizes))} bytes: about {carried} bytes of instances came back")
+    elif nexts:
+        reasons.append(f"{len(nexts)} enumerator Next call(s) of this operation, replies too small to carry "
+                       "instances")
+    title = (f"Likely WMI reconnaissance or collection (sealed {c['method']} on {ns or 'a sealed namespace'}"
+             f"{f', {carried} bytes returned' if carried else ''})")
+    f = b.new_finding(c["d"], s, "sealed-query", ["T1047"], title, basis="inferred",
+                      confidence=round(confidence, 2), reasons=reasons, severity="low")
+    f["namespace"] = ns
+    f["wmi"].update({"method": c["method"], "request_stub": c["req_len"], "reply_stub": c["resp_len"],
+                     "result_bytes": carried, "next_replies": sizes})
+    b._attach(f, c["d"], c["call"])
+    for x in nexts:
+        b._attach(f, x["d"], x["call"])
 
 
 def _method_execution(b, s: dict, c: dict, getobject: dict | None, ns_clear) -> None:
@@ -138,6 +187,7 @@ def sealed_connections(b) -> list[dict]:
         out.append({
             "session": s["id"], "capture": s["capture"], "client": s["client"], "server": s["server"],
             "principal": pr, "principals": s["principals"], "auth": s["auth"],
+            "kerberos_client": s.get("kerberos_client"),    # named by the ticket once a keytab opened it
             "login": {k: v for k, v in s["login"].items() if k != "frames"},
             "sealed_calls": s["sealed"], "decrypted_calls": s["decrypted"],
             "opened": s["decrypted"] > 0 and not s["sealed_calls"],

@@ -176,6 +176,20 @@ def parse_principal(p: str | None) -> dict | None:
     return {"kind": "ntlm", "name": p, "domain": None, "text": p}
 
 
+def principal_of(auth: dict | None) -> dict | None:
+    """The principal of a call's `auth` record. For Kerberos, the client (`auth.client`,
+    cname@crealm, known only when the analyst's keytab opened the ticket) becomes the
+    user (name and domain) beside the service; without it the user stays unknown."""
+    auth = auth or {}
+    pr = parse_principal(auth.get("principal"))
+    client = auth.get("client")
+    if pr is not None and pr["kind"] == "kerberos" and client:
+        name, _, realm = client.rpartition("@")
+        pr.update(name=name or client, domain=realm or None, client=client,
+                  text=f"{client} (Kerberos to {pr['service']})")
+    return pr
+
+
 def frame_of(d: dict, side: str):
     h = d.get(side)
     return h["frames"][1] if h else None

@@ -1,0 +1,316 @@
+"""One analysis split by host pair over several processes, merged into the single run's output.
+
+Everything the DCOM and WMI stages correlate stays between two hosts: the activation on
+port 135 and the object exporter it names, the OXID and IPID state, the enumerators and
+call results, and the server's callbacks to the client's sink (the same pair, the other
+way). So shard k of N takes the TCP connections whose unordered host pair hashes to k
+and analyses them alone.
+
+Every shard reads the whole frame stream and runs the TCP reassembler over all of it
+(reading and reassembling cost a small fraction of the decoding), handing only its own
+connections to the DCE/RPC layer. That keeps what the single run numbers globally the
+same in every shard: frame numbers, connection indices (tshark's tcp.stream order), the
+reassembler's counters and limits. The one number a shard cannot know is the WMI
+operation's (`op-N`, counted over every pair): a shard names its operations with tokens
+and announces each in its stream where it was made; the merge numbers them in merged
+order.
+
+A shard's records come out keyed by where the single run would have emitted them:
+(0, frame) while the frames are read, (1, -1) for what the decapsulation flushes at the
+end, (1, connection) while the connections still open at the end are flushed (in creation order, as the reassembler does), (2, 0) for the
+capture reader's errors; within a key, in the shard's order. `heapq.merge` of the
+shards' keyed streams is then the single run's order.
+
+Known differences from one process, all at limits no ordinary capture reaches: the
+correlation state's LRU caps (1024 host pairs, ...) are per shard, so a split run
+forgets later; connections evicted together past the reassembler's 10000 live ones
+may report in another order; an IPID announced between two hosts and used between two
+others (a multi-homed server reached by both addresses) is not recognised across
+shards.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+import zlib
+from operator import itemgetter
+
+from .pipeline import Analysis, Stats, _Detector
+from .tcp import NullHandler
+
+TEXT, OP = 0, 1
+_NULL = NullHandler()
+_OP_TOKEN = "op-\ue000{nonce}.{shard}.{n}\ue001"
+
+
+def shard_of(a: str, b: str, shards: int) -> int:
+    """The shard of the host pair {a, b}: stable across processes and machines."""
+    if a > b:
+        a, b = b, a
+    return zlib.crc32(f"{a}|{b}".encode()) % shards
+
+
+class _ShardDetector(_Detector):
+    """Notes, while the connections open at the end are flushed, whose records follow."""
+
+    __slots__ = ()
+
+    def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
+        if self.analysis.phase:
+            self.analysis.where = self.conn.index
+        _Detector.on_data(self, direction, data, frame, ts)
+
+    def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
+        if self.analysis.phase:
+            self.analysis.where = self.conn.index
+        _Detector.on_gap(self, direction, missing, frame)
+
+    def on_close(self, frame: int) -> None:
+        analysis = self.analysis
+        if analysis.phase == 1:
+            analysis.where = self.conn.index
+        analysis.own.discard(self.conn.index)
+        super().on_close(frame)
+
+
+class ShardAnalysis(Analysis):
+    """The pipeline for the connections of one shard; `run` yields (key, record) pairs,
+    and (key, _OpMade) where the WMI correlation made an operation."""
+
+    def __init__(self, shard: int, shards: int, nonce: str, **kwargs):
+        super().__init__(**kwargs)
+        self.shard, self.shards, self.nonce = shard, shards, nonce
+        self.own: set[int] = set()           # indices of this shard's live connections
+        self.phase = 0
+        self.where = 0
+        self.seq = 0
+        self._emit = super().emit
+        ops = self.operations
+        made = ops._new_op
+
+        def new_op(call, kind, namespace):
+            op = made(call, kind, namespace)
+            op.id = _OP_TOKEN.format(nonce=nonce, shard=shard, n=ops._next)
+            self._out.append((self._key(), _OpMade(op.id)))
+            return op
+
+        ops._new_op = new_op
+
+    def _key(self) -> tuple:
+        self.seq += 1
+        return (self.phase, self.where, self.seq)
+
+    def emit(self, rec) -> None:
+        out = self._out
+        n = len(out)
+        self._emit(rec)
+        if len(out) > n and out[-1] is rec:
+            out[-1] = (self._key(), rec)
+
+    def stream_handler(self, conn):
+        if shard_of(conn.client[0], conn.server[0], self.shards) != self.shard:
+            return _NULL
+        self.own.add(conn.index)
+        return _ShardDetector(conn, self)
+
+    def tcp_error(self, rec) -> None:
+        # Every shard reassembles every connection: each reports its own connections'
+        # errors, shard 0 those about none.
+        mine = rec.conn in self.own if rec.conn is not None else self.shard == 0
+        if mine:
+            self.emit(rec)
+
+    def decap_error(self, rec) -> None:
+        if self.shard == 0:             # every shard decapsulates every frame
+            self.emit(rec)
+
+    def capture_errors(self, errors) -> None:
+        self.phase, self.where = 2, 0
+        if self.shard == 0:
+            super().capture_errors(errors)
+
+    def frames(self, source):
+        """source's frames, noting each one's number as the key of what it makes."""
+        for item in source:
+            self.where = item[0]
+            yield item
+        # What the end of the frames flushes (IP fragments never completed) comes before
+        # the connections still open, which follow in index order.
+        self.phase, self.where = 1, -1
+
+
+class _OpMade:
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+
+def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: dict, make_renderer,
+                 batch: int = 256):
+    """Shard `shard` of a run, as batches (lists) of (key, TEXT, text, has_op) and (key, OP, token).
+
+    source: what `Analysis.run` takes (a capture's path), read whole by every shard;
+    make_renderer(): a function rendering one record to text ("" for nothing).
+    The generator's return value (StopIteration.value) is the shard's Stats."""
+    analysis = ShardAnalysis(shard, shards, nonce, **analysis_kwargs)
+    render = make_renderer()
+    out = []
+    for key, rec in analysis.run(source):
+        if type(rec) is _OpMade:
+            out.append((key, OP, rec.token))
+            continue
+        text = render(rec)
+        if text:
+            out.append((key, TEXT, text, "\ue000" in text))
+            if len(out) >= batch:
+                yield out
+                out = []
+    if out:
+        yield out
+    return analysis.stats
+
+
+def merge(streams, nonce: str):
+    """The text of the shards' keyed streams (iterables of batches) in the single run's order."""
+    numbers: dict[str, str] = {}
+    token = re.compile("op-\ue000" + re.escape(nonce) + r"\.\d+\.\d+\ue001")
+
+    def number(m):
+        return numbers.get(m.group(0), m.group(0))
+
+    flat = [(item for batch in s for item in batch) for s in streams]
+    for item in heapq.merge(*flat, key=itemgetter(0)):
+        if item[1] == OP:
+            numbers[item[2]] = f"op-{len(numbers) + 1}"
+        elif item[3]:
+            yield token.sub(number, item[2])
+        else:
+            yield item[2]
+
+
+def merge_stats(parts: list[Stats]) -> Stats:
+    """Every shard read every frame and reassembled every connection: those counts are
+    shard 0's; what the shards' pipelines counted is summed (in the single run's order)."""
+    total = Stats()
+    first = parts[0]
+    total.frames, total.non_tcp_frames, total.tcp = first.frames, first.non_tcp_frames, dict(first.tcp)
+    total.ip_fragments = first.ip_fragments
+    for s in parts:
+        for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors"):
+            setattr(total, name, getattr(total, name) + getattr(s, name))
+        for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage"):
+            getattr(total, name).update(getattr(s, name))
+    return total
+
+
+def new_nonce() -> str:
+    import secrets
+    return secrets.token_hex(6)
+
+
+# -- local processes --------------------------------------------------------------------
+
+def _child(conn, source, shard, shards, nonce, analysis_kwargs, make_renderer):
+    try:
+        gen = shard_stream(source, shard, shards, nonce, analysis_kwargs, make_renderer)
+        while True:
+            try:
+                conn.send(next(gen))
+            except StopIteration as stop:
+                conn.send(None)
+                conn.send(("stats", stop.value, cache_stats()))
+                break
+    except BaseException as e:  # noqa: BLE001 - the parent reports it
+        try:
+            conn.send(None)
+            conn.send(("error", f"{type(e).__name__}: {e}", None))
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        conn.close()
+
+
+def cache_stats() -> dict:
+    """Hits and misses of this process's caches of decoded objects: whole objects by their
+    bytes (wmi's payload cache) and MS-WMIO class parts by theirs."""
+    from ..formats import wmio
+    from . import interpreter
+    p = interpreter._PAYLOADS
+    hits, misses = wmio.cache_stats()
+    return {"objects": (p.lookups - p.misses, p.misses), "class parts": (hits, misses)}
+
+
+class LocalRun:
+    """Runs the shards in forked local processes; iterate `text()`, then read `stats`."""
+
+    def __init__(self, source, workers: int, analysis_kwargs: dict, make_renderer):
+        import multiprocessing as mp
+        from ..formats import wmio
+        # What every worker would otherwise do for itself after the fork: import the
+        # renderer's modules and compile the MS-WMIO parsers (a tenth of a second each).
+        make_renderer()
+        wmio.compile_parsers()
+        self.nonce = new_nonce()
+        ctx = mp.get_context("fork")
+        self.conns = []
+        self.procs = []
+        self.stats: Stats | None = None
+        self.cache = []
+        for shard in range(workers):
+            recv, send = ctx.Pipe(duplex=False)
+            _widen(send)
+            p = ctx.Process(target=_child, args=(send, source, shard, workers, self.nonce, analysis_kwargs,
+                                                 make_renderer), daemon=True)
+            p.start()
+            send.close()
+            self.conns.append(recv)
+            self.procs.append(p)
+
+    def _batches(self, i, finals):
+        conn = self.conns[i]
+        while True:
+            try:
+                batch = conn.recv()
+            except EOFError:
+                raise RuntimeError(f"worker {i} ended without its results") from None
+            if batch is None:
+                finals[i] = conn.recv()
+                return
+            yield batch
+
+    def text(self):
+        finals: dict[int, tuple] = {}
+        yield from merge([self._batches(i, finals) for i in range(len(self.conns))], self.nonce)
+        for p in self.procs:
+            p.join()
+        for i in range(len(self.conns)):
+            kind, value, cache = finals[i]
+            if kind == "error":
+                raise RuntimeError(f"worker {i}: {value}")
+            self.cache.append(cache)
+        self.stats = merge_stats([finals[i][1] for i in range(len(self.conns))])
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _widen(conn) -> None:
+    """A larger pipe lets a shard run ahead of the merge by a megabyte instead of 64 KB."""
+    try:
+        import fcntl
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (OSError, ImportError, AttributeError):
+        pass
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

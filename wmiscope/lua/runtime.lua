@@ -1,0 +1,1585 @@
+-- ---------------------------------------------------------------------------------------
+-- The hand-written runtime. Everything it knows of WMI methods is in G (generated above).
+--
+-- How it works, on both Wireshark 4.0 (Lua 5.2) and 4.4 (Lua 5.4):
+--  * a postdissector reads each DCE/RPC PDU of the frame from the range of its `dcerpc`
+--    field (several PDUs can share a frame), so it sees every stub whichever dissector
+--    Wireshark called for it; sealed stubs come from `dcerpc.decrypted_stub_data` when
+--    the user gave Wireshark the keys;
+--  * bind contexts (per tcp.stream) and IPIDs (global: an IPID learned on port 135 or on
+--    another connection names the calls made on it) are tracked on the first pass only,
+--    and what each frame needs is cached per frame, so one-pass tshark, two-pass tshark and
+--    the GUI show the same;
+--  * an NDR interpreter walks G.TYPES for the method's parameters (G.IFACES), and an
+--    MS-WMIO reader decodes the objects inside IWbemClassObject interface pointers;
+--  * on 4.4 (which has pidl dissectors of its own for some WMI interfaces, that stop at
+--    "Long frame" or "Malformed") the WMI interface UUIDs are registered in `dcerpc.uuid`
+--    with a dissector that only claims the stub, so the built-ins stay out of the way.
+-- Bytes are read with string.byte (Lua 5.2 has no string.unpack), no bit operators.
+-- ---------------------------------------------------------------------------------------
+
+local sbyte, schar, sformat, ssub, concat = string.byte, string.char, string.format, string.sub, table.concat
+local floor = math.floor
+
+local MAJOR, MINOR = 0, 0
+do
+    local v = (get_version and get_version()) or "0.0"
+    MAJOR, MINOR = v:match("^(%d+)%.(%d+)")
+    MAJOR, MINOR = tonumber(MAJOR) or 0, tonumber(MINOR) or 0
+end
+
+local proto = Proto("wmi", "MS-WMI (wmiscope)")
+
+-- ---------------------------------------------------------------------------------------
+-- fields
+
+local F = {
+    interface = ProtoField.string("wmi.interface", "Interface"),
+    method = ProtoField.string("wmi.method", "Method"),
+    opnum = ProtoField.uint16("wmi.opnum", "Opnum"),
+    direction = ProtoField.string("wmi.direction", "Direction"),
+    namespace = ProtoField.string("wmi.namespace", "Namespace"),
+    class = ProtoField.string("wmi.class", "Class"),
+    operation = ProtoField.string("wmi.operation", "Operation"),
+    ipid = ProtoField.string("wmi.ipid", "IPID"),
+    call_id = ProtoField.uint32("wmi.call_id", "Call ID"),
+    request_in = ProtoField.framenum("wmi.request_in", "Request in frame"),
+    response_in = ProtoField.framenum("wmi.response_in", "Response in frame"),
+    encrypted = ProtoField.bool("wmi.encrypted", "Encrypted"),
+    hresult = ProtoField.uint32("wmi.hresult", "ReturnValue", base.HEX, G.HRESULTS),
+    status = ProtoField.string("wmi.status", "Status"),
+    flag = ProtoField.string("wmi.flag", "Flag"),
+    item = ProtoField.string("wmi.item", "Item"),
+    objref = ProtoField.string("wmi.objref", "OBJREF"),
+    obj_class = ProtoField.string("wmi.obj.class", "Object class"),
+    obj_kind = ProtoField.string("wmi.obj.kind", "Object kind"),
+    obj_super = ProtoField.string("wmi.obj.superclass", "Superclass"),
+    obj_method = ProtoField.string("wmi.obj.method", "Method"),
+    prop_name = ProtoField.string("wmi.prop.name", "Property"),
+    prop_value = ProtoField.string("wmi.prop.value", "Value"),
+    ctx_name = ProtoField.string("wmi.context.name", "Context value"),
+    stub = ProtoField.bytes("wmi.stub", "Stub"),
+}
+local PF = {}             -- parameter fields: wmi.<IDL name>
+for name, spec in pairs(G.FIELDS) do
+    local kind, label = spec[1], spec[2]
+    local abbr = "wmi." .. name
+    if kind == "uint" then
+        PF[name] = ProtoField.uint32(abbr, label, base.DEC)
+    elseif kind == "int" then
+        PF[name] = ProtoField.int32(abbr, label, base.DEC)
+    elseif kind == "string" then
+        PF[name] = ProtoField.string(abbr, label)
+    else
+        PF[name] = ProtoField.string(abbr, label)
+    end
+end
+local PROPF = {}          -- wmi.prop.<Name>, by lower-case name
+for _, name in ipairs(G.PROPS) do
+    PROPF[name:lower()] = ProtoField.string("wmi.prop." .. name, name)
+end
+local all = {}
+for _, f in pairs(F) do all[#all + 1] = f end
+for _, f in pairs(PF) do all[#all + 1] = f end
+for _, f in pairs(PROPF) do all[#all + 1] = f end
+proto.fields = all
+
+local E = {
+    malformed = ProtoExpert.new("wmi.malformed", "Malformed WMI stub", expert.group.MALFORMED, expert.severity.ERROR),
+    encrypted = ProtoExpert.new("wmi.encrypted.expert", "Stub sealed (give Wireshark the keys to decrypt it)",
+        expert.group.SECURITY, expert.severity.NOTE),
+    process = ProtoExpert.new("wmi.exec", "WMI method execution", expert.group.SECURITY, expert.severity.WARN),
+}
+proto.experts = {E.malformed, E.encrypted, E.process}
+
+local f_dcerpc = Field.new("dcerpc")
+local f_stream = Field.new("tcp.stream")
+local f_decrypted = Field.new("dcerpc.decrypted_stub_data")
+local f_stub = Field.new("dcerpc.stub_data")
+
+-- ---------------------------------------------------------------------------------------
+-- bytes
+
+local function u16(s, o) local a, b = sbyte(s, o + 1, o + 2) return a + b * 256 end
+local function u32(s, o) local a, b, c, d = sbyte(s, o + 1, o + 4) return a + b * 256 + c * 65536 + d * 16777216 end
+local function s32(s, o) local v = u32(s, o) if v >= 2147483648 then v = v - 4294967296 end return v end
+local function guid(s, o)
+    local b = { sbyte(s, o + 9, o + 16) }
+    return sformat("%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", u32(s, o), u16(s, o + 4), u16(s, o + 6),
+        b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
+end
+local function hex64(s, o) return sformat("0x%08x%08x", u32(s, o + 4), u32(s, o)) end
+
+local function utf8char(c)
+    if c < 0x80 then return schar(c) end
+    if c < 0x800 then return schar(0xC0 + floor(c / 64), 0x80 + c % 64) end
+    if c < 0x10000 then return schar(0xE0 + floor(c / 4096), 0x80 + floor(c / 64) % 64, 0x80 + c % 64) end
+    return schar(0xF0 + floor(c / 262144), 0x80 + floor(c / 4096) % 64, 0x80 + floor(c / 64) % 64, 0x80 + c % 64)
+end
+
+-- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
+local function utf16(s, o, n)
+    local last = o + 2 * n
+    if n > 16 then
+        -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
+        local raw = ssub(s, o + 1, last)
+        local high = raw:gsub(".(.)", "%1")
+        if not high:find("[^%z]") then
+            local low = raw:gsub("(.).", "%1")
+            if not low:find("[\128-\255]") then return (low:gsub("%z$", "")) end
+        end
+    end
+    local out, i = {}, 0
+    local p = o
+    while p + 2 <= last do
+        local c = u16(s, p)
+        p = p + 2
+        if c >= 0xD800 and c < 0xDC00 and p + 2 <= last then
+            local c2 = u16(s, p)
+            if c2 >= 0xDC00 and c2 < 0xE000 then
+                c = 0x10000 + (c - 0xD800) * 1024 + (c2 - 0xDC00)
+                p = p + 2
+            end
+        end
+        if c == 0 and p >= last then break end
+        i = i + 1
+        out[i] = c < 0x80 and schar(c) or utf8char(c)
+    end
+    return concat(out)
+end
+
+local function latin1(s)
+    if not s:find("[\128-\255]") then return s end
+    return (s:gsub("[\128-\255]", function(ch) return utf8char(sbyte(ch)) end))
+end
+
+local function fail(pos, msg) error({ off = pos, msg = msg }, 0) end
+
+-- ---------------------------------------------------------------------------------------
+-- the NDR interpreter (NDR 2.0, little-endian; C706 chapter 14)
+
+local R = {}
+R.__index = R
+
+local function reader(s, pos, lim)
+    return setmetatable({ s = s, pos = pos or 0, base = pos or 0, lim = lim or #s, q = {}, depth = 0, objrefs = {} }, R)
+end
+
+function R:need(n)
+    if n < 0 or self.pos + n > self.lim then fail(self.pos, sformat("need %d bytes, %d left", n, self.lim - self.pos)) end
+end
+function R:align(n)
+    local r = (self.pos - self.base) % n
+    if r ~= 0 then
+        self.pos = self.pos + n - r
+        if self.pos > self.lim then fail(self.pos, "alignment runs past the end") end
+    end
+end
+function R:u8() self:need(1) local v = sbyte(self.s, self.pos + 1) self.pos = self.pos + 1 return v end
+function R:u16() self:align(2) self:need(2) local v = u16(self.s, self.pos) self.pos = self.pos + 2 return v end
+function R:u32() self:align(4) self:need(4) local v = u32(self.s, self.pos) self.pos = self.pos + 4 return v end
+function R:count(elem)
+    local at = self.pos
+    local n = self:u32()
+    if n * math.max(elem, 1) > self.lim - self.pos then fail(at, sformat("count %d exceeds the %d bytes left", n, self.lim - self.pos)) end
+    return n
+end
+function R:defer(fn) self.q[#self.q + 1] = fn end
+function R:flush()
+    local q = self.q
+    if #q == 0 then return end
+    self.depth = self.depth + 1
+    if self.depth > 32 then fail(self.pos, "pointers nested too deep") end
+    self.q = {}
+    for _, fn in ipairs(q) do
+        fn()
+        self:flush()
+    end
+    self.depth = self.depth - 1
+end
+
+-- node: what the tree shows for one value. {l=label, o=offset, n=length, v=value, c=children,
+-- t=type string, f=parameter field, obj=decoded MS-WMIO object, objref=...}
+local function child(node, label)
+    local c = { l = label }
+    node.c = node.c or {}
+    node.c[#node.c + 1] = c
+    return c
+end
+
+local read_type
+local parse_objref
+
+local function prim(rd, t, node)
+    local w = t.w
+    rd:align(w)
+    rd:need(w)
+    local s, p = rd.s, rd.pos
+    local v
+    if w == 1 then v = sbyte(s, p + 1)
+    elseif w == 2 then v = u16(s, p); if t.s and v >= 32768 then v = v - 65536 end
+    elseif w == 4 then
+        if t.f then v = sformat("<real 0x%08x>", u32(s, p)) else v = t.s and s32(s, p) or u32(s, p) end
+    else v = t.f and sformat("<real 0x%s>", hex64(s, p)) or hex64(s, p) end
+    rd.pos = p + w
+    node.v = v
+end
+
+local function mip(rd, node, iface)
+    local at = rd.pos
+    local n = rd:count(1)
+    local cnt = rd:u32()
+    if cnt ~= n then fail(at, sformat("ulCntData %d does not match the conformance %d", cnt, n)) end
+    local p = rd.pos
+    rd.pos = p + n
+    node.o = node.o or at
+    local ok, o = pcall(parse_objref, rd.s, p, p + n, iface, rd.objmax)
+    if ok then
+        node.objref = o
+        node.v = o.text
+        rd.objrefs[#rd.objrefs + 1] = o
+    else
+        node.err = o
+        node.v = "OBJREF (not decoded)"
+    end
+end
+
+local function single_pointer_form(rd)
+    local p = rd.pos + (-(rd.pos - rd.base)) % 4
+    local s = rd.s
+    return p + 12 <= rd.lim and ssub(s, p + 9, p + 12) == "MEOW" and ssub(s, p + 1, p + 4) == ssub(s, p + 5, p + 8)
+        and ssub(s, p + 1, p + 4) ~= "\0\0\0\0"
+end
+
+local KIND = {}
+KIND.prim = prim
+KIND.guid = function(rd, t, node) rd:align(4) rd:need(16) node.v = guid(rd.s, rd.pos) rd.pos = rd.pos + 16 end
+KIND.filetime = function(rd, t, node)
+    rd:align(4) rd:need(8)
+    local lo, hi = u32(rd.s, rd.pos), u32(rd.s, rd.pos + 4)
+    rd.pos = rd.pos + 8
+    local secs = (hi * 4294967296 + lo) / 1e7 - 11644473600
+    node.v = (secs > 0 and secs < 4e9) and os.date("!%Y-%m-%d %H:%M:%S UTC", floor(secs)) or sformat("0x%08x%08x", hi, lo)
+end
+-- [string] wchar_t* / char*: max count, offset, actual count (characters of `width` octets)
+local function string_count(rd, width)
+    local n = rd:count(0)
+    local at = rd.pos
+    rd:u32()
+    local actual = rd:u32()
+    if actual > n or width * actual > rd.lim - rd.pos then fail(at, "string actual count exceeds the bytes left") end
+    return actual
+end
+KIND.wstring = function(rd, t, node)
+    local actual = string_count(rd, 2)
+    node.v = utf16(rd.s, rd.pos, actual)
+    rd.pos = rd.pos + 2 * actual
+end
+KIND.string = function(rd, t, node)
+    local actual = string_count(rd, 1)
+    local v = ssub(rd.s, rd.pos + 1, rd.pos + actual)
+    rd.pos = rd.pos + actual
+    node.v = latin1((v:gsub("%z$", "")))
+end
+KIND.bstr = function(rd, t, node)
+    local ref = rd:u32()
+    if ref == 0 then node.v = nil node.null = true return end
+    rd:defer(function()
+        rd:align(4)
+        local at = rd.pos
+        rd:need(12)
+        local n, cbytes, cl = u32(rd.s, at), u32(rd.s, at + 4), u32(rd.s, at + 8)
+        rd.pos = at + 12
+        if 2 * n > rd.lim - rd.pos then fail(at, sformat("FLAGGED_WORD_BLOB count %d exceeds the bytes left", n)) end
+        if cl > n then fail(at + 8, "clSize exceeds the conformance") end
+        local chars = cl
+        if cbytes ~= 0xFFFFFFFF and cbytes < 2 * cl then chars = floor(cbytes / 2) end
+        if cbytes == 0xFFFFFFFF then node.null = true else node.v = utf16(rd.s, rd.pos, chars) end
+        rd.pos = rd.pos + 2 * cl
+    end)
+end
+KIND.unique = function(rd, t, node)
+    local ref = rd:u32()
+    if ref == 0 then node.null = true return end
+    rd:defer(function()
+        local inner = G.TYPES[t.e]
+        if inner.k == "iface" and single_pointer_form(rd) then
+            mip(rd, node, inner.i)
+        else
+            read_type(rd, t.e, node)
+        end
+    end)
+end
+KIND.iface = function(rd, t, node)
+    local ref = rd:u32()
+    if ref == 0 then node.null = true return end
+    rd:defer(function() rd:align(4) mip(rd, node, t.i) end)
+end
+KIND.mip = function(rd, t, node) mip(rd, node, nil) end
+local function elements(rd, t, node, n)
+    local e = G.TYPES[t.e]
+    if t.e == "byte" then
+        rd:need(n)
+        node.v = sformat("%d bytes", n)
+        node.bytes = { rd.pos, n }
+        rd.pos = rd.pos + n
+        return
+    end
+    node.v = sformat("%d elements", n)
+    for i = 1, n do
+        local c = child(node, sformat("[%d]", i - 1))
+        read_type(rd, t.e, c)
+    end
+    node.count = n
+end
+KIND.array = function(rd, t, node) elements(rd, t, node, rd:count(G.TYPES[t.e].m or 1)) end
+KIND.varray = function(rd, t, node)
+    local mx = rd:u32()
+    local at = rd.pos
+    rd:u32()
+    local n = rd:u32()
+    if n > mx or n * (G.TYPES[t.e].m or 1) > rd.lim - rd.pos then fail(at, "varying array count exceeds the bytes left") end
+    elements(rd, t, node, n)
+end
+KIND.struct = function(rd, t, node)
+    rd:align(t.a)
+    local values = {}
+    for _, f in ipairs(t.f) do
+        local c = child(node, f[1])
+        c.t = f[2]
+        local ft = G.TYPES[f[2]]
+        if ft.k == "union" then
+            -- non-encapsulated union: its discriminant is on the wire, then the arm
+            local sw = {}
+            read_type(rd, ft.sw, sw)
+            local arm = ft.arms[sw.v]
+            if arm then
+                c.l = f[1] .. "." .. arm[1]
+                read_type(rd, arm[2], c)
+            else
+                c.v = sformat("union arm %s", tostring(sw.v))
+            end
+        else
+            read_type(rd, f[2], c)
+        end
+        values[f[1]] = c.v
+    end
+    node.fields = values
+end
+KIND.union = function(rd, t, node) fail(rd.pos, "a union outside a structure") end
+KIND.opaque = function(rd, t, node) fail(rd.pos, "structure not in the interface table: not decoded") end
+
+read_type = function(rd, tname, node)
+    local t = G.TYPES[tname]
+    if not t then fail(rd.pos, "type " .. tname .. " unknown") end
+    rd:align(t.a)
+    node.o = node.o or rd.pos
+    node.t = node.t or tname
+    KIND[t.k](rd, t, node)
+    if not node.n or rd.pos - node.o > node.n then node.n = rd.pos - node.o end
+end
+
+-- ---------------------------------------------------------------------------------------
+-- names for numbers
+
+local function hresult_text(v)
+    local n = G.HRESULTS[v]
+    if n then return n end
+    return sformat("0x%08X", v)
+end
+
+local function describe(names, v)
+    if not names or v == nil or type(v) ~= "number" then return nil end
+    if names[1] == "HRESULT" then return { hresult_text(v % 4294967296) } end
+    local first = G.ENUMS[names[1]]
+    if not first then return nil end
+    local u = v % 4294967296
+    if first.kind == "enum" then
+        for _, e in ipairs(first.v) do if e[2] == u then return { e[1] } end end
+        return nil
+    end
+    local out, left = {}, u
+    for _, name in ipairs(names) do
+        local e = G.ENUMS[name]
+        for _, f in ipairs(e.v) do
+            local bitv = f[2]
+            if bitv ~= 0 and left % (bitv * 2) >= bitv then
+                out[#out + 1] = f[1]
+                left = left - bitv
+            end
+        end
+    end
+    if left ~= 0 then out[#out + 1] = sformat("0x%X", left) end
+    return out
+end
+
+-- ---------------------------------------------------------------------------------------
+-- MS-WMIO (MS-WMIO 2.2): classes and instances, read from a Lua string
+
+local WMIO = {}
+local CELL = { [16] = 1, [17] = 1, [2] = 2, [18] = 2, [3] = 4, [19] = 4, [20] = 8, [21] = 8, [4] = 4, [5] = 8,
+    [11] = 2, [103] = 2 }
+
+local function encoded_string(s, p, lim)
+    if p >= lim then fail(p, "Encoded-String: no flag octet") end
+    local flag = sbyte(s, p + 1)
+    if flag == 0 then
+        local z = s:find("\0", p + 2, true)
+        if not z or z > lim then fail(p, "Encoded-String: no NUL terminator") end
+        return latin1(ssub(s, p + 2, z - 1))
+    elseif flag == 1 then
+        local q = p + 1
+        while q + 2 <= lim do
+            if u16(s, q) == 0 then return utf16(s, p + 1, (q - p - 1) / 2) end
+            q = q + 2
+        end
+        fail(p, "Encoded-String: no UTF-16 NUL terminator")
+    end
+    fail(p, "Encoded-String: bad flag " .. tostring(flag))
+end
+
+local function heap_string(s, heap, ref)
+    if ref == 0xFFFFFFFF then return nil end
+    if ref >= 2147483648 then return G.DICTIONARY[ref - 2147483648 + 1] or "?" end
+    if ref >= heap.len then fail(heap.at, "HeapRef past the heap") end
+    return encoded_string(s, heap.at + ref, heap.at + heap.len)
+end
+
+local function read_heap(s, p, lim)
+    if p + 4 > lim then fail(p, "Heap: truncated HeapLength") end
+    local n = u32(s, p)
+    if n >= 2147483648 then n = n - 2147483648 end
+    if p + 4 + n > lim then fail(p, "Heap runs past the object") end
+    return { at = p + 4, len = n }, p + 4 + n
+end
+
+local function cim_value(s, heap, typ, p)
+    local base = typ % 8192
+    local is_array = typ % 16384 >= 8192
+    if is_array then
+        local ref = u32(s, p)
+        if ref == 0xFFFFFFFF then return nil end
+        local at = heap.at + ref
+        if ref + 4 > heap.len then fail(at, "array HeapRef past the heap") end
+        local n = u32(s, at)
+        local out = {}
+        local size = CELL[base] or 4
+        if n * size > heap.len - ref then fail(at, "array count exceeds the heap") end
+        for i = 1, math.min(n, 64) do
+            out[i] = tostring(cim_value(s, heap, base, at + 4 + (i - 1) * size))
+        end
+        if n > 64 then out[#out + 1] = "..." end
+        return "{" .. concat(out, ", ") .. "}"
+    end
+    if base == 8 or base == 101 or base == 102 then
+        return heap_string(s, heap, u32(s, p))
+    elseif base == 13 then
+        return "(embedded object)"
+    elseif base == 11 then
+        return u16(s, p) ~= 0 and "TRUE" or "FALSE"
+    elseif base == 16 then local v = sbyte(s, p + 1) return v >= 128 and v - 256 or v
+    elseif base == 17 then return sbyte(s, p + 1)
+    elseif base == 2 then local v = u16(s, p) return v >= 32768 and v - 65536 or v
+    elseif base == 18 or base == 103 then return u16(s, p)
+    elseif base == 3 then return s32(s, p)
+    elseif base == 19 then return u32(s, p)
+    elseif base == 20 or base == 21 then
+        local lo, hi = u32(s, p), u32(s, p + 4)
+        if hi == 0 then return lo end
+        return hex64(s, p)
+    end
+    return sformat("<cimtype %d>", typ)
+end
+
+local function qualifier_set(s, p, lim, heap)
+    if p + 4 > lim then fail(p, "QualifierSet: truncated") end
+    local n = u32(s, p)
+    local q, stop = p + 4, p + n
+    if stop > lim or n < 4 then fail(p, "QualifierSet runs past the object") end
+    local out = {}
+    while q + 9 <= stop do
+        local name = heap and heap_string(s, heap, u32(s, q)) or "?"
+        local typ = u32(s, q + 5)
+        local base = typ % 8192
+        local size = (typ % 16384 >= 8192) and 4 or (CELL[base] or 4)
+        local value = heap and cim_value(s, heap, typ % 16384, q + 9) or nil
+        out[#out + 1] = { name = name, value = value }
+        q = q + 9 + size
+    end
+    return out, stop
+end
+
+-- ClassPart (2.2.15) at p: its header, derivation, qualifiers, properties and default values
+local function class_part(s, p, lim)
+    if p + 13 > lim then fail(p, "ClassPart: truncated ClassHeader") end
+    local len = u32(s, p)
+    local stop = p + len
+    if stop > lim or len < 13 then fail(p, "ClassPart: EncodingLength runs past the object") end
+    local name_ref, ndv_len = u32(s, p + 5), u32(s, p + 9)
+    local q = p + 13
+    -- DerivationList
+    local dlen = u32(s, q)
+    local deriv, d, dstop = {}, q + 4, q + dlen
+    while d < dstop do
+        local name = encoded_string(s, d, dstop)
+        local flag = sbyte(s, d + 1)
+        local skip
+        if flag == 0 then skip = #name + 2 else skip = nil end
+        -- the EncodingLength after each name says how long it was
+        local e = d + 1
+        if flag == 0 then e = s:find("\0", d + 2, true) else
+            e = d + 1
+            while u16(s, e) ~= 0 do e = e + 2 end
+            e = e + 1
+        end
+        deriv[#deriv + 1] = name
+        d = e + 4
+    end
+    q = dstop
+    local quals_at = q
+    local _, qend = qualifier_set(s, q, stop, nil)
+    q = qend
+    local count = u32(s, q)
+    local lookups = {}
+    for i = 1, count do
+        local at = q + 4 + (i - 1) * 8
+        lookups[i] = { u32(s, at), u32(s, at + 4) }
+    end
+    q = q + 4 + 8 * count
+    local nd_at = q
+    local nd_len = floor((count + 3) / 4)
+    local values_at = q + nd_len
+    q = q + ndv_len
+    local heap = read_heap(s, q, stop)
+    local cls = { name = heap_string(s, heap, name_ref), derivation = deriv, props = {}, heap = heap,
+        nd_len = nd_len, vt_len = ndv_len - nd_len, count = count }
+    cls.qualifiers = qualifier_set(s, quals_at, stop, heap)
+    cls.superclass = deriv[1]
+    for i, lk in ipairs(lookups) do
+        local info = heap.at + lk[2]
+        if lk[2] + 14 > heap.len then fail(info, "PropertyInfo past the heap") end
+        local typ = u32(s, info)
+        local prop = { name = heap_string(s, heap, lk[1]), type = typ % 16384, inherited = typ >= 16384,
+            order = u16(s, info + 4), vt = u32(s, info + 6), origin = u32(s, info + 10) }
+        -- a class's default value: NdTable bit 0 clear means it has one
+        local nd = sbyte(s, nd_at + floor(prop.order / 4) + 1) or 0
+        local bits = floor(nd / 4 ^ (prop.order % 4)) % 4
+        if bits % 2 == 0 and values_at + prop.vt < values_at + cls.vt_len then
+            local ok, v = pcall(cim_value, s, heap, prop.type, values_at + prop.vt)
+            if ok then prop.default = v end
+        end
+        local okq, quals = pcall(qualifier_set, s, info + 14, heap.at + heap.len, heap)
+        if okq then prop.qualifiers = quals end
+        cls.props[i] = prop
+    end
+    return cls, stop
+end
+
+local function cim_type_name(t)
+    local base = t % 8192
+    local name = G.CIMTYPES[base] or sformat("type %d", base)
+    if t % 16384 >= 8192 then name = name .. "[]" end
+    return name
+end
+
+local object_block
+local instance_part
+
+-- MethodsPart (2.2.38): names, and the in / out signatures as nested objects
+local function methods_part(s, p, lim, depth)
+    if p + 8 > lim then fail(p, "MethodsPart: truncated") end
+    local len = u32(s, p)
+    local stop = p + len
+    if stop > lim then fail(p, "MethodsPart runs past the object") end
+    local n = u16(s, p + 4)
+    local heap = read_heap(s, p + 8 + 24 * n, stop)
+    local out = {}
+    for i = 1, n do
+        local at = p + 8 + (i - 1) * 24
+        local m = { name = heap_string(s, heap, u32(s, at)) }
+        for _, side in ipairs({ { "in", 16 }, { "out", 20 } }) do
+            local ref = u32(s, at + side[2])
+            if ref ~= 0xFFFFFFFF and ref + 4 <= heap.len then
+                local blen = u32(s, heap.at + ref)
+                if blen > 0 and depth < 4 then
+                    local ok, sig = pcall(object_block, s, heap.at + ref + 4, heap.at + ref + 4 + blen, depth + 1)
+                    if ok then m[side[1]] = sig end
+                end
+            end
+        end
+        out[i] = m
+    end
+    return out, stop
+end
+
+-- ObjectFlags and Decoration (2.2.5 - 2.2.9) at p: (flags, namespace, server, where the encoding starts)
+local function block_head(s, p, lim)
+    local flags = sbyte(s, p + 1)
+    if not flags then fail(p, "ObjectBlock: empty") end
+    local q = p + 1
+    local names = {}
+    if flags % 8 >= 4 then
+        for i = 1, 2 do
+            names[i] = encoded_string(s, q, lim)
+            if sbyte(s, q + 1) == 0 then q = s:find("\0", q + 2, true)
+            else
+                q = q + 1
+                while u16(s, q) ~= 0 do q = q + 2 end
+                q = q + 2
+            end
+        end
+    end
+    return flags, names[2], names[1], q
+end
+
+-- ObjectBlock (2.2.5)
+object_block = function(s, p, lim, depth)
+    local flags, namespace, server, q = block_head(s, p, lim)
+    local obj = { namespace = namespace, server = server }
+    if flags % 2 == 1 then
+        -- ClassType: the parent's ClassAndMethodsPart, then the class's own
+        local parent, e1 = class_part(s, q, lim)
+        local _, e2 = methods_part(s, e1, lim, depth)
+        local cls, e3 = class_part(s, e2, lim)
+        local methods = methods_part(s, e3, lim, depth)
+        cls.kind = "class"
+        cls.methods = methods
+        cls.parent = parent
+        for k, v in pairs(obj) do cls[k] = v end
+        return cls
+    end
+    -- InstanceType (2.2.53): the class part, then the instance's values
+    local cls, e = class_part(s, q, lim)
+    return instance_part(s, e, lim, cls, obj)
+end
+
+-- the instance fields after CurrentClass (2.2.53, and 2.2.3 without the class), at e
+instance_part = function(s, e, lim, cls, obj)
+    local len = u32(s, e)
+    local stop = e + len
+    if stop > lim then fail(e, "InstanceType: EncodingLength runs past the object") end
+    local nd_at = e + 9
+    local values_at = nd_at + cls.nd_len
+    local r = values_at + cls.vt_len
+    local _, qend = qualifier_set(s, r, stop, nil)
+    r = qend
+    local flag = sbyte(s, r + 1)
+    r = r + 1
+    if flag == 2 then
+        for _ = 1, cls.count do
+            local _, qe = qualifier_set(s, r, stop, nil)
+            r = qe
+        end
+    end
+    local heap = read_heap(s, r, stop)
+    local inst = { kind = "instance", name = cls.name, class = cls, values = {}, namespace = obj.namespace,
+        server = obj.server }
+    for i, prop in ipairs(cls.props) do
+        local nd = sbyte(s, nd_at + floor(prop.order / 4) + 1) or 0
+        local bits = floor(nd / 4 ^ (prop.order % 4)) % 4
+        local v
+        if bits % 2 == 1 then
+            v = nil
+        elseif bits >= 2 then
+            v = prop.default
+        else
+            local ok, x = pcall(cim_value, s, heap, prop.type, values_at + prop.vt)
+            v = ok and x or "(not decoded)"
+        end
+        inst.values[i] = v
+    end
+    return inst
+end
+
+-- MS-WMI 2.2.14 ObjectArray at p: its objects, classes of WBEMOBJECT_INSTANCEs kept in cache
+-- (classID -> class) for the WBEMOBJECT_INSTANCE_NOCLASS of later calls
+function WMIO.object_array(s, p, lim, cache)
+    if p + 46 > lim or ssub(s, p + 5, p + 12) ~= "WBEMDATA" then fail(p, "ObjectArray: no WBEMDATA header") end
+    local size1, ptype, count = u32(s, p + 16), sbyte(s, p + 26), u32(s, p + 42)
+    local stop = p + 26 + size1
+    if stop > lim then fail(p + 16, "ObjectArray: dwDataSize1 runs past the buffer") end
+    local out = { packet = ptype == 0 and "Indicate" or "Next", count = count, objects = {}, at = p, len = stop - p }
+    local q = p + 46
+    for i = 1, count do
+        if q + 9 > stop then fail(q, "ObjectArray: fewer objects than dwNumObjects") end
+        local size, kind = u32(s, q + 4), sbyte(s, q + 9)
+        local body, obj_end = q + 9, q + 9 + size
+        if obj_end > stop then fail(q + 4, "WBEM_DATAPACKET_OBJECT: dwSizeOfData runs past the ObjectArray") end
+        local item = { kind = kind, at = q, len = obj_end - q }
+        local ok, err = pcall(function()
+            if kind == 1 then
+                item.obj = object_block(s, body + 8, obj_end, 0)
+            elseif kind == 2 or kind == 3 then
+                local cid = guid(s, body + 8)
+                item.class_id = cid
+                if kind == 2 then
+                    item.obj = object_block(s, body + 24, obj_end, 0)
+                    if cache and item.obj.class then cache[cid] = item.obj.class end
+                else
+                    local cls = cache and cache[cid]
+                    if not cls then fail(body + 8, "classID " .. cid .. " names no class seen before") end
+                    local flags, ns, server, e = block_head(s, body + 24, obj_end)
+                    item.obj = instance_part(s, e, obj_end, cls, { namespace = ns, server = server })
+                end
+            else
+                fail(q + 8, "bObjectType " .. tostring(kind) .. " is not 1, 2 or 3")
+            end
+        end)
+        if not ok then item.err = type(err) == "table" and err or { off = q, msg = tostring(err) } end
+        out.objects[i] = item
+        q = obj_end
+    end
+    return out
+end
+
+function WMIO.encoding_unit(s, p, lim)
+    if lim - p < 8 or u32(s, p) ~= 0x12345678 then fail(p, "EncodingUnit: signature is not 0x12345678") end
+    local n = u32(s, p + 4)
+    if p + 8 + n > lim then fail(p + 4, "ObjectEncodingLength runs past the buffer") end
+    return object_block(s, p + 8, p + 8 + n, 0)
+end
+
+-- the name of the class an EncodingUnit holds (or is an instance of), found by skipping
+-- blocks by their EncodingLength rather than decoding them
+local function class_part_name(s, p, lim)
+    local name_ref = u32(s, p + 5)
+    local q = p + 13
+    q = q + u32(s, q)                          -- DerivationList
+    q = q + u32(s, q)                          -- ClassQualifierSet
+    q = q + 4 + 8 * u32(s, q)                  -- PropertyLookupTable
+    q = q + u32(s, p + 9)                      -- NdTable and default values
+    local heap = read_heap(s, q, lim)
+    return heap_string(s, heap, name_ref)
+end
+
+function WMIO.class_name(s, p, lim)
+    if lim - p < 9 or u32(s, p) ~= 0x12345678 then fail(p, "EncodingUnit: signature is not 0x12345678") end
+    local flags, _, _, q = block_head(s, p + 8, lim)
+    if flags % 2 == 1 then
+        q = q + u32(s, q)                      -- the parent's ClassPart
+        q = q + u32(s, q)                      -- and its MethodsPart
+    end
+    return class_part_name(s, q, lim)
+end
+
+-- IWbemContextBuffer (MS-WMI 2.2.13.1): its named values, as "Name = value" texts.
+-- Scalars sit in 8-octet slots (VT_R8 in its own 8), strings are IWbemContextStrings (a count
+-- of UTF-16 units, no NUL), VT_UNKNOWN an MS-WMIO EncodingUnit (or a whole OBJREF_CUSTOM).
+local VT_SCALAR = { [2] = { 2, true }, [3] = { 4, true }, [16] = { 1, true }, [17] = { 1 }, [18] = { 2 },
+    [19] = { 4 }, [11] = { 2 } }
+local VT_NAMES = { [1] = "VT_NULL", [2] = "VT_I2", [3] = "VT_I4", [4] = "VT_R4", [5] = "VT_R8", [8] = "VT_BSTR",
+    [11] = "VT_BOOL", [13] = "VT_UNKNOWN", [16] = "VT_I1", [17] = "VT_UI1", [18] = "VT_UI2", [19] = "VT_UI4" }
+
+local function context_string(s, q, lim)
+    local n = u32(s, q)
+    if q + 4 + 2 * n > lim then fail(q, "IWbemContextString: count runs past the buffer") end
+    return utf16(s, q + 4, n), q + 4 + 2 * n
+end
+
+local function context_values(s, p, lim)
+    local out = {}
+    local q = p + 4 + 16 * u32(s, p)                   -- NumGuids, Guids
+    if q + 4 > lim then fail(p, "IWbemContextBuffer: NumGuids runs past the buffer") end
+    local count = u32(s, q)
+    q = q + 4
+    for i = 1, count do
+        if i > 256 then out[#out + 1] = "..." break end
+        local name
+        name, q = context_string(s, q, lim)
+        local vt = u16(s, q + 4)
+        q = q + 6
+        local base, text = vt % 4096, nil
+        if vt >= 0x2000 then
+            local n, size = u32(s, q), u32(s, q + 4)
+            text = sformat("%s array of %d", VT_NAMES[base] or tostring(base), n)
+            if base == 8 then
+                q = q + 8
+                for _ = 1, n do local _, e = context_string(s, q, lim) q = e end
+            else
+                q = q + 8 + n * size
+            end
+        elseif base == 1 then
+            text = "NULL"
+        elseif base == 8 then
+            text, q = context_string(s, q, lim)
+        elseif base == 5 then
+            text = "<real>"
+            q = q + 8
+        elseif base == 4 then
+            text = "<real>"
+            q = q + 8
+        elseif base == 13 then
+            local e = q
+            if ssub(s, q + 1, q + 4) == "MEOW" then e = q + 48 end
+            local obj = WMIO.class_name(s, e, lim)
+            text = "object " .. tostring(obj)
+            q = e + 8 + u32(s, e + 4)
+        elseif VT_SCALAR[base] then
+            local w, signed = VT_SCALAR[base][1], VT_SCALAR[base][2]
+            local v = w == 1 and sbyte(s, q + 1) or w == 2 and u16(s, q) or u32(s, q)
+            if signed and v >= 2 ^ (8 * w - 1) then v = v - 2 ^ (8 * w) end
+            text = base == 11 and (v ~= 0 and "TRUE" or "FALSE") or tostring(floor(v))
+            q = q + 8
+        else
+            fail(q - 2, sformat("PropertyType 0x%04X is not one MS-WMI 2.2.13.2 allows", vt))
+        end
+        if q > lim then fail(q, "IWbemContextProperty runs past the buffer") end
+        out[#out + 1] = name .. " = " .. text
+    end
+    return out
+end
+
+-- ---------------------------------------------------------------------------------------
+-- OBJREF (MS-DCOM 2.2.18)
+
+parse_objref = function(s, p, lim, declared, objmax)
+    if p + 24 > lim then fail(p, "OBJREF: need 24 bytes") end
+    if ssub(s, p + 1, p + 4) ~= "MEOW" then fail(p, "OBJREF: signature is not MEOW") end
+    local flags = u32(s, p + 4)
+    local iid = guid(s, p + 8)
+    local info = G.IFACES[iid]
+    local o = { flags = flags, iid = iid, iface = info and info.name or declared, at = p, len = lim - p }
+    if flags == 1 or flags == 2 or flags == 8 then
+        if p + 64 > lim then fail(p, "STDOBJREF: truncated") end
+        o.oxid = hex64(s, p + 32)
+        o.ipid = guid(s, p + 48)
+        o.text = sformat("OBJREF_STANDARD %s IPID %s", o.iface or iid, o.ipid)
+    elseif flags == 4 then
+        if p + 48 > lim then fail(p, "OBJREF_CUSTOM: truncated") end
+        o.clsid = guid(s, p + 24)
+        o.payload = p + 48
+        o.text = sformat("OBJREF_CUSTOM %s", o.iface or iid)
+        if o.clsid == G.WMIO_CLSID and lim - o.payload > (objmax or math.huge) then
+            -- the first pass wants the class name only (wmi.class); a tree that is not shown
+            -- gets the objects a filter is likely to look into (method parameters, instances
+            -- being put), not whole class definitions; a tree that is shown gets everything
+            local ok, name = pcall(WMIO.class_name, s, o.payload, lim)
+            if ok then o.obj = { name = name, light = true } end
+        elseif o.clsid == G.WMIO_CLSID then
+            local ok, obj = pcall(WMIO.encoding_unit, s, o.payload, lim)
+            if ok then o.obj = obj else o.obj_err = obj end
+        elseif o.clsid == G.CONTEXT_CLSID then
+            local ok, values = pcall(context_values, s, o.payload, lim)
+            if ok then o.context = values else o.obj_err = values end
+        else
+            -- activation properties and other custom blobs: the standard OBJREFs inside
+            o.nested = {}
+            local q = o.payload
+            while true do
+                local a = s:find("MEOW", q + 1, true)
+                if not a or a + 63 > lim then break end
+                local ok, inner = pcall(parse_objref, s, a - 1, lim, nil, objmax)
+                if ok and inner.ipid then o.nested[#o.nested + 1] = inner end
+                q = a + 3
+            end
+        end
+    else
+        fail(p + 4, sformat("OBJREF flags 0x%x unknown", flags))
+    end
+    return o
+end
+
+-- ---------------------------------------------------------------------------------------
+-- a stub decoded: the parameters as nodes
+
+local ORPC_SIZE = { ORPCTHIS = 32, ORPCTHAT = 8 }
+
+local function decode_stub(s, base, lim, info, opnum, response, objmax)
+    local m = info.m[opnum]
+    local out = { params = {}, objrefs = {} }
+    if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
+    local plist = response and m.r or m.q
+    local rd = reader(s, base, lim)
+    rd.objmax = objmax
+    for _, p in ipairs(plist) do
+        local node = { l = p.d, p = p, t = p.t }
+        out.params[#out.params + 1] = node
+        -- the first pass skips the implicit ORPC header when it has no extensions (its
+        -- usual form): a fixed 32 (ORPCTHIS) or 8 (ORPCTHAT) octets, nothing it needs
+        local skip = objmax == 0 and ORPC_SIZE[p.t]
+        if skip and rd.pos + skip <= lim and u32(s, rd.pos + skip - 4) == 0 then
+            node.o, node.n = rd.pos, skip
+            rd.pos = rd.pos + skip
+            goto continue
+        end
+        do
+        local ok, err = pcall(function()
+            rd:align(G.TYPES[p.t].a)
+            local start = rd.pos
+            read_type(rd, p.t, node)
+            rd:flush()
+            node.o, node.n = start, rd.pos - start
+            if node.bytes and G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "object_array" then
+                node.oa = { node.bytes[1], node.bytes[1] + node.bytes[2] }
+            end
+        end)
+        if not ok then
+            local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
+            local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
+            if at then
+                -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
+                -- IDL's array of interface pointers
+                node.o = at - 5
+                node.n = lim - node.o
+                node.oa = { at - 5, lim }
+                node.v = "ObjectArray"
+                node.err = nil
+                return out
+            end
+            node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
+            out.err = node.err
+            break
+        end
+        end
+        ::continue::
+    end
+    if response and not out.err then
+        local ok, err = pcall(function()
+            rd:align(4)
+            out.ret = { o = rd.pos, n = 4, v = rd:u32() }
+        end)
+        if not ok then out.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) } end
+    end
+    out.objrefs = rd.objrefs
+    return out
+end
+
+local function param(dec, name)
+    local by = dec.by
+    if not by then
+        by = {}
+        for _, n in ipairs(dec.params) do by[n.p.n] = n end
+        dec.by = by
+    end
+    return by[name]
+end
+
+-- ---------------------------------------------------------------------------------------
+-- state: bind contexts per TCP stream, calls per stream, IPIDs across the capture
+
+local S = {}
+local function reset()
+    S.ctx = {}          -- stream -> ctx_id -> interface uuid
+    S.calls = {}        -- stream -> call_id -> call
+    S.ipids = {}        -- ipid -> {iid, ns, op}
+    S.frags = {}        -- stream:call_id:ptype -> list of stub pieces
+    S.frames = {}       -- frame number -> list of PDU records (false: none)
+    S.classes = {}      -- smart enumerator / sink IPID -> ObjectArray classID -> class (2.2.14.4)
+end
+reset()
+
+local function derives(uuid, ancestor)
+    local info = G.IFACES[uuid]
+    if not info then return false end
+    for _, a in ipairs(info.anc) do if a == ancestor then return true end end
+    return false
+end
+
+local function join_namespace(parent, child)
+    if not child or child == "" then return parent end
+    if not parent or child:sub(1, 2) == "\\\\" or child:sub(1, 2) == "//" then return child end
+    return (parent:gsub("[\\/]+$", "")) .. "\\" .. (child:gsub("^[\\/]+", ""))
+end
+
+local function class_of_path(path)
+    if not path then return nil end
+    local p = path:gsub("^.*:", "")
+    return p:match("^([%w_]+)")
+end
+
+local function class_of_query(q)
+    if not q then return nil end
+    return q:match("[Ff][Rr][Oo][Mm]%s+([%w_]+)")
+end
+
+local function learn(o, ns, op, frame)
+    if o.ipid then
+        S.ipids[o.ipid] = { iid = o.iid, ns = ns, op = op, frame = frame }
+    end
+    for _, n in ipairs(o.nested or {}) do learn(n, ns, op, frame) end
+end
+
+-- what a decoded request / response tells the registry; the call's analyst fields
+local function observe(call, dec, response, frame)
+    local info = G.IFACES[call.iid]
+    local mname = info and info.m[call.opnum] and info.m[call.opnum].n
+    if not response then
+        local path = param(dec, "strObjectPath")
+        local cls = param(dec, "strClass") or param(dec, "strSuperclass") or param(dec, "strSuperClass")
+        local q = param(dec, "strQuery")
+        call.class = class_of_path(path and path.v) or (cls and cls.v) or class_of_query(q and q.v)
+        for _, n in ipairs({ "pObject", "pInst" }) do
+            local o = param(dec, n)
+            if o and o.objref and o.objref.obj then call.class = call.class or o.objref.obj.name end
+        end
+        local res = param(dec, "wszNetworkResource")
+        if res then call.login_ns = res.v end
+        local sub = param(dec, "strNamespace")
+        if sub then call.login_ns = join_namespace(call.ns, sub.v) end
+        local iids = param(dec, "iids")
+        if iids and iids.c then
+            call.qi = {}
+            for i, c in ipairs(iids.c) do call.qi[i] = c.v end
+        end
+        local queried = param(dec, "ripid")
+        if queried then call.qi_of = queried.v end
+    end
+    local ns = call.login_ns or call.ns
+    for _, o in ipairs(dec.objrefs) do
+        -- an interface pointer names its IPID; one returned by NTLMLogin / OpenNamespace
+        -- is the namespace it opened
+        if o.iface == "IWbemServices" and response then learn(o, ns, call.op, frame) else learn(o, call.ns, call.op, frame) end
+    end
+    if response and call.qi then
+        -- RemQueryInterface: REMQIRESULT i answers the request's IID i
+        local results = param(dec, "ppQIResults")
+        for i, c in ipairs(results and results.c or {}) do
+            local std = c.c and c.c[2]
+            local ipid
+            for _, f in ipairs(std and std.c or {}) do if f.l == "ipid" then ipid = f.v end end
+            if ipid and call.qi[i] and c.fields and c.fields.hResult == 0 then
+                -- the new pointer is another interface of the object queried: its namespace
+                -- and operation carry over
+                local of = call.qi_of and S.ipids[call.qi_of] or call
+                S.ipids[ipid] = { iid = call.qi[i], ns = of.ns, op = of.op, frame = frame }
+            end
+        end
+    end
+end
+
+-- ---------------------------------------------------------------------------------------
+-- one frame, first pass: the PDUs, their calls, the stubs
+
+local PTYPE = { [0] = "Request", [2] = "Response", [3] = "Fault" }
+
+-- the PDU header (C706 12.6) from its first octets; the auth trailer's level and pad length
+-- read from the range (rlen octets long)
+local function pdu_header(s, r, rlen)
+    if #s < 16 or sbyte(s, 1) ~= 5 then return nil end
+    local h = { ptype = sbyte(s, 3), flags = sbyte(s, 4), little = sbyte(s, 5) >= 16,
+        frag_len = u16(s, 8), auth_len = u16(s, 10), call_id = u32(s, 12) }
+    if not h.little then return h end
+    if #s >= 20 then h.alloc_hint = u32(s, 16) end
+    if h.ptype == 0 and #s >= 24 then
+        h.ctx_id, h.opnum = u16(s, 20), u16(s, 22)
+        h.hdr = 24
+        if h.flags % 256 >= 128 and #s >= 40 then
+            h.ipid = guid(s, 24)
+            h.hdr = 40
+        end
+    elseif (h.ptype == 2 or h.ptype == 3) and #s >= 24 then
+        h.ctx_id = u16(s, 20)
+        h.hdr = 24
+        if h.ptype == 3 and #s >= 28 then h.status = u32(s, 24) end
+    end
+    h.stub_end = math.min(rlen, h.frag_len)
+    if h.auth_len > 0 and h.frag_len >= h.auth_len + 8 then
+        local a = h.frag_len - h.auth_len - 8
+        if a + 3 <= rlen then
+            local t = r:raw(a, 3)
+            h.auth_level, h.pad = sbyte(t, 2), sbyte(t, 3)
+            h.stub_end = math.max((h.hdr or 24), a - h.pad)
+        end
+    end
+    return h
+end
+
+local function value_text(node)
+    if node.null then return "NULL" end
+    if node.v == nil then return "" end
+    return tostring(node.v)
+end
+
+local function summary(info, rec, dec)
+    local m = info and info.m[rec.call.opnum]
+    local head = sformat("%s:%s %s", info and info.name or "?", m and m.n or ("opnum " .. rec.call.opnum),
+        PTYPE[rec.ptype] or "?")
+    local items = {}
+    if dec then
+        for _, n in ipairs(dec.params) do
+            if n.p.s and not n.err then items[#items + 1] = n.p.d .. "=" .. value_text(n) end
+        end
+        if dec.ret then items[#items + 1] = "ReturnValue=" .. hresult_text(dec.ret.v) end
+    end
+    if rec.sealed then items[#items + 1] = "(encrypted)" end
+    if rec.ptype == 3 then items[#items + 1] = sformat("Fault 0x%08x", rec.status or 0) end
+    if #items > 0 then head = head .. ", " .. concat(items, " ") end
+    return head
+end
+
+-- stubs handed to the claiming dissector (4.4) in the frame being dissected, by call_id
+local CLAIMED = { frame = -1, stubs = {}, enc = 0 }
+local f_call_id = Field.new("dcerpc.cn_call_id")
+local f_auth_level = Field.new("dcerpc.auth_level")
+local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
+
+local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLoginClientID = "Login",
+    IWbemLoginClientIDEx = "Login", IWbemRefreshingServices = "Refresher", IWbemRemoteRefresher = "Refresher" }
+
+local BIG = 256 * 1024
+
+local function first_pass(pinfo)
+    local pdus = { f_dcerpc() }
+    if #pdus == 0 then return false end
+    local sfi = f_stream()
+    local stream = sfi and sfi.value or -1
+    local decrypted = { f_decrypted() }
+    local nsealed = 0
+    local out = {}
+    S.ctx[stream] = S.ctx[stream] or {}
+    S.calls[stream] = S.calls[stream] or {}
+    local ctx, calls = S.ctx[stream], S.calls[stream]
+    for idx, fi in ipairs(pdus) do
+        local r = fi.range
+        local rlen = r:len()
+        local s = r:raw(0, rlen < 40 and rlen or 40)
+        local h = pdu_header(s, r, rlen)
+        if h and h.little then
+            if h.ptype == 11 or h.ptype == 14 then
+                -- bind / alter_context: p_cont_list (C706 12.6.3.1)
+                s = r:raw()
+                if #s >= 28 then
+                    local n, p = sbyte(s, 25), 28
+                    for _ = 1, n do
+                        if p + 24 > #s then break end
+                        local id, nts = u16(s, p), sbyte(s, p + 2)
+                        ctx[id] = guid(s, p + 4)
+                        p = p + 24 + 20 * nts
+                    end
+                end
+            elseif h.ptype == 0 or h.ptype == 2 or h.ptype == 3 then
+                local call
+                if h.ptype == 0 then
+                    call = calls[h.call_id]
+                    if not call or call.req_done then
+                        call = { call_id = h.call_id, opnum = h.opnum, ipid = h.ipid }
+                        calls[h.call_id] = call
+                        local bound = ctx[h.ctx_id]
+                        local e = h.ipid and S.ipids[h.ipid]
+                        local iid = bound
+                        if e and e.iid and G.IFACES[e.iid] then
+                            iid = e.iid
+                            if bound and bound ~= iid and derives(bound, iid) then iid = bound end
+                        end
+                        call.iid = iid
+                        call.ns = e and e.ns
+                        -- the operation (what the analyst thinks of as one request): every
+                        -- IWbemServices call starts one; the objects it returns carry it
+                        local ci = iid and G.IFACES[iid]
+                        call.op = ci and OPERATION[ci.name]
+                        if call.op == true then call.op = ci.m[h.opnum] and ci.m[h.opnum].n end
+                        if not call.op then call.op = e and e.op end
+                    end
+                else
+                    call = calls[h.call_id]
+                end
+                local info = call and call.iid and G.IFACES[call.iid]
+                local m = info and info.m[call.opnum]
+                -- decoded on this pass: a WMI call (its Info column), or what the
+                -- registry learns from (RemQueryInterface, activation, ...)
+                local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"]) and h.ptype ~= 3
+                local sealed = h.auth_level == 6
+                local stub, from_decrypted, big, tail
+                local last = h.flags % 4 >= 2
+                local first = h.flags % 2 == 1
+                local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
+                if sealed then
+                    -- the plaintext: on 4.4 the claiming dissector below got it (last fragment
+                    -- of an interface it claims), otherwise a decrypted_stub_data field
+                    local piece, d
+                    if last and CLAIMED.frame == pinfo.number then piece = CLAIMED.stubs[h.call_id] end
+                    if piece == nil then
+                        nsealed = nsealed + 1
+                        d = decrypted[nsealed]
+                        piece = needed and d and d.range:raw()
+                    end
+                    if piece and first and last then
+                        if d then stub, from_decrypted = piece, nsealed else stub = piece end
+                    elseif piece then
+                        -- Wireshark's reassembly of decrypted fragments keeps the auth padding
+                        -- of all but the last one: reassemble the fragments' own plaintext
+                        local buf = S.frags[key]
+                        if first or not buf then buf = {} S.frags[key] = buf end
+                        if last then
+                            local own = (h.stub_end or 0) - (h.hdr or 0)
+                            buf[#buf + 1] = ssub(piece, #piece - own + 1)
+                            stub = concat(buf)
+                            S.frags[key] = nil
+                        else
+                            buf[#buf + 1] = piece
+                        end
+                    end
+                elseif h.hdr and needed then
+                    local n = h.stub_end - h.hdr
+                    local buf = S.frags[key]
+                    if first and not last then
+                        -- a stub announced larger than BIG is not copied on this pass: its
+                        -- return value is its last four octets, and a tree that is shown
+                        -- takes the stub Wireshark reassembled (or handed to us on 4.4)
+                        buf = { big = h.alloc_hint > BIG, total = 0 }
+                        S.frags[key] = buf
+                    end
+                    if first and last then
+                        stub = n > 0 and r:raw(h.hdr, n) or ""
+                    elseif buf and buf.big then
+                        buf.total = buf.total + math.max(n, 0)
+                        if last then
+                            big = buf.total
+                            if n >= 4 then tail = r:raw(h.stub_end - 4, 4) end
+                            S.frags[key] = nil
+                        end
+                    else
+                        if not buf then buf = { total = 0 } S.frags[key] = buf end
+                        buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
+                        if last then stub = concat(buf) S.frags[key] = nil end
+                    end
+                end
+                if call and (last or h.ptype == 3) then
+                    local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
+                        whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
+                        single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
+                        dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
+                    if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
+                    else call.resp_frame = pinfo.number end
+                    local dec
+                    if needed and stub then
+                        local ok, d = pcall(decode_stub, stub, 0, #stub, info, call.opnum, h.ptype == 2, 0)
+                        if ok then
+                            dec = d
+                            observe(call, dec, h.ptype == 2, pinfo.number)
+                            for _, n in ipairs(dec.params) do
+                                if n.oa then
+                                    -- the classes later ObjectArrays of this enumeration (or sink) refer to
+                                    local key = call.ipid or "?"
+                                    S.classes[key] = S.classes[key] or {}
+                                    pcall(WMIO.object_array, stub, n.oa[1], n.oa[2], S.classes[key])
+                                end
+                            end
+                        end
+                    end
+                    if big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                    rec.ns, rec.op, rec.class = call.ns, call.op, call.class
+                    -- the Info column, kept so that a pass without a tree decodes nothing
+                    if info then rec.info = summary(info, rec, dec) end
+                    if dec and info.g == "wmi" then
+                        -- what a tree nobody looks at needs (tshark -Y / -T fields): the
+                        -- parameters' plain values; objects only in small stubs (method
+                        -- parameters, instances put), where a filter may look for them
+                        local vals = {}
+                        for _, n in ipairs(dec.params) do
+                            if not n.c and not n.objref and (n.v ~= nil or n.null) then
+                                vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                            end
+                            if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
+                        end
+                        rec.vals = vals
+                        rec.ret = dec.ret and dec.ret.v
+                        rec.err = dec.err
+                    end
+                    if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
+                    out[#out + 1] = rec
+                end
+            end
+        end
+    end
+    return #out > 0 and out or false
+end
+
+-- ---------------------------------------------------------------------------------------
+-- tree and columns
+
+-- a line of text in the tree (filterable as wmi.item)
+local function line(tree, r, text)
+    local it = tree:add(F.item, r, text)
+    it:set_text(text)
+    return it
+end
+
+local function add_object(tree, tvbr, obj)
+    if obj.light then
+        tree:add(F.obj_class, tvbr, obj.name or "")
+        return
+    end
+    local kind = obj.kind == "class" and "Class" or "Instance"
+    local t = tree:add(proto, tvbr, sformat("%s %s", kind, obj.name or "?"))
+    t:add(F.obj_kind, tvbr, obj.kind)
+    t:add(F.obj_class, tvbr, obj.name or "")
+    local cls = obj.kind == "class" and obj or obj.class
+    if cls.superclass then t:add(F.obj_super, tvbr, cls.superclass) end
+    if cls.derivation and #cls.derivation > 0 then line(t, tvbr, "Derivation: " .. concat(cls.derivation, " <- ")) end
+    if obj.namespace then line(t, tvbr, "Decoration: \\\\" .. tostring(obj.server) .. "\\" .. obj.namespace) end
+    for _, q in ipairs(cls.qualifiers or {}) do
+        line(t, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+    end
+    for i, prop in ipairs(cls.props) do
+        local v
+        if obj.kind == "class" then v = prop.default else v = obj.values[i] end
+        local text = v == nil and "NULL" or tostring(v)
+        local pt = t:add(F.prop_name, tvbr, prop.name or "?")
+        pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
+            prop.inherited and " (inherited)" or ""))
+        if obj.kind == "class" then
+            -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
+            for _, q in ipairs(prop.qualifiers or {}) do
+                line(pt, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+            end
+        end
+        if v ~= nil or obj.kind == "instance" then
+            pt:add(F.prop_value, tvbr, text)
+            local pf = prop.name and PROPF[prop.name:lower()]
+            if pf then pt:add(pf, tvbr, text) end
+        end
+    end
+    for _, m in ipairs(cls.methods or {}) do
+        local sig = {}
+        for _, side in ipairs({ "in", "out" }) do
+            local s = m[side]
+            if s then
+                for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
+            end
+        end
+        local mt = t:add(F.obj_method, tvbr, m.name or "?")
+        mt:set_text(sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
+    end
+end
+
+local function tvb_range(tvb, o, n)
+    if not tvb then return nil end
+    local len = tvb:len()
+    if o >= len then return tvb(len > 0 and len - 1 or 0, 0) end
+    if o + n > len then n = len - o end
+    return tvb(o, n)
+end
+
+local function add_node(tree, tvb, node, field, pinfo)
+    local r = tvb_range(tvb, node.o or 0, node.n or 0)
+    local text = value_text(node)
+    local item
+    if field then
+        local kind = G.FIELDS[node.p.n][1]
+        if (kind == "uint" or kind == "int") and type(node.v) == "number" then
+            item = tree:add(field, r, node.v)
+        else
+            item = tree:add(field, r, text)
+        end
+    else
+        item = tree:add(F.item, r, text)
+    end
+    item:set_text(sformat("%s: %s", node.l, text))
+    local names = node.p and describe(node.p.e, node.v)
+    if names then
+        for _, n in ipairs(names) do item:add(F.flag, r, n) end
+        if #names > 0 then item:append_text(" (" .. concat(names, " | ") .. ")") end
+    end
+    if node.objref then
+        local o = node.objref
+        if o.ipid then item:add(F.ipid, r, o.ipid) end
+        if o.obj then add_object(item, r, o.obj) end
+        if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("malformed MS-WMIO object: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
+        for _, n in ipairs(o.context or {}) do item:add(F.ctx_name, r, n) end
+        for _, n in ipairs(o.nested or {}) do item:add(F.objref, r, n.text) end
+    end
+    if node.oa_dec then
+        -- the ObjectArray's offsets are in the stub; the node's were moved to the tvb's
+        local oa, delta = node.oa_dec, (node.o or 0) - (node.oa_o or node.o or 0)
+        local ot = line(item, tvb_range(tvb, oa.at + delta, oa.len),
+            sformat("ObjectArray (%s): %d objects", oa.packet, oa.count))
+        local kinds = { "WBEMOBJECT_CLASS", "WBEMOBJECT_INSTANCE", "WBEMOBJECT_INSTANCE_NOCLASS" }
+        for i, o in ipairs(oa.objects) do
+            local r2 = tvb_range(tvb, o.at + delta, o.len)
+            local it = line(ot, r2, sformat("[%d] %s%s", i - 1, kinds[o.kind] or "?",
+                o.class_id and (" classID " .. o.class_id) or ""))
+            if o.obj then add_object(it, r2, o.obj) end
+            if o.err then it:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", o.err.msg or "?", o.err.off or -1)) end
+        end
+    end
+    if node.c then
+        local shown = 0
+        for _, c in ipairs(node.c) do
+            shown = shown + 1
+            if shown > 256 then line(item, r, "...") break end
+            add_node(item, tvb, c, nil, pinfo)
+        end
+    end
+    if node.err then
+        item:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", node.err.msg or "?", node.err.off or -1))
+    end
+    return item
+end
+
+-- one call's subtree: the stub decoded again, objects included
+local function call_tree(rec, info, pinfo, tree, frame, visible)
+    local call = rec.call
+    -- the stub bytes: in the frame, reassembled (kept from the first pass), or decrypted
+    local s, stvb, base
+    if rec.single then
+        frame.dcerpcs = frame.dcerpcs or { f_dcerpc() }
+        local fi = frame.dcerpcs[rec.single[1]]
+        if fi then
+            s = fi.range:raw(rec.single[2], rec.single[3])
+            stvb, base = fi.range:tvb(), rec.single[2]
+        end
+    elseif rec.whole then
+        s = rec.whole
+    elseif rec.big then
+        if CLAIMED.frame == pinfo.number and CLAIMED.stubs[rec.call_id] then
+            s = CLAIMED.stubs[rec.call_id]                          -- 4.4
+        else
+            frame.stubs = frame.stubs or { f_stub() }               -- 4.0: Wireshark's reassembly
+            for _, fi in ipairs(frame.stubs) do
+                if fi.range:len() == rec.big then s, stvb, base = fi.range:raw(), fi.range:tvb(), 0 break end
+            end
+        end
+    elseif rec.dec then
+        frame.decrypted = frame.decrypted or { f_decrypted() }
+        local d = frame.decrypted[rec.dec]
+        if d then s = d.range:raw() stvb = d.range:tvb() base = 0 end
+    end
+    local dec
+    local shallow = not visible and not rec.deep
+    if s and info.m[call.opnum] and rec.ptype ~= 3 and not shallow then
+        local ok, d = pcall(decode_stub, s, 0, #s, info, call.opnum, rec.ptype == 2, not visible and 16384 or nil)
+        if ok then dec = d end
+    end
+    local m = info.m[call.opnum]
+    local t = tree:add(proto, rec.info)
+    t:add(F.interface, info.name):set_generated()
+    t:add(F.method, m and m.n or ""):set_generated()
+    t:add(F.opnum, call.opnum):set_generated()
+    t:add(F.direction, PTYPE[rec.ptype] or "?"):set_generated()
+    t:add(F.call_id, rec.call_id):set_generated()
+    if call.ipid then t:add(F.ipid, call.ipid):set_generated() end
+    if rec.ns then t:add(F.namespace, rec.ns):set_generated() end
+    if rec.class then t:add(F.class, rec.class):set_generated() end
+    if rec.op then t:add(F.operation, rec.op):set_generated() end
+    if rec.ptype == 0 and call.resp_frame then t:add(F.response_in, call.resp_frame):set_generated() end
+    if rec.ptype ~= 0 and call.req_frame then t:add(F.request_in, call.req_frame):set_generated() end
+    if rec.sealed then
+        t:add(F.encrypted, true):set_generated()
+        t:add_proto_expert_info(E.encrypted)
+    end
+    if shallow then
+        for _, v in ipairs(rec.vals or {}) do
+            local field = PF[v[1]]
+            local kind = G.FIELDS[v[1]][1]
+            local item
+            if (kind == "uint" or kind == "int") and type(v[2]) == "number" then item = t:add(field, v[2])
+            else item = t:add(field, tostring(v[2])) end
+            for _, n in ipairs(describe(v[3], v[2]) or {}) do item:add(F.flag, n) end
+        end
+        if rec.ret then
+            t:add(F.hresult, rec.ret)
+            t:add(F.status, hresult_text(rec.ret))
+        end
+        if rec.err then t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+        return
+    end
+    if dec then
+        if not stvb and s then stvb = ByteArray.new(s, true):tvb("WMI stub") base = 0 end
+        local shift = function(node)
+            -- offsets are relative to the stub; the tvb may hold it at `base`
+            local function walk(n) if n.o then n.o = n.o + base end for _, c in ipairs(n.c or {}) do walk(c) end end
+            walk(node)
+        end
+        for _, n in ipairs(dec.params) do
+            if n.oa then
+                n.oa_o = n.o
+                local ok, oa = pcall(WMIO.object_array, s, n.oa[1], n.oa[2], S.classes[call.ipid or "?"] or {})
+                if ok then n.oa_dec = oa else n.err = type(oa) == "table" and oa or { off = n.oa[1], msg = tostring(oa) } end
+            end
+            do
+                shift(n)
+                add_node(t, stvb, n, PF[n.p.n], pinfo)
+            end
+        end
+        if dec.ret then
+            local r = tvb_range(stvb, dec.ret.o + base, 4)
+            t:add(F.hresult, r, dec.ret.v)
+            t:add(F.status, r, hresult_text(dec.ret.v)):set_generated()
+        end
+        if dec.err and not dec.params[#dec.params].err then
+            t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
+        end
+        if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
+            t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
+        end
+    end
+end
+
+local function render(recs, tvb, pinfo, tree)
+    local infos = {}
+    local frame = {}
+    -- no tree at all: the columns are all there is to do
+    local want_tree = not tostring(tree):find("has item=false", 1, true)
+    local visible = tree.visible
+    for _, rec in ipairs(recs) do
+        local info = rec.call.iid and G.IFACES[rec.call.iid]
+        if info and info.g == "wmi" then
+            infos[#infos + 1] = rec.info
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) end
+        end
+    end
+    if #infos > 0 then
+        pinfo.cols.protocol = "WMI"
+        pinfo.cols.info:clear_fence()
+        pinfo.cols.info = concat(infos, "; ")
+    end
+end
+
+function proto.dissector(tvb, pinfo, tree)
+    local n = pinfo.number
+    local recs = S.frames[n]
+    if recs == nil then
+        if pinfo.visited then return end
+        local ok, r = pcall(first_pass, pinfo)
+        recs = ok and r or false
+        if not ok then
+            -- a defect of the plugin, never the user's: said once on stderr, so that the
+            -- tests (which read tshark's stderr) see it
+            io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(r)))
+        end
+        S.frames[n] = recs
+    end
+    if recs then
+        local ok, err = pcall(render, recs, tvb, pinfo, tree)
+        if not ok then
+            io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(err)))
+            tree:add_proto_expert_info(E.malformed, "wmiscope plugin error: " .. tostring(err))
+        end
+    end
+end
+
+function proto.init()
+    reset()
+end
+
+register_postdissector(proto)
+
+-- 4.4 has dissectors of its own for some WMI interfaces; they stop at "Long frame" or
+-- "Malformed" on real traffic. A dissector that only claims the stub keeps them away (the
+-- postdissector above decodes it); 4.0 cannot register Lua dissectors for DCE/RPC UUIDs.
+if MAJOR > 4 or (MAJOR == 4 and MINOR >= 2) then
+    local claim = Proto("wmi_stub", "MS-WMI stub (wmiscope)")
+    function claim.dissector(tvb, pinfo, tree)
+        do
+            if CLAIMED.frame ~= pinfo.number then CLAIMED.frame, CLAIMED.stubs, CLAIMED.enc = pinfo.number, {}, 0 end
+            local ids = { f_call_id() }
+            local id = ids[#ids]
+            -- 4.4 hands over a sealed stub it could not decrypt as it is; one it decrypted has
+            -- an encrypted_stub_data field beside it
+            local levels = { f_auth_level() }
+            local level = levels[#levels]
+            local enc = select("#", f_encrypted())
+            local clear = not (level and level.value == 6) or enc > CLAIMED.enc
+            CLAIMED.enc = enc
+            if id then CLAIMED.stubs[id.value] = clear and tvb:raw() or false end
+        end
+        return tvb:len()
+    end
+    local ok, table_ = pcall(DissectorTable.get, "dcerpc.uuid")
+    if ok and table_ then
+        for uuid, info in pairs(G.IFACES) do
+            if info.g == "wmi" then pcall(function() table_:add(uuid, claim) end) end
+        end
+    end
+end
