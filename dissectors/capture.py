@@ -27,7 +27,10 @@ Formats (the "pcap" and "pcapng" Internet-Drafts of the IETF OPSAWG):
 * Either one gzip-compressed, recognised by its magic number, not its name.
 
 Errors: a truncated last record, a corrupt block or a damaged gzip stream ends the
-iteration with one `ErrorRecord` (stage "capture") instead of an exception. The
+iteration with one `ErrorRecord` (stage "capture") instead of an exception; its
+offset is in the stream of capture records, except for a damaged gzip stream,
+located at its compressed octets in the file. A timestamp outside 1970..9999 is
+clamped, with one record for all such frames. The
 record goes to the ``errors`` callback given to `open_capture` and is also kept
 in the reader's ``errors`` list. A file that is not a capture at all raises
 `CaptureFormatError` when it is opened (before the first frame).
@@ -112,6 +115,11 @@ _BYTE_ORDER_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 _OPT_IF_TSRESOL = 9
 _OPT_IF_TSOFFSET = 14
 
+# Timestamps a calendar can show: 1970-01-01 up to the end of year 9999. A hostile
+# if_tsresol / if_tsoffset (or timestamp) can put a packet anywhere from -2**63 s to
+# 10**19 years; such times are clamped into this range, with one located record.
+TS_MAX = 253402300799.0         # 9999-12-31T23:59:59Z (a float keeps no more microseconds)
+
 
 class _Interface:
     __slots__ = ("linktype", "snaplen", "units", "offset")
@@ -124,13 +132,26 @@ class _Interface:
 
 
 class _Prepended:
-    """A non-seekable stream with the octets already read for sniffing put back in front."""
+    """A non-seekable stream with the octets already read for sniffing put back in front.
+
+    It counts the octets handed out (``consumed``) and the size of the last read
+    (``last``): gzip reads its input a few kilobytes at a time, so when the
+    decompressor fails, the damage lies in the file's octets consumed-last .. consumed.
+    """
 
     def __init__(self, head: bytes, f):
         self._head = head
         self._f = f
+        self.consumed = 0
+        self.last = 0
 
     def read(self, n: int = -1) -> bytes:
+        data = self._read(n)
+        self.last = len(data)
+        self.consumed += self.last
+        return data
+
+    def _read(self, n: int) -> bytes:
         head = self._head
         if not head:
             return self._f.read(n)
@@ -142,12 +163,19 @@ class _Prepended:
             return head[:n]
         return head + self._f.read(n - len(head))
 
+    def damage(self, exc: BaseException) -> tuple[int, str]:
+        """Where in the compressed file a decompression error lies, and what it was."""
+        if isinstance(exc, EOFError):
+            return self.consumed, f"compressed data cut short at octet {self.consumed} of the file"
+        start = self.consumed - self.last
+        return start, f"compressed data damaged within octets {start}..{self.consumed} of the file: {exc}"
+
 
 class CaptureReader:
     """Iterator over the `RawFrame`s of one capture file.
 
     Attributes: ``format`` ("pcap" | "pcapng"), ``compressed`` (gzip),
-    ``errors`` (the ErrorRecords met, at most one since reading stops there),
+    ``errors`` (the ErrorRecords met: at most one that stops the reading, and one for clamped timestamps),
     ``frames`` (how many frames the file held, set when the iteration ends),
     ``linktypes`` (link types seen in the file's headers).
     ``for frame in reader`` runs the underlying generator directly.
@@ -156,6 +184,7 @@ class CaptureReader:
     def __init__(self, source, errors: Callable[[ErrorRecord], None] | None = None):
         self.errors: list[ErrorRecord] = []
         self._callback = errors
+        self._ts_record: ErrorRecord | None = None
         self.frames = 0
         self.linktypes: list[int] = []
         self.name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
@@ -230,10 +259,11 @@ class CaptureReader:
                         break
                     head += more
             except (OSError, EOFError, zlib.error) as exc:
-                raise CaptureFormatError(f"{self.name}: damaged gzip stream ({exc})") from None
+                raise CaptureFormatError(f"{self.name}: damaged gzip stream: {raw.damage(exc)[1]}") from None
             # read1: what has been decompressed so far comes out before a damaged
             # or cut-short stream raises, so no frame before the damage is lost.
             self._readfn = gz.read1
+            self._gzip_input = raw
             return gz, True, head
         self._readfn = f.read
         return f, False, head
@@ -244,13 +274,15 @@ class CaptureReader:
             return self._readfn(n)
         except (OSError, EOFError, zlib.error) as exc:
             if self.compressed:
-                self._fail(frame, self._offset, "gzip stream", f"compressed data damaged or cut short: {exc}")
+                # Located in the file as it is on disk: the compressed octets.
+                offset, reason = self._gzip_input.damage(exc)
+                self._fail(frame, offset, "gzip stream", reason, kind="capture.gzip_damaged")
             else:
-                self._fail(frame, self._offset, "file", f"read failed: {exc}")
+                self._fail(frame, self._offset, "file", f"read failed: {exc}", kind="capture.read_failed")
             return None
 
-    def _fail(self, frame: int, offset: int, structure: str, reason: str) -> None:
-        rec = ErrorRecord(stage="capture", reason=reason, frame=frame, structure=structure, offset=offset)
+    def _fail(self, frame: int, offset: int, structure: str, reason: str, kind: str = "capture.corrupt_record") -> None:
+        rec = ErrorRecord(stage="capture", reason=reason, frame=frame, structure=structure, offset=offset, kind=kind)
         self.errors.append(rec)
         if self._callback is not None:
             self._callback(rec)
@@ -268,7 +300,7 @@ class CaptureReader:
         more = self._read(max(CHUNK, missing), frame)
         if not more:
             if more is not None and pos < len(buf):
-                self._fail(frame, self._offset + pos, structure, cut_short)
+                self._fail(frame, self._offset + pos, structure, cut_short, kind="capture.truncated")
             return None
         self._offset += pos
         return buf[pos:] + more
@@ -284,7 +316,7 @@ class CaptureReader:
         bo, scale, hdrlen = _PCAP_MAGICS[magic]
         header = _PCAP_FILE_HEADER[bo]
         if len(buf) < header.size:
-            self._fail(1, 0, "pcap file header", "file ends inside the 24-octet file header")
+            self._fail(1, 0, "pcap file header", "file ends inside the 24-octet file header", kind="capture.truncated")
             self._finish(0)
             return
         _, major, minor, _, _, snaplen, network = header.unpack_from(buf)
@@ -420,10 +452,27 @@ class CaptureReader:
                 iface = ifaces[ifid]
                 frame += 1
                 last_ts = ((hi << 32) | lo) / iface.units + iface.offset
+                if not 0.0 <= last_ts <= TS_MAX:
+                    last_ts = self._clamp_ts(last_ts, frame, self._offset + pos)
                 yield frame, last_ts, iface.linktype, buf[pos + 28:pos + 28 + caplen]
                 pos = end
         finally:
             self._finish(frame)
+
+    def _clamp_ts(self, ts: float, frame: int, offset: int) -> float:
+        """An out-of-range timestamp clamped; the first is reported, and the record counts the rest."""
+        clamped = 0.0 if ts < 0 else TS_MAX
+        rec = self._ts_record
+        if rec is None:
+            self._fail(frame, offset, "pcapng Enhanced Packet Block",
+                       f"timestamp {ts:.6g} s (from if_tsresol/if_tsoffset) is outside 1970..9999: clamped",
+                       kind="capture.timestamp_out_of_range")
+            self._ts_record = rec = self.errors[-1]
+            self._ts_clamped = 0
+        self._ts_clamped += 1
+        if self._ts_clamped > 1:
+            rec.reason = rec.reason.split(": clamped")[0] + f": clamped (and {self._ts_clamped - 1} frames after it)"
+        return clamped
 
     def _interface(self, S: _PcapngStructs, buf: bytes, pos: int, end: int) -> _Interface:
         linktype, _, snaplen = S.idb.unpack_from(buf, pos + 8)
@@ -711,7 +760,7 @@ _RAW_IP = frozenset((101, 12, 14))
 # (src, dst) text for the eight (IPv4) or 32 (IPv6) address octets: a capture has
 # few hosts, so after warm-up an address pair costs one dict lookup.
 _pairs: dict[bytes, tuple[str, str]] = {}
-_PAIR_CACHE_MAX = 1 << 16
+_PAIR_CACHE_MAX = 1 << 13
 
 
 def _pair(key: bytes) -> tuple[str, str]:

@@ -159,6 +159,8 @@ class Credentials:
             entries = parse_keytab(data)
         except DecodeError as exc:
             raise CredentialsError(f"{path}: {exc}") from None
+        if not entries:
+            raise CredentialsError(f"{path}: a keytab with no key in it")
         for e in entries:
             self._keys.append(_ServiceKey(e.realm, tuple(e.components), e.kvno, e.key))
         return len(entries)
@@ -339,7 +341,8 @@ class ConnectionKeys:
         else:
             reason = (f"cannot verify the signatures of auth context {ctx.ctx_id}: {why}; "
                       f"its signed stubs are decoded unverified")
-        self.emit(ErrorRecord("auth", reason, ctx.frame, self.conn, "auth_value"))
+        self.emit(ErrorRecord("auth", reason, ctx.frame, self.conn, "auth_value",
+                              kind="auth.cannot_decrypt" if sealed else "auth.cannot_verify"))
 
     def _establish(self, ctx: AuthContext, sealed: bool = True):
         tokens = [(t.direction, inner_token(t.token)) for t in ctx.tokens if t.error is None]
@@ -413,7 +416,7 @@ class ConnectionKeys:
             why = ("carries a MIC that does not verify (MS-NLMP 3.1.5.1.2): the NEGOTIATE, CHALLENGE "
                    "or AUTHENTICATE message was altered on the way, e.g. by an NTLM relay")
         self.emit(ErrorRecord("auth", f"auth context {ctx.ctx_id}: the AUTHENTICATE message of {who} {why}",
-                              frame, self.conn, "AUTHENTICATE_MESSAGE.MIC"))
+                              frame, self.conn, "AUTHENTICATE_MESSAGE.MIC", kind="auth.mic_invalid"))
 
     def _kerberos(self, tokens, ap_req: KerberosApReq) -> KerberosDceSecurity:
         ap_rep = next((tok for d, tok in tokens if d == 1 and isinstance(tok, KerberosApRep)), None)

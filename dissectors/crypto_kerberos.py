@@ -285,7 +285,9 @@ def parse_keytab(data: bytes) -> list[KeytabEntry]:
         if size == 0:
             break
         if size < 0:                          # a hole left by a deleted entry
-            off += -size
+            if off - size > n:
+                raise DecodeError("keytab entry", off - 4, f"hole of {-size} octets runs past the file")
+            off -= size
             continue
         end = off + size
         if end > n:
@@ -295,6 +297,8 @@ def parse_keytab(data: bytes) -> list[KeytabEntry]:
         except (struct.error, IndexError, UnicodeDecodeError) as exc:
             raise DecodeError("keytab entry", off, f"truncated entry: {exc}") from None
         off = end
+    if 0 < n - off < 4:
+        raise DecodeError("keytab", off, f"{n - off} octets left over after the last entry")
     return out
 
 

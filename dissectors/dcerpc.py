@@ -9,7 +9,9 @@ One `DceRpcConnection` per TCP connection receives in-order bytes per direction
 every `Call` (a request paired with its response or fault, fragments reassembled)
 and `ErrorRecord`s for whatever could not be decoded. A bad header or a TCP gap
 makes it hunt for the next plausible header; memory is bounded (one PDU of at most
-65535 octets per direction, `max_call_bytes` per reassembled stub, `max_open_calls`).
+65535 octets per direction, `max_call_bytes` per reassembled stub, `max_open_calls`,
+and `max_held_bytes` of stubs held by open calls in all, shared by the connections
+that are given the same `held` cell: an Analysis gives one to all of its connections).
 """
 
 from __future__ import annotations
@@ -150,20 +152,21 @@ def _header_ok(buf, off: int, strict: bool, limit: int = MAX_FRAG_LEN) -> int:
     return frag_len
 
 
-def _header_problem(buf, off: int, limit: int = MAX_FRAG_LEN) -> str:
-    """Why the common header at off was refused (for the error record)."""
+def _header_problem(buf, off: int, limit: int = MAX_FRAG_LEN) -> tuple[str, str]:
+    """Why the common header at off was refused: (anomaly kind, reason) for the error record."""
     if buf[off] != 5 or buf[off + 1] > 1:
-        return f"rpc_vers {buf[off]}.{buf[off + 1]}, expected 5.0 or 5.1"
+        return "dcerpc.bad_version", f"rpc_vers {buf[off]}.{buf[off + 1]}, expected 5.0 or 5.1"
     ptype = buf[off + 2]
     if ptype not in _MIN_LEN:
-        return f"PTYPE {ptype} is not a connection-oriented PDU type"
+        return "dcerpc.bad_ptype", f"PTYPE {ptype} is not a connection-oriented PDU type"
     if buf[off + 4] & 0xEE:
-        return f"packed_drep 0x{bytes(buf[off + 4:off + 8]).hex()} names no known integer/character representation"
+        return ("dcerpc.bad_drep",
+                f"packed_drep 0x{bytes(buf[off + 4:off + 8]).hex()} names no known integer/character representation")
     lay = _LE if buf[off + 4] & 0x10 else _BE
     _, _, _, _, _, frag_len, auth_len, _ = lay.header.unpack_from(buf, off)
     if frag_len > limit and ptype <= FAULT and frag_len >= _MIN_LEN[ptype]:
-        return f"frag_length {frag_len} exceeds the {limit} octets negotiated at bind time"
-    return (f"frag_length {frag_len} / auth_length {auth_len} impossible for a "
+        return "dcerpc.frag_len_exceeds_max", f"frag_length {frag_len} exceeds the {limit} octets negotiated at bind time"
+    return ("dcerpc.frag_len_short", f"frag_length {frag_len} / auth_length {auth_len} impossible for a "
             f"{PTYPE_NAMES[ptype]} PDU (at least {_MIN_LEN[ptype]} octets)")
 
 
@@ -302,7 +305,7 @@ def parse_pdu(buf: bytes | memoryview, offset: int = 0) -> Pdu:
             raise DecodeError("common header", offset, f"{len(buf) - offset} octets, a PDU has 16 at least")
         frag_len = _header_ok(buf, offset, False)
         if not frag_len:
-            raise DecodeError("common header", offset, _header_problem(buf, offset))
+            raise DecodeError("common header", offset, _header_problem(buf, offset)[1])
         if offset + frag_len > len(buf):
             raise DecodeError("common header", offset,
                               f"frag_length {frag_len} but only {len(buf) - offset} octets")
@@ -377,7 +380,8 @@ class DceRpcConnection:
     """
 
     def __init__(self, conn, emit: Callable[[object], None], *, auth: AuthContexts | None = None,
-                 max_call_bytes: int = 16 << 20, max_open_calls: int = 1024):
+                 max_call_bytes: int = 16 << 20, max_open_calls: int = 1024,
+                 max_held_bytes: int = 128 << 20, held: list | None = None):
         self.conn = conn
         self.index = getattr(conn, "index", -1)
         self.client = tuple(getattr(conn, "client", ("", 0)))
@@ -386,6 +390,8 @@ class DceRpcConnection:
         self.auth = auth if auth is not None else AuthContexts()
         self.max_call_bytes = max_call_bytes
         self.max_open_calls = max_open_calls
+        self.max_held_bytes = max_held_bytes
+        self._held = held if held is not None else [0]        # stub octets held by open calls
         self.contexts: dict[int, PresentationContext] = {}   # p_cont_id -> context with the server's result
         self.assoc_group: int | None = None
         self.bind_time_features: int | None = None           # negotiated bitmask (MS-RPCE 2.2.2.14)
@@ -418,7 +424,7 @@ class DceRpcConnection:
             pos = self._cut(d, direction, src)
         except Exception as exc:  # never let a bug stop the run: report, drop the buffer, hunt
             self._error(f"internal error while cutting PDUs: {type(exc).__name__}: {exc}", frame,
-                        "dcerpc", d.base)
+                        "dcerpc", d.base, kind="dcerpc.internal_error")
             pos = len(src)
             d.hunting = True
             d.hunt_start = d.base + pos
@@ -444,7 +450,7 @@ class DceRpcConnection:
         if pending and not d.hunting:
             self._error(f"TCP gap ({missing if missing is not None else 'unknown'} octets lost) inside a PDU: "
                         f"{pending} octets of it dropped; hunting for the next header", frame, "common header",
-                        d.base)
+                        d.base, kind="dcerpc.gap_in_pdu")
         self.stats["bytes_skipped"] += pending
         d.base += pending + (missing or 0)
         d.buf = bytearray()
@@ -465,15 +471,16 @@ class DceRpcConnection:
                 if d.hunting:
                     self.stats["bytes_skipped"] += len(d.buf)
                     self._error(f"{d.base + len(d.buf) - d.hunt_start} octets without a plausible header "
-                                f"up to the end of the stream", frame, "common header", d.hunt_start)
+                                f"up to the end of the stream", frame, "common header", d.hunt_start,
+                                kind="dcerpc.no_header")
                 else:
                     self._error(f"stream ends inside a PDU: {len(d.buf)} octets of an incomplete PDU "
                                 f"({'client' if direction == 0 else 'server'} side)", frame, "common header",
-                                d.base)
+                                d.base, kind="dcerpc.stream_ends_in_pdu")
                 d.buf = bytearray()
             elif d.hunting and d.base > d.hunt_start:
                 self._error(f"{d.base - d.hunt_start} octets without a plausible header up to the end of "
-                            f"the stream", frame, "common header", d.hunt_start)
+                            f"the stream", frame, "common header", d.hunt_start, kind="dcerpc.no_header")
         for cid in list(self._calls):
             self._finish(self._calls.pop(cid), None)
         self.closed = True
@@ -500,14 +507,15 @@ class DceRpcConnection:
                 skipped = d.base + pos - d.hunt_start
                 if skipped:
                     self._error(f"resynchronised after skipping {skipped} octets", self._frame_at(d, pos),
-                                "common header", d.base + pos)
+                                "common header", d.base + pos, kind="dcerpc.resynchronised")
                     self.stats["resyncs"] += 1
                 frag_len = _header_ok(src, pos, True, self.frag_limit)
             else:
                 frag_len = _header_ok(src, pos, False, self.frag_limit)
                 if not frag_len:
-                    self._error(_header_problem(src, pos, self.frag_limit) + "; hunting for the next header",
-                                self._frame_at(d, pos), "common header", d.base + pos)
+                    kind, problem = _header_problem(src, pos, self.frag_limit)
+                    self._error(problem + "; hunting for the next header",
+                                self._frame_at(d, pos), "common header", d.base + pos, kind=kind)
                     d.hunting = True
                     d.hunt_start = d.base + pos
                     continue                       # the strict check refuses this offset too
@@ -576,7 +584,7 @@ class DceRpcConnection:
         except DecodeError as exc:
             self.stats["malformed"] += 1
             self._error(f"malformed {PTYPE_NAMES.get(src[pos + 2], 'PDU')}: {exc.reason}", frame,
-                        exc.structure, exc.offset)
+                        exc.structure, exc.offset, kind="dcerpc.pdu_malformed")
             lay = _LE if src[pos + 4] & 0x10 else _BE
             _v, _m, ptype, flags, drep, fl, al, cid = lay.header.unpack_from(src, pos)
             pdu = Pdu(self.index, direction, first_frame, frame, ts, ptype, flags, drep[0], fl, al, cid)
@@ -637,12 +645,14 @@ class DceRpcConnection:
             st = self._calls.get(pdu.call_id)
             if st is not None:
                 st.call.errors.append(ErrorRecord(
-                    "dcerpc", f"client sent {PTYPE_NAMES[ptype]} for this call", pdu.frame, self.index))
+                    "dcerpc", f"client sent {PTYPE_NAMES[ptype]} for this call", pdu.frame, self.index,
+                    kind="dcerpc.unexpected_ptype"))
         if pdu.auth is not None and ptype in (BIND, BIND_ACK, ALTER_CONTEXT, ALTER_CONTEXT_RESP, AUTH3, BIND_NAK):
             tok = self.auth.on_handshake(pdu.frame, direction, ptype, pdu.auth)
             if tok is not None and tok.error is not None:
                 self.emit(ErrorRecord("auth", f"{PTYPE_NAMES[ptype]} auth_value (auth_type {pdu.auth.auth_type}) "
-                                      f"not understood: {tok.error}", pdu.frame, self.index, "auth_value"))
+                                      f"not understood: {tok.error}", pdu.frame, self.index, "auth_value",
+                                      kind="auth.token_malformed"))
         self.emit(pdu)
 
     def _bind_ack(self, pdu: Pdu) -> None:
@@ -703,7 +713,7 @@ class DceRpcConnection:
             old = self._calls.pop(oldest)
             old.call.errors.append(self._error(
                 f"more than {self.max_open_calls} calls open: call_id {oldest} given up unanswered",
-                pdu.frame, "call", None))
+                pdu.frame, "call", None, kind="dcerpc.too_many_open_calls"))
             self._finish(old, None)
         return st
 
@@ -722,12 +732,13 @@ class DceRpcConnection:
                 if not half.done:
                     st.call.errors.append(self._error(
                         f"{'request' if is_req else 'response'} restarted (PFC_FIRST_FRAG) before its last fragment",
-                        pdu.frame, "call", None))
+                        pdu.frame, "call", None, kind="dcerpc.fragment_restarted"))
                 if is_req:
                     self._calls.pop(pdu.call_id)
                     self._finish(st, None)
                     st = None
                 else:
+                    self._release(st.resp)
                     st.resp = None
         if st is None:
             st = self._new_call(pdu)
@@ -744,7 +755,8 @@ class DceRpcConnection:
                 half.gap = True
                 st.call.errors.append(ErrorRecord(
                     "dcerpc", f"{'request' if is_req else 'response'} fragment without PFC_FIRST_FRAG: "
-                    f"earlier fragments not captured", pdu.frame, self.index, "call"))
+                    f"earlier fragments not captured", pdu.frame, self.index, "call",
+                    kind="dcerpc.first_fragment_missing"))
         if flags & 3 != 3:
             self.stats["fragments"] += 1
         half.frags += 1
@@ -761,16 +773,21 @@ class DceRpcConnection:
         if sealed:
             half.sealed = True
         elif not half.dropped:
-            if half.size > self.max_call_bytes:
+            held = self._held
+            if half.size > self.max_call_bytes or held[0] + n > self.max_held_bytes:
+                what = (f"exceeds {self.max_call_bytes} octets" if half.size > self.max_call_bytes else
+                        f"would take the octets held by open calls past {self.max_held_bytes}")
+                self._release(half)
                 half.dropped = True
-                half.data = None
                 self.stats["dropped_calls"] += 1
                 st.call.errors.append(self._error(
-                    f"{'request' if is_req else 'response'} stub of call_id {pdu.call_id} exceeds "
-                    f"{self.max_call_bytes} octets: its data is dropped", pdu.frame, "call", None))
+                    f"{'request' if is_req else 'response'} stub of call_id {pdu.call_id} {what}: "
+                    f"its data is dropped", pdu.frame, "call", None, kind="dcerpc.stub_too_large"))
             elif half.data is None:
+                held[0] += n
                 half.data = pdu.stub
             elif n:
+                held[0] += n
                 if isinstance(half.data, bytes):
                     half.data = bytearray(half.data)
                 half.data += pdu.stub
@@ -791,6 +808,7 @@ class DceRpcConnection:
         half.ts = pdu.ts
         half.data = pdu.stub
         half.size = len(pdu.stub)
+        self._held[0] += half.size
         st.resp = half
         self._finish(st, pdu.status)
 
@@ -804,14 +822,17 @@ class DceRpcConnection:
             stub = None
             if not half.sealed and not half.dropped:
                 stub = bytes(half.data) if half.data is not None else b""
+            self._release(half)
             if not half.done:
                 call.errors.append(ErrorRecord(
                     "dcerpc", f"{'request' if is_req else 'response'} incomplete: last fragment never seen "
-                    f"({half.frags} fragments, {half.size} octets)", half.last_frame, self.index, "call"))
+                    f"({half.frags} fragments, {half.size} octets)", half.last_frame, self.index, "call",
+                    kind="dcerpc.last_fragment_missing"))
             if half.gap:
                 call.errors.append(ErrorRecord(
                     "dcerpc", f"{'request' if is_req else 'response'} stub may miss fragments "
-                    f"(TCP gap, malformed or uncaptured fragment)", half.last_frame, self.index, "call"))
+                    f"(TCP gap, malformed or uncaptured fragment)", half.last_frame, self.index, "call",
+                    kind="dcerpc.fragments_missing"))
             if is_req:
                 call.req_frames, call.req_ts, call.req_stub = frames, half.ts, stub
                 call.req_stub_len, call.req_encrypted = half.size, half.sealed
@@ -825,7 +846,14 @@ class DceRpcConnection:
         self.stats["calls"] += 1
         self.emit(call)
 
-    def _error(self, reason: str, frame: int | None, structure: str | None, offset: int | None) -> ErrorRecord:
-        rec = ErrorRecord("dcerpc", reason, frame, self.index, structure, offset)
+    def _release(self, half: _Half) -> None:
+        """Give back the octets a half's stub held (once)."""
+        if half.data is not None:
+            self._held[0] -= len(half.data)
+            half.data = None
+
+    def _error(self, reason: str, frame: int | None, structure: str | None, offset: int | None,
+               kind: str = "dcerpc.other") -> ErrorRecord:
+        rec = ErrorRecord("dcerpc", reason, frame, self.index, structure, offset, kind)
         self.emit(rec)
         return rec

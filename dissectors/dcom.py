@@ -402,7 +402,7 @@ class DcomDecoder:
             if len(errs) > MAX_SCAN_ERRORS:
                 call.errors.append(ErrorRecord(
                     stage="dcom", reason=f"{len(errs) - MAX_SCAN_ERRORS} more malformed OBJREF candidates",
-                    frame=_frame(call, direction), conn=call.conn, structure="OBJREF"))
+                    frame=_frame(call, direction), conn=call.conn, structure="OBJREF", kind="dcom.objref_flood"))
 
         if notes:
             decoded.setdefault("notes", []).extend(notes)
@@ -441,4 +441,5 @@ class DcomDecoder:
 
     def _error(self, call: Call, direction: int, e: DecodeError) -> None:
         call.errors.append(ErrorRecord(stage="dcom", reason=e.reason, frame=_frame(call, direction),
-                                       conn=call.conn, structure=e.structure, offset=e.offset))
+                                       conn=call.conn, structure=e.structure, offset=e.offset,
+                                       kind="dcom." + getattr(e, "kind", "stub_malformed")))

@@ -985,8 +985,14 @@ def decode_direction(plan: _MethodPlan, stub: bytes, params_offset: int, little:
     plans = plan.response if response else plan.request
     params, ret, errors, failed = _decode_params(plan, plans, r, ctx, response)
     if failed is None and r.pos < len(stub) and not errors:
-        ctx.notes.append(f"{plan.label} {'response' if response else 'request'}: "
-                         f"{len(stub) - r.pos} bytes after the last parameter (offset {r.pos})")
+        # Legal NDR ends at the last parameter (auth padding is gone already): octets
+        # left over mean a marshaling the table does not expect, and the values read
+        # before them may be wrong (a unique pointer where a plain GUID belongs shifts
+        # every later parameter by its referent ID). A named anomaly, not a note.
+        e = DecodeError(f"{plan.label} {'response' if response else 'request'}", r.pos,
+                        f"{len(stub) - r.pos} bytes after the last parameter")
+        e.kind = "stub_trailing_bytes"      # the decoder prefixes its layer: wmi. / dcom.
+        errors.append(e)
     return StubDecode(params, ret, ctx.params, errors, ctx.notes)
 
 

@@ -39,22 +39,14 @@ from __future__ import annotations
 import zlib
 from typing import Callable
 
+from wmiscope.spec.anomalies import ANOMALIES as _CATALOG
+
 from .records import ErrorRecord
 
-# --- anomaly names (for the catalog in wmiscope/spec/anomalies.py: move them there) ---
-ANOMALIES = {
-    "ip.frag_overlap": ("warning", "IPv4 fragments overlap with different octets; the first-seen octets are kept"),
-    "ip.frag_overlap_dropped": ("warning", "IPv6 fragments overlap: the whole datagram is discarded (RFC 5722)"),
-    "ip.frag_too_big": ("warning", "fragment would make the datagram exceed 65,535 octets; datagram discarded"),
-    "ip.frag_bad_length": ("warning", "IPv6 non-final fragment length is not a multiple of 8; datagram discarded"),
-    "ip.frag_inconsistent_end": ("warning", "a fragment disagrees with those held on where the datagram ends; "
-                                            "those held are discarded, the fragment starts a new datagram"),
-    "ip.frag_too_many": ("warning", "more fragments than the per-datagram limit; datagram discarded"),
-    "ip.frag_pending_limit": ("note", "too many datagrams (or octets) pending reassembly; the oldest discarded"),
-    "ip.frag_timeout": ("note", "datagram not completed within the reassembly timeout; discarded"),
-    "ip.frag_incomplete": ("note", "datagram still missing fragments when the capture ended"),
-}
-# ---------------------------------------------------------------------------------------
+# Its anomaly names live in the catalog (wmiscope/spec/anomalies.py, layer "ip"); this is
+# a view of them, not a second table.
+ANOMALIES = {a.name: a for a in _CATALOG if a.layer == "ip"}
+
 
 MAX_DATAGRAM = 65535
 TIMEOUT = 60.0

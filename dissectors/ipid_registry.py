@@ -56,12 +56,19 @@ class OxidEntry:
 
 
 class IpidRegistry:
-    """IPID -> interface / object / exporter, OXID -> bindings: shared by every connection."""
+    """IPID -> interface / object / exporter, OXID -> bindings: shared by every connection.
 
-    def __init__(self) -> None:
+    Bounded for endless (live) traffic: past ``max_ipids`` IPIDs (``max_oxids`` OXIDs)
+    the least recently learned or used one is forgotten; a call on a forgotten IPID is
+    named from its bind context, as one on an IPID never seen."""
+
+    def __init__(self, *, max_ipids: int = 1 << 13, max_oxids: int = 1 << 11) -> None:
         self.ipids: dict[str, IpidEntry] = {}
         self.oxids: dict[int, OxidEntry] = {}
         self.conflicts = 0                     # IPIDs re-announced with an unrelated IID
+        self.max_ipids = max_ipids
+        self.max_oxids = max_oxids
+        self.forgotten = 0                     # entries given up to stay within the bounds
 
     def __len__(self) -> int:
         return len(self.ipids)
@@ -70,7 +77,13 @@ class IpidRegistry:
         return isinstance(ipid, str) and ipid.lower() in self.ipids
 
     def lookup(self, ipid: str | None) -> IpidEntry | None:
-        return self.ipids.get(ipid.lower()) if ipid else None
+        if not ipid:
+            return None
+        key = ipid.lower()
+        e = self.ipids.pop(key, None)
+        if e is not None:
+            self.ipids[key] = e                # most recently used last: eviction takes the front
+        return e
 
     def oxid(self, oxid: int | None) -> OxidEntry | None:
         return self.oxids.get(oxid) if oxid is not None else None
@@ -86,6 +99,9 @@ class IpidRegistry:
         if e is None:
             e = IpidEntry(key, iid, oxid, oid, resolver, frame, conn, source, public_refs)
             self.ipids[key] = e
+            if len(self.ipids) > self.max_ipids:
+                del self.ipids[next(iter(self.ipids))]
+                self.forgotten += 1
             return e
         if iid and iid != e.iid:
             if e.iid is None or _if.derives_from(iid, e.iid):
@@ -115,6 +131,9 @@ class IpidRegistry:
         e = self.oxids.get(oxid)
         if e is None:
             e = self.oxids[oxid] = OxidEntry(oxid, frame=frame)
+            if len(self.oxids) > self.max_oxids:
+                del self.oxids[next(iter(self.oxids))]
+                self.forgotten += 1
         if bindings is not None:
             e.bindings = bindings
         if ipid_remunknown is not None:

@@ -35,7 +35,8 @@ class ErrorDict(TypedDict, total=False):
     conn: int
     structure: str
     offset: int
-    kind: str                     # the anomaly's stable name, where one is given
+    kind: str                     # the anomaly's stable name (wmiscope/spec/anomalies.py), on every record
+    severity: str                 # error | warning | note, the kind's in the catalog
     file: str                     # capture sets: the file the frame is in ...
     file_frame: int               # ... and its number inside that file
 
@@ -99,9 +100,14 @@ class CallRecord(_CallRecordBase, total=False):
 
 
 def iso(ts: float | None) -> str | None:
+    """UTC ISO 8601 text of an epoch time; None for none, and for a time no calendar
+    date can show (before year 1 or after 9999: a hostile capture's, kept as "epoch")."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def endpoint(ep) -> str:
@@ -110,8 +116,8 @@ def endpoint(ep) -> str:
 
 
 def error_dict(err) -> ErrorDict:
-    d: ErrorDict = {"stage": err.stage, "reason": err.reason}
-    for k in ("frame", "conn", "structure", "offset", "kind", "file", "file_frame"):
+    d: ErrorDict = {"stage": err.stage, "kind": err.kind, "severity": err.severity, "reason": err.reason}
+    for k in ("frame", "conn", "structure", "offset", "file", "file_frame"):
         v = getattr(err, k)
         if v is not None:
             d[k] = v

@@ -464,7 +464,7 @@ class Operations:
             handler(self._state(call), call)
         except Exception as e:      # a correlation bug must not stop the pipeline
             call.errors.append(ErrorRecord(stage="wmi", reason=f"operations: internal error: {type(e).__name__}: {e}",
-                                           frame=call_frame(call, 0), conn=call.conn))
+                                           frame=call_frame(call, 0), conn=call.conn, kind="wmi.internal_error"))
 
     def _state(self, call: Call) -> _PairState:
         a, b = call.client[0], call.server[0]

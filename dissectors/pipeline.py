@@ -16,13 +16,15 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from wmiscope.spec.anomalies import BY_NAME, SEVERITIES
+
 from .auth import AuthContexts
 from .capture import Decapsulation, open_sources, tcp_segment
 from .dcerpc import PTYPE_NAMES, DceRpcConnection
 from .dcom import DcomDecoder
 from .ipid_registry import IpidRegistry
 from .operations import Operations
-from .records import Call, ErrorRecord, Pdu
+from .records import Call, ErrorRecord, Pdu, is_error
 from .tcp import TcpReassembler
 from .wmi import WmiDecoder
 
@@ -31,10 +33,21 @@ from .wmi import WmiDecoder
 # big-endian integers / ASCII / IEEE floats, then two zero octets.
 _RPC_HEADER = re.compile(rb"\x05[\x00\x01][\x00-\x13][\x00-\xff][\x00\x10]\x00\x00\x00", re.S)
 
-# How much of a connection we look at before deciding it is not DCE/RPC.
+# How much of a connection we look at before deciding it is not DCE/RPC, and how
+# much all undecided connections may hold together (past it, a connection still
+# undecided is taken for what most traffic is: not DCE/RPC).
 DETECT_LIMIT = 64 * 1024
+UNDECIDED_BUDGET = 16 << 20
 
 PDU_OUTCOMES = ("decoded", "encrypted", "unknown_interface", "malformed")
+
+# A flood of one anomaly kind on one connection (a hostile stream can make one per
+# segment) is shown this many times, then only counted; one `analysis.suppressed`
+# record per (connection, kind) says how many were held back.
+FLOOD_LIMIT = 50
+# The (connection, kind) counts behind that are bounded too: past this many keys the
+# summaries so far are emitted and the counts start again.
+FLOOD_KEYS_MAX = 1 << 16
 _CALL_PTYPES = frozenset((0, 2, 3))    # request, response, fault: PDUs that belong to a call
 
 
@@ -54,6 +67,8 @@ class Stats:
     calls_by_outcome: Counter = field(default_factory=Counter)
     errors: int = 0
     errors_by_stage: Counter = field(default_factory=Counter)
+    anomalies: Counter = field(default_factory=Counter)     # by catalog kind: every record, in calls too
+    suppressed: int = 0             # records of a flood counted here but not shown
     tcp: dict = field(default_factory=dict)
     ip_fragments: dict | None = None    # dissectors/ipfrag.py counters, when the capture held fragments
 
@@ -73,6 +88,10 @@ class Stats:
             "calls_by_outcome": {k: self.calls_by_outcome.get(k, 0) for k in PDU_OUTCOMES},
             "errors": self.errors,
             "errors_by_stage": dict(self.errors_by_stage),
+            "anomalies_by_kind": dict(sorted(self.anomalies.items())),
+            "anomalies_by_severity": {sev: sum(n for k, n in self.anomalies.items() if BY_NAME[k].severity == sev)
+                                      for sev in SEVERITIES},
+            "suppressed": self.suppressed,
             "tcp": self.tcp,
         }
         if self.ip_fragments:
@@ -81,8 +100,9 @@ class Stats:
 
 
 def call_outcome(call: Call) -> str:
-    """One outcome per call, the most serious first, so the four counts add up."""
-    if call.errors:
+    """One outcome per call, the most serious first, so the four counts add up. Only an
+    anomaly of severity error makes a call malformed; warnings and notes ride along."""
+    if call.errors and any(is_error(e) for e in call.errors):
         return "malformed"
     if call.req_encrypted or call.resp_encrypted:
         return "encrypted"
@@ -91,16 +111,33 @@ def call_outcome(call: Call) -> str:
     return "decoded"
 
 
-class _Detector:
-    """Stands in for a connection's handler until its bytes show DCE/RPC.
+# What other protocols that run beside WMI put at the start of a segment: a
+# connection showing one of them is not DCE/RPC, whatever its payload carries
+# (SMB2 writes and reads to named pipes hold whole DCE/RPC PDUs, for one).
+_NOT_RPC = re.compile(
+    rb"\x00[\x00-\xff]{3}[\xfe\xff\xfd]SMB"       # SMB1/2/3 over the NetBIOS session service (139, 445)
+    rb"|(?:GET|POST|PUT|HEAD|OPTIONS|DELETE|CONNECT|PATCH|RPC_IN_DATA|RPC_OUT_DATA) |HTTP/1\."   # HTTP
+    rb"|[\x14-\x17]\x03[\x00-\x04]"                # a TLS record (HTTPS, LDAPS, RDP with TLS ...)
+    rb"|\x03\x00[\x00-\xff]{2}[\x02-\xff][\xe0\xd0\xf0]"   # TPKT + X.224 (RDP)
+    rb"|\x00\x00[\x00-\xff]{2}[\x6a\x6b\x6c\x6d\x6e\x6f\x75\x76\x7e]"  # Kerberos over TCP: length, then KDC/AP message
+    rb"|\x30[\x84\x82\x81][\x00-\xff]{1,4}\x02[\x01-\x04]",   # LDAP: a BER SEQUENCE starting with its messageID
+    re.S)
 
-    Non-RPC flows (SMB, HTTP, LDAP ...) are then dropped at the cost of one
-    method call per segment instead of filling the error log; RPC flows seen
-    from their middle are handed over with every buffered byte, so the DCE/RPC
-    layer reports the resynchronisation itself.
+
+class _Detector:
+    """Stands in for a connection's handler until its bytes show whether it is DCE/RPC.
+
+    A connection is DCE/RPC or it is not: decided once, from the starts of its
+    segments (where a sender's messages begin), never from a header-like run of
+    octets inside another protocol's payload. Non-RPC flows (SMB, HTTP, RDP,
+    LDAP, Kerberos ...) are then dropped at the cost of one method call per
+    segment and report nothing; their TCP gaps are counted in the stats but not
+    reported as anomalies. RPC flows seen from their middle are handed over with
+    every buffered byte (and gap), so the DCE/RPC layer reports the
+    resynchronisation itself.
     """
 
-    __slots__ = ("conn", "analysis", "chunks", "size", "handler", "from_start")
+    __slots__ = ("conn", "analysis", "chunks", "size", "handler", "from_start", "gaps")
 
     def __init__(self, conn, analysis: "Analysis"):
         self.conn = conn
@@ -108,6 +145,7 @@ class _Detector:
         self.chunks: list | None = []
         self.size = 0
         self.handler = None
+        self.gaps: list = []        # gap records held until the connection is known to be DCE/RPC
         # True while the bytes seen are known to start at the connection's first byte.
         self.from_start = conn.client_known_by == "syn"
         analysis.stats.tcp_flows += 1
@@ -121,7 +159,11 @@ class _Detector:
             return
         chunks.append((direction, data, frame, ts))
         self.size += len(data)
-        if self.from_start:
+        analysis = self.analysis
+        analysis._undecided += len(data)
+        if analysis._undecided > UNDECIDED_BUDGET:
+            self._not_rpc()
+        elif self.from_start:
             # Seen from its handshake, a DCE/RPC connection starts with a header at
             # its very first byte (the client's bind); anything else (SMB, LDAP ...)
             # is not ours, however much a stray run of its bytes looks like one.
@@ -132,29 +174,37 @@ class _Detector:
                 self._become_rpc()
             else:
                 self._not_rpc()
-        elif _RPC_HEADER.search(data[:DETECT_LIMIT]) is not None:
-            # Seen from its middle: the next PDU boundary can be anywhere.
+        elif _NOT_RPC.match(data) is not None:
+            self._not_rpc()
+        elif _RPC_HEADER.match(data) is not None and _plausible_frag_len(data):
+            # Seen from its middle: a PDU starts where a segment does.
             self._become_rpc()
         elif self.size > DETECT_LIMIT:
             self._not_rpc()
 
     def _not_rpc(self) -> None:
+        self.analysis._undecided -= self.size
         self.chunks = None
+        self.gaps = []
         self.analysis.stats.other_flows += 1
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         analysis = self.analysis
         analysis.stats.gaps += 1
         analysis.stats.gap_bytes += missing or 0
+        if self.handler is None and self.chunks is None:
+            return                  # not DCE/RPC: counted, not reported
         # A gap is reported where it is found, so the analyst sees why the calls
         # around it are incomplete.
         side = "client->server" if direction == 0 else "server->client"
         size = f"{missing} bytes" if missing is not None else "an unknown number of bytes"
-        analysis.emit(ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}",
-                                  frame=frame, conn=self.conn.index))
+        rec = ErrorRecord("tcp", f"segment(s) not captured: {size} missing {side}", frame=frame, conn=self.conn.index,
+                          kind="tcp.gap")
         if self.handler is not None:
+            analysis.emit(rec)
             self.handler.on_gap(direction, missing, frame)
         else:
+            self.gaps.append(rec)
             self.from_start = False     # what follows a hole can start anywhere in a PDU
 
     def on_close(self, frame: int) -> None:
@@ -164,13 +214,29 @@ class _Detector:
             self._not_rpc()
 
     def _become_rpc(self) -> None:
-        self.analysis.stats.rpc_flows += 1
+        analysis = self.analysis
+        analysis._undecided -= self.size
+        analysis.stats.rpc_flows += 1
         if self.conn.tunnel is not None:      # its calls will name the tunnel (sensor, VNI ...)
-            self.analysis._tunnels[self.conn.index] = self.conn.tunnel
-        self.handler = DceRpcConnection(self.conn, self.analysis.emit, auth=self.analysis.auth_contexts(self.conn))
+            analysis._tunnels[self.conn.index] = self.conn.tunnel
+        self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn),
+                                        held=analysis._rpc_held)
         chunks, self.chunks = self.chunks, None
+        gaps, self.gaps = self.gaps, []
+        for rec in gaps:
+            analysis.emit(rec)
         for direction, data, frame, ts in chunks:
             self.handler.on_data(direction, data, frame, ts)
+
+
+def _plausible_frag_len(data: bytes) -> bool:
+    """A common header's frag_len and auth_len agree with each other (MS-RPCE 2.2.2.1)."""
+    if len(data) < 12:
+        return True
+    big = not data[4] & 0x10
+    frag_len = int.from_bytes(data[8:10], "big" if big else "little")
+    auth_len = int.from_bytes(data[10:12], "big" if big else "little")
+    return frag_len >= 16 + auth_len
 
 
 class Analysis:
@@ -196,6 +262,9 @@ class Analysis:
         self.wmi = WmiDecoder(self.operations, objects=objects) if params else None
         self._out: deque = deque()
         self._call_pdus: dict[tuple[int, int], int] = {}
+        self._flood: dict[tuple[int, str], int] = {}
+        self._undecided = 0             # octets held by connections not yet known to be DCE/RPC or not
+        self._rpc_held = [0]            # stub octets held by open calls, over all connections
         self._origin = None                             # CaptureSet.origin when several files
         self._tunnels: dict[int, tuple] = {}            # connection index -> tunnel layers
 
@@ -227,6 +296,8 @@ class Analysis:
             if self._origin is not None or self._tunnels:
                 self._place(rec)
             outcome = call_outcome(rec)
+            for e in rec.errors:
+                stats.anomalies[e.kind] += 1
             stats.calls += 1
             stats.calls_by_outcome[outcome] += 1
             # The PDUs (fragments) that made up this call share its outcome.
@@ -235,9 +306,26 @@ class Analysis:
         elif kind is ErrorRecord:
             if self._origin is not None:
                 self._place(rec)
+            stats.anomalies[rec.kind] += 1
+            if rec.conn is not None:
+                key = (rec.conn, rec.kind)
+                n = self._flood[key] = self._flood.get(key, 0) + 1
+                if n > FLOOD_LIMIT:
+                    stats.suppressed += 1
+                    if len(self._flood) > FLOOD_KEYS_MAX:
+                        self._flush_floods()
+                    return
             stats.errors += 1
             stats.errors_by_stage[rec.stage] += 1
             self._out.append(rec)
+
+    def _flush_floods(self) -> None:
+        """One record per flood: how many of its kind on its connection were not shown."""
+        floods, self._flood = self._flood, {}
+        for (conn, kind), n in floods.items():
+            if n > FLOOD_LIMIT:
+                self.emit(ErrorRecord("analysis", f"{n - FLOOD_LIMIT} more '{kind}' records on this connection "
+                                      f"were counted, not shown", conn=conn, kind="analysis.suppressed"))
 
     # Seams a split run (dissectors.parallel) narrows to its share of the host pairs.
 
@@ -291,6 +379,7 @@ class Analysis:
         stats.tcp = dict(reassembler.stats)
         if decap.frag.stats["fragments"]:
             stats.ip_fragments = dict(decap.frag.stats)
+        self._flush_floods()
         self.capture_errors(getattr(source, "errors", ()))
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
         # at close, so this is a safety net that keeps the counts adding up).

@@ -9,20 +9,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from wmiscope.spec.anomalies import BY_NAME as _ANOMALIES
+
 
 @dataclass(slots=True)
 class ErrorRecord:
-    """A located problem met anywhere in the pipeline; the run goes on after it."""
+    """A located anomaly met anywhere in the pipeline; the run goes on after it.
 
-    stage: str                      # capture | tcp | dcerpc | auth | dcom | wmi
+    ``kind`` names it in the anomaly catalog (wmiscope/spec/anomalies.py), which
+    gives its severity and meaning; a name the catalog lacks is refused. Left out,
+    it is the stage's catch-all ``<stage>.other``.
+    """
+
+    stage: str                      # capture | tcp | dcerpc | auth | dcom | wmi | analysis
     reason: str                     # what was expected / what was wrong
     frame: int | None = None        # frame number (1-based, as tshark counts)
     conn: int | None = None         # TCP connection index (like tcp.stream)
     structure: str | None = None    # spec name of the structure being decoded
     offset: int | None = None       # byte offset inside that structure's buffer
-    kind: str | None = None         # the anomaly's stable name (e.g. "ip.frag_overlap"), where one is given
+    kind: str | None = None         # catalog name, e.g. "dcerpc.frag_len_short" (wmiscope/spec/anomalies.py)
     file: str | None = None         # in a capture set of several files: the file of `frame`
     file_frame: int | None = None   # ... and the frame's number inside that file
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = f"{self.stage}.other"
+        if self.kind not in _ANOMALIES:
+            raise ValueError(f"anomaly kind {self.kind!r} is not in the catalog (wmiscope/spec/anomalies.py)")
+
+    @property
+    def severity(self) -> str:
+        """error | warning | note, from the catalog."""
+        return _ANOMALIES[self.kind].severity
 
 
 @dataclass(slots=True)
@@ -132,7 +150,12 @@ def guarded(stage: str, decode, call: Call) -> None:
         decode(call)
     except Exception as e:  # noqa: BLE001 - that is the point
         call.errors.append(ErrorRecord(stage=stage, reason=f"internal error: {type(e).__name__}: {e}",
-                                       frame=call_frame(call, 0), conn=call.conn))
+                                       frame=call_frame(call, 0), conn=call.conn, kind=f"{stage}.internal_error"))
+
+
+def is_error(rec: ErrorRecord) -> bool:
+    """Whether a record breaks what it belongs to (severity error), not just warns or notes."""
+    return _ANOMALIES[rec.kind].severity == "error"
 
 
 def as_dict(rec) -> dict:

@@ -70,6 +70,10 @@ _WRAP = 1 << 32
 RPC_PORT = 135
 DYNAMIC_PORTS = 49152          # IANA dynamic/private range starts here (RFC 6335)
 IMPLAUSIBLE_GAP = 1 << 30      # a hole this large is reported with missing=None
+# Retransmissions are compared with the tail of what was delivered last, this many
+# octets: a whole (offloaded, 64 KB) segment kept per direction of 10,000 live
+# connections would be over a gigabyte.
+LAST_KEPT = 2048
 
 
 @dataclass(slots=True)
@@ -145,7 +149,7 @@ class _Half:
         self.fin: int | None = None     # position of our FIN, once seen
         self.done = False               # FIN reached in order: nothing more to deliver
         self.slow = True                # the fast path may not be taken (see _Half.update)
-        self.last = b""                 # the last payload delivered; it ends at pos
+        self.last = b""                 # the tail (LAST_KEPT octets) of the last payload delivered; it ends at pos
         self.last_frame = 0
 
     def update(self) -> None:
@@ -181,8 +185,8 @@ class TcpReassembler:
                  max_pending_bytes: int = 4 << 20,
                  errors: Callable[[ErrorRecord], None] | None = None,
                  max_connections: int = 10000,
-                 closed_memory: int = 65536,
-                 max_total_pending_bytes: int = 256 << 20):
+                 closed_memory: int = 8192,
+                 max_total_pending_bytes: int = 64 << 20):
         self._factory = handler_factory
         self.max_pending_bytes = max_pending_bytes
         self.max_total_pending_bytes = max_total_pending_bytes
@@ -242,7 +246,7 @@ class TcpReassembler:
                 n = len(payload)
                 h.nraw = (h.nraw + n) & _MASK
                 h.pos += n
-                h.last = payload
+                h.last = payload if n <= LAST_KEPT else payload[-LAST_KEPT:]
                 try:
                     h.on_data(h.direction, payload, frame, ts)
                 except Exception as exc:  # noqa: BLE001 - one bad handler must not end the run
@@ -366,7 +370,8 @@ class TcpReassembler:
     def _conflict(self, h: _Half, frame: int, n: int) -> None:
         self._c["overlap_conflicts"] += 1
         self._error(f"{n} retransmitted octets differ from the first-seen ones "
-                    f"(direction {h.direction}); the first-seen bytes are kept", frame, h.conn)
+                    f"(direction {h.direction}); the first-seen bytes are kept", frame, h.conn,
+                    kind="tcp.retransmission_conflict")
 
     def _buffer(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
         """Keeps the parts of [start, start+len) not yet buffered (first-seen bytes win)."""
@@ -434,7 +439,7 @@ class TcpReassembler:
         n = len(payload)
         h.pos += n
         h.nraw = (h.nraw + n) & _MASK
-        h.last = payload
+        h.last = payload if n <= LAST_KEPT else payload[-LAST_KEPT:]
         try:
             h.on_data(h.direction, payload, frame, ts)
         except Exception as exc:  # noqa: BLE001
@@ -532,7 +537,7 @@ class TcpReassembler:
             handler = self._factory(rec)
         except Exception as exc:  # noqa: BLE001
             handler = NullHandler()
-            self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index)
+            self._error(f"stream handler factory raised {_describe(exc)}", frame, rec.index, kind="tcp.internal_error")
         conn = _Conn(rec, handler)
         conn.tentative = tentative
         on_data = handler.on_data
@@ -614,14 +619,14 @@ class TcpReassembler:
             self._error(f"more than {self.max_connections} live connections: connection "
                         f"{conn.rec.index} evicted (idle since frame "
                         f"{max(conn.halves[0].last_frame, conn.halves[1].last_frame)})",
-                        frame, conn.rec.index)
+                        frame, conn.rec.index, kind="tcp.connection_evicted")
             self._close(conn, frame, "evicted", remember=False)
 
     # -- errors -------------------------------------------------------------------------
 
-    def _error(self, reason: str, frame: int, conn) -> None:
+    def _error(self, reason: str, frame: int, conn, kind: str = "tcp.other") -> None:
         index = conn.rec.index if isinstance(conn, _Conn) else conn
-        rec = ErrorRecord(stage="tcp", reason=reason, frame=frame, conn=index)
+        rec = ErrorRecord(stage="tcp", reason=reason, frame=frame, conn=index, kind=kind)
         self._c["errors"] += 1
         if self._errors is not None:
             self._errors(rec)
@@ -630,7 +635,7 @@ class TcpReassembler:
 
     def _handler_failed(self, conn: _Conn, exc: Exception, frame: int) -> None:
         self._c["handler_errors"] += 1
-        self._error(f"stream handler raised {_describe(exc)}", frame, conn)
+        self._error(f"stream handler raised {_describe(exc)}", frame, conn, kind="tcp.internal_error")
 
 
 def _start(entry) -> int:

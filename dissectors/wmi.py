@@ -330,6 +330,7 @@ class WmiDecoder:
             frame = _frame(call, direction)
             for e in out.errors:
                 call.errors.append(ErrorRecord(stage="wmi", reason=e.reason, frame=frame, conn=call.conn,
-                                               structure=e.structure, offset=e.offset))
+                                               structure=e.structure, offset=e.offset,
+                                               kind="wmi." + getattr(e, "kind", "stub_malformed")))
 
 

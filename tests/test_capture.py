@@ -437,6 +437,16 @@ def test_snaplen_cut_frame_yields_what_it_holds():
 
 # --- live -----------------------------------------------------------------------------
 
+def loopback_exchange(srv: socket.socket, port: int) -> None:
+    """A TCP connection to the listening srv on 127.0.0.1:port: handshake, b"ping", close."""
+    c = socket.create_connection(("127.0.0.1", port))
+    s, _ = srv.accept()
+    c.sendall(b"ping")
+    assert s.recv(4) == b"ping"
+    c.close()
+    s.close()
+
+
 def test_live_capture_on_loopback():
     """Real capture through scapy's packet socket; needs root (skipped otherwise)."""
     srv = socket.socket()
@@ -458,12 +468,7 @@ def test_live_capture_on_loopback():
                 done.set()
 
         threading.Thread(target=grab, daemon=True).start()
-        c = socket.create_connection(("127.0.0.1", port))
-        s, _ = srv.accept()
-        c.sendall(b"ping")
-        assert s.recv(4) == b"ping"
-        c.close()
-        s.close()
+        loopback_exchange(srv, port)
         assert done.wait(10), "the four packets of the exchange were not captured"
     finally:
         srv.close()
@@ -492,7 +497,7 @@ def test_damaged_files_never_raise(sample, flips, cut):
     except CaptureFormatError:
         return
     frames = list(reader)
-    assert len(frames) <= 7 and len(reader.errors) <= 1
+    assert len(frames) <= 7 and len(reader.errors) <= 2     # a damaged block, clamped timestamps
     for _, ts, lt, frame in frames:
         tcp_segment(lt, frame)          # never raises
 

@@ -112,9 +112,9 @@ def test_jsonl_names_the_file_and_a_single_file_is_unchanged(tmp_path, capsys):
 def test_bad_sources_end_with_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for args in ([str(tmp_path / "empty")], [str(tmp_path / "*.pcapng")], [str(tmp_path / "missing.pcap")]):
-        with pytest.raises(SystemExit) as exc:
-            cli.main(["stats"] + args)
-        assert str(exc.value).startswith("wmiscope: ") and "\n" not in str(exc.value)
+        assert cli.main(["stats"] + args) == 1         # unreadable input: one line, exit 1 (issue 12)
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("wmiscope: error: ") and err.count("\n") == 1
     with pytest.raises(CaptureFormatError):
         open_sources([str(tmp_path / "empty")])
 

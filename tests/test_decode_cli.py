@@ -121,13 +121,13 @@ def test_instance_blob_against_the_real_template_class(files, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# failures: one located line on stderr, exit 1, never a traceback
+# failures: one located line on stderr, exit 1 (2 for usage), never a traceback
 # ---------------------------------------------------------------------------
 
-def assert_one_line_failure(rc, out, err, *needles):
-    assert rc == 1 and out == ""
+def assert_one_line_failure(rc, out, err, *needles, status=1):
+    assert rc == status and out == ""
     assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("wmiscope decode: ")
+    assert err.count("\n") == 1 and err.startswith("wmiscope: error: ")
     for n in needles:
         assert n in err, err
 
@@ -158,6 +158,7 @@ def test_usage_errors(files, tmp_path):
     bad_hex = tmp_path / "bad.hex"
     bad_hex.write_text("12 34 zz")
     assert_one_line_failure(*wmiscope(bad_hex, "--hex", "--as", "context"), "not hex text")
-    assert_one_line_failure(*wmiscope(files["array"], "--as", "instance-blob"), "--template")
+    # mistakes of the command line itself: exit 2, as argparse's own
+    assert_one_line_failure(*wmiscope(files["array"], "--as", "instance-blob"), "--template", status=2)
     assert_one_line_failure(*wmiscope(files["array"], "--as", "object-array", "--offset", "99999"),
-                            "past the end")
+                            "past the end", status=2)

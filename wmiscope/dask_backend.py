@@ -39,14 +39,16 @@ class DaskRun:
     """Same interface as parallel.LocalRun: iterate `text()`, then read `stats` and `cache`."""
 
     def __init__(self, address: str, source, shards: int, analysis_kwargs: dict, make_renderer):
+        from wmiscope.cli import InputError, UsageError
+
         try:
             from distributed import Client
         except ImportError:
-            raise SystemExit("wmiscope: --dask needs the 'distributed' package (pip install 'wmiscope[dask]')") from None
+            raise UsageError("--dask needs the 'distributed' package (pip install 'wmiscope[dask]')") from None
         try:
             self.client = Client(address, timeout="10s")
         except OSError as e:
-            raise SystemExit(f"wmiscope: cannot reach the Dask scheduler at {address}: {e}") from None
+            raise InputError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         if shards <= 0:
             shards = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.nonce = parallel.new_nonce()

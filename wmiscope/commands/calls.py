@@ -75,4 +75,4 @@ def _table_row(d: dict) -> str:
 
 def _error_line(e) -> str:
     where = " ".join(f"{k}={getattr(e, k)}" for k in ("frame", "conn", "structure", "offset") if getattr(e, k) is not None)
-    return f"{e.stage}: {e.reason} ({where})"
+    return f"{e.stage}: {e.reason} ({where}) [{e.kind}]"

@@ -9,15 +9,18 @@ context              [MS-WMI] 2.2.13.1 IWbemContextBuffer, or the whole
 instance-blob        [MS-WMI] 2.2.16 WBEM_INSTANCE_BLOB; --template names a file
                      with the template class as an EncodingUnit
 
-A malformed input gives one line on stderr, naming the structure and the
-offset, and exit status 1.
+A malformed input gives one line on stderr (``wmiscope: error: FILE: ...``),
+naming the structure and the offset, and exit status 1; a usage mistake exit 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import partial
+
+from wmiscope.cli import InputError, UsageError
 
 KINDS = ("encoding-unit", "object-block", "object-array", "context", "instance-blob")
 
@@ -46,53 +49,42 @@ def offset(text: str) -> int:
     return value
 
 
-class _Failure(Exception):
-    """A user-facing failure: one line on stderr, exit 1."""
-
-
 def run(args) -> int:
+    if args.kind == "instance-blob" and not args.template:
+        raise UsageError("--as instance-blob needs --template FILE (the template class EncodingUnit)")
+    if args.kind != "instance-blob" and args.template:
+        raise UsageError("--template only applies to --as instance-blob")
+    data = _read(args.file, args.hex)
+    template = None
+    if args.template:
+        template = _template(_read(args.template, args.hex), args.template)
+    if args.offset > len(data):
+        raise UsageError(f"--offset {args.offset} is past the end of the {len(data)} bytes")
     try:
-        data = _read(args.file, args.hex)
-        template = None
-        if args.kind == "instance-blob":
-            if not args.template:
-                raise _Failure("--as instance-blob needs --template FILE (the template class EncodingUnit)")
-            template = _template(_read(args.template, args.hex), args.template)
-        elif args.template:
-            raise _Failure("--template only applies to --as instance-blob")
-        if args.offset > len(data):
-            raise _Failure(f"--offset {args.offset} is past the end of the {len(data)} bytes")
         text = _decode(args.kind, data, args.offset, template, args.format)
-    except _Failure as e:
-        return _fail(str(e))
     except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
         from wmiscope.formats.errors import DecodeError, EncodeError
 
-        if isinstance(e, DecodeError):
-            return _fail(f"{args.file}: {e}")
-        if isinstance(e, (EncodeError, OSError)):
-            return _fail(str(e))
-        return _fail(f"{args.file}: internal error {type(e).__name__}: {e}")
+        if isinstance(e, (DecodeError, EncodeError)):
+            raise InputError(f"{args.file}: {e}") from None
+        raise InputError(f"{args.file}: internal error {type(e).__name__}: {e}") from None
     sys.stdout.write(text)
     if not text.endswith("\n"):
         sys.stdout.write("\n")
     return 0
 
 
-def _fail(message: str) -> int:
-    sys.stderr.write(f"wmiscope decode: {' '.join(message.split())}\n")
-    return 1
-
-
 def _read(path: str, hex_text: bool) -> bytes:
     if path == "-":
         raw = sys.stdin.buffer.read()
     else:
+        if os.path.isdir(path):
+            raise InputError(f"{path}: is a directory, not a file")
         try:
             with open(path, "rb") as f:
                 raw = f.read()
         except OSError as e:
-            raise _Failure(f"{path}: {e.strerror or e}") from None
+            raise InputError(f"{path}: {e.strerror or e}") from None
     if not hex_text:
         return raw
     text = raw.decode("ascii", "replace")
@@ -104,7 +96,7 @@ def _read(path: str, hex_text: bool) -> bytes:
     except ValueError:
         bad = next((i for i, c in enumerate(cleaned) if c not in "0123456789abcdefABCDEF"), None)
         where = f"character {cleaned[bad]!r}" if bad is not None else "an odd number of hex digits"
-        raise _Failure(f"{path}: not hex text ({where})") from None
+        raise InputError(f"{path}: not hex text ({where})") from None
 
 
 def _template(data: bytes, path: str):
@@ -115,7 +107,7 @@ def _template(data: bytes, path: str):
     try:
         return template_class(wmio.parse_encoding_unit(data, 0))
     except DecodeError as e:
-        raise _Failure(f"{path} (template): {e}") from None
+        raise InputError(f"{path} (template): {e}") from None
 
 
 def _decode(kind: str, data: bytes, offset: int, template, fmt: str) -> str:

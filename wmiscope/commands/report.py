@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from wmiscope.cli import InputError
+
 from .output import add_source_arguments, dumps, make_analysis, open_source
 
 
@@ -32,14 +34,14 @@ def run(args) -> int:
         try:        # before the analysis: a wrong path is said at once, not after a long run
             out = open(args.output, "w", encoding="utf-8")
         except OSError as e:
-            raise SystemExit(f"wmiscope report: {args.output}: {e.strerror}") from None
+            raise InputError(f"{args.output}: {e.strerror}") from None
     name = f"live:{args.interface}" if args.interface else None
     try:
         report = analyse_captures(source, lambda: make_analysis(args), name=name, excerpts=fmt == "html",
                                   progress=True)
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
-        raise SystemExit(f"wmiscope report: {where}") from None
+        raise InputError(where) from None
     text = render(report, fmt)
     if out is not None:
         with out:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-
 from .output import add_source_arguments, make_analysis, open_source
 from .progress import with_progress
 
@@ -16,7 +15,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-
     analysis = make_analysis(args, objects=False)   # counts need no MS-WMIO objects
     for _ in analysis.run(with_progress(open_source(args), analysis, streaming=False)):
         pass
@@ -40,4 +38,9 @@ def run(args) -> int:
     w(f"calls             {d['calls']:>8}\n")
     w("  by outcome:     " + ", ".join(f"{k} {v}" for k, v in d["calls_by_outcome"].items()) + "\n")
     w(f"errors            {d['errors']:>8}   " + ", ".join(f"{k} {v}" for k, v in d["errors_by_stage"].items()) + "\n")
+    n = sum(d["anomalies_by_kind"].values())
+    w(f"anomalies         {n:>8}   " + ", ".join(f"{k} {v}" for k, v in d["anomalies_by_severity"].items())
+      + (f" ({d['suppressed']} of a flood not shown)" if d["suppressed"] else "") + "\n")
+    for kind, count in d["anomalies_by_kind"].items():
+        w(f"  {kind:<34}{count:>8}\n")
     return 0

@@ -28,9 +28,11 @@ def add_arguments(p) -> None:
 
 def _plan(args, source) -> int:
     """How many shards: 1 for a live capture or a small capture set, else --workers or the cores."""
+    from wmiscope.cli import UsageError
+
     if getattr(args, "dask", None):
         if getattr(args, "interface", None):
-            raise SystemExit("wmiscope: --dask splits capture files, not a live capture")
+            raise UsageError("--dask splits capture files, not a live capture")
         return args.workers or 0            # 0: as many as the cluster has workers
     if getattr(args, "interface", None):
         return 1
