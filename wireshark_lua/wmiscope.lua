@@ -1526,17 +1526,34 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
     end
 end
 
+-- the plugin's own dissector handle: a tree is referenced for it when it is shown or when
+-- a filter, a column or -e names any wmi.* field (Wireshark primes a field's protocol too)
+local HANDLE
+
+-- what a tree nobody looks at still carries: the expert infos (tshark -z expert, the GUI's
+-- expert dialog read them without a tree)
+local function experts_only(rec, tree)
+    if rec.sealed then tree:add_proto_expert_info(E.encrypted) end
+    if rec.err then tree:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+end
+
 local function render(recs, tvb, pinfo, tree)
     local infos = {}
     local frame = {}
-    -- no tree at all: the columns are all there is to do
+    -- no tree at all, or one in which no wmi field is wanted (tshark without -V, -Y wmi...
+    -- or -e wmi...; the GUI's packet list): the columns are all there is to do
+    if HANDLE == nil then
+        local ok, h = pcall(Dissector.get, "wmi")
+        HANDLE = ok and h or false
+    end
     local want_tree = not tostring(tree):find("has item=false", 1, true)
+        and (not HANDLE or tree.visible or tree:referenced(HANDLE))
     local visible = tree.visible
     for _, rec in ipairs(recs) do
         local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
             infos[#infos + 1] = rec.info
-            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) end
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
         end
     end
     if #infos > 0 then
