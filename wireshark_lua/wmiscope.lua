@@ -1075,13 +1075,16 @@ local PTYPE = { [0] = "Request", [2] = "Response", [3] = "Fault" }
 -- the PDU header (C706 12.6) from its first octets; the auth trailer's level and pad length
 -- read from the range (rlen octets long)
 local function pdu_header(s, r, rlen)
-    if #s < 16 or sbyte(s, 1) ~= 5 then return nil end
-    local h = { ptype = sbyte(s, 3), flags = sbyte(s, 4), little = sbyte(s, 5) >= 16,
-        frag_len = u16(s, 8), auth_len = u16(s, 10), call_id = u32(s, 12) }
+    if #s < 16 then return nil end
+    -- the common header's octets in one call (this runs for every PDU of the capture)
+    local ver, _, ptype, flags, drep, _, _, _, f1, f2, a1, a2, c1, c2, c3, c4, h1, h2, h3, h4, x1, x2, o1, o2 = sbyte(s, 1, 24)
+    if ver ~= 5 then return nil end
+    local h = { ptype = ptype, flags = flags, little = drep >= 16, frag_len = f1 + f2 * 256,
+        auth_len = a1 + a2 * 256, call_id = c1 + c2 * 256 + c3 * 65536 + c4 * 16777216 }
     if not h.little then return h end
-    if #s >= 20 then h.alloc_hint = u32(s, 16) end
-    if h.ptype == 0 and #s >= 24 then
-        h.ctx_id, h.opnum = u16(s, 20), u16(s, 22)
+    if h4 then h.alloc_hint = h1 + h2 * 256 + h3 * 65536 + h4 * 16777216 end
+    if ptype == 0 and o2 then
+        h.ctx_id, h.opnum = x1 + x2 * 256, o1 + o2 * 256
         h.hdr = 24
         if h.flags % 256 >= 128 and #s >= 40 then
             h.ipid = guid(s, 24)
@@ -1143,7 +1146,7 @@ local function first_pass(pinfo)
     if #pdus == 0 then return false end
     local sfi = f_stream()
     local stream = sfi and sfi.value or -1
-    local decrypted = { f_decrypted() }
+    local decrypted      -- dcerpc.decrypted_stub_data, read at the first sealed PDU
     local nsealed = 0
     local out = {}
     S.ctx[stream] = S.ctx[stream] or {}
@@ -1202,7 +1205,7 @@ local function first_pass(pinfo)
                 local stub, from_decrypted, big, tail
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
-                local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
+                local key = (sealed or needed) and (stream .. ":" .. h.call_id .. ":" .. h.ptype)
                 if sealed then
                     -- the plaintext: on 4.4 the claiming dissector below got it (last fragment
                     -- of an interface it claims), otherwise a decrypted_stub_data field
@@ -1210,6 +1213,7 @@ local function first_pass(pinfo)
                     if last and CLAIMED.frame == pinfo.number then piece = CLAIMED.stubs[h.call_id] end
                     if piece == nil then
                         nsealed = nsealed + 1
+                        decrypted = decrypted or { f_decrypted() }
                         d = decrypted[nsealed]
                         piece = needed and d and d.range:raw()
                     end
