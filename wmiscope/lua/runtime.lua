@@ -1121,6 +1121,19 @@ local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLogin
 
 local BIG = 256 * 1024
 
+-- whether Wireshark reassembled the stub of the PDU ending in this frame, `total` octets
+-- long: handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0)
+local function reassembled(pinfo, call_id, total)
+    if CLAIMED.frame == pinfo.number then
+        local s = CLAIMED.stubs[call_id]
+        if s and #s == total then return true end
+    end
+    for _, fi in ipairs({ f_stub() }) do
+        if fi.len == total then return true end
+    end
+    return false
+end
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
@@ -1235,12 +1248,18 @@ local function first_pass(pinfo)
                     else
                         if not buf then buf = { total = 0 } S.frags[key] = buf end
                         buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
-                        if last then stub = concat(buf) S.frags[key] = nil end
+                        if last then
+                            stub = concat(buf)
+                            S.frags[key] = nil
+                            -- not kept for the tree when Wireshark's own reassembly of it is
+                            -- there to be taken again (it holds the capture's big responses)
+                            if reassembled(pinfo, h.call_id, #stub) then big = #stub end
+                        end
                     end
                 end
                 if call and (last or h.ptype == 3) then
                     local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                        whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
+                        whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
                         single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
                         dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
@@ -1261,7 +1280,7 @@ local function first_pass(pinfo)
                             end
                         end
                     end
-                    if big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                    if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
                     rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                     -- the Info column, kept so that a pass without a tree decodes nothing
                     if info then rec.info = summary(info, rec, dec) end
