@@ -1055,13 +1055,16 @@ local PTYPE = { [0] = "Request", [2] = "Response", [3] = "Fault" }
 -- the PDU header (C706 12.6) from its first octets; the auth trailer's level and pad length
 -- read from the range (rlen octets long)
 local function pdu_header(s, r, rlen)
-    if #s < 16 or sbyte(s, 1) ~= 5 then return nil end
-    local h = { ptype = sbyte(s, 3), flags = sbyte(s, 4), little = sbyte(s, 5) >= 16,
-        frag_len = u16(s, 8), auth_len = u16(s, 10), call_id = u32(s, 12) }
+    if #s < 16 then return nil end
+    -- the common header's octets in one call (this runs for every PDU of the capture)
+    local ver, _, ptype, flags, drep, _, _, _, f1, f2, a1, a2, c1, c2, c3, c4, h1, h2, h3, h4, x1, x2, o1, o2 = sbyte(s, 1, 24)
+    if ver ~= 5 then return nil end
+    local h = { ptype = ptype, flags = flags, little = drep >= 16, frag_len = f1 + f2 * 256,
+        auth_len = a1 + a2 * 256, call_id = c1 + c2 * 256 + c3 * 65536 + c4 * 16777216 }
     if not h.little then return h end
-    if #s >= 20 then h.alloc_hint = u32(s, 16) end
-    if h.ptype == 0 and #s >= 24 then
-        h.ctx_id, h.opnum = u16(s, 20), u16(s, 22)
+    if h4 then h.alloc_hint = h1 + h2 * 256 + h3 * 65536 + h4 * 16777216 end
+    if ptype == 0 and o2 then
+        h.ctx_id, h.opnum = x1 + x2 * 256, o1 + o2 * 256
         h.hdr = 24
         if h.flags % 256 >= 128 and #s >= 40 then
             h.ipid = guid(s, 24)
@@ -1118,12 +1121,25 @@ local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLogin
 
 local BIG = 256 * 1024
 
+-- whether Wireshark reassembled the stub of the PDU ending in this frame, `total` octets
+-- long: handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0)
+local function reassembled(pinfo, call_id, total)
+    if CLAIMED.frame == pinfo.number then
+        local s = CLAIMED.stubs[call_id]
+        if s and #s == total then return true end
+    end
+    for _, fi in ipairs({ f_stub() }) do
+        if fi.len == total then return true end
+    end
+    return false
+end
+
 local function first_pass(pinfo)
     local pdus = { f_dcerpc() }
     if #pdus == 0 then return false end
     local sfi = f_stream()
     local stream = sfi and sfi.value or -1
-    local decrypted = { f_decrypted() }
+    local decrypted      -- dcerpc.decrypted_stub_data, read at the first sealed PDU
     local nsealed = 0
     local out = {}
     S.ctx[stream] = S.ctx[stream] or {}
@@ -1182,7 +1198,7 @@ local function first_pass(pinfo)
                 local stub, from_decrypted, big, tail
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
-                local key = stream .. ":" .. h.call_id .. ":" .. h.ptype
+                local key = (sealed or needed) and (stream .. ":" .. h.call_id .. ":" .. h.ptype)
                 if sealed then
                     -- the plaintext: on 4.4 the claiming dissector below got it (last fragment
                     -- of an interface it claims), otherwise a decrypted_stub_data field
@@ -1190,6 +1206,7 @@ local function first_pass(pinfo)
                     if last and CLAIMED.frame == pinfo.number then piece = CLAIMED.stubs[h.call_id] end
                     if piece == nil then
                         nsealed = nsealed + 1
+                        decrypted = decrypted or { f_decrypted() }
                         d = decrypted[nsealed]
                         piece = needed and d and d.range:raw()
                     end
@@ -1231,12 +1248,18 @@ local function first_pass(pinfo)
                     else
                         if not buf then buf = { total = 0 } S.frags[key] = buf end
                         buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
-                        if last then stub = concat(buf) S.frags[key] = nil end
+                        if last then
+                            stub = concat(buf)
+                            S.frags[key] = nil
+                            -- not kept for the tree when Wireshark's own reassembly of it is
+                            -- there to be taken again (it holds the capture's big responses)
+                            if reassembled(pinfo, h.call_id, #stub) then big = #stub end
+                        end
                     end
                 end
                 if call and (last or h.ptype == 3) then
                     local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                        whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
+                        whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
                         single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
                         dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
@@ -1257,7 +1280,7 @@ local function first_pass(pinfo)
                             end
                         end
                     end
-                    if big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                    if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
                     rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                     -- the Info column, kept so that a pass without a tree decodes nothing
                     if info then rec.info = summary(info, rec, dec) end
@@ -1506,17 +1529,34 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
     end
 end
 
+-- the plugin's own dissector handle: a tree is referenced for it when it is shown or when
+-- a filter, a column or -e names any wmi.* field (Wireshark primes a field's protocol too)
+local HANDLE
+
+-- what a tree nobody looks at still carries: the expert infos (tshark -z expert, the GUI's
+-- expert dialog read them without a tree)
+local function experts_only(rec, tree)
+    if rec.sealed then tree:add_proto_expert_info(E.encrypted) end
+    if rec.err then tree:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+end
+
 local function render(recs, tvb, pinfo, tree)
     local infos = {}
     local frame = {}
-    -- no tree at all: the columns are all there is to do
+    -- no tree at all, or one in which no wmi field is wanted (tshark without -V, -Y wmi...
+    -- or -e wmi...; the GUI's packet list): the columns are all there is to do
+    if HANDLE == nil then
+        local ok, h = pcall(Dissector.get, "wmi")
+        HANDLE = ok and h or false
+    end
     local want_tree = not tostring(tree):find("has item=false", 1, true)
+        and (not HANDLE or tree.visible or tree:referenced(HANDLE))
     local visible = tree.visible
     for _, rec in ipairs(recs) do
         local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
             infos[#infos + 1] = rec.info
-            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) end
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
         end
     end
     if #infos > 0 then
