@@ -352,6 +352,14 @@ class HandshakeToken:
 
 _MAX_TOKENS = 32
 
+# Handshake tokens recur octet for octet across connections and sessions (a client's
+# NTLM NEGOTIATE, the server's SPNEGO accept-completed, Kerberos AP-REP wrappers): each
+# distinct one is parsed once. The parsed tokens are only read after parsing, so
+# contexts may share them. Bounded: cleared when full, large tokens (tickets) not kept.
+_TOKENS: dict[tuple, tuple] = {}
+_TOKEN_CACHE_SIZE = 512
+_TOKEN_CACHE_OCTETS = 2048
+
 
 @dataclass(slots=True)
 class AuthContext:
@@ -373,11 +381,19 @@ class AuthContext:
     frame: int | None = None         # frame of the sealed PDU being unsealed (for the provider's messages)
 
     def add_token(self, frame: int, direction: int, ptype: int, raw: bytes) -> HandshakeToken:
-        try:
-            parsed = parse_token(raw, self.auth_type)
-            rec = HandshakeToken(frame, direction, ptype, parsed)
-        except DecodeError as exc:
-            rec = HandshakeToken(frame, direction, ptype, raw, str(exc))
+        key = (self.auth_type, raw)
+        hit = _TOKENS.get(key)
+        if hit is None:
+            try:
+                hit = (parse_token(raw, self.auth_type), None)
+            except DecodeError as exc:
+                hit = (raw, str(exc))
+            if len(raw) <= _TOKEN_CACHE_OCTETS:
+                if len(_TOKENS) >= _TOKEN_CACHE_SIZE:
+                    _TOKENS.clear()
+                _TOKENS[key] = hit
+        parsed, error = hit
+        rec = HandshakeToken(frame, direction, ptype, parsed, error)
         if len(self.tokens) < _MAX_TOKENS:
             self.tokens.append(rec)
         if rec.error is None:
