@@ -260,12 +260,18 @@ DCOM_HOOKS = {
 
 def _hooks(info: dict, method: str) -> tuple:
     """The hooks of a method, found on the interface that declares it (IRemUnknown2 inherits
-    RemQueryInterface from IRemUnknown)."""
-    for i in _if.base_chain(info):
-        hooks = DCOM_HOOKS.get((i["name"], method))
-        if hooks is not None:
-            return hooks
-    return None, None
+    RemQueryInterface from IRemUnknown). Looked up once per (interface, method): every
+    RemRelease and RemQueryInterface of a session asks again."""
+    key = (info["name"], method)
+    hooks = _HOOKS_FOUND.get(key)
+    if hooks is None:
+        hooks = _HOOKS_FOUND[key] = next(
+            (h for h in (DCOM_HOOKS.get((i["name"], method)) for i in _if.base_chain(info)) if h is not None),
+            (None, None))
+    return hooks
+
+
+_HOOKS_FOUND: dict[tuple[str, str], tuple] = {}
 
 
 def _json_values(d: dict) -> None:

@@ -370,6 +370,9 @@ class _Mip(_Node):
         w.interface_pointer_data(_objref_bytes(v))
 
 
+# the nodes whose values are their JSON already (their _json is the identity)
+_LEAVES = frozenset((_Guid, _WString, _CString, _Bstr))
+
 # the built-in types of the grammar: (node class, alignment, smallest wire size)
 _BUILTIN_NODES = {
     "GUID": lambda t: _Guid(t, 4, 16), "FILETIME": lambda t: _Filetime(t, 4, 8),
@@ -508,16 +511,22 @@ class _Struct(_Node):
     (DUALSTRINGARRAY, ORPC_EXTENT) is a conformant structure: NDR sends that array's
     conformance first, ahead of the structure (C706 14.3.7.1)."""
 
-    __slots__ = ("name", "fields", "conformant")
+    __slots__ = ("name", "fields", "conformant", "_reads", "_json_fields")
 
     def __init__(self, name: str):
         super().__init__(name, 1, 0)
         self.name = name
         self.fields: list[tuple[str, _Node, tuple | None]] = []
         self.conformant = False
+        self._reads: list = []
+        self._json_fields: list = []
 
     def finish(self, fields):
         self.fields = fields
+        # Worked out once per structure, not per value read: every REMINTERFACEREF of a
+        # RemRelease, every REMQIRESULT, every STDOBJREF walks these.
+        self._reads = [(fname, node, self.name + "." + fname) for fname, node, _ in fields]
+        self._json_fields = [(f, n, a or n.ann, _is_leaf(n, a or n.ann)) for f, n, a in fields]
         self.align = max((n.align for _, n, _ in fields), default=1)
         self.min_size = sum(n.min_size for _, n, _ in fields)
         self.conformant = bool(fields) and type(fields[-1][1]) is _Array
@@ -527,19 +536,18 @@ class _Struct(_Node):
     def read(self, r, ctx, scope, holder, key):
         d: dict = {}
         holder[key] = d
-        name = self.name
-        fields = self.fields
+        fields = self._reads
         if self.conformant:
-            *fields, (last_name, last, _) = fields
-            r.structure = name + "." + last_name
+            *fields, (last_name, last, last_label) = fields
+            r.structure = last_label
             at = r.pos
-            n = r.count(last.elem.min_size, r.structure)
+            n = r.count(last.elem.min_size, last_label)
         r.align(self.align)
-        for fname, node, _ in fields:
-            r.structure = name + "." + fname
+        for fname, node, label in fields:
+            r.structure = label
             node.read(r, ctx, d, d, fname)
         if self.conformant:
-            r.structure = name + "." + last_name
+            r.structure = last_label
             _check_count(r, "array", last.size, d, ctx, n, at)
             last._elements(r, ctx, d, d, last_name, n)
 
@@ -805,6 +813,12 @@ def _ptr_json(p: InterfacePointer) -> dict:
     return d
 
 
+def _is_leaf(node: _Node, ann) -> bool:
+    """Whether _json gives a value of this node back as it is (no annotation to describe it)."""
+    t = type(node)
+    return t in _LEAVES or (t is _Prim and not ann)
+
+
 def _json(node: _Node, v, ann):
     if v is None or v is REF_TO_NULL:
         return None
@@ -823,9 +837,12 @@ def _json(node: _Node, v, ann):
         elem = node.elem
         if type(elem) is _Prim and not ann:
             return v
+        if type(elem) in _LEAVES:
+            return list(v)
         return [_json(elem, x, ann) for x in v]
     if t is _Struct:
-        return {f: _json(n, v.get(f), a or n.ann) for f, n, a in node.fields}
+        # leaves copied straight: a struct's GUIDs and counts are most of what DCOM sends
+        return {f: v.get(f) if leaf else _json(n, v.get(f), a) for f, n, a, leaf in node._json_fields}
     if t is _Union:
         return {k: _json(node.by_name[k][1], x, node.by_name[k][1].ann) for k, x in v.items()}
     return v
