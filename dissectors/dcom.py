@@ -274,6 +274,29 @@ def _hooks(info: dict, method: str) -> tuple:
 _HOOKS_FOUND: dict[tuple[str, str], tuple] = {}
 
 
+def _method(iid: str | None, opnum: int | None) -> tuple:
+    """(interface entry, plan or None, hooks) of a call, looked up once per known interface
+    and opnum: a session sends the same few methods (RemRelease, RemQueryInterface, ping)
+    over and over. Unknown interfaces are not cached, so hostile UUIDs cannot grow it."""
+    key = (iid, opnum)
+    found = _METHODS.get(key)
+    if found is not None:
+        return found
+    info = _if.interface_by_uuid(iid)
+    plan = None
+    if info is not None and info["name"] in TABLE_DECODED and opnum is not None:
+        plan = method_plan(info["name"], opnum)
+        if plan is not None and plan.error:
+            plan = None
+    found = (info, plan, _hooks(info, plan.method) if plan else (None, None))
+    if info is not None and iid == info["uuid"] and (plan is not None or opnum in _if.methods_of(iid)):
+        _METHODS[key] = found
+    return found
+
+
+_METHODS: dict[tuple, tuple] = {}
+
+
 def _json_values(d: dict) -> None:
     """The objects kept until the registry has learned from them, turned into JSON in place:
     a DUALSTRINGARRAY under "oxid_bindings" (its bindings as text go to
@@ -361,14 +384,8 @@ class DcomDecoder:
     def _decode(self, call: Call) -> None:
         notes: list[str] = []
         iid = self._name(call, notes)
-        info = _if.interface_by_uuid(iid)
+        info, plan, hooks = _method(iid, call.opnum)
         orpc = info["orpc"] if info is not None else bool(call.ipid)
-        plan = None
-        if info is not None and info["name"] in TABLE_DECODED and call.opnum is not None:
-            plan = method_plan(info["name"], call.opnum)
-            if plan is not None and plan.error:
-                plan = None
-        hooks = _hooks(info, plan.method) if plan else (None, None)
         little = (call.drep & 0x10) != 0
         decoded: dict = {}
         values: list[dict | None] = [None, None]

@@ -552,7 +552,7 @@ class _Struct(_Node):
     (DUALSTRINGARRAY, ORPC_EXTENT) is a conformant structure: NDR sends that array's
     conformance first, ahead of the structure (C706 14.3.7.1)."""
 
-    __slots__ = ("name", "fields", "conformant", "_reads", "_json_fields", "_flat")
+    __slots__ = ("name", "fields", "conformant", "_reads", "_json_fields", "_flat", "_all_leaves")
 
     def __init__(self, name: str):
         super().__init__(name, 1, 0)
@@ -562,6 +562,7 @@ class _Struct(_Node):
         self._reads: list = []
         self._json_fields: list = []
         self._flat: _FlatLayout | None = None
+        self._all_leaves = False
 
     def finish(self, fields):
         self.fields = fields
@@ -569,6 +570,7 @@ class _Struct(_Node):
         # RemRelease, every REMQIRESULT, every STDOBJREF walks these.
         self._reads = [(fname, node, self.name + "." + fname) for fname, node, _ in fields]
         self._json_fields = [(f, n, a or n.ann, _is_leaf(n, a or n.ann)) for f, n, a in fields]
+        self._all_leaves = all(leaf for *_, leaf in self._json_fields)
         self.align = max((n.align for _, n, _ in fields), default=1)
         self.min_size = sum(n.min_size for _, n, _ in fields)
         self.conformant = bool(fields) and type(fields[-1][1]) is _Array
@@ -911,6 +913,8 @@ def _json(node: _Node, v, ann):
             return list(v)
         return [_json(elem, x, ann) for x in v]
     if t is _Struct:
+        if node._all_leaves and len(v) == len(node._json_fields):
+            return dict(v)          # read field by field in order: its keys are the fields
         # leaves copied straight: a struct's GUIDs and counts are most of what DCOM sends
         return {f: v.get(f) if leaf else _json(n, v.get(f), a) for f, n, a, leaf in node._json_fields}
     if t is _Union:
