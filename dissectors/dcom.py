@@ -260,12 +260,41 @@ DCOM_HOOKS = {
 
 def _hooks(info: dict, method: str) -> tuple:
     """The hooks of a method, found on the interface that declares it (IRemUnknown2 inherits
-    RemQueryInterface from IRemUnknown)."""
-    for i in _if.base_chain(info):
-        hooks = DCOM_HOOKS.get((i["name"], method))
-        if hooks is not None:
-            return hooks
-    return None, None
+    RemQueryInterface from IRemUnknown). Looked up once per (interface, method): every
+    RemRelease and RemQueryInterface of a session asks again."""
+    key = (info["name"], method)
+    hooks = _HOOKS_FOUND.get(key)
+    if hooks is None:
+        hooks = _HOOKS_FOUND[key] = next(
+            (h for h in (DCOM_HOOKS.get((i["name"], method)) for i in _if.base_chain(info)) if h is not None),
+            (None, None))
+    return hooks
+
+
+_HOOKS_FOUND: dict[tuple[str, str], tuple] = {}
+
+
+def _method(iid: str | None, opnum: int | None) -> tuple:
+    """(interface entry, plan or None, hooks) of a call, looked up once per known interface
+    and opnum: a session sends the same few methods (RemRelease, RemQueryInterface, ping)
+    over and over. Unknown interfaces are not cached, so hostile UUIDs cannot grow it."""
+    key = (iid, opnum)
+    found = _METHODS.get(key)
+    if found is not None:
+        return found
+    info = _if.interface_by_uuid(iid)
+    plan = None
+    if info is not None and info["name"] in TABLE_DECODED and opnum is not None:
+        plan = method_plan(info["name"], opnum)
+        if plan is not None and plan.error:
+            plan = None
+    found = (info, plan, _hooks(info, plan.method) if plan else (None, None))
+    if info is not None and iid == info["uuid"] and (plan is not None or opnum in _if.methods_of(iid)):
+        _METHODS[key] = found
+    return found
+
+
+_METHODS: dict[tuple, tuple] = {}
 
 
 def _json_values(d: dict) -> None:
@@ -355,14 +384,8 @@ class DcomDecoder:
     def _decode(self, call: Call) -> None:
         notes: list[str] = []
         iid = self._name(call, notes)
-        info = _if.interface_by_uuid(iid)
+        info, plan, hooks = _method(iid, call.opnum)
         orpc = info["orpc"] if info is not None else bool(call.ipid)
-        plan = None
-        if info is not None and info["name"] in TABLE_DECODED and call.opnum is not None:
-            plan = method_plan(info["name"], call.opnum)
-            if plan is not None and plan.error:
-                plan = None
-        hooks = _hooks(info, plan.method) if plan else (None, None)
         little = (call.drep & 0x10) != 0
         decoded: dict = {}
         values: list[dict | None] = [None, None]

@@ -22,10 +22,12 @@ of interfaces.SPECIAL_PARAMS). dissectors/wmi.py registers MS-WMI's.
 from __future__ import annotations
 
 import datetime
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
 from ..formats.errors import DecodeError, EncodeError
+from ..formats.guid import guid_text
 from ..spec import interfaces as _if
 from ..spec import ndr_types as _types
 from ..spec import wbem as _wc
@@ -370,6 +372,48 @@ class _Mip(_Node):
         w.interface_pointer_data(_objref_bytes(v))
 
 
+class _FlatLayout:
+    """A structure of primitives and GUIDs only: where each field sits from the structure's
+    (aligned) start, as one struct format. NDR aligns each field to its own size from there."""
+
+    __slots__ = ("names", "le", "be", "size", "guids", "last_label")
+    _CODES = {"u8": "B", "u16": "H", "i16": "h", "u32": "I", "i32": "i", "u64": "Q", "i64": "q",
+              "f32": "f", "f64": "d"}
+
+    @classmethod
+    def of(cls, node: "_Struct") -> "_FlatLayout | None":
+        if node.conformant or not node.fields:
+            return None
+        fmt, names, guids, off = "", [], [], 0
+        for fname, n, _ in node.fields:
+            t = type(n)
+            if t is _Guid:
+                code, size, align = "16s", 16, 4
+            elif t is _Prim:
+                code, size, align = cls._CODES[_Prim._TABLE[n.text][0]], n.min_size, n.align
+            else:
+                return None
+            pad = -off % align
+            fmt += "x" * pad
+            off += pad
+            if t is _Guid:
+                guids.append((len(names), off))
+            names.append(fname)
+            fmt += code
+            off += size
+        self = cls()
+        self.names = tuple(names)
+        self.le = struct.Struct("<" + fmt)
+        self.be = struct.Struct(">" + fmt)
+        self.size = off
+        self.guids = tuple(guids)
+        self.last_label = node.name + "." + names[-1]
+        return self
+
+
+# the nodes whose values are their JSON already (their _json is the identity)
+_LEAVES = frozenset((_Guid, _WString, _CString, _Bstr))
+
 # the built-in types of the grammar: (node class, alignment, smallest wire size)
 _BUILTIN_NODES = {
     "GUID": lambda t: _Guid(t, 4, 16), "FILETIME": lambda t: _Filetime(t, 4, 8),
@@ -508,38 +552,69 @@ class _Struct(_Node):
     (DUALSTRINGARRAY, ORPC_EXTENT) is a conformant structure: NDR sends that array's
     conformance first, ahead of the structure (C706 14.3.7.1)."""
 
-    __slots__ = ("name", "fields", "conformant")
+    __slots__ = ("name", "fields", "conformant", "_reads", "_json_fields", "_flat", "_all_leaves")
 
     def __init__(self, name: str):
         super().__init__(name, 1, 0)
         self.name = name
         self.fields: list[tuple[str, _Node, tuple | None]] = []
         self.conformant = False
+        self._reads: list = []
+        self._json_fields: list = []
+        self._flat: _FlatLayout | None = None
+        self._all_leaves = False
 
     def finish(self, fields):
         self.fields = fields
+        # Worked out once per structure, not per value read: every REMINTERFACEREF of a
+        # RemRelease, every REMQIRESULT, every STDOBJREF walks these.
+        self._reads = [(fname, node, self.name + "." + fname) for fname, node, _ in fields]
+        self._json_fields = [(f, n, a or n.ann, _is_leaf(n, a or n.ann)) for f, n, a in fields]
+        self._all_leaves = all(leaf for *_, leaf in self._json_fields)
         self.align = max((n.align for _, n, _ in fields), default=1)
         self.min_size = sum(n.min_size for _, n, _ in fields)
         self.conformant = bool(fields) and type(fields[-1][1]) is _Array
         if self.conformant:
             self.align = max(self.align, 4)
+        self._flat = _FlatLayout.of(self)
 
     def read(self, r, ctx, scope, holder, key):
+        flat = self._flat
+        if flat is not None:
+            # Fixed-size structure (STDOBJREF, REMINTERFACEREF ...): one unpack for all
+            # its fields. Short of octets, the field-by-field read below says where.
+            p = r.pos
+            rem = (p - r.base) % self.align
+            if rem:
+                p += self.align - rem
+            if p + flat.size <= r.end:
+                buf, little = r.buf, r.little
+                vals = (flat.le if little else flat.be).unpack_from(buf, p)
+                if flat.guids:
+                    vals = list(vals)
+                    for i, fo in flat.guids:
+                        vals[i] = guid_text(buf, p + fo, little)
+                holder[key] = dict(zip(flat.names, vals))
+                r.pos = p + flat.size
+                r.structure = flat.last_label
+                return
+        self._read_fields(r, ctx, scope, holder, key)
+
+    def _read_fields(self, r, ctx, scope, holder, key):
         d: dict = {}
         holder[key] = d
-        name = self.name
-        fields = self.fields
+        fields = self._reads
         if self.conformant:
-            *fields, (last_name, last, _) = fields
-            r.structure = name + "." + last_name
+            *fields, (last_name, last, last_label) = fields
+            r.structure = last_label
             at = r.pos
-            n = r.count(last.elem.min_size, r.structure)
+            n = r.count(last.elem.min_size, last_label)
         r.align(self.align)
-        for fname, node, _ in fields:
-            r.structure = name + "." + fname
+        for fname, node, label in fields:
+            r.structure = label
             node.read(r, ctx, d, d, fname)
         if self.conformant:
-            r.structure = name + "." + last_name
+            r.structure = last_label
             _check_count(r, "array", last.size, d, ctx, n, at)
             last._elements(r, ctx, d, d, last_name, n)
 
@@ -662,6 +737,9 @@ class _ParamPlan:
     ann: tuple | None
     special: str | None
     pointers: bool = True          # whether the type can hold an interface pointer at all
+    label: str = ""                # "IWbemServices::ExecQuery.strQuery": where a DecodeError is
+    leaf: bool = False             # whether the value is its own JSON (no _json walk per call)
+    unique: bool = False           # a [unique] pointer: its referent ID is shown
 
 
 @dataclass(slots=True)
@@ -740,7 +818,9 @@ def _compile(info: dict, m: dict) -> _MethodPlan:
         where = [(i, m["name"], p["name"]) for i in chain]
         ann = next((a for a in (_wc.annotation(*w) for w in where) if a), None)
         special = next((s for s in (_if.special_param(*w) for w in where) if s), None)
-        pp = _ParamPlan(p["name"], p["type"], node, ann or node.ann, special, _holds_pointers(node, set()))
+        pp = _ParamPlan(p["name"], p["type"], node, ann or node.ann, special, _holds_pointers(node, set()),
+                        f"{info['name']}::{m['name']}.{p['name']}", _is_leaf(node, ann or node.ann),
+                        type(node) is _Unique)
         if p["dir"] in ("in", "inout"):
             req.append(pp)
         if p["dir"] in ("out", "inout"):
@@ -805,6 +885,12 @@ def _ptr_json(p: InterfacePointer) -> dict:
     return d
 
 
+def _is_leaf(node: _Node, ann) -> bool:
+    """Whether _json gives a value of this node back as it is (no annotation to describe it)."""
+    t = type(node)
+    return t in _LEAVES or (t is _Prim and not ann)
+
+
 def _json(node: _Node, v, ann):
     if v is None or v is REF_TO_NULL:
         return None
@@ -823,9 +909,14 @@ def _json(node: _Node, v, ann):
         elem = node.elem
         if type(elem) is _Prim and not ann:
             return v
+        if type(elem) in _LEAVES:
+            return list(v)
         return [_json(elem, x, ann) for x in v]
     if t is _Struct:
-        return {f: _json(n, v.get(f), a or n.ann) for f, n, a in node.fields}
+        if node._all_leaves and len(v) == len(node._json_fields):
+            return dict(v)          # read field by field in order: its keys are the fields
+        # leaves copied straight: a struct's GUIDs and counts are most of what DCOM sends
+        return {f: v.get(f) if leaf else _json(n, v.get(f), a) for f, n, a, leaf in node._json_fields}
     if t is _Union:
         return {k: _json(node.by_name[k][1], x, node.by_name[k][1].ann) for k, x in v.items()}
     return v
@@ -868,8 +959,8 @@ class StubDecode:
 
 def _param_dict(pp: _ParamPlan, off: int, length: int, pad: int, v, r: NdrReader) -> dict:
     d = {"name": pp.name, "type": pp.type, "offset": off, "length": length, "pad": pad,
-         "value": _json(pp.node, v, pp.ann)}
-    if type(pp.node) is _Unique:
+         "value": v if pp.leaf else _json(pp.node, v, pp.ann)}
+    if pp.unique:
         # the [unique] pointer's referent ID (0: NULL), as the traces print it ("Pointer To 0x00020000")
         d["referent"] = int.from_bytes(r.buf[off:off + 4], "little" if r.little else "big")
     ptrs = _pointers(v, []) if pp.pointers else None
@@ -912,7 +1003,7 @@ def _decode_params(plan: _MethodPlan, plans: list, r: NdrReader, ctx: _Ctx, resp
             continue
         soft_at = len(ctx.soft)
         start = r.pos
-        r.structure = f"{plan.label}.{pp.name}"
+        r.structure = pp.label
         cell = [None]
         try:
             r.align(pp.node.align)
