@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
 
 from wmiscope import __version__
+from wmiscope.dissectors.jsonl import iso
 
 REPORT_VERSION = "1.0"
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def report_dict(b) -> dict:
@@ -78,7 +72,7 @@ def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts
     files merged in time order), a capture path, or live frames. One pipeline for all the
     files, so the IPID registry, the operations and the TCP connections are shared: a session
     cut by a rolling file's boundary is one session, and its sealed calls keep their names."""
-    from wmiscope.commands.output import error_dict
+    from wmiscope.dissectors.jsonl import error_dict
     from wmiscope.commands.progress import with_progress
     from wmiscope.dissectors.records import Call, ErrorRecord
     from wmiscope.dissectors.transcript import TranscriptRenderer

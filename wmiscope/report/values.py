@@ -16,7 +16,7 @@ def record_dict(call) -> dict:
     that schema (issue 8 moves and versions it; only this function follows)."""
     import orjson
 
-    from wmiscope.commands.output import call_dict, dumps
+    from wmiscope.dissectors.jsonl import call_dict, dumps
     from wmiscope.dissectors.pipeline import call_outcome
 
     # Through JSON text: the decoded WMI objects become the very dicts jsonl consumers see.
