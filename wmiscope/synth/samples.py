@@ -36,6 +36,7 @@ from wmiscope.dissectors.ndr import NdrWriter
 from wmiscope.formats import wmio
 from wmiscope.formats.object_array import PacketType
 from wmiscope.formats.refresher import RefreshedObject
+from wmiscope.spec.wbem import value_of
 from wmiscope.synth.dcom_session import (IWBEM_LEVEL1_LOGIN, IWBEM_SERVICES, NCACN_IP_TCP, Association, DcomSession,
                                          Host, call_method, fixed_ipid, iid_of, resolve_oxid2)
 from wmiscope.synth.sealing import SAMPLE_SERVER_NAME, KerberosSealer, NtlmSealer, NtlmSigner
@@ -56,10 +57,10 @@ IWBEM_OBJECT_SINK = iid_of("IWbemObjectSink")
 IWBEM_REFRESHING_SERVICES = iid_of("IWbemRefreshingServices")
 IWBEM_REMOTE_REFRESHER = iid_of("IWbemRemoteRefresher")
 
-WBEM_S_FALSE = 0x1
-WBEM_S_NEW_STYLE = 0x400FF
-WBEM_FLAG_RETURN_IMMEDIATELY = 0x10
-WBEM_FLAG_FORWARD_ONLY = 0x20
+WBEM_S_FALSE = value_of("WBEM_S_FALSE")
+WBEM_S_NEW_STYLE = value_of("WBEM_S_NEW_STYLE")
+WBEM_FLAG_RETURN_IMMEDIATELY = value_of("WBEM_FLAG_RETURN_IMMEDIATELY")
+WBEM_FLAG_FORWARD_ONLY = value_of("WBEM_FLAG_FORWARD_ONLY")
 WBEM_FLAG_SHALLOW = 0x1
 WBEM_NO_WAIT = 0
 
