@@ -209,7 +209,7 @@ def _analyse(frames) -> None:
 
 def _render(records) -> None:
     """Every record as the outputs show it; an 'internal error' is a bug of ours."""
-    from wmiscope.commands.output import call_dict, error_dict
+    from wmiscope.dissectors.jsonl import call_dict, error_dict
     from wmiscope.dissectors.pipeline import call_outcome
     from wmiscope.dissectors.records import Call, ErrorRecord
 
@@ -229,13 +229,13 @@ def _render(records) -> None:
 
 
 def _render_time(ts: float) -> None:
-    from wmiscope.commands.output import iso
+    from wmiscope.dissectors.jsonl import iso
 
     iso(ts)
 
 
 def _dumps(obj) -> None:
-    from wmiscope.commands.output import dumps
+    from wmiscope.dissectors.jsonl import dumps
 
     dumps(obj)
 

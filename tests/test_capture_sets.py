@@ -14,7 +14,7 @@ import pytest
 
 from tshark_util import CAPTURES, have_tshark
 from wmiscope import cli
-from wmiscope.commands.output import call_dict
+from wmiscope.dissectors.jsonl import call_dict
 from wmiscope.dissectors.capture import CaptureFormatError, open_capture, open_sources
 from wmiscope.dissectors.pipeline import Analysis, analyse, call_outcome
 from wmiscope.dissectors.records import Call, Pdu

@@ -55,7 +55,7 @@ def test_out_of_range_timestamps_are_clamped_and_reported(tmp_path, capsys, name
 
 
 def test_iso_renders_any_float_without_raising():
-    from wmiscope.commands.output import iso
+    from wmiscope.dissectors.jsonl import iso
 
     assert iso(0.0) == "1970-01-01T00:00:00.000000Z"
     for hostile in (1e300, -1e300, float("inf"), float("nan"), 2.0 ** 63, -(2.0 ** 63)):

@@ -9,7 +9,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wmiscope.commands.output import error_dict
+from wmiscope.dissectors.jsonl import error_dict
 from wmiscope.dissectors.capture import Decapsulation, tcp_segment
 from wmiscope.dissectors.ipfrag import ANOMALIES, FragmentReassembler
 from wmiscope.dissectors.pipeline import analyse

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tshark_util import CAPTURES, PCAPS, have_tshark
-from wmiscope.commands.output import call_dict
+from wmiscope.dissectors.jsonl import call_dict
 from wmiscope.dissectors.pipeline import analyse, call_outcome
 from wmiscope.dissectors.records import Call, ErrorRecord
 from wmiscope.dissectors.transcript import TranscriptRenderer

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from wmiscope.dissectors.jsonl import call_dict, dumps, error_line
+
 from . import workers
-from .output import add_source_arguments, call_dict, dumps, error_line, open_source, set_note, summary_line
+from .output import add_source_arguments, open_source, set_note, summary_line
 
 
 def add_arguments(p) -> None:

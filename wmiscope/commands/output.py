@@ -8,9 +8,6 @@ import sys
 
 from wmiscope.cli import InputError, UsageError
 
-# The record layout of the JSON lines lives in the library; re-exported for the commands.
-from wmiscope.dissectors.jsonl import call_dict, dumps, endpoint, error_dict, error_line, iso  # noqa: F401
-
 
 def summary_line(stats) -> str:
     """The closing line of the calls table and the transcript: the counts that add up."""

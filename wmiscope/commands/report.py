@@ -11,7 +11,9 @@ import sys
 
 from wmiscope.cli import InputError
 
-from .output import add_source_arguments, dumps, make_analysis, open_source
+from wmiscope.dissectors.jsonl import dumps
+
+from .output import add_source_arguments, make_analysis, open_source
 
 
 def add_arguments(p) -> None:

@@ -221,7 +221,7 @@ def _timeline(r: dict) -> str:
 
 
 def r_time(t: float) -> str:
-    from .output import iso
+    from wmiscope.dissectors.jsonl import iso
     return (iso(t) or "")[:23].replace("T", " ")
 
 
