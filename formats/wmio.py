@@ -42,6 +42,7 @@ from .cim import (
     CIM_ARRAY_FLAG, CIM_INHERITED_FLAG, CIM_TYPE_MASK, CimType, DmtfDateTime,
     DICTIONARY_INDEX, DICTIONARY_STRINGS, QualifierFlavor, flavor_names, named,
 )
+from .declarations import compiled_parser
 from .errors import DecodeError, EncodeError
 
 __all__ = [
@@ -633,7 +634,7 @@ class _Compiled:
     def __getattr__(self, name):
         if name != "parse_stream":
             raise AttributeError(name)
-        parse = self.parse_stream = self.decl.compile().parse_stream
+        parse = self.parse_stream = compiled_parser(self.decl).parse_stream
         return parse
 
 
