@@ -809,6 +809,9 @@ class WmiClass(_Qualified):
     flags: int = ObjectFlags.CIM_CLASS
     _raw: Any = field(default=None, compare=False, repr=False)
     _layout: Any = field(default=None, compare=False, repr=False)
+    # JSON of the parts a decoded class shares with every copy of it (see _shared_json):
+    # None for classes built or changed by hand, which are rendered afresh each time.
+    _json: Any = field(default=None, compare=False, repr=False)
 
     @property
     def superclass(self) -> str | None:
@@ -877,7 +880,7 @@ class WmiInstance:
         """Relative object path from the key properties:
         Class.K1="v",K2=3 (strings escaped as in WMI object paths); Class=@ for
         singletons; just the class name when there is no key."""
-        keys = sorted((p for p in self.class_.properties if p.is_key), key=lambda p: p.name.lower())
+        keys = _class_meta(self.class_)[1]
         if not keys:
             return self.class_.name or ""
         parts = []
@@ -1246,6 +1249,7 @@ def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
             parent = _class_from_part(ct.ParentClass.ClassPart, ct.ParentClass.MethodsPart, base, ctx, depth, None)
             parent.flags = 0
             template = _class_from_part(ct.CurrentClass.ClassPart, mp, base, ctx, depth, parent)
+            template._json = {}
             if key is not None:
                 _PARTS.put(key, (template, budget - ctx.budget))
         else:
@@ -1264,6 +1268,7 @@ def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
         cls = _class_from_part(cp, None, base, ctx, depth, None)
         cls.flags = 0
         cls._raw = Container(ClassPart=cp)
+        cls._json = {}
         if key is not None:
             _PARTS.put(key, (cls, budget - ctx.budget))
     else:
@@ -1764,6 +1769,9 @@ def build_instance_parts_sized(inst: WmiInstance) -> tuple[bytes, int]:
 # --------------------------------------------------------------------------
 
 def _json_value(v):
+    t = type(v)
+    if t is str or t is int or v is None:
+        return v
     if isinstance(v, (WmiClass, WmiInstance)):
         return to_json(v)
     if isinstance(v, list):
@@ -1772,7 +1780,10 @@ def _json_value(v):
         return repr(v)
     if isinstance(v, (bytes, bytearray)):
         return v.hex()
-    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+    return v if isinstance(v, (str, int, float, bool)) else str(v)
+
+
+json_value = _json_value    # a property value as to_json shows it
 
 
 def _json_quals(quals: list[Qualifier]) -> list[dict]:
@@ -1780,37 +1791,76 @@ def _json_quals(quals: list[Qualifier]) -> list[dict]:
              "value": _json_value(q.value)} for q in quals]
 
 
-def to_json(obj) -> dict:
-    """A JSON-able dict (datetimes as their DMTF strings, never bytes)."""
-    if isinstance(obj, WmiInstance):
-        out = {"kind": "instance", "class": obj.class_.name, "path": obj.path,
-               "decoration": list(obj.decoration) if obj.decoration else None,
-               "properties": {}, "qualifiers": _json_quals(obj.qualifiers)}
-        for p in obj.class_.properties:
-            out["properties"][p.name] = {
-                "type": p.type_name, "value": _json_value(obj.values.get(p.name)),
-                "null": obj.values.get(p.name) is None, "default": p.name in obj.defaulted}
-        if obj.property_qualifiers:
-            out["property_qualifiers"] = {k: _json_quals(v) for k, v in obj.property_qualifiers.items()}
-        return out
-    if isinstance(obj, WmiClass):
-        return {
-            "kind": "class", "name": obj.name, "superclass": obj.superclass,
-            "derivation": list(obj.derivation),
-            "decoration": list(obj.decoration) if obj.decoration else None,
-            "qualifiers": _json_quals(obj.qualifiers),
-            "properties": [{
-                "name": p.name, "type": p.type_name, "cimtype": p.cimtype, "order": p.order,
-                "origin": p.origin, "inherited": p.inherited, "key": p.is_key,
-                "null": p.null, "default_inherited": p.default_inherited,
-                "value": _json_value(p.value), "qualifiers": _json_quals(p.qualifiers)}
-                for p in obj.properties],
-            "methods": [{
+def _shared_json(cls: WmiClass, what: str, sources: tuple, render):
+    """render(), kept on a decoded class for the parts its copies share.
+
+    A decoded class is a shallow copy of the template its class part decoded to
+    (_PartCache), so its qualifier, property and method lists are the template's, and
+    so is the `_json` dict this keeps their rendering in: every object of a recurring
+    class renders those lists once. The lists are read-only once decoded (they are
+    shared); an entry is used only while the object still holds the very lists it was
+    made from, so one whose list was replaced renders afresh."""
+    cache = cls._json
+    if cache is None:
+        return render()
+    hit = cache.get(what)
+    if hit is not None and all(a is b for a, b in zip(hit[0], sources)):
+        return hit[1]
+    out = render()
+    cache[what] = (sources, out)
+    return out
+
+
+def _class_meta(cls: WmiClass) -> tuple:
+    """(property names and type names in lookup order, key properties by name): what
+    every instance of the class shows of it."""
+    props = cls.properties
+    return _shared_json(cls, "meta", (props,), lambda: (
+        [(p.name, p.type_name) for p in props],
+        sorted((p for p in props if p.is_key), key=lambda p: p.name.lower())))
+
+
+def _class_body(obj: WmiClass) -> tuple:
+    def render():
+        return (_json_quals(obj.qualifiers), [{
+            "name": p.name, "type": p.type_name, "cimtype": p.cimtype, "order": p.order,
+            "origin": p.origin, "inherited": p.inherited, "key": p.is_key,
+            "null": p.null, "default_inherited": p.default_inherited,
+            "value": _json_value(p.value), "qualifiers": _json_quals(p.qualifiers)}
+            for p in obj.properties], [{
                 "name": m.name, "flags": m.flags, "origin": m.origin,
                 "qualifiers": _json_quals(m.qualifiers),
                 "in": to_json(m.in_params) if m.in_params is not None else None,
                 "out": to_json(m.out_params) if m.out_params is not None else None}
-                for m in obj.methods],
+            for m in obj.methods])
+    return _shared_json(obj, "class", (obj.qualifiers, obj.properties, obj.methods), render)
+
+
+def to_json(obj) -> dict:
+    """A JSON-able dict (datetimes as their DMTF strings, never bytes). The parts a
+    decoded class shares with other objects are shared in their JSON too: read it,
+    do not change it."""
+    if isinstance(obj, WmiInstance):
+        values = obj.values
+        defaulted = obj.defaulted
+        out = {"kind": "instance", "class": obj.class_.name, "path": obj.path,
+               "decoration": list(obj.decoration) if obj.decoration else None,
+               "properties": {}, "qualifiers": _json_quals(obj.qualifiers)}
+        props = out["properties"]
+        for name, type_name in _class_meta(obj.class_)[0]:
+            v = values.get(name)
+            props[name] = {"type": type_name, "value": _json_value(v), "null": v is None,
+                           "default": name in defaulted}
+        if obj.property_qualifiers:
+            out["property_qualifiers"] = {k: _json_quals(v) for k, v in obj.property_qualifiers.items()}
+        return out
+    if isinstance(obj, WmiClass):
+        quals, props, methods = _class_body(obj)
+        return {
+            "kind": "class", "name": obj.name, "superclass": obj.superclass,
+            "derivation": list(obj.derivation),
+            "decoration": list(obj.decoration) if obj.decoration else None,
+            "qualifiers": quals, "properties": props, "methods": methods,
         }
     raise TypeError(f"not a WMI object: {type(obj).__name__}")
 
