@@ -615,6 +615,11 @@ InstanceParts = Spec("RefreshedSingleInstance", Struct(
     "InstanceHeap" / Heap,
 ))
 
+# the InstanceType fields after CurrentClass: to measure their EncodingLength, and to
+# parse an instance whose ClassPart is known (_instance_of_known_class)
+_InstanceBody = Struct("_nd_count" / Computed(this._params.nd_count),
+                       *_instance_fields(this._params.nd_length, this._params.data_length))
+
 RawEncodingUnit = EncodingUnit
 RawObjectBlock = ObjectBlock
 RawEncodingUnitInstanceNoClass = EncodingUnitInstanceNoClass
@@ -646,17 +651,25 @@ _C_PROPERTY_INFO = _Compiled(PropertyInfo)
 _C_QUALIFIER_SET = _Compiled(QualifierSet)
 _C_SIGNATURE = _Compiled(MethodSignatureBlock)
 _C_EMBEDDED = _Compiled(EmbeddedObject)
+_C_INSTANCE_BODY = _Compiled(Spec("InstanceType", _InstanceBody))
 
 
 def compile_parsers() -> None:
     """Compiles every parser now (a process about to fork workers does it once for all)."""
     for c in (_C_ENCODING_UNIT, _C_OBJECT_BLOCK, _C_NOCLASS, _C_INSTANCE_PARTS, _C_PROPERTY_INFO,
-              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED):
+              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED, _C_INSTANCE_BODY):
         c.parse_stream  # noqa: B018 - the attribute's first read compiles
 
 
 def _window(buf, offset: int, end: int | None, structure: str):
-    """(stream, size): a stream over the `size` octets of buf[offset:end] alone.
+    """(stream, size): a stream over the `size` octets of buf[offset:end] alone
+    (_window_bytes)."""
+    data = _window_bytes(buf, offset, end, structure)
+    return _io.BytesIO(data), len(data)
+
+
+def _window_bytes(buf, offset: int, end: int | None, structure: str) -> bytes:
+    """The octets of buf[offset:end] alone.
 
     Only that window is copied (nothing when it is the whole of a bytes
     object), so a caller walking many objects of one large buffer (an
@@ -671,7 +684,7 @@ def _window(buf, offset: int, end: int | None, structure: str):
         raise DecodeError(structure, offset, f"offset outside the {end}-octet buffer")
     if offset or end != size or not isinstance(buf, bytes):
         buf = bytes(memoryview(buf)[offset:end])
-    return _io.BytesIO(buf), end - offset
+    return buf
 
 
 def _run(compiled, stream, structure: str, base: int, **params):
@@ -1328,7 +1341,12 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
             raise DecodeError("EncodingUnit.Signature", offset, f"0x{signature:08x} is not 0x12345678")
         if len(buf) - offset >= 8:   # copy the unit's own octets only
             end = offset + 8 + _U32.unpack_from(buf, offset + 4)[0]
-    s, size = _window(buf, offset, end, "EncodingUnit")
+    data = _window_bytes(buf, offset, end, "EncodingUnit")
+    if end is not None:
+        obj = _instance_of_known_class(data, 8, offset, True)
+        if obj is not None:
+            return obj
+    s, size = _io.BytesIO(data), len(data)
     raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit", offset)
     obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size, s.getbuffer())
     obj._raw_unit = raw
@@ -1337,11 +1355,81 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
 
 def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> WmiClass | WmiInstance:
     """2.2.4/2.2.5 ObjectBlock (e.g. an EncodingUnitObjectBlock, 2.2.2)."""
-    s, size = _window(buf, offset, end, "ObjectBlock")
+    data = _window_bytes(buf, offset, end, "ObjectBlock")
+    if end is not None:
+        obj = _instance_of_known_class(data, 0, offset, False)
+        if obj is not None:
+            return obj
+    s, size = _io.BytesIO(data), len(data)
     raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock", offset)
     if end is not None and s.tell() != size:
         raise DecodeError("ObjectBlock", offset + s.tell(), f"{size - s.tell()} octets left over")
     return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size, s.getbuffer())
+
+
+def _instance_of_known_class(data: bytes, at: int, base: int, unit: bool):
+    """The instance whose ObjectBlock starts at data[at] (in an EncodingUnit when `unit`),
+    when its ClassPart is one already decoded (_PARTS); else None.
+
+    Most objects on the wire are instances of a class seen before, and the ClassPart
+    is most of their octets: this parses only what follows it, with the instance
+    fields' own declaration (_InstanceBody, the same fields InstanceType declares after
+    CurrentClass), and takes the class and its raw ClassPart from the cache. The
+    result is what the whole parse gives, raw layer included (tests/test_wmio_real.py
+    checks that on every real object). Whatever is unusual (a class, a budget short of
+    the class's cost, any error) returns None, and the whole parse runs and says what
+    it says."""
+    try:
+        return _known_class_instance(data, at, base, unit)
+    except Exception:  # noqa: BLE001 - the whole parse reports it
+        return None
+
+
+def _known_class_instance(data: bytes, at: int, base: int, unit: bool):
+    size = len(data)
+    if unit and (size < 8 or _U32.unpack_from(data, 4)[0] != size - 8):
+        return None
+    flags = data[at]
+    if flags & (ObjectFlags.CIM_CLASS | ObjectFlags.CIM_INSTANCE) != ObjectFlags.CIM_INSTANCE:
+        return None
+    p = at + 1
+    deco = None
+    if flags & ObjectFlags.HAS_DECORATION:
+        server, server_flag, p = read_encoded_string(data, p, size)
+        namespace, namespace_flag, p = read_encoded_string(data, p, size)
+        deco = Container(DecServerName=Container(Encoded_String_Flag=server_flag, Character=server),
+                         DecNamespaceName=Container(Encoded_String_Flag=namespace_flag, Character=namespace))
+    part_end = p + _U32.unpack_from(data, p)[0]
+    if part_end > size:
+        return None
+    hit = _PARTS.parts.get((data[p:part_end], 0))
+    if hit is None:
+        return None
+    cls, spent = hit
+    ctx = _Ctx(size)
+    if ctx.budget < spent:
+        return None
+    ctx.budget -= spent
+    lay = _layout(cls)
+    s = _io.BytesIO(data)
+    s.seek(part_end)
+    body = _C_INSTANCE_BODY.parse_stream(s, **lay.params)
+    pos = s.tell()
+    if pos > size or (not unit and pos != size):
+        return None
+    it = Container(CurrentClass=cls._raw.ClassPart)
+    it.update(body)
+    ob = Container(ObjectFlags=flags, Decoration=deco, ClassType=None, InstanceType=it)
+    inst = _instance_from_raw(it, cls, base, ctx, 0)
+    inst.decoration = _decoration(deco)
+    inst.flags = flags & ~ObjectFlags.HAS_DECORATION
+    inst._raw = ob
+    if unit:
+        ob["Trailing"] = data[pos:]
+        inst._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=size - 8,
+                                   ObjectBlock=ob)
+    _PARTS.hits += 1
+    return inst
 
 
 def _decode_top(ob, base: int, at: int, size: int, buf=None):
@@ -1662,9 +1750,6 @@ def _raw_instance_fields(inst: WmiInstance) -> Container:
     return fields
 
 
-# the InstanceType fields after CurrentClass, to measure their EncodingLength
-_InstanceBody = Struct("_nd_count" / Computed(this._params.nd_count),
-                       *_instance_fields(this._params.nd_length, this._params.data_length))
 
 
 def _raw_decoration(deco) -> Container | None:

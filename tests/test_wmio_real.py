@@ -186,6 +186,44 @@ def test_rebuild_gives_windows_bytes(cap, frame):
     assert canon != u
 
 
+def _public(c, skip: set) -> dict:
+    return {k: v for k, v in c.items() if k not in skip and k != "_io"}
+
+
+@pytest.mark.parametrize("cap,frame", ALL)
+def test_known_class_path_agrees_with_the_declarations(cap, frame, monkeypatch):
+    """An instance whose ClassPart was decoded before skips parsing it again
+    (wmio._instance_of_known_class); on every real object, what it gives must be what the
+    whole parse through the declarations gives: the model, the JSON, the raw layer
+    (the instance fields as parsed, the ClassPart the cache's) and the bytes built back."""
+    u = unit(cap, frame)
+    fast_path = wmio._instance_of_known_class
+    monkeypatch.setattr(wmio, "_instance_of_known_class", lambda *a: None)
+    whole = wmio.parse_encoding_unit(u)             # also leaves its class part in the cache
+    monkeypatch.setattr(wmio, "_instance_of_known_class", fast_path)
+    if isinstance(whole, wmio.WmiClass):
+        assert fast_path(u, 8, 0, True) is None
+        return
+    fast = fast_path(u, 8, 0, True)
+    assert fast is not None
+    assert fast == whole and fast.class_ is whole.class_
+    assert wmio.to_json(fast) == wmio.to_json(whole)
+    assert _public(fast._raw, {"InstanceType"}) == _public(whole._raw, {"InstanceType"})
+    assert _public(fast._raw.InstanceType, {"CurrentClass"}) == _public(whole._raw.InstanceType, {"CurrentClass"})
+    assert _public(fast._raw_unit, {"ObjectBlock"}) == _public(whole._raw_unit, {"ObjectBlock"})
+    assert wmio.build_encoding_unit(fast) == u
+    assert wmio.build_encoding_unit(fast, canonical=True) == wmio.build_encoding_unit(whole, canonical=True)
+    # an instance cut short, or with a byte changed after its class part, is the whole
+    # parse's to report: the fast path declines or agrees
+    for bad in (u[:-3], u[:-1] + bytes([u[-1] ^ 0xFF])):
+        try:
+            expected = wmio.parse_encoding_unit(bad)
+        except DecodeError:
+            expected = None
+        got = fast_path(bad, 8, 0, True)
+        assert got is None or got == expected
+
+
 def test_where_windows_is_not_canonical():
     """Why canonical builds differ from these encodings (all allowed by the spec):
     - ClassParts whose EncodingLength exceeds their fields (zero padding kept
