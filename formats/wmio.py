@@ -1263,6 +1263,7 @@ def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
             parent.flags = 0
             template = _class_from_part(ct.CurrentClass.ClassPart, mp, base, ctx, depth, parent)
             template._json = {}
+            template._raw = Container(ClassType=ct)     # for _known_class_object; copies have their own
             if key is not None:
                 _PARTS.put(key, (template, budget - ctx.budget))
         else:
@@ -1368,37 +1369,36 @@ def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> W
 
 
 def _instance_of_known_class(data: bytes, at: int, base: int, unit: bool):
-    """The instance whose ObjectBlock starts at data[at] (in an EncodingUnit when `unit`),
-    when its ClassPart is one already decoded (_PARTS); else None.
+    """The object whose ObjectBlock starts at data[at] (in an EncodingUnit when `unit`),
+    when its class part is one already decoded (_PARTS); else None.
 
-    Most objects on the wire are instances of a class seen before, and the ClassPart
-    is most of their octets: this parses only what follows it, with the instance
-    fields' own declaration (_InstanceBody, the same fields InstanceType declares after
-    CurrentClass), and takes the class and its raw ClassPart from the cache. The
-    result is what the whole parse gives, raw layer included (tests/test_wmio_real.py
-    checks that on every real object). Whatever is unusual (a class, a budget short of
-    the class's cost, any error) returns None, and the whole parse runs and says what
-    it says."""
+    Most objects on the wire are instances of a class seen before, or a class fetched
+    again (from another server: another decoration), and the class part is most of
+    their octets. This finds the part by its octets first (the lengths that lead the
+    ClassPart and MethodsPart blocks give its extent) and parses only what follows it,
+    with the instance fields' own declaration (_InstanceBody, the fields InstanceType
+    declares after CurrentClass); the class and the part's raw layer come from the
+    cache. The result is what the whole parse gives, raw layer included
+    (tests/test_wmio_real.py checks that on every real object). Whatever is unusual (a
+    budget short of the part's cost, any error) returns None, and the whole parse runs
+    and says what it says."""
     try:
-        return _known_class_instance(data, at, base, unit)
+        return _known_class_object(data, at, base, unit)
     except Exception:  # noqa: BLE001 - the whole parse reports it
         return None
 
 
-def _known_class_instance(data: bytes, at: int, base: int, unit: bool):
+def _known_class_object(data: bytes, at: int, base: int, unit: bool):
     size = len(data)
     if unit and (size < 8 or _U32.unpack_from(data, 4)[0] != size - 8):
         return None
     flags = data[at]
-    if flags & (ObjectFlags.CIM_CLASS | ObjectFlags.CIM_INSTANCE) != ObjectFlags.CIM_INSTANCE:
+    kind = flags & (ObjectFlags.CIM_CLASS | ObjectFlags.CIM_INSTANCE)
+    if kind == ObjectFlags.CIM_CLASS:
+        return _known_class_type(data, at, base, unit, flags)
+    if kind != ObjectFlags.CIM_INSTANCE:
         return None
-    p = at + 1
-    deco = None
-    if flags & ObjectFlags.HAS_DECORATION:
-        server, server_flag, p = read_encoded_string(data, p, size)
-        namespace, namespace_flag, p = read_encoded_string(data, p, size)
-        deco = Container(DecServerName=Container(Encoded_String_Flag=server_flag, Character=server),
-                         DecNamespaceName=Container(Encoded_String_Flag=namespace_flag, Character=namespace))
+    deco, p = _decoration_at(data, at + 1, flags)
     part_end = p + _U32.unpack_from(data, p)[0]
     if part_end > size:
         return None
@@ -1430,6 +1430,49 @@ def _known_class_instance(data: bytes, at: int, base: int, unit: bool):
                                    ObjectBlock=ob)
     _PARTS.hits += 1
     return inst
+
+
+def _decoration_at(data: bytes, p: int, flags: int):
+    """(raw Decoration or None, offset after it), as the Decoration declaration reads it."""
+    if not flags & ObjectFlags.HAS_DECORATION:
+        return None, p
+    size = len(data)
+    server, server_flag, p = read_encoded_string(data, p, size)
+    namespace, namespace_flag, p = read_encoded_string(data, p, size)
+    return Container(DecServerName=Container(Encoded_String_Flag=server_flag, Character=server),
+                     DecNamespaceName=Container(Encoded_String_Flag=namespace_flag, Character=namespace)), p
+
+
+def _known_class_type(data: bytes, at: int, base: int, unit: bool, flags: int):
+    """_instance_of_known_class for a class: its ClassType (ParentClass and CurrentClass,
+    each a ClassPart and a MethodsPart) found whole in the cache."""
+    size = len(data)
+    deco, start = _decoration_at(data, at + 1, flags)
+    end = start
+    for _ in range(4):
+        length = _U32.unpack_from(data, end)[0]
+        if length < 4:
+            return None
+        end += length
+        if end > size:
+            return None
+    hit = _PARTS.parts.get((data[start:end], 0))
+    if hit is None:
+        return None
+    template, spent = hit
+    if _Ctx(size).budget < spent or (not unit and end != size):
+        return None
+    ob = Container(ObjectFlags=flags, Decoration=deco, ClassType=template._raw.ClassType, InstanceType=None)
+    cls = copy.copy(template)
+    cls.decoration = _decoration(deco)
+    cls.flags = flags & ~ObjectFlags.HAS_DECORATION
+    cls._raw = ob
+    if unit:
+        ob["Trailing"] = data[end:]
+        cls._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=size - 8,
+                                  ObjectBlock=ob)
+    _PARTS.hits += 1
+    return cls
 
 
 def _decode_top(ob, base: int, at: int, size: int, buf=None):
