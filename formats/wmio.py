@@ -1342,12 +1342,9 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
             raise DecodeError("EncodingUnit.Signature", offset, f"0x{signature:08x} is not 0x12345678")
         if len(buf) - offset >= 8:   # copy the unit's own octets only
             end = offset + 8 + _U32.unpack_from(buf, offset + 4)[0]
-    data = _window_bytes(buf, offset, end, "EncodingUnit")
-    if end is not None:
-        obj = _instance_of_known_class(data, 8, offset, True)
-        if obj is not None:
-            return obj
-    s, size = _io.BytesIO(data), len(data)
+    obj, s, size = _known_or_window(buf, offset, end, "EncodingUnit", True)
+    if obj is not None:
+        return obj
     raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit", offset)
     obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size, s.getbuffer())
     obj._raw_unit = raw
@@ -1356,16 +1353,24 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
 
 def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> WmiClass | WmiInstance:
     """2.2.4/2.2.5 ObjectBlock (e.g. an EncodingUnitObjectBlock, 2.2.2)."""
-    data = _window_bytes(buf, offset, end, "ObjectBlock")
-    if end is not None:
-        obj = _instance_of_known_class(data, 0, offset, False)
-        if obj is not None:
-            return obj
-    s, size = _io.BytesIO(data), len(data)
+    obj, s, size = _known_or_window(buf, offset, end, "ObjectBlock", False)
+    if obj is not None:
+        return obj
     raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock", offset)
     if end is not None and s.tell() != size:
         raise DecodeError("ObjectBlock", offset + s.tell(), f"{size - s.tell()} octets left over")
     return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size, s.getbuffer())
+
+
+def _known_or_window(buf, offset: int, end: int | None, structure: str, unit: bool):
+    """(the object, None, 0) when its class part is known (_instance_of_known_class), else
+    (None, a stream over the window, its size) for the whole parse."""
+    data = _window_bytes(buf, offset, end, structure)
+    if end is not None:
+        obj = _instance_of_known_class(data, 8 if unit else 0, offset, unit)
+        if obj is not None:
+            return obj, None, 0
+    return None, _io.BytesIO(data), len(data)
 
 
 def _instance_of_known_class(data: bytes, at: int, base: int, unit: bool):
@@ -1395,14 +1400,11 @@ def _known_class_object(data: bytes, at: int, base: int, unit: bool):
     flags = data[at]
     kind = flags & (ObjectFlags.CIM_CLASS | ObjectFlags.CIM_INSTANCE)
     if kind == ObjectFlags.CIM_CLASS:
-        return _known_class_type(data, at, base, unit, flags)
+        return _known_class_type(data, at, unit, flags)
     if kind != ObjectFlags.CIM_INSTANCE:
         return None
     deco, p = _decoration_at(data, at + 1, flags)
-    part_end = p + _U32.unpack_from(data, p)[0]
-    if part_end > size:
-        return None
-    hit = _PARTS.parts.get((data[p:part_end], 0))
+    part_end, hit = _cached_blocks(data, p, 1)       # the ClassPart
     if hit is None:
         return None
     cls, spent = hit
@@ -1419,17 +1421,35 @@ def _known_class_object(data: bytes, at: int, base: int, unit: bool):
         return None
     it = Container(CurrentClass=cls._raw.ClassPart)
     it.update(body)
-    ob = Container(ObjectFlags=flags, Decoration=deco, ClassType=None, InstanceType=it)
     inst = _instance_from_raw(it, cls, base, ctx, 0)
-    inst.decoration = _decoration(deco)
-    inst.flags = flags & ~ObjectFlags.HAS_DECORATION
-    inst._raw = ob
+    return _known(inst, Container(ObjectFlags=flags, Decoration=deco, ClassType=None, InstanceType=it),
+                  data, pos, unit)
+
+
+def _known(obj, ob, data: bytes, end: int, unit: bool):
+    """What the whole parse sets on the object it decodes from ObjectBlock `ob` (ending at
+    data[end], in an EncodingUnit when `unit`); a class-part cache hit counted."""
+    obj.decoration = _decoration(ob.Decoration)
+    obj.flags = ob.ObjectFlags & ~ObjectFlags.HAS_DECORATION
+    obj._raw = ob
     if unit:
-        ob["Trailing"] = data[pos:]
-        inst._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=size - 8,
-                                   ObjectBlock=ob)
+        ob["Trailing"] = data[end:]
+        obj._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=len(data) - 8,
+                                  ObjectBlock=ob)
     _PARTS.hits += 1
-    return inst
+    return obj
+
+
+def _cached_blocks(data: bytes, start: int, count: int):
+    """(end, the class-part cache's entry or None) for the `count` blocks from data[start]
+    that each lead with their own length (ClassPart, MethodsPart), at nesting depth 0."""
+    end = start
+    for _ in range(count):
+        length = _U32.unpack_from(data, end)[0]
+        end += length
+        if length < 4 or end > len(data):
+            return end, None
+    return end, _PARTS.parts.get((data[start:end], 0))
 
 
 def _decoration_at(data: bytes, p: int, flags: int):
@@ -1443,36 +1463,20 @@ def _decoration_at(data: bytes, p: int, flags: int):
                      DecNamespaceName=Container(Encoded_String_Flag=namespace_flag, Character=namespace)), p
 
 
-def _known_class_type(data: bytes, at: int, base: int, unit: bool, flags: int):
+def _known_class_type(data: bytes, at: int, unit: bool, flags: int):
     """_instance_of_known_class for a class: its ClassType (ParentClass and CurrentClass,
     each a ClassPart and a MethodsPart) found whole in the cache."""
     size = len(data)
     deco, start = _decoration_at(data, at + 1, flags)
-    end = start
-    for _ in range(4):
-        length = _U32.unpack_from(data, end)[0]
-        if length < 4:
-            return None
-        end += length
-        if end > size:
-            return None
-    hit = _PARTS.parts.get((data[start:end], 0))
+    end, hit = _cached_blocks(data, start, 4)
     if hit is None:
         return None
     template, spent = hit
     if _Ctx(size).budget < spent or (not unit and end != size):
         return None
-    ob = Container(ObjectFlags=flags, Decoration=deco, ClassType=template._raw.ClassType, InstanceType=None)
-    cls = copy.copy(template)
-    cls.decoration = _decoration(deco)
-    cls.flags = flags & ~ObjectFlags.HAS_DECORATION
-    cls._raw = ob
-    if unit:
-        ob["Trailing"] = data[end:]
-        cls._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=size - 8,
-                                  ObjectBlock=ob)
-    _PARTS.hits += 1
-    return cls
+    return _known(copy.copy(template), Container(ObjectFlags=flags, Decoration=deco,
+                                                 ClassType=template._raw.ClassType, InstanceType=None),
+                  data, end, unit)
 
 
 def _decode_top(ob, base: int, at: int, size: int, buf=None):
