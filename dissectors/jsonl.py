@@ -14,6 +14,7 @@ give its layout); "operation" the WMI operation the call belongs to (dissectors/
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
@@ -104,6 +105,31 @@ def iso(ts: float | None) -> str | None:
     date can show (before year 1 or after 9999: a hostile capture's, kept as "epoch")."""
     if ts is None:
         return None
+    if type(ts) is float and 0.0 <= ts < _YEAR_10000:
+        # Frames come many to a second: the date and time of the second are made once
+        # and the microseconds added, rounded as datetime.fromtimestamp rounds them
+        # (the fraction times 10^6, half to even, a carry into the next second).
+        frac, whole = math.modf(ts)
+        us = round(frac * 1e6)
+        second = int(whole)
+        if us >= 1000000:
+            us -= 1000000
+            second += 1
+        last = _LAST_SECOND
+        if last[0] != second:
+            text = _iso_slow(second)
+            if text is None:
+                return _iso_slow(ts)
+            last[0], last[1] = second, text[:19]
+        return f"{last[1]}.{us:06d}Z"
+    return _iso_slow(ts)
+
+
+_YEAR_10000 = 253402300800.0
+_LAST_SECOND: list = [None, ""]
+
+
+def _iso_slow(ts) -> str | None:
     try:
         return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
     except (ValueError, OverflowError, OSError):
@@ -124,15 +150,17 @@ def error_dict(err) -> ErrorDict:
     return d
 
 
+def _half(frames, ts, stub_len, encrypted, decrypted, verified):
+    if frames is None:
+        return None
+    return {"frames": list(frames), "time": iso(ts), "epoch": ts,
+            "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted,
+            "verified": verified}   # signed (level 5) and checked with the credentials; None: not checked
+
+
 def call_dict(call, outcome: str) -> CallRecord:
     """The JSON-lines record of one call (schema: docs/calls.schema.json)."""
-    def half(frames, ts, stub_len, encrypted, decrypted, verified):
-        if frames is None:
-            return None
-        return {"frames": list(frames), "time": iso(ts), "epoch": ts,
-                "stub_len": stub_len, "encrypted": encrypted, "decrypted": decrypted,
-                "verified": verified}   # signed (level 5) and checked with the credentials; None: not checked
-
+    half = _half
     d: CallRecord = {
         "schema": SCHEMA_VERSION,
         "type": "call",

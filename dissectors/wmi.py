@@ -118,6 +118,21 @@ def _object_summary(obj) -> dict | None:
     return None
 
 
+def summary_json(obj) -> dict | None:
+    """A WmiClass / WmiInstance as the one-line summaries read it (report.values.props):
+    the object_json layout cut to its kind, class and property values; None for other
+    objects. The calls table shows no more of an object, and most objects it decodes
+    it never renders in full."""
+    if isinstance(obj, wmio.WmiInstance):
+        values = obj.values
+        return {"kind": "instance", "class": obj.class_name,
+                "properties": {p.name: {"value": wmio.json_value(values.get(p.name))}
+                               for p in obj.class_.properties}}
+    if isinstance(obj, wmio.WmiClass):
+        return {"kind": "class", "name": obj.name}
+    return None
+
+
 def object_json(obj):
     """A Param's "object" as JSON: WmiClass / WmiInstance by wmio.to_json, contexts and
     ObjectArrays by their own to_json, lists item by item."""

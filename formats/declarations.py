@@ -1,19 +1,27 @@
-"""Two construct helpers the MS-WMI encodings share (object_array, context, refresher).
+"""Construct helpers the MS-WMI encodings share (wmio, object_array, context, refresher).
 
 FixedHeader: a fixed-size construct Struct, parsed through a struct.Struct
 derived from it.  Located: names a spec structure inside a construct
 declaration, so that a construct failure becomes a located DecodeError.
+compiled_parser: a declaration's parser compiled by construct's code generator,
+its byte code kept on disk so that later runs do not compile it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import marshal
+import os
+import re
 import struct
 
 from construct import Bytes, Const, ConstructError, FormatField, Renamed, Struct, Subconstruct
+from construct.core import CodeGen, Compiled
 
 from .errors import DecodeError, EncodeError
 
-__all__ = ["FixedHeader", "Located", "construct_failure"]
+__all__ = ["FixedHeader", "Located", "construct_failure", "compiled_parser"]
 
 
 def construct_failure(e: ConstructError) -> tuple[str, str]:
@@ -121,3 +129,97 @@ class Located(Subconstruct):
 
     def _build(self, obj, stream, context, path):
         return self.subcon._build(obj, stream, context, path)
+
+
+# ---------------------------------------------------------------------------------------
+# compiled parsers, cached across runs
+
+_ID = re.compile(r"\b\d{6,}\b")
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "wmiscope", "construct")
+
+
+def compiled_parser(declaration) -> Compiled:
+    """The declaration's parser as construct compiles it (the declaration stays the one
+    definition: this is construct's own code generation, parse side only).
+
+    Compiling the generated source is most of the cost (about 0.1 s for the MS-WMIO
+    declarations, at every start of a run that decodes an object), so its byte code is
+    kept in ~/.cache/wmiscope/construct (XDG_CACHE_HOME), keyed by the source's digest
+    and the interpreter's byte-code version. The generated source names the objects it
+    calls back into by their id(), which differs from run to run: those numbers are
+    replaced by small indexes first, so that the same declarations give the same source.
+    Any failure to read or write the cache only means compiling."""
+    code = CodeGen()
+    code.append(_PRELUDE)
+    code.append(f"""
+        def parseall(io, this):
+            return {declaration._compileparse(code)}
+    """)
+    index: dict[int, int] = {}
+    linked = {**code.linkedinstances, **code.linkedparsers}
+
+    def renumber(m):
+        n = int(m.group(0))
+        if n not in linked:
+            return m.group(0)
+        return str(index.setdefault(n, len(index)))
+
+    source = _ID.sub(renumber, code.toString())
+    digest = hashlib.sha1(importlib.util.MAGIC_NUMBER + source.encode()).hexdigest()
+    path = os.path.join(_cache_dir(), digest + ".marshal")
+    byte_code = None
+    try:
+        with open(path, "rb") as f:
+            byte_code = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    if byte_code is None:
+        byte_code = compile(source, f"<construct {digest[:12]}>", "exec")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps(byte_code))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    namespace: dict = {}
+    exec(byte_code, namespace)
+    namespace["linkedinstances"].update({i: code.linkedinstances[n] for n, i in index.items()
+                                         if n in code.linkedinstances})
+    namespace["linkedparsers"].update({i: code.linkedparsers[n] for n, i in index.items()
+                                       if n in code.linkedparsers})
+    parse = namespace["parseall"]
+    compiled = Compiled(parse, None)
+    compiled.defersubcon = declaration
+    return compiled
+
+
+# What construct's own compile() puts before the generated functions (the names they use).
+_PRELUDE = """
+    from construct import *
+    from construct.lib import *
+    from io import BytesIO
+    import struct
+    import collections
+    import itertools
+
+    def restream(data, func):
+        return func(BytesIO(data))
+    def reuse(obj, func):
+        return func(obj)
+
+    linkedinstances = {}
+    linkedparsers = {}
+    linkedbuilders = {}
+
+    len_ = len
+    sum_ = sum
+    min_ = min
+    max_ = max
+    abs_ = abs
+"""

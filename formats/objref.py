@@ -189,6 +189,24 @@ def parse_dualstringarray(buf: bytes, offset: int, end: int | None = None, *,
     stop = offset + 4 + 2 * n
     if stop > end:
         raise DecodeError(structure, offset, f"wNumEntries {n} runs past the end ({(end - offset - 4) // 2} entries left)")
+    # A server's resolver bindings come back in every OBJREF it hands out: each distinct
+    # array is decoded once (by its octets; one that fails is not kept, its error names
+    # where it sat). The arrays are shared: read them, do not change them.
+    key = (bytes(buf[offset:stop]), little_endian)
+    dsa = _DSA_KNOWN.get(key)
+    if dsa is None:
+        dsa = _parse_dsa(buf, offset, stop, n, sec, little_endian, structure)
+        if len(_DSA_KNOWN) >= 4096:
+            _DSA_KNOWN.clear()
+        _DSA_KNOWN[key] = dsa
+    return dsa, stop
+
+
+_DSA_KNOWN: dict[tuple[bytes, bool], "DualStringArray"] = {}
+
+
+def _parse_dsa(buf, offset: int, stop: int, n: int, sec: int, little_endian: bool,
+               structure: str) -> DualStringArray:
     if sec > n:
         raise DecodeError(structure, offset + 2, f"wSecurityOffset {sec} is beyond wNumEntries {n}")
     enc = "utf-16-le" if little_endian else "utf-16-be"
@@ -219,7 +237,7 @@ def parse_dualstringarray(buf: bytes, offset: int, end: int | None = None, *,
             raise DecodeError(structure + ".SECURITYBINDING", p, "principal name not NUL-terminated before wNumEntries")
         secs.append(SecurityBinding(authn, authz, buf[p + 4:z].decode(enc, "replace")))
         p = z + 2
-    return DualStringArray(n, sec, strings, secs), stop
+    return DualStringArray(n, sec, strings, secs)
 
 
 def build_dualstringarray(string_bindings, security_bindings=((0x0A, 0xFFFF, ""),)) -> bytes:

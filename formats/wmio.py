@@ -42,6 +42,7 @@ from .cim import (
     CIM_ARRAY_FLAG, CIM_INHERITED_FLAG, CIM_TYPE_MASK, CimType, DmtfDateTime,
     DICTIONARY_INDEX, DICTIONARY_STRINGS, QualifierFlavor, flavor_names, named,
 )
+from .declarations import compiled_parser
 from .errors import DecodeError, EncodeError
 
 __all__ = [
@@ -614,6 +615,11 @@ InstanceParts = Spec("RefreshedSingleInstance", Struct(
     "InstanceHeap" / Heap,
 ))
 
+# the InstanceType fields after CurrentClass: to measure their EncodingLength, and to
+# parse an instance whose ClassPart is known (_instance_of_known_class)
+_InstanceBody = Struct("_nd_count" / Computed(this._params.nd_count),
+                       *_instance_fields(this._params.nd_length, this._params.data_length))
+
 RawEncodingUnit = EncodingUnit
 RawObjectBlock = ObjectBlock
 RawEncodingUnitInstanceNoClass = EncodingUnitInstanceNoClass
@@ -633,7 +639,7 @@ class _Compiled:
     def __getattr__(self, name):
         if name != "parse_stream":
             raise AttributeError(name)
-        parse = self.parse_stream = self.decl.compile().parse_stream
+        parse = self.parse_stream = compiled_parser(self.decl).parse_stream
         return parse
 
 
@@ -645,17 +651,25 @@ _C_PROPERTY_INFO = _Compiled(PropertyInfo)
 _C_QUALIFIER_SET = _Compiled(QualifierSet)
 _C_SIGNATURE = _Compiled(MethodSignatureBlock)
 _C_EMBEDDED = _Compiled(EmbeddedObject)
+_C_INSTANCE_BODY = _Compiled(Spec("InstanceType", _InstanceBody))
 
 
 def compile_parsers() -> None:
     """Compiles every parser now (a process about to fork workers does it once for all)."""
     for c in (_C_ENCODING_UNIT, _C_OBJECT_BLOCK, _C_NOCLASS, _C_INSTANCE_PARTS, _C_PROPERTY_INFO,
-              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED):
+              _C_QUALIFIER_SET, _C_SIGNATURE, _C_EMBEDDED, _C_INSTANCE_BODY):
         c.parse_stream  # noqa: B018 - the attribute's first read compiles
 
 
 def _window(buf, offset: int, end: int | None, structure: str):
-    """(stream, size): a stream over the `size` octets of buf[offset:end] alone.
+    """(stream, size): a stream over the `size` octets of buf[offset:end] alone
+    (_window_bytes)."""
+    data = _window_bytes(buf, offset, end, structure)
+    return _io.BytesIO(data), len(data)
+
+
+def _window_bytes(buf, offset: int, end: int | None, structure: str) -> bytes:
+    """The octets of buf[offset:end] alone.
 
     Only that window is copied (nothing when it is the whole of a bytes
     object), so a caller walking many objects of one large buffer (an
@@ -670,7 +684,7 @@ def _window(buf, offset: int, end: int | None, structure: str):
         raise DecodeError(structure, offset, f"offset outside the {end}-octet buffer")
     if offset or end != size or not isinstance(buf, bytes):
         buf = bytes(memoryview(buf)[offset:end])
-    return _io.BytesIO(buf), end - offset
+    return buf
 
 
 def _run(compiled, stream, structure: str, base: int, **params):
@@ -808,6 +822,9 @@ class WmiClass(_Qualified):
     flags: int = ObjectFlags.CIM_CLASS
     _raw: Any = field(default=None, compare=False, repr=False)
     _layout: Any = field(default=None, compare=False, repr=False)
+    # JSON of the parts a decoded class shares with every copy of it (see _shared_json):
+    # None for classes built or changed by hand, which are rendered afresh each time.
+    _json: Any = field(default=None, compare=False, repr=False)
 
     @property
     def superclass(self) -> str | None:
@@ -876,7 +893,7 @@ class WmiInstance:
         """Relative object path from the key properties:
         Class.K1="v",K2=3 (strings escaped as in WMI object paths); Class=@ for
         singletons; just the class name when there is no key."""
-        keys = sorted((p for p in self.class_.properties if p.is_key), key=lambda p: p.name.lower())
+        keys = _class_meta(self.class_)[1]
         if not keys:
             return self.class_.name or ""
         parts = []
@@ -1245,6 +1262,8 @@ def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
             parent = _class_from_part(ct.ParentClass.ClassPart, ct.ParentClass.MethodsPart, base, ctx, depth, None)
             parent.flags = 0
             template = _class_from_part(ct.CurrentClass.ClassPart, mp, base, ctx, depth, parent)
+            template._json = {}
+            template._raw = Container(ClassType=ct)     # for _known_class_object; copies have their own
             if key is not None:
                 _PARTS.put(key, (template, budget - ctx.budget))
         else:
@@ -1263,6 +1282,7 @@ def _object_from_raw(ob, base: int, ctx: _Ctx, depth: int, buf=None):
         cls = _class_from_part(cp, None, base, ctx, depth, None)
         cls.flags = 0
         cls._raw = Container(ClassPart=cp)
+        cls._json = {}
         if key is not None:
             _PARTS.put(key, (cls, budget - ctx.budget))
     else:
@@ -1322,7 +1342,9 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
             raise DecodeError("EncodingUnit.Signature", offset, f"0x{signature:08x} is not 0x12345678")
         if len(buf) - offset >= 8:   # copy the unit's own octets only
             end = offset + 8 + _U32.unpack_from(buf, offset + 4)[0]
-    s, size = _window(buf, offset, end, "EncodingUnit")
+    obj, s, size = _known_or_window(buf, offset, end, "EncodingUnit", True)
+    if obj is not None:
+        return obj
     raw = _run(_C_ENCODING_UNIT, s, "EncodingUnit", offset)
     obj = _model("ObjectBlock", offset + 8, _decode_top, raw.ObjectBlock, offset, offset + 8, size, s.getbuffer())
     obj._raw_unit = raw
@@ -1331,11 +1353,130 @@ def parse_encoding_unit(buf: bytes, offset: int = 0) -> WmiClass | WmiInstance:
 
 def parse_object_block(buf: bytes, offset: int = 0, end: int | None = None) -> WmiClass | WmiInstance:
     """2.2.4/2.2.5 ObjectBlock (e.g. an EncodingUnitObjectBlock, 2.2.2)."""
-    s, size = _window(buf, offset, end, "ObjectBlock")
+    obj, s, size = _known_or_window(buf, offset, end, "ObjectBlock", False)
+    if obj is not None:
+        return obj
     raw = _run(_C_OBJECT_BLOCK, s, "ObjectBlock", offset)
     if end is not None and s.tell() != size:
         raise DecodeError("ObjectBlock", offset + s.tell(), f"{size - s.tell()} octets left over")
     return _model("ObjectBlock", offset, _decode_top, raw, offset, offset, size, s.getbuffer())
+
+
+def _known_or_window(buf, offset: int, end: int | None, structure: str, unit: bool):
+    """(the object, None, 0) when its class part is known (_instance_of_known_class), else
+    (None, a stream over the window, its size) for the whole parse."""
+    data = _window_bytes(buf, offset, end, structure)
+    if end is not None:
+        obj = _instance_of_known_class(data, 8 if unit else 0, offset, unit)
+        if obj is not None:
+            return obj, None, 0
+    return None, _io.BytesIO(data), len(data)
+
+
+def _instance_of_known_class(data: bytes, at: int, base: int, unit: bool):
+    """The object whose ObjectBlock starts at data[at] (in an EncodingUnit when `unit`),
+    when its class part is one already decoded (_PARTS); else None.
+
+    Most objects on the wire are instances of a class seen before, or a class fetched
+    again (from another server: another decoration), and the class part is most of
+    their octets. This finds the part by its octets first (the lengths that lead the
+    ClassPart and MethodsPart blocks give its extent) and parses only what follows it,
+    with the instance fields' own declaration (_InstanceBody, the fields InstanceType
+    declares after CurrentClass); the class and the part's raw layer come from the
+    cache. The result is what the whole parse gives, raw layer included
+    (tests/test_wmio_real.py checks that on every real object). Whatever is unusual (a
+    budget short of the part's cost, any error) returns None, and the whole parse runs
+    and says what it says."""
+    try:
+        return _known_class_object(data, at, base, unit)
+    except Exception:  # noqa: BLE001 - the whole parse reports it
+        return None
+
+
+def _known_class_object(data: bytes, at: int, base: int, unit: bool):
+    size = len(data)
+    if unit and (size < 8 or _U32.unpack_from(data, 4)[0] != size - 8):
+        return None
+    flags = data[at]
+    kind = flags & (ObjectFlags.CIM_CLASS | ObjectFlags.CIM_INSTANCE)
+    if kind == ObjectFlags.CIM_CLASS:
+        return _known_class_type(data, at, unit, flags)
+    if kind != ObjectFlags.CIM_INSTANCE:
+        return None
+    deco, p = _decoration_at(data, at + 1, flags)
+    part_end, hit = _cached_blocks(data, p, 1)       # the ClassPart
+    if hit is None:
+        return None
+    cls, spent = hit
+    ctx = _Ctx(size)
+    if ctx.budget < spent:
+        return None
+    ctx.budget -= spent
+    lay = _layout(cls)
+    s = _io.BytesIO(data)
+    s.seek(part_end)
+    body = _C_INSTANCE_BODY.parse_stream(s, **lay.params)
+    pos = s.tell()
+    if pos > size or (not unit and pos != size):
+        return None
+    it = Container(CurrentClass=cls._raw.ClassPart)
+    it.update(body)
+    inst = _instance_from_raw(it, cls, base, ctx, 0)
+    return _known(inst, Container(ObjectFlags=flags, Decoration=deco, ClassType=None, InstanceType=it),
+                  data, pos, unit)
+
+
+def _known(obj, ob, data: bytes, end: int, unit: bool):
+    """What the whole parse sets on the object it decodes from ObjectBlock `ob` (ending at
+    data[end], in an EncodingUnit when `unit`); a class-part cache hit counted."""
+    obj.decoration = _decoration(ob.Decoration)
+    obj.flags = ob.ObjectFlags & ~ObjectFlags.HAS_DECORATION
+    obj._raw = ob
+    if unit:
+        ob["Trailing"] = data[end:]
+        obj._raw_unit = Container(Signature=ENCODING_UNIT_SIGNATURE, ObjectEncodingLength=len(data) - 8,
+                                  ObjectBlock=ob)
+    _PARTS.hits += 1
+    return obj
+
+
+def _cached_blocks(data: bytes, start: int, count: int):
+    """(end, the class-part cache's entry or None) for the `count` blocks from data[start]
+    that each lead with their own length (ClassPart, MethodsPart), at nesting depth 0."""
+    end = start
+    for _ in range(count):
+        length = _U32.unpack_from(data, end)[0]
+        end += length
+        if length < 4 or end > len(data):
+            return end, None
+    return end, _PARTS.parts.get((data[start:end], 0))
+
+
+def _decoration_at(data: bytes, p: int, flags: int):
+    """(raw Decoration or None, offset after it), as the Decoration declaration reads it."""
+    if not flags & ObjectFlags.HAS_DECORATION:
+        return None, p
+    size = len(data)
+    server, server_flag, p = read_encoded_string(data, p, size)
+    namespace, namespace_flag, p = read_encoded_string(data, p, size)
+    return Container(DecServerName=Container(Encoded_String_Flag=server_flag, Character=server),
+                     DecNamespaceName=Container(Encoded_String_Flag=namespace_flag, Character=namespace)), p
+
+
+def _known_class_type(data: bytes, at: int, unit: bool, flags: int):
+    """_instance_of_known_class for a class: its ClassType (ParentClass and CurrentClass,
+    each a ClassPart and a MethodsPart) found whole in the cache."""
+    size = len(data)
+    deco, start = _decoration_at(data, at + 1, flags)
+    end, hit = _cached_blocks(data, start, 4)
+    if hit is None:
+        return None
+    template, spent = hit
+    if _Ctx(size).budget < spent or (not unit and end != size):
+        return None
+    return _known(copy.copy(template), Container(ObjectFlags=flags, Decoration=deco,
+                                                 ClassType=template._raw.ClassType, InstanceType=None),
+                  data, end, unit)
 
 
 def _decode_top(ob, base: int, at: int, size: int, buf=None):
@@ -1656,9 +1797,6 @@ def _raw_instance_fields(inst: WmiInstance) -> Container:
     return fields
 
 
-# the InstanceType fields after CurrentClass, to measure their EncodingLength
-_InstanceBody = Struct("_nd_count" / Computed(this._params.nd_count),
-                       *_instance_fields(this._params.nd_length, this._params.data_length))
 
 
 def _raw_decoration(deco) -> Container | None:
@@ -1763,6 +1901,9 @@ def build_instance_parts_sized(inst: WmiInstance) -> tuple[bytes, int]:
 # --------------------------------------------------------------------------
 
 def _json_value(v):
+    t = type(v)
+    if t is str or t is int or v is None:
+        return v
     if isinstance(v, (WmiClass, WmiInstance)):
         return to_json(v)
     if isinstance(v, list):
@@ -1771,7 +1912,10 @@ def _json_value(v):
         return repr(v)
     if isinstance(v, (bytes, bytearray)):
         return v.hex()
-    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+    return v if isinstance(v, (str, int, float, bool)) else str(v)
+
+
+json_value = _json_value    # a property value as to_json shows it
 
 
 def _json_quals(quals: list[Qualifier]) -> list[dict]:
@@ -1779,37 +1923,76 @@ def _json_quals(quals: list[Qualifier]) -> list[dict]:
              "value": _json_value(q.value)} for q in quals]
 
 
-def to_json(obj) -> dict:
-    """A JSON-able dict (datetimes as their DMTF strings, never bytes)."""
-    if isinstance(obj, WmiInstance):
-        out = {"kind": "instance", "class": obj.class_.name, "path": obj.path,
-               "decoration": list(obj.decoration) if obj.decoration else None,
-               "properties": {}, "qualifiers": _json_quals(obj.qualifiers)}
-        for p in obj.class_.properties:
-            out["properties"][p.name] = {
-                "type": p.type_name, "value": _json_value(obj.values.get(p.name)),
-                "null": obj.values.get(p.name) is None, "default": p.name in obj.defaulted}
-        if obj.property_qualifiers:
-            out["property_qualifiers"] = {k: _json_quals(v) for k, v in obj.property_qualifiers.items()}
-        return out
-    if isinstance(obj, WmiClass):
-        return {
-            "kind": "class", "name": obj.name, "superclass": obj.superclass,
-            "derivation": list(obj.derivation),
-            "decoration": list(obj.decoration) if obj.decoration else None,
-            "qualifiers": _json_quals(obj.qualifiers),
-            "properties": [{
-                "name": p.name, "type": p.type_name, "cimtype": p.cimtype, "order": p.order,
-                "origin": p.origin, "inherited": p.inherited, "key": p.is_key,
-                "null": p.null, "default_inherited": p.default_inherited,
-                "value": _json_value(p.value), "qualifiers": _json_quals(p.qualifiers)}
-                for p in obj.properties],
-            "methods": [{
+def _shared_json(cls: WmiClass, what: str, sources: tuple, render):
+    """render(), kept on a decoded class for the parts its copies share.
+
+    A decoded class is a shallow copy of the template its class part decoded to
+    (_PartCache), so its qualifier, property and method lists are the template's, and
+    so is the `_json` dict this keeps their rendering in: every object of a recurring
+    class renders those lists once. The lists are read-only once decoded (they are
+    shared); an entry is used only while the object still holds the very lists it was
+    made from, so one whose list was replaced renders afresh."""
+    cache = cls._json
+    if cache is None:
+        return render()
+    hit = cache.get(what)
+    if hit is not None and all(a is b for a, b in zip(hit[0], sources)):
+        return hit[1]
+    out = render()
+    cache[what] = (sources, out)
+    return out
+
+
+def _class_meta(cls: WmiClass) -> tuple:
+    """(property names and type names in lookup order, key properties by name): what
+    every instance of the class shows of it."""
+    props = cls.properties
+    return _shared_json(cls, "meta", (props,), lambda: (
+        [(p.name, p.type_name) for p in props],
+        sorted((p for p in props if p.is_key), key=lambda p: p.name.lower())))
+
+
+def _class_body(obj: WmiClass) -> tuple:
+    def render():
+        return (_json_quals(obj.qualifiers), [{
+            "name": p.name, "type": p.type_name, "cimtype": p.cimtype, "order": p.order,
+            "origin": p.origin, "inherited": p.inherited, "key": p.is_key,
+            "null": p.null, "default_inherited": p.default_inherited,
+            "value": _json_value(p.value), "qualifiers": _json_quals(p.qualifiers)}
+            for p in obj.properties], [{
                 "name": m.name, "flags": m.flags, "origin": m.origin,
                 "qualifiers": _json_quals(m.qualifiers),
                 "in": to_json(m.in_params) if m.in_params is not None else None,
                 "out": to_json(m.out_params) if m.out_params is not None else None}
-                for m in obj.methods],
+            for m in obj.methods])
+    return _shared_json(obj, "class", (obj.qualifiers, obj.properties, obj.methods), render)
+
+
+def to_json(obj) -> dict:
+    """A JSON-able dict (datetimes as their DMTF strings, never bytes). The parts a
+    decoded class shares with other objects are shared in their JSON too: read it,
+    do not change it."""
+    if isinstance(obj, WmiInstance):
+        values = obj.values
+        defaulted = obj.defaulted
+        out = {"kind": "instance", "class": obj.class_.name, "path": obj.path,
+               "decoration": list(obj.decoration) if obj.decoration else None,
+               "properties": {}, "qualifiers": _json_quals(obj.qualifiers)}
+        props = out["properties"]
+        for name, type_name in _class_meta(obj.class_)[0]:
+            v = values.get(name)
+            props[name] = {"type": type_name, "value": _json_value(v), "null": v is None,
+                           "default": name in defaulted}
+        if obj.property_qualifiers:
+            out["property_qualifiers"] = {k: _json_quals(v) for k, v in obj.property_qualifiers.items()}
+        return out
+    if isinstance(obj, WmiClass):
+        quals, props, methods = _class_body(obj)
+        return {
+            "kind": "class", "name": obj.name, "superclass": obj.superclass,
+            "derivation": list(obj.derivation),
+            "decoration": list(obj.decoration) if obj.decoration else None,
+            "qualifiers": quals, "properties": props, "methods": methods,
         }
     raise TypeError(f"not a WMI object: {type(obj).__name__}")
 

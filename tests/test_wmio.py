@@ -640,3 +640,26 @@ def test_noclass_against_wrong_class_is_decode_error():
     with pytest.raises(DecodeError):
         wmio.parse_instance_noclass(nc, wmio.parse_encoding_unit(
             wmio.build_encoding_unit(wmio.new_instance(small, {"A": 1}))).class_)
+
+
+def test_compiled_parsers_kept_across_runs(tmp_path, monkeypatch):
+    """construct's compiled parser is kept on disk by the digest of its generated source:
+    the id() numbers that source names its callbacks by are renumbered, so compiling the
+    same declaration again (as a later run does) finds the same entry, and the parser
+    read back parses as the declaration does."""
+    from wmiscope.formats.declarations import compiled_parser
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cls = wmio.new_class("Demo", properties=[("Name", CimType.STRING, "x", {"key": True}),
+                                             ("Count", CimType.UINT32, 7)])
+    unit = wmio.build_encoding_unit(cls)
+    first = compiled_parser(wmio.EncodingUnit)
+    kept = sorted((tmp_path / "wmiscope" / "construct").iterdir())
+    assert len(kept) == 1
+    again = compiled_parser(wmio.EncodingUnit)
+    assert sorted((tmp_path / "wmiscope" / "construct").iterdir()) == kept
+    expected = wmio.EncodingUnit.parse(unit)
+    assert first.parse(unit) == again.parse(unit) == expected
+    # an unreadable entry only means compiling again
+    kept[0].write_bytes(b"not byte code")
+    assert compiled_parser(wmio.EncodingUnit).parse(unit) == expected

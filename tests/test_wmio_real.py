@@ -186,6 +186,49 @@ def test_rebuild_gives_windows_bytes(cap, frame):
     assert canon != u
 
 
+def _public(c, skip: set) -> dict:
+    return {k: v for k, v in c.items() if k not in skip and k != "_io"}
+
+
+@pytest.mark.parametrize("cap,frame", ALL)
+def test_known_class_path_agrees_with_the_declarations(cap, frame, monkeypatch):
+    """An object whose class part was decoded before skips parsing it again
+    (wmio._instance_of_known_class); on every real object, what it gives must be what the
+    whole parse through the declarations gives: the model, the JSON, the raw layer
+    (the fields after the class part as parsed, the part the cache's) and the bytes
+    built back."""
+    u = unit(cap, frame)
+    fast_path = wmio._instance_of_known_class
+    monkeypatch.setattr(wmio, "_instance_of_known_class", lambda *a: None)
+    whole = wmio.parse_encoding_unit(u)             # also leaves its class part in the cache
+    monkeypatch.setattr(wmio, "_instance_of_known_class", fast_path)
+    fast = fast_path(u, 8, 0, True)
+    assert fast is not None
+    assert fast == whole and fast.decoration == whole.decoration and fast.flags == whole.flags
+    assert wmio.to_json(fast) == wmio.to_json(whole)
+    if isinstance(whole, wmio.WmiInstance):
+        assert fast.class_ is whole.class_
+        assert _public(fast._raw, {"InstanceType"}) == _public(whole._raw, {"InstanceType"})
+        assert _public(fast._raw.InstanceType, {"CurrentClass"}) == \
+            _public(whole._raw.InstanceType, {"CurrentClass"})
+    else:
+        assert fast.parent == whole.parent and fast.methods == whole.methods
+        assert _public(fast._raw, {"ClassType"}) == _public(whole._raw, {"ClassType"})
+        assert wmio.RawObjectBlock.build(fast._raw) == wmio.RawObjectBlock.build(whole._raw)
+    assert _public(fast._raw_unit, {"ObjectBlock"}) == _public(whole._raw_unit, {"ObjectBlock"})
+    assert wmio.build_encoding_unit(fast) == u
+    assert wmio.build_encoding_unit(fast, canonical=True) == wmio.build_encoding_unit(whole, canonical=True)
+    # an instance cut short, or with a byte changed after its class part, is the whole
+    # parse's to report: the fast path declines or agrees
+    for bad in (u[:-3], u[:-1] + bytes([u[-1] ^ 0xFF])):
+        try:
+            expected = wmio.parse_encoding_unit(bad)
+        except DecodeError:
+            expected = None
+        got = fast_path(bad, 8, 0, True)
+        assert got is None or got == expected
+
+
 def test_where_windows_is_not_canonical():
     """Why canonical builds differ from these encodings (all allowed by the spec):
     - ClassParts whose EncodingLength exceeds their fields (zero padding kept

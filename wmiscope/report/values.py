@@ -53,9 +53,10 @@ def _collect(o, out: list, depth: int) -> None:
     if depth > 4 or o is None:
         return
     if not isinstance(o, (dict, list)):
-        # a decoded object not yet rendered to JSON (the calls table works on the records directly)
-        from wmiscope.dissectors.wmi import object_json
-        o = object_json(o)
+        # a decoded object not yet rendered to JSON (the calls table works on the records
+        # directly): only what the summary reads of it
+        from wmiscope.dissectors.wmi import object_json, summary_json
+        o = summary_json(o) or object_json(o)
     if isinstance(o, list):
         for x in o:
             _collect(x, out, depth + 1)
