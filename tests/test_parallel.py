@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wmiscope.dissectors.capture import open_capture
-from wmiscope.dissectors.parallel import ShardAnalysis, shard_of
+from wmiscope.dissectors.parallel import ShardAnalysis
 from wmiscope.synth.wire import PcapWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_each_shard_decodes_only_its_host_pairs(capture_set):
     for shard in (0, 1):
         a = ShardAnalysis(shard, 2, "t")
         calls = [rec for _, rec in a.run(str(capture_set)) if type(rec).__name__ == "Call"]
-        assert all(shard_of(c.client[0], c.server[0], 2) == shard for c in calls)
+        assert all(a.shard_of_pair(c.client[0], c.server[0]) == shard for c in calls)
         seen.append({(c.conn, c.call_id) for c in calls})
         assert a.stats.frames > 0
     assert seen[0] and seen[1] and not seen[0] & seen[1]
