@@ -134,7 +134,11 @@ class ShardAnalysis(Analysis):
 
     def _key(self) -> tuple:
         self.seq += 1
-        return (self.phase, self.where, self.seq)
+        if self.phase:
+            return (self.phase, self.where, self.seq)
+        # While the frames are read, what a frame makes is keyed by its number: frames
+        # are numbered 1, 2, ... as they are counted (one file, a capture set, live).
+        return (0, self.stats.frames, self.seq)
 
     def emit(self, rec) -> None:
         out = self._out
@@ -178,11 +182,7 @@ class ShardAnalysis(Analysis):
         if self.shard == 0:
             super().capture_errors(errors)
 
-    def frames(self, source):
-        """source's frames, noting each one's number as the key of what it makes."""
-        for item in source:
-            self.where = item[0]
-            yield item
+    def end_of_frames(self) -> None:
         # What the end of the frames flushes (IP fragments never completed) comes before
         # the connections still open, which follow in index order.
         self.phase, self.where = 1, -1
@@ -278,9 +278,10 @@ def merge_stats(parts: list[Stats]) -> Stats:
     total.frames, total.non_tcp_frames, total.tcp = first.frames, first.non_tcp_frames, dict(first.tcp)
     total.ip_fragments = first.ip_fragments
     for s in parts:
-        for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors"):
+        for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors",
+                     "suppressed"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
-        for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage"):
+        for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage", "anomalies"):
             getattr(total, name).update(getattr(s, name))
     return total
 

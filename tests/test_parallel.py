@@ -61,6 +61,29 @@ def test_workers_write_what_one_process_writes(capture_set, command):
         assert wmiscope(*command, str(capture_set), "--workers", n) == one
 
 
+@pytest.mark.parametrize("command", [("stats",), ("stats", "--json")])
+def test_stats_of_workers_are_the_single_runs(capture_set, command):
+    one = wmiscope(*command, str(capture_set), "--workers", "1")
+    assert "calls" in one
+    for n in ("2", "3"):
+        assert wmiscope(*command, str(capture_set), "--workers", n) == one
+
+
+@pytest.mark.parametrize("fmt", ["json", "html"])
+def test_report_of_workers_is_the_single_runs(capture_set, fmt):
+    """The report's builder correlates across host pairs: it stays in the parent and reads
+    the workers' calls (and, for HTML, their excerpts) in the single run's order."""
+    import re
+    generated = re.compile(r'"generated":"[^"]*"|generated [0-9TZ:.+-]+')
+
+    def report(n: str) -> str:
+        return generated.sub("", wmiscope("report", str(capture_set), "--format", fmt, "--workers", n))
+
+    one = report("1")
+    assert "op-" in one and "T1047" in one
+    assert report("2") == one
+
+
 def test_operations_are_numbered_across_workers(capture_set):
     out = wmiscope("calls", "--format", "jsonl", str(capture_set), "--workers", "2")
     import json
