@@ -3,8 +3,8 @@
 Everything the DCOM and WMI stages correlate stays between two hosts: the activation on
 port 135 and the object exporter it names, the OXID and IPID state, the enumerators and
 call results, and the server's callbacks to the client's sink (the same pair, the other
-way). So shard k of N takes the TCP connections whose unordered host pair hashes to k
-and analyses them alone.
+way). So shard k of N takes the TCP connections of the host pairs given to it and
+analyses them alone.
 
 Which shard takes a host pair: the one that has been handed the fewest TCP payload
 octets so far when the pair's first connection opens (the lowest-numbered on a tie).
