@@ -3,8 +3,18 @@
 Everything the DCOM and WMI stages correlate stays between two hosts: the activation on
 port 135 and the object exporter it names, the OXID and IPID state, the enumerators and
 call results, and the server's callbacks to the client's sink (the same pair, the other
-way). So shard k of N takes the TCP connections whose unordered host pair hashes to k
-and analyses them alone.
+way). So shard k of N takes the TCP connections of the host pairs given to it and
+analyses them alone.
+
+Which shard takes a host pair: the one that has been handed the fewest TCP payload
+octets so far when the pair's first connection opens (the lowest-numbered on a tie).
+Every shard reassembles the same connections from the same frames, so every shard
+counts the same octets and makes the same choice without asking the others; a pair
+keeps its shard for the rest of the run. A hash of the pair (what the split did before)
+leaves a capture of a few dozen busy pairs a third heavier on one side by chance; the
+running balance keeps the shards within about one session of each other. Past
+`PAIRS_MAX` distinct pairs the new ones fall back to the hash (`shard_of`), so the table
+of choices stays bounded.
 
 Every shard reads the whole frame stream and runs the TCP reassembler over all of it
 (reading and reassembling cost a small fraction of the decoding), handing only its own
@@ -33,33 +43,55 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 import zlib
 from operator import itemgetter
 
 from .pipeline import Analysis, Stats, _Detector
-from .tcp import NullHandler
 
 TEXT, OP = 0, 1
-_NULL = NullHandler()
-_OP_TOKEN = "op-\ue000{nonce}.{shard}.{n}\ue001"
+# An operation's stand-in id: ASCII, so that the text around it stays ASCII too (a single
+# non-ASCII character makes Python store, pickle and scan a whole JSON line at two octets
+# a character); the run's random nonce keeps a capture from forging one.
+_OP_TOKEN = "op-~{nonce}.{shard}.{n}~"
+PAIRS_MAX = 1 << 16
 
 
 def shard_of(a: str, b: str, shards: int) -> int:
-    """The shard of the host pair {a, b}: stable across processes and machines."""
+    """A hash of the host pair {a, b} over the shards: stable across processes and machines."""
     if a > b:
         a, b = b, a
     return zlib.crc32(f"{a}|{b}".encode()) % shards
 
 
+class _Tally:
+    """The handler of another shard's connection: counts the octets that shard is handed."""
+
+    __slots__ = ("load", "shard")
+
+    def __init__(self, load: list, shard: int):
+        self.load, self.shard = load, shard
+
+    def on_data(self, direction, data, frame, ts):
+        self.load[self.shard] += len(data)
+
+    def on_gap(self, direction, missing, frame):
+        pass
+
+    def on_close(self, frame):
+        pass
+
+
 class _ShardDetector(_Detector):
-    """Notes, while the connections open at the end are flushed, whose records follow."""
+    """Counts this shard's octets; notes, while the connections open at the end are flushed,
+    whose records follow."""
 
     __slots__ = ()
 
     def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
-        if self.analysis.phase:
-            self.analysis.where = self.conn.index
+        analysis = self.analysis
+        analysis.load[analysis.shard] += len(data)
+        if analysis.phase:
+            analysis.where = self.conn.index
         _Detector.on_data(self, direction, data, frame, ts)
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
@@ -83,6 +115,8 @@ class ShardAnalysis(Analysis):
         super().__init__(**kwargs)
         self.shard, self.shards, self.nonce = shard, shards, nonce
         self.own: set[int] = set()           # indices of this shard's live connections
+        self.load = [0] * shards             # TCP payload octets handed to each shard's connections
+        self.pair_shard: dict[tuple[str, str], int] = {}     # host pair -> its shard
         self.phase = 0
         self.where = 0
         self.seq = 0
@@ -100,7 +134,11 @@ class ShardAnalysis(Analysis):
 
     def _key(self) -> tuple:
         self.seq += 1
-        return (self.phase, self.where, self.seq)
+        if self.phase:
+            return (self.phase, self.where, self.seq)
+        # While the frames are read, what a frame makes is keyed by its number: frames
+        # are numbered 1, 2, ... as they are counted (one file, a capture set, live).
+        return (0, self.stats.frames, self.seq)
 
     def emit(self, rec) -> None:
         out = self._out
@@ -109,9 +147,22 @@ class ShardAnalysis(Analysis):
         if len(out) > n and out[-1] is rec:
             out[-1] = (self._key(), rec)
 
+    def shard_of_pair(self, a: str, b: str) -> int:
+        """The shard of host pair {a, b}: the least loaded when it is first seen (see the module)."""
+        key = (a, b) if a < b else (b, a)
+        k = self.pair_shard.get(key)
+        if k is None:
+            if len(self.pair_shard) >= PAIRS_MAX:
+                return shard_of(a, b, self.shards)
+            load = self.load
+            k = load.index(min(load))
+            self.pair_shard[key] = k
+        return k
+
     def stream_handler(self, conn):
-        if shard_of(conn.client[0], conn.server[0], self.shards) != self.shard:
-            return _NULL
+        k = self.shard_of_pair(conn.client[0], conn.server[0])
+        if k != self.shard:
+            return _Tally(self.load, k)
         self.own.add(conn.index)
         return _ShardDetector(conn, self)
 
@@ -131,11 +182,7 @@ class ShardAnalysis(Analysis):
         if self.shard == 0:
             super().capture_errors(errors)
 
-    def frames(self, source):
-        """source's frames, noting each one's number as the key of what it makes."""
-        for item in source:
-            self.where = item[0]
-            yield item
+    def end_of_frames(self) -> None:
         # What the end of the frames flushes (IP fragments never completed) comes before
         # the connections still open, which follow in index order.
         self.phase, self.where = 1, -1
@@ -150,13 +197,15 @@ class _OpMade:
 
 def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: dict, make_renderer,
                  batch: int = 256):
-    """Shard `shard` of a run, as batches (lists) of (key, TEXT, text, has_op) and (key, OP, token).
+    """Shard `shard` of a run, as batches (lists) of (key, TEXT, text, where) and (key, OP, token),
+    where: the offsets of the operation tokens in text, or None.
 
     source: what `Analysis.run` takes (a capture's path), read whole by every shard;
     make_renderer(): a function rendering one record to text ("" for nothing).
     The generator's return value (StopIteration.value) is the shard's Stats."""
     analysis = ShardAnalysis(shard, shards, nonce, **analysis_kwargs)
     render = make_renderer()
+    marker = _op_marker(nonce)
     out = []
     for key, rec in analysis.run(source):
         if type(rec) is _OpMade:
@@ -164,7 +213,7 @@ def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: d
             continue
         text = render(rec)
         if text:
-            out.append((key, TEXT, text, "\ue000" in text))
+            out.append((key, TEXT, text, _find_all(text, marker)))
             if len(out) >= batch:
                 yield out
                 out = []
@@ -173,20 +222,50 @@ def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: d
     return analysis.stats
 
 
+def _op_marker(nonce: str) -> str:
+    return f"op-~{nonce}."
+
+
+def _find_all(text: str, marker: str) -> list | None:
+    """Where marker occurs in text (None: nowhere)."""
+    p = text.find(marker)
+    if p < 0:
+        return None
+    where = []
+    while p >= 0:
+        where.append(p)
+        p = text.find(marker, p + 1)
+    return where
+
+
 def merge(streams, nonce: str):
     """The text of the shards' keyed streams (iterables of batches) in the single run's order."""
-    numbers: dict[str, str] = {}
-    token = re.compile("op-\ue000" + re.escape(nonce) + r"\.\d+\.\d+\ue001")
+    numbers: dict[str, str] = {}        # "shard.n~" -> "op-N"
+    marker = _op_marker(nonce)
+    cut = len(marker)
 
-    def number(m):
-        return numbers.get(m.group(0), m.group(0))
+    def numbered(text: str, where: list) -> str:
+        # The shard found the tokens (it scans in parallel with the others); here only the
+        # slices around them are joined. A regular expression over the long JSON lines of
+        # objects took as long as the rest of the merge ten times over.
+        out = []
+        last = 0
+        for p in where:
+            end = text.index("~", p + cut) + 1
+            number = numbers.get(text[p + cut:end])
+            if number is not None:
+                out.append(text[last:p])
+                out.append(number)
+                last = end
+        out.append(text[last:])
+        return "".join(out)
 
     flat = [(item for batch in s for item in batch) for s in streams]
     for item in heapq.merge(*flat, key=itemgetter(0)):
         if item[1] == OP:
-            numbers[item[2]] = f"op-{len(numbers) + 1}"
+            numbers[item[2][cut:]] = f"op-{len(numbers) + 1}"
         elif item[3]:
-            yield token.sub(number, item[2])
+            yield numbered(item[2], item[3])
         else:
             yield item[2]
 
@@ -199,9 +278,10 @@ def merge_stats(parts: list[Stats]) -> Stats:
     total.frames, total.non_tcp_frames, total.tcp = first.frames, first.non_tcp_frames, dict(first.tcp)
     total.ip_fragments = first.ip_fragments
     for s in parts:
-        for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors"):
+        for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors",
+                     "suppressed"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
-        for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage"):
+        for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage", "anomalies"):
             getattr(total, name).update(getattr(s, name))
     return total
 

@@ -87,7 +87,9 @@ class Stats:
             "calls": self.calls,
             "calls_by_outcome": {k: self.calls_by_outcome.get(k, 0) for k in PDU_OUTCOMES},
             "errors": self.errors,
-            "errors_by_stage": dict(self.errors_by_stage),
+            # sorted, as the kinds are: a split run (dissectors.parallel) sums its shards'
+            # counters, which do not keep the single run's order of first appearance
+            "errors_by_stage": dict(sorted(self.errors_by_stage.items())),
             "anomalies_by_kind": dict(sorted(self.anomalies.items())),
             "anomalies_by_severity": {sev: sum(n for k, n in self.anomalies.items() if BY_NAME[k].severity == sev)
                                       for sev in SEVERITIES},
@@ -329,9 +331,8 @@ class Analysis:
 
     # Seams a split run (dissectors.parallel) narrows to its share of the host pairs.
 
-    def frames(self, source):
-        """The frames of an opened source, as the pipeline reads them."""
-        return source
+    def end_of_frames(self) -> None:
+        """Every frame has been read (what follows is flushed state)."""
 
     def stream_handler(self, conn):
         """The handler of a new TCP connection: DCE/RPC detection, then the pipeline."""
@@ -365,7 +366,7 @@ class Analysis:
             self._origin = source.origin
         # IP fragments and tunnels: state the fast path never touches.
         decap = Decapsulation(self.decap_error)
-        for frame, ts, linktype, data in self.frames(source):
+        for frame, ts, linktype, data in source:
             stats.frames += 1
             seg = tcp_segment(linktype, data, decap, frame, ts)
             if seg is None:
@@ -374,6 +375,7 @@ class Analysis:
                 feed(frame, ts, seg)
             if out:
                 yield from _drain(out)
+        self.end_of_frames()
         decap.finish()
         reassembler.finish()
         stats.tcp = dict(reassembler.stats)

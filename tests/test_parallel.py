@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wmiscope.dissectors.capture import open_capture
-from wmiscope.dissectors.parallel import ShardAnalysis, shard_of
+from wmiscope.dissectors.parallel import ShardAnalysis
 from wmiscope.synth.wire import PcapWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,29 @@ def test_workers_write_what_one_process_writes(capture_set, command):
         assert wmiscope(*command, str(capture_set), "--workers", n) == one
 
 
+@pytest.mark.parametrize("command", [("stats",), ("stats", "--json")])
+def test_stats_of_workers_are_the_single_runs(capture_set, command):
+    one = wmiscope(*command, str(capture_set), "--workers", "1")
+    assert "calls" in one
+    for n in ("2", "3"):
+        assert wmiscope(*command, str(capture_set), "--workers", n) == one
+
+
+@pytest.mark.parametrize("fmt", ["json", "html"])
+def test_report_of_workers_is_the_single_runs(capture_set, fmt):
+    """The report's builder correlates across host pairs: it stays in the parent and reads
+    the workers' calls (and, for HTML, their excerpts) in the single run's order."""
+    import re
+    generated = re.compile(r'"generated":"[^"]*"|generated [0-9TZ:.+-]+')
+
+    def report(n: str) -> str:
+        return generated.sub("", wmiscope("report", str(capture_set), "--format", fmt, "--workers", n))
+
+    one = report("1")
+    assert "op-" in one and "T1047" in one
+    assert report("2") == one
+
+
 def test_operations_are_numbered_across_workers(capture_set):
     out = wmiscope("calls", "--format", "jsonl", str(capture_set), "--workers", "2")
     import json
@@ -76,7 +99,7 @@ def test_each_shard_decodes_only_its_host_pairs(capture_set):
     for shard in (0, 1):
         a = ShardAnalysis(shard, 2, "t")
         calls = [rec for _, rec in a.run(str(capture_set)) if type(rec).__name__ == "Call"]
-        assert all(shard_of(c.client[0], c.server[0], 2) == shard for c in calls)
+        assert all(a.shard_of_pair(c.client[0], c.server[0]) == shard for c in calls)
         seen.append({(c.conn, c.call_id) for c in calls})
         assert a.stats.frames > 0
     assert seen[0] and seen[1] and not seen[0] & seen[1]

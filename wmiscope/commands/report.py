@@ -13,6 +13,7 @@ from wmiscope.cli import InputError
 
 from wmiscope.dissectors.jsonl import dumps
 
+from . import workers
 from .output import add_source_arguments, make_analysis, open_source
 
 
@@ -22,13 +23,24 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=("html", "json", "jsonl"),
                    help="html: one self-contained page; json: the whole report; jsonl: one ECS finding per line "
                         "(default: html when -o ends in .html, else jsonl)")
+    workers.add_arguments(p)
+
+
+def _format(args) -> str:
+    return args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
+
+
+def record_renderer(args):
+    """A split run's workers: each record as the line the report builder reads."""
+    from wmiscope.report.output import record_renderer as report_lines
+    return report_lines(excerpts=_format(args) == "html")
 
 
 def run(args) -> int:
     from wmiscope.dissectors.capture import CaptureFormatError
     from wmiscope.report.output import analyse_captures
 
-    fmt = args.format or ("html" if (args.output or "").lower().endswith((".html", ".htm")) else "jsonl")
+    fmt = _format(args)
     # One capture set (or live capture) for all CAPTURE arguments: one analysis, one report
     source = open_source(args)
     out = None
@@ -38,9 +50,14 @@ def run(args) -> int:
         except OSError as e:
             raise InputError(f"{args.output}: {e.strerror}") from None
     name = f"live:{args.interface}" if args.interface else None
+    shards = workers.split_shards(args, source)
+    split = None
+    if shards != 1:
+        def split(write):
+            return workers.write_split(args, "report", write, source, shards)
     try:
         report = analyse_captures(source, lambda: make_analysis(args), name=name, excerpts=fmt == "html",
-                                  progress=True)
+                                  progress=True, split=split)
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         raise InputError(where) from None

@@ -5,20 +5,29 @@ from __future__ import annotations
 import json
 import sys
 
-from .output import add_source_arguments, make_analysis, open_source
-from .progress import with_progress
+from . import workers
+from .output import add_source_arguments, open_source
 
 
 def add_arguments(p) -> None:
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    workers.add_arguments(p)
+
+
+def record_renderer(args):
+    """Counts only: no record is written (a split run's workers send their Stats alone)."""
+    return _nothing
+
+
+def _nothing(rec) -> str:
+    return ""
 
 
 def run(args) -> int:
-    analysis = make_analysis(args, objects=False)   # counts need no MS-WMIO objects
-    for _ in analysis.run(with_progress(open_source(args), analysis, streaming=False)):
-        pass
-    d = analysis.stats.as_dict()
+    # counts need no MS-WMIO objects
+    stats = workers.write_records(args, "stats", None, open_source(args), streaming=False, objects=False)
+    d = stats.as_dict()
     if args.json:
         json.dump(d, sys.stdout, indent=2)
         sys.stdout.write("\n")

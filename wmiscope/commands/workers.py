@@ -46,22 +46,39 @@ def _plan(args, source) -> int:
     return 1 if small else default_workers()
 
 
-def write_records(args, command: str, write, source, **analysis_kwargs):
-    """Analyses `source` (what open_source gave) and writes each record's text; returns the Stats."""
-    from .output import credentials_from_args, make_analysis
+def write_records(args, command: str, write, source, *, streaming: bool = True, **analysis_kwargs):
+    """Analyses `source` (what open_source gave) and writes each record's text; returns the Stats.
+
+    streaming: the command writes as it goes (no progress line when stdout is a terminal)."""
+    from .output import make_analysis
     from .progress import with_progress
 
-    shards = _plan(args, source)
-    if shards == 1 and not getattr(args, "dask", None):
+    shards = split_shards(args, source)
+    if shards == 1:
         render = renderer_factory(command, args)()
         analysis = make_analysis(args, **analysis_kwargs)
-        for rec in analysis.run(with_progress(source, analysis, streaming=True)):
+        for rec in analysis.run(with_progress(source, analysis, streaming=streaming)):
             text = render(rec)
             if text:
                 write(text)
         from wmiscope.dissectors.parallel import cache_stats
         _report_cache([cache_stats()])
         return analysis.stats
+    return write_split(args, command, write, source, shards, **analysis_kwargs)
+
+
+def split_shards(args, source) -> int:
+    """1 when the run stays in this process, else how many shards (0: as many as Dask has workers)."""
+    shards = _plan(args, source)
+    return shards if shards != 1 or getattr(args, "dask", None) else 1
+
+
+def write_split(args, command: str, write, source, shards: int, **analysis_kwargs):
+    """The run split by host pair over `shards` local processes or Dask tasks; the records'
+    text (rendered by the command's `record_renderer` in the workers) is written in the
+    single run's order. Returns the merged Stats."""
+    from .output import credentials_from_args
+
     # Each shard opens the capture set anew: its files by their absolute paths (a Dask
     # worker may run in another directory; the files must be there at the same paths).
     paths = [os.path.abspath(p) for p in source.paths]

@@ -67,11 +67,16 @@ def report_dict(b) -> dict:
 
 
 def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts: bool = True,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, split=None) -> dict:
     """The report of one analysis over `source`: a capture set (capture.open_sources: several
     files merged in time order), a capture path, or live frames. One pipeline for all the
     files, so the IPID registry, the operations and the TCP connections are shared: a session
-    cut by a rolling file's boundary is one session, and its sealed calls keep their names."""
+    cut by a rolling file's boundary is one session, and its sealed calls keep their names.
+
+    split: runs the analysis split by host pair instead (commands.workers.write_split with
+    this module's `record_renderer` in the workers): split(write) writes each record's
+    line in the single run's order and returns the Stats. The builder, which correlates
+    across host pairs, stays here and reads the lines."""
     from wmiscope.dissectors.jsonl import error_dict
     from wmiscope.commands.progress import with_progress
     from wmiscope.dissectors.records import Call, ErrorRecord
@@ -80,10 +85,17 @@ def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts
     from .findings import ReportBuilder
     from .values import record_dict
 
-    renderer = TranscriptRenderer(frames=True)
-    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)
     files = list(getattr(source, "names", None) or ())
     paths = getattr(source, "paths", None) or [str(source)]
+    if split is not None:
+        # a call's excerpt lines were rendered by the worker and ride in place of the record
+        b = ReportBuilder(excerpt_renderer=_lines if excerpts else None)
+        b.start_capture(name or ", ".join(paths), files=files or paths)
+        stats = split(lambda line: _read_line(b, line))
+        b.end_capture(stats.as_dict())
+        return b.finish()
+    renderer = TranscriptRenderer(frames=True)
+    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)
     b.start_capture(name or ", ".join(paths), files=files or paths)
     analysis = make_analysis()
     frames = with_progress(source, analysis, streaming=False) if progress else source
@@ -99,3 +111,43 @@ def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts
         b.captures[-1]["interrupted"] = True
     b.end_capture(analysis.stats.as_dict())
     return b.finish()
+
+
+def record_renderer(excerpts: bool):
+    """What a worker of a split report sends for a record: one JSON line holding the call's
+    jsonl dict ("c") and, for a WMI call of an HTML report, its transcript lines ("x");
+    or an error's dict ("e"). Other records send nothing."""
+    from wmiscope.dissectors.jsonl import call_dict, dumps, error_dict
+    from wmiscope.dissectors.pipeline import call_outcome
+    from wmiscope.dissectors.records import Call, ErrorRecord
+    from wmiscope.dissectors.transcript import TranscriptRenderer
+
+    from .findings import WMI_INTERFACES
+
+    lines = TranscriptRenderer(frames=True).call_lines if excerpts else None
+
+    def render(rec) -> str:
+        kind = type(rec)
+        if kind is Call:
+            d = call_dict(rec, call_outcome(rec))
+            x = lines(rec) if lines is not None and d.get("interface") in WMI_INTERFACES else None
+            return dumps({"c": d, "x": x}) + "\n"
+        if kind is ErrorRecord:
+            return dumps({"e": error_dict(rec)}) + "\n"
+        return ""
+
+    return render
+
+
+def _lines(lines):
+    return lines
+
+
+def _read_line(b, line: str) -> None:
+    import orjson
+
+    o = orjson.loads(line)
+    if "c" in o:
+        b.observe(o["c"], o["x"])
+    else:
+        b.error(o["e"])
