@@ -75,6 +75,24 @@ class _ShardDetector(_Detector):
         super().on_close(frame)
 
 
+class _ForeignDetector(_Detector):
+    """Another shard's connection, only recognised (DCE/RPC or not) as that shard does:
+    every shard's TCP stage then keeps, promotes and evicts the same connections and
+    numbers them alike. Nothing counted, nothing reported."""
+
+    __slots__ = ()
+
+    def _count(self, name: str) -> None:
+        pass
+
+    def _attach(self, chunks: list, gaps: list) -> None:
+        self.handler = _NULL
+
+    def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
+        if self.handler is None and self.chunks is not None:
+            self.from_start = False
+
+
 class ShardAnalysis(Analysis):
     """The pipeline for the connections of one shard; `run` yields (key, record) pairs,
     and (key, _OpMade) where the WMI correlation made an operation."""
@@ -111,7 +129,7 @@ class ShardAnalysis(Analysis):
 
     def stream_handler(self, conn):
         if shard_of(conn.client[0], conn.server[0], self.shards) != self.shard:
-            return _NULL
+            return _ForeignDetector(conn, self)
         self.own.add(conn.index)
         return _ShardDetector(conn, self)
 
