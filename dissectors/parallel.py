@@ -221,6 +221,8 @@ def merge_stats(parts: list[Stats]) -> Stats:
             setattr(total, name, getattr(total, name) + getattr(s, name))
         for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage"):
             getattr(total, name).update(getattr(s, name))
+        # the shards' own tables; the TCP ones (every shard's alike) are shard 0's
+        total.forgotten.update({k: n for k, n in s.forgotten.items() if not k.startswith("tcp_") or s is first})
     return total
 
 

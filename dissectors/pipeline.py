@@ -71,6 +71,8 @@ class Stats:
     suppressed: int = 0             # records of a flood counted here but not shown
     tcp: dict = field(default_factory=dict)
     ip_fragments: dict | None = None    # dissectors/ipfrag.py counters, when the capture held fragments
+    # Entries the bounded tables gave up (see the README's bounds), by table; shown when any.
+    forgotten: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         d = {
@@ -96,6 +98,9 @@ class Stats:
         }
         if self.ip_fragments:
             d["ip_fragments"] = self.ip_fragments
+        forgotten = {k: n for k, n in sorted(self.forgotten.items()) if n}
+        if forgotten:
+            d["forgotten"] = forgotten
         return d
 
 
@@ -405,6 +410,7 @@ class Analysis:
         stats.tcp = dict(reassembler.stats)
         if decap.frag.stats["fragments"]:
             stats.ip_fragments = dict(decap.frag.stats)
+        self._count_forgotten(stats.forgotten)
         self._flush_floods()
         self.capture_errors(getattr(source, "errors", ()))
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
@@ -412,6 +418,15 @@ class Analysis:
         stats.pdus_by_outcome["malformed"] += sum(self._call_pdus.values())
         self._call_pdus.clear()
         yield from _drain(out)
+
+    def _count_forgotten(self, forgotten: Counter) -> None:
+        """What the bounded tables gave up over the run, by table."""
+        tcp = self.stats.tcp
+        forgotten["tcp_connections"] += tcp.get("evicted", 0)
+        forgotten["tcp_other_connections"] += tcp.get("evicted_other", 0)
+        forgotten["ipids_oxids"] += self.registry.forgotten
+        for table, n in self.operations.forgotten.items():
+            forgotten[f"operations_{table}"] += n
 
     def _place(self, rec) -> None:
         """Names the file (capture sets) and the tunnel (sensors) a record came from."""

@@ -55,8 +55,10 @@ after a hole, the retransmission tails; its handler's ``on_idle``, if it has one
 releases the layer above's buffers) but stays, with its sequence numbers and the
 session state above (bind and security contexts, keys), so a sealed session that
 resumes after hours still decrypts. A handler that keeps no such state is
-closed and made again when the connection speaks again, its number unchanged. Idleness is checked when connections open, at
-most every quarter of the timeout and every 64 openings: no cost per segment.
+closed and made again when the connection speaks again, its number unchanged.
+Idleness is checked when connections open, at most every quarter of the timeout
+and every 64 openings, so nothing is paid per segment; a connection is found idle
+between one and two timeouts after its last segment.
 
 Hot path: a segment of a known connection arriving exactly at the expected
 sequence number with no buffered data costs one dict lookup, a few attribute
@@ -164,7 +166,8 @@ class _Half:
         self.nraw: int | None = None    # raw sequence number expected next
         self.pos = 0                    # position expected next
         self.skipped = 0                # positions not delivered: SYN, FIN, gaps
-        self.pending: list = []         # sorted, non-overlapping (start, payload, frame, ts)
+        # sorted, non-overlapping (start, payload, frame, ts); a list once something is buffered
+        self.pending: list | tuple = ()
         self.pending_bytes = 0
         self.acked: int | None = None   # latest acknowledgement number the peer sent for us
         self.fin: int | None = None     # position of our FIN, once seen
@@ -434,6 +437,8 @@ class TcpReassembler:
     def _buffer(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
         """Keeps the parts of [start, start+len) not yet buffered (first-seen bytes win)."""
         pend = h.pending
+        if not pend:
+            pend = h.pending = []
         end = start + len(payload)
         i = bisect_right(pend, start, key=_start) - 1
         if i < 0 or pend[i][0] + len(pend[i][1]) <= start:
@@ -654,6 +659,7 @@ class TcpReassembler:
         self._c["idle_released"] += 1
         for h in conn.halves:
             self._flush(h, frame)
+            h.pending = ()
             h.last = b""
         handler = conn.handler
         on_idle = getattr(handler, "on_idle", None)
@@ -681,8 +687,9 @@ class TcpReassembler:
     @staticmethod
     def _set_handler(conn: _Conn, handler) -> None:
         conn.handler = handler
+        on_data = handler.on_data
         for h in conn.halves:
-            h.on_data = handler.on_data
+            h.on_data = on_data
 
     def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
         """A connection opened on an empty segment: its first payload may tell the roles."""
@@ -727,7 +734,7 @@ class TcpReassembler:
         for h in conn.halves:               # release the buffers at once
             self._pending_total -= h.pending_bytes
             h.pending_bytes = 0
-            h.pending = []
+            h.pending = ()
             h.last = b""
             h.on_data = None
 

@@ -49,16 +49,17 @@ class Recorder:
         self.closed = frame
 
 
-def reassemble(source, **kw):
+def reassemble(source, recorder=Recorder, finish=True, **kw):
     """source: a capture path, or (frame, TcpSegment) pairs. Returns (reassembler, recorders)."""
     recorders = []
     errors = []
 
     def factory(conn):
-        recorders.append(Recorder(conn))
+        recorders.append(recorder(conn))
         return recorders[-1]
 
     r = TcpReassembler(factory, errors=errors.append, **kw)
+    recorder.reassembler = r
     r.errors_seen = errors
     if isinstance(source, list):
         for frame, seg in source:
@@ -68,7 +69,8 @@ def reassemble(source, **kw):
             seg = tcp_segment(linktype, data)
             if seg is not None:
                 r.feed(frame, ts, seg)
-    r.finish()
+    if finish:
+        r.finish()
     return r, recorders
 
 
@@ -488,18 +490,8 @@ class Promoting(Recorder):
 
 
 def promoting(source, **kw):
-    recorders = []
-    errors = []
-
-    def factory(conn):
-        recorders.append(Promoting(conn))
-        return recorders[-1]
-
-    r = TcpReassembler(factory, errors=errors.append, **kw)
-    Promoting.reassembler = r
-    for frame, s in source:
-        r.feed(frame, float(frame), s)
-    return r, recorders, errors
+    r, recs = reassemble(source, recorder=Promoting, finish=False, **kw)
+    return r, recs, r.errors_seen
 
 
 def test_noise_never_evicts_promoted_connections_and_those_have_their_own_bound():
@@ -525,7 +517,7 @@ def test_an_idle_promoted_connection_gives_back_its_buffers_and_keeps_its_state(
     assert any(e[0] == "idle" for e in h.events) and h.conn.closed_by is None
     assert r.stats["idle_released"] == 1 and r._pending_total == 0
     half = r._live[0].halves[0]
-    assert half.pending == [] and half.last == b""
+    assert not half.pending and half.last == b""
     # it resumes where it was: same connection, same handler, the next octets in order
     r.feed(999, 999.0, seg(0, 10, b"more"))
     assert h.events[-1] == ("data", 0, 999, b"more")
