@@ -424,6 +424,7 @@ class Analysis:
         tcp = self.stats.tcp
         forgotten["tcp_connections"] += tcp.get("evicted", 0)
         forgotten["tcp_other_connections"] += tcp.get("evicted_other", 0)
+        forgotten["tcp_set_aside"] += tcp.get("dormant_forgotten", 0)
         forgotten["ipids_oxids"] += self.registry.forgotten
         for table, n in self.operations.forgotten.items():
             forgotten[f"operations_{table}"] += n

@@ -54,8 +54,10 @@ for ``idle_timeout`` seconds of capture time gives back what it buffers (segment
 after a hole, the retransmission tails; its handler's ``on_idle``, if it has one,
 releases the layer above's buffers) but stays, with its sequence numbers and the
 session state above (bind and security contexts, keys), so a sealed session that
-resumes after hours still decrypts. A handler that keeps no such state is
-closed and made again when the connection speaks again, its number unchanged.
+resumes after hours still decrypts. A connection whose handler keeps no such
+state is closed, and only its number and next sequence numbers are remembered
+(``dormant_memory`` connections): when it speaks again it goes on under the same
+number, a keep-alive is still known as one, and the layer above starts afresh.
 Idleness is checked when connections open, at most every quarter of the timeout
 and every 64 openings, so nothing is paid per segment; a connection is found idle
 between one and two timeouts after its last segment.
@@ -107,7 +109,7 @@ class TcpConnection:
     first_frame: int
     client_known_by: str                    # "syn" | "heuristic"
     last_frame: int = 0
-    closed_by: str | None = None            # "fin" | "rst" | "reused" | "evicted" | "finish"
+    closed_by: str | None = None            # "fin" | "rst" | "reused" | "evicted" | "idle" | "finish"
     bytes: list[int] = field(default_factory=lambda: [0, 0])       # delivered, per direction
     gaps: list[int] = field(default_factory=lambda: [0, 0])        # holes, per direction
     gap_bytes: list[int] = field(default_factory=lambda: [0, 0])   # known missing bytes, per direction
@@ -127,8 +129,9 @@ class StreamHandler(Protocol):
 
     # Optional: on_idle(frame) -> bool, told when the connection has been idle for the
     # reassembler's idle_timeout; it gives back its buffers and says whether it holds
-    # state worth keeping. When not, it is closed and made again (conn.resumed counts
-    # it) if the connection speaks again. A handler without on_idle is kept as it is.
+    # state worth keeping. When not, the connection is closed (on_close) and set aside:
+    # if it speaks again, a new handler gets it under the same number (conn.resumed).
+    # A handler without on_idle is kept as it is.
 
 
 class NullHandler:
@@ -194,28 +197,6 @@ class _Conn:
         self.halves: tuple[_Half, _Half] = ()  # type: ignore[assignment]
 
 
-class _Asleep:
-    """Stands in for the handler of an idle connection that kept nothing worth keeping."""
-
-    __slots__ = ("reassembler", "conn")
-
-    def __init__(self, reassembler: "TcpReassembler", conn: _Conn):
-        self.reassembler = reassembler
-        self.conn = conn
-
-    def on_data(self, direction, data, frame, ts):
-        self.reassembler._wake(self.conn).on_data(direction, data, frame, ts)
-
-    def on_gap(self, direction, missing, frame):
-        self.reassembler._wake(self.conn).on_gap(direction, missing, frame)
-
-    def on_close(self, frame):
-        pass
-
-    def on_idle(self, frame):
-        return True                         # nothing held: nothing to do
-
-
 class TcpReassembler:
     """Feeds each connection's in-order bytes to a handler made by ``handler_factory``.
 
@@ -227,6 +208,7 @@ class TcpReassembler:
     idle_timeout: seconds of capture time after which an idle promoted connection
     gives back its buffers (see the module's docstring).
     closed_memory: how many closed connections' 5-tuples are remembered.
+    dormant_memory: how many idle connections set aside are remembered (see on_idle).
     errors: receives ErrorRecords (stage "tcp"); without it they are kept in
     ``error_records`` (the first 1000). A handler that raises is reported there too,
     and the stream goes on.
@@ -239,7 +221,8 @@ class TcpReassembler:
                  closed_memory: int = 8192,
                  max_total_pending_bytes: int = 64 << 20,
                  max_other_connections: int = 1024,
-                 idle_timeout: float = 30.0):
+                 idle_timeout: float = 30.0,
+                 dormant_memory: int = 8192):
         self._factory = handler_factory
         self.max_pending_bytes = max_pending_bytes
         self.max_total_pending_bytes = max_total_pending_bytes
@@ -249,6 +232,7 @@ class TcpReassembler:
         self.max_other_connections = max_other_connections
         self.idle_timeout = idle_timeout
         self.closed_memory = closed_memory
+        self.dormant_memory = dormant_memory
         self._errors = errors
         self.error_records: list[ErrorRecord] = []
         self._flows: dict[tuple, _Half] = {}        # (src, sport, dst, dport) -> the half it sends
@@ -257,11 +241,14 @@ class TcpReassembler:
         self._sweep_at = (float("-inf"), 0)         # (capture time, flows opened) of the next idle sweep
         self._marks: list = []                      # (frame, ts) of the sweeps: frames as of some time ago
         self._closed: dict[tuple, tuple[int, int | None]] = {}  # directional key -> (index, first seq)
+        # idle connections set aside: directional key -> (index, direction, next raw seq, client_known_by)
+        self._dormant: dict[tuple, tuple] = {}
         self._next_index = 0
         self._frames = 0
         self._payload_segments = 0
         self._c = dict.fromkeys((
-            "flows", "closed", "evicted", "evicted_other", "idle_released", "reused", "retransmissions", "keepalives",
+            "flows", "closed", "evicted", "evicted_other", "idle_released", "dormant", "resumed",
+            "dormant_forgotten", "reused", "retransmissions", "keepalives",
             "out_of_order", "overlaps", "overlap_conflicts", "gaps", "gap_bytes", "late_segments",
             "pending_overflows", "handler_errors", "errors"), 0)
         self._closed_bytes = 0
@@ -273,7 +260,9 @@ class TcpReassembler:
         """Counters: frames (segments fed), tcp_segments (those with payload), flows
         (connections opened), live, closed, evicted (promoted connections past
         max_connections), evicted_other (others past max_other_connections),
-        idle_released (idle promoted connections whose buffers were given back), reused (5-tuples reused), bytes
+        idle_released (idle promoted connections whose buffers were given back), dormant (of
+        those, set aside), resumed (set aside, then spoke again), dormant_forgotten (directions of
+        connections set aside, forgotten past dormant_memory), reused (5-tuples reused), bytes
         (delivered), retransmissions, keepalives, out_of_order, overlaps (partly old
         segments), overlap_conflicts, gaps, gap_bytes, late_segments (after close),
         pending_overflows, handler_errors, errors."""
@@ -582,7 +571,17 @@ class TcpReassembler:
         src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
         fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
         tentative = False
-        if flags & SYN:
+        back = there = None
+        if self._dormant:
+            back, there = self._dormant.pop(fwd, None), self._dormant.pop(rev, None)
+            if flags & SYN:                 # a new connection on the 5-tuple, not the one set aside
+                back = there = None
+            elif back is None and there is not None:
+                back, there = (there[0], 1 - there[1], None, there[3]), there
+        if back is not None:
+            sender_is_client = back[1] == 0
+            known_by = back[3]
+        elif flags & SYN:
             sender_is_client = not flags & ACK
             known_by = "syn"
         else:
@@ -593,9 +592,13 @@ class TcpReassembler:
             client, server = (src, sport), (dst, dport)
         else:
             client, server = (dst, dport), (src, sport)
-        rec = TcpConnection(self._next_index, client, server, frame, known_by, tunnel=seg.tunnel)
-        self._next_index += 1
-        self._c["flows"] += 1
+        if back is None:
+            rec = TcpConnection(self._next_index, client, server, frame, known_by, tunnel=seg.tunnel)
+            self._next_index += 1
+            self._c["flows"] += 1
+        else:                               # set aside when idle: it goes on under its number
+            rec = TcpConnection(back[0], client, server, frame, known_by, tunnel=seg.tunnel, resumed=1)
+            self._c["resumed"] += 1
         try:
             handler = self._factory(rec)
         except Exception as exc:  # noqa: BLE001
@@ -619,6 +622,10 @@ class TcpReassembler:
             self._flows[rev] = received
         self._closed.pop(fwd, None)
         self._closed.pop(rev, None)
+        if back is not None:                # positions start again where the stream was
+            for h, b in ((sent, back), (sent.peer, there)):
+                if b is not None and b[2] is not None:
+                    h.base = h.nraw = b[2]
         sent.last_frame = frame
         if ts >= self._sweep_at[0] and self._c["flows"] >= self._sweep_at[1]:
             self._sweep(frame, ts)
@@ -661,35 +668,26 @@ class TcpReassembler:
             self._flush(h, frame)
             h.pending = ()
             h.last = b""
-        handler = conn.handler
-        on_idle = getattr(handler, "on_idle", None)
+        on_idle = getattr(conn.handler, "on_idle", None)
+        keep = True
         if on_idle is not None:
             try:
-                if not on_idle(frame):
-                    handler.on_close(frame)
-                    self._set_handler(conn, _Asleep(self, conn))
+                keep = on_idle(frame)
             except Exception as exc:  # noqa: BLE001
                 self._handler_failed(conn, exc, frame)
-        for h in conn.halves:
-            h.update()
-
-    def _wake(self, conn: _Conn):
-        """A handler made again for an idle connection that speaks again."""
-        conn.rec.resumed += 1
-        try:
-            handler = self._factory(conn.rec)
-        except Exception as exc:  # noqa: BLE001
-            handler = NullHandler()
-            self._handler_failed(conn, exc, _last(conn))
-        self._set_handler(conn, handler)
-        return handler
-
-    @staticmethod
-    def _set_handler(conn: _Conn, handler) -> None:
-        conn.handler = handler
-        on_data = handler.on_data
-        for h in conn.halves:
-            h.on_data = on_data
+        if keep:
+            for h in conn.halves:
+                h.update()
+            return
+        # Nothing above worth keeping: only what lets the connection go on if it speaks again.
+        self._c["dormant"] += 1
+        self._close(conn, frame, "idle", remember=False)
+        dormant = self._dormant
+        for key, h in conn.keys:
+            dormant[key] = (conn.rec.index, h.direction, h.nraw, conn.rec.client_known_by)
+        while len(dormant) > 2 * self.dormant_memory:
+            del dormant[next(iter(dormant))]
+            self._c["dormant_forgotten"] += 1
 
     def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
         """A connection opened on an empty segment: its first payload may tell the roles."""
@@ -717,7 +715,8 @@ class TcpReassembler:
             delivered = h.pos - h.skipped
             rec.bytes[h.direction] = delivered
             self._closed_bytes += delivered
-        self._c["closed"] += 1
+        if why != "idle":
+            self._c["closed"] += 1
         try:
             conn.handler.on_close(frame)
         except Exception as exc:  # noqa: BLE001

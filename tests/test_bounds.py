@@ -135,11 +135,12 @@ def test_each_connection_table_stops_at_its_bound():
     assert forgotten["tcp_other_connections"] == tcp_stats["evicted_other"]
 
 
-def test_an_idle_connection_gives_back_its_stubs_and_stays():
+def test_an_idle_connection_gives_back_its_stubs_and_is_set_aside():
     """Requests whose last fragment never comes (the soak's hostile kind 2), then 80 s of
     capture time in which other connections open (idleness is noticed at the sweeps, made
     as connections open: within twice the 30 s): the held stubs are given back, each call
-    given up with its record, and the connections are still there."""
+    given up with its record; holding no session state, the connections are set aside
+    (their numbers and sequence numbers only)."""
     import random
 
     from wmiscope.dissectors.pipeline import Analysis
@@ -159,15 +160,15 @@ def test_an_idle_connection_gives_back_its_stubs_and_stays():
             n += 1
             yield n, 1040.0 + i * 0.1, 1, soak._tcp_frame(_host(i, 11), 40000, bytes((192, 0, 2, 1)), 445, 1, b"", 2)
         held.append(analysis._rpc_held[0])
-        held.append(len(analysis._reassembler._live))
+        held.append((len(analysis._reassembler._live), len(analysis._reassembler._dormant)))
 
     records = list(analysis.run(frames()))
-    assert held == [20 * 12 * 1024, 0, 20]
+    assert held == [20 * 12 * 1024, 0, (0, 40)]
     calls = [r for r in records if type(r) is Call]
     assert len(calls) == 20
     assert all([e.kind for e in c.errors][:2] == ["dcerpc.idle_released", "dcerpc.last_fragment_missing"]
                for c in calls)
-    assert analysis.stats.tcp["idle_released"] == 20
+    assert analysis.stats.tcp["idle_released"] == analysis.stats.tcp["dormant"] == 20
 
 
 def test_a_sealed_session_that_idles_an_hour_still_decrypts():

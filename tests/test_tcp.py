@@ -523,20 +523,34 @@ def test_an_idle_promoted_connection_gives_back_its_buffers_and_keeps_its_state(
     assert h.events[-1] == ("data", 0, 999, b"more")
 
 
-def test_an_idle_handler_that_keeps_nothing_is_closed_and_made_again():
+def test_an_idle_connection_whose_handler_keeps_nothing_is_set_aside_and_goes_on_under_its_number():
     Promoting.keep = False
     try:
-        first = [seg(0, 0, b"R")]
+        first = [seg(0, 0, b"R"), seg(1, 0, b"r")]
         others = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(200)]
         r, recs, _ = promoting(numbered(*first, *others), max_other_connections=64)
     finally:
         Promoting.keep = True
     h = recs[0]
-    assert h.closed is not None and h.conn.closed_by is None and len(r._live) == 1
+    assert h.closed is not None and h.conn.closed_by == "idle" and r._live == {}
+    assert r.stats["dormant"] == 1 and len(r._dormant) == 2
+    # a keep-alive (the octet before the next) is still one; then the stream goes on
+    r.feed(998, 998.0, seg(0, 0, b"k"))
     r.feed(999, 999.0, seg(0, 1, b"again"))
     again = recs[-1]
-    assert again is not h and again.conn is h.conn and h.conn.resumed == 1
-    assert again.events == [("data", 0, 999, b"again")]     # the same connection, in order
+    assert again is not h and again.conn.index == h.conn.index and again.conn.resumed == 1
+    assert again.conn.client == h.conn.client
+    assert again.events == [("data", 0, 999, b"again")]
+    assert r.stats["keepalives"] == 1 and r.stats["resumed"] == 1 and r._dormant == {}
+    # a SYN on that 5-tuple is another connection
+    Promoting.keep = False
+    try:
+        r2, recs2, _ = promoting(numbered(*first, *others), max_other_connections=64)
+    finally:
+        Promoting.keep = True
+    assert len(r2._dormant) == 2
+    r2.feed(999, 999.0, seg(0, 500, flags=SYN))
+    assert recs2[-1].conn.index == 201 and recs2[-1].conn.resumed == 0 and r2._dormant == {}
 
 
 def test_a_failing_handler_is_reported_and_the_run_goes_on():
@@ -602,3 +616,15 @@ def test_dropped_segments_become_gaps_of_the_right_size(data, draw):
     last_kept = max(i for i, k in enumerate(keep) if k)
     holes = sum(1 for i in range(1, last_kept) if not keep[i] and keep[i - 1])
     assert len([e for e in h.events if e[0] == "gap"]) == holes
+
+
+def test_connections_set_aside_stop_at_their_bound():
+    Promoting.keep = False
+    try:
+        idle = [seg(0, 0, b"R", client=("10.0.0.1", 40000 + i)) for i in range(20)]
+        others = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(200)]
+        r, recs, _ = promoting(numbered(*idle, *others), max_other_connections=64, dormant_memory=4)
+    finally:
+        Promoting.keep = True
+    assert r.stats["dormant"] == 20 and len(r._dormant) == 2 * 4
+    assert r.stats["dormant_forgotten"] == 2 * 16
