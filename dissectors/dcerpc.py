@@ -485,6 +485,33 @@ class DceRpcConnection:
             self._finish(self._calls.pop(cid), None)
         self.closed = True
 
+    def on_idle(self, frame: int) -> bool:
+        """The connection has been idle for the TCP stage's idle timeout: a PDU or a
+        fragmented stub still incomplete is given up (the PDU's octets dropped, then
+        hunting; the call emitted as incomplete). The bind and security contexts, their
+        keys, and the calls that await their response stay: True when there are any."""
+        if self.closed:
+            return False
+        for d in self._dirs:
+            if d.buf and not d.hunting:
+                self._error(f"connection idle inside a PDU: its {len(d.buf)} octets dropped; hunting for the "
+                            f"next header", frame, "common header", d.base, kind="dcerpc.idle_released")
+                self.stats["bytes_skipped"] += len(d.buf)
+                d.base += len(d.buf)
+                d.buf = bytearray()
+                d.segs = []
+                d.hunting = True
+                d.hunt_start = d.base
+        for cid in [cid for cid, st in self._calls.items()
+                    if (st.req is not None and not st.req.done) or (st.resp is not None and not st.resp.done)]:
+            st = self._calls.pop(cid)
+            st.call.errors.append(ErrorRecord(
+                "dcerpc", f"connection idle before call_id {cid}'s last fragment: the call is given up",
+                frame, self.index, "call", kind="dcerpc.idle_released"))
+            self._finish(st, None)
+        return bool(self.contexts or self._pending_binds or self._calls or len(self.auth)
+                    or self.assoc_group is not None)
+
     # ---- cutting
 
     def _cut(self, d: _Direction, direction: int, src) -> int:

@@ -58,7 +58,7 @@ async call that passes the stub finds it.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 
 from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
@@ -325,11 +325,15 @@ class _Object:
         self.new_style = False                  # sink: WBEM_S_NEW_STYLE seen (3.1.4.2.1)
 
 
-def _lru_put(d: OrderedDict, key, value, cap: int) -> None:
+def _lru_put(d: OrderedDict, key, value, caps: dict, table: str) -> None:
+    """d[key] = value, the least recently used entries past caps[table] forgotten and
+    counted (caps["forgotten"][table]): correlation lost is never silent."""
     d[key] = value
     d.move_to_end(key)
+    cap = caps[table]
     while len(d) > cap:
         d.popitem(last=False)
+        caps["forgotten"][table] += 1
 
 
 class _PairState:
@@ -353,7 +357,7 @@ class _PairState:
         return o
 
     def put(self, ipid: str, obj: _Object) -> _Object:
-        _lru_put(self.objects, ipid, obj, self.caps["objects"])
+        _lru_put(self.objects, ipid, obj, self.caps, "objects")
         return obj
 
     def link(self, ipid: str, op: Operation) -> _Object:
@@ -395,7 +399,8 @@ class Operations:
                  max_caches: int = 1024, max_refreshers: int = 64, max_templates: int = 4096):
         self._pairs: OrderedDict[tuple, _PairState] = OrderedDict()
         self._caps = {"pairs": max_pairs, "objects": max_objects, "pending": max_pending,
-                      "caches": max_caches, "refreshers": max_refreshers, "templates": max_templates}
+                      "caches": max_caches, "refreshers": max_refreshers, "templates": max_templates,
+                      "template_paths": max_templates, "forgotten": Counter()}
         self._next = 0
         self._handlers = {
             "IWbemServices": self._services,
@@ -418,6 +423,12 @@ class Operations:
         """Operations created so far."""
         return self._next
 
+    @property
+    def forgotten(self) -> Counter:
+        """Entries given up to stay within the bounds, by table (pairs, objects, caches,
+        refreshers, templates): calls on them are no longer tied to their operation."""
+        return self._caps["forgotten"]
+
     # -- the WmiState protocol ----------------------------------------------------------
 
     def class_cache(self, call: Call) -> ClassCache:
@@ -429,7 +440,7 @@ class Operations:
         c = st.caches.get(ipid)
         if c is None:
             c = ClassCache()
-            _lru_put(st.caches, ipid, c, self._caps["caches"])
+            _lru_put(st.caches, ipid, c, self._caps, "caches")
         else:
             st.caches.move_to_end(ipid)
         return c
@@ -472,7 +483,7 @@ class Operations:
         st = self._pairs.get(key)
         if st is None:
             st = _PairState(self._caps)
-            _lru_put(self._pairs, key, st, self._caps["pairs"])
+            _lru_put(self._pairs, key, st, self._caps, "pairs")
         else:
             self._pairs.move_to_end(key)
         return st
@@ -658,7 +669,7 @@ class Operations:
         op = st.refreshers.get(key)
         if op is None:
             op = self._new_op(call, "Refresher", namespace)
-            _lru_put(st.refreshers, key, op, self._caps["refreshers"])
+            _lru_put(st.refreshers, key, op, self._caps, "refreshers")
         else:
             st.refreshers.move_to_end(key)
         method = call.method
@@ -677,16 +688,15 @@ class Operations:
         template = _wmi_object(info.get("object"))
         if cancel_id is None or template is None:
             return
-        cap = self._caps["templates"]
         if op.templates is None:
             op.templates, op.paths = OrderedDict(), OrderedDict()
-        _lru_put(op.templates, cancel_id, template, cap)
+        _lru_put(op.templates, cancel_id, template, self._caps, "templates")
         path = _value(call, "request", "wszPath") or _value(call, "request", "wszClass")
         if path is None:                        # AddObjectToRefresherByTemplate: the template's own path
             given = _param(call, "request", "pTemplate")
             path = getattr(given.get("object"), "path", None) if given else None
         if isinstance(path, str):
-            _lru_put(op.paths, path.lower(), template, cap)
+            _lru_put(op.paths, path.lower(), template, self._caps, "template_paths")
 
     def _reconnect(self, call: Call, op: Operation) -> None:
         """ReconnectRemoteRefresher (3.1.4.12.6) gives the objects it restores new ids
@@ -702,7 +712,7 @@ class Operations:
             new_id = _int(_find(res, "m_lId"))
             template = op.paths.get(path.lower()) if isinstance(path, str) else None
             if template is not None and new_id is not None:
-                _lru_put(op.templates, new_id, template, self._caps["templates"])
+                _lru_put(op.templates, new_id, template, self._caps, "templates")
 
 
 def _mode(call: Call) -> str | None:

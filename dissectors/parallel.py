@@ -47,6 +47,7 @@ import zlib
 from operator import itemgetter
 
 from .pipeline import Analysis, Stats, _Detector
+from .tcp import NullHandler
 
 TEXT, OP = 0, 1
 # An operation's stand-in id: ASCII, so that the text around it stays ASCII too (a single
@@ -54,6 +55,7 @@ TEXT, OP = 0, 1
 # a character); the run's random nonce keeps a capture from forging one.
 _OP_TOKEN = "op-~{nonce}.{shard}.{n}~"
 PAIRS_MAX = 1 << 16
+_NULL = NullHandler()
 
 
 def shard_of(a: str, b: str, shards: int) -> int:
@@ -61,24 +63,6 @@ def shard_of(a: str, b: str, shards: int) -> int:
     if a > b:
         a, b = b, a
     return zlib.crc32(f"{a}|{b}".encode()) % shards
-
-
-class _Tally:
-    """The handler of another shard's connection: counts the octets that shard is handed."""
-
-    __slots__ = ("load", "shard")
-
-    def __init__(self, load: list, shard: int):
-        self.load, self.shard = load, shard
-
-    def on_data(self, direction, data, frame, ts):
-        self.load[self.shard] += len(data)
-
-    def on_gap(self, direction, missing, frame):
-        pass
-
-    def on_close(self, frame):
-        pass
 
 
 class _ShardDetector(_Detector):
@@ -105,6 +89,33 @@ class _ShardDetector(_Detector):
             analysis.where = self.conn.index
         analysis.own.discard(self.conn.index)
         super().on_close(frame)
+
+
+class _ForeignDetector(_Detector):
+    """Another shard's connection, only recognised (DCE/RPC or not) as that shard does:
+    every shard's TCP stage then keeps, promotes and evicts the same connections and
+    numbers them alike. Nothing counted or reported but the octets that shard is handed,
+    so that every shard balances new host pairs alike."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, conn, analysis: "ShardAnalysis", target: int):
+        super().__init__(conn, analysis)
+        self.target = target
+
+    def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
+        self.analysis.load[self.target] += len(data)
+        _Detector.on_data(self, direction, data, frame, ts)
+
+    def _count(self, name: str) -> None:
+        pass
+
+    def _attach(self, chunks: list, gaps: list) -> None:
+        self.handler = _NULL
+
+    def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
+        if self.handler is None and self.chunks is not None:
+            self.from_start = False
 
 
 class ShardAnalysis(Analysis):
@@ -162,7 +173,7 @@ class ShardAnalysis(Analysis):
     def stream_handler(self, conn):
         k = self.shard_of_pair(conn.client[0], conn.server[0])
         if k != self.shard:
-            return _Tally(self.load, k)
+            return _ForeignDetector(conn, self, k)
         self.own.add(conn.index)
         return _ShardDetector(conn, self)
 
@@ -283,6 +294,8 @@ def merge_stats(parts: list[Stats]) -> Stats:
             setattr(total, name, getattr(total, name) + getattr(s, name))
         for name in ("pdus_by_type", "pdus_by_outcome", "calls_by_outcome", "errors_by_stage", "anomalies"):
             getattr(total, name).update(getattr(s, name))
+        # the shards' own tables; the TCP ones (every shard's alike) are shard 0's
+        total.forgotten.update({k: n for k, n in s.forgotten.items() if not k.startswith("tcp_") or s is first})
     return total
 
 

@@ -71,6 +71,8 @@ class Stats:
     suppressed: int = 0             # records of a flood counted here but not shown
     tcp: dict = field(default_factory=dict)
     ip_fragments: dict | None = None    # dissectors/ipfrag.py counters, when the capture held fragments
+    # Entries the bounded tables gave up (see the README's bounds), by table; shown when any.
+    forgotten: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         d = {
@@ -98,6 +100,9 @@ class Stats:
         }
         if self.ip_fragments:
             d["ip_fragments"] = self.ip_fragments
+        forgotten = {k: n for k, n in sorted(self.forgotten.items()) if n}
+        if forgotten:
+            d["forgotten"] = forgotten
         return d
 
 
@@ -150,7 +155,13 @@ class _Detector:
         self.gaps: list = []        # gap records held until the connection is known to be DCE/RPC
         # True while the bytes seen are known to start at the connection's first byte.
         self.from_start = conn.client_known_by == "syn"
-        analysis.stats.tcp_flows += 1
+        self._count("tcp_flows")
+
+    def _count(self, name: str) -> None:
+        if self.conn.resumed:       # made again after the connection idled: counted once
+            return
+        stats = self.analysis.stats
+        setattr(stats, name, getattr(stats, name) + 1)
 
     def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
         if self.handler is not None:
@@ -188,7 +199,7 @@ class _Detector:
         self.analysis._undecided -= self.size
         self.chunks = None
         self.gaps = []
-        self.analysis.stats.other_flows += 1
+        self._count("other_flows")
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         analysis = self.analysis
@@ -212,19 +223,33 @@ class _Detector:
     def on_close(self, frame: int) -> None:
         if self.handler is not None:
             self.handler.on_close(frame)
+            if self.conn.tunnel is not None:
+                self.analysis._tunnels.pop(self.conn.index, None)
         elif self.chunks is not None:
             self._not_rpc()
+
+    def on_idle(self, frame: int) -> bool:
+        """The connection has been idle long: what the DCE/RPC layer buffers is given back.
+        True while it holds session state (contexts, keys, calls awaiting their response)."""
+        on_idle = getattr(self.handler, "on_idle", None)
+        return on_idle(frame) if on_idle is not None else False
 
     def _become_rpc(self) -> None:
         analysis = self.analysis
         analysis._undecided -= self.size
-        analysis.stats.rpc_flows += 1
+        analysis.promote(self.conn.index)
+        self._count("rpc_flows")
+        chunks, self.chunks = self.chunks, None
+        gaps, self.gaps = self.gaps, []
+        self._attach(chunks, gaps)
+
+    def _attach(self, chunks: list, gaps: list) -> None:
+        """The DCE/RPC stage takes over, with what was held while undecided."""
+        analysis = self.analysis
         if self.conn.tunnel is not None:      # its calls will name the tunnel (sensor, VNI ...)
             analysis._tunnels[self.conn.index] = self.conn.tunnel
         self.handler = DceRpcConnection(self.conn, analysis.emit, auth=analysis.auth_contexts(self.conn),
                                         held=analysis._rpc_held)
-        chunks, self.chunks = self.chunks, None
-        gaps, self.gaps = self.gaps, []
         for rec in gaps:
             analysis.emit(rec)
         for direction, data, frame, ts in chunks:
@@ -268,7 +293,8 @@ class Analysis:
         self._undecided = 0             # octets held by connections not yet known to be DCE/RPC or not
         self._rpc_held = [0]            # stub octets held by open calls, over all connections
         self._origin = None                             # CaptureSet.origin when several files
-        self._tunnels: dict[int, tuple] = {}            # connection index -> tunnel layers
+        self._tunnels: dict[int, tuple] = {}            # live connection index -> tunnel layers
+        self._reassembler: TcpReassembler | None = None
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""
@@ -338,6 +364,11 @@ class Analysis:
         """The handler of a new TCP connection: DCE/RPC detection, then the pipeline."""
         return _Detector(conn, self)
 
+    def promote(self, index: int) -> None:
+        """Connection `index` carries DCE/RPC: the TCP stage keeps it among those that matter."""
+        if self._reassembler is not None:
+            self._reassembler.promote(index)
+
     def tcp_error(self, rec: ErrorRecord) -> None:
         """An error record of the TCP reassembler (about one connection, or none)."""
         self.emit(rec)
@@ -356,7 +387,7 @@ class Analysis:
         a `CaptureSet`, or any iterable of RawFrames (live_capture)."""
         stats = self.stats
         out = self._out
-        reassembler = TcpReassembler(self.stream_handler, errors=self.tcp_error)
+        reassembler = self._reassembler = TcpReassembler(self.stream_handler, errors=self.tcp_error)
         feed = reassembler.feed
         if isinstance(source, (str, bytes, os.PathLike)):
             source = open_sources([source])
@@ -381,6 +412,7 @@ class Analysis:
         stats.tcp = dict(reassembler.stats)
         if decap.frag.stats["fragments"]:
             stats.ip_fragments = dict(decap.frag.stats)
+        self._count_forgotten(stats.forgotten)
         self._flush_floods()
         self.capture_errors(getattr(source, "errors", ()))
         # PDUs whose call never completed (the DCE/RPC layer flushes open calls
@@ -388,6 +420,16 @@ class Analysis:
         stats.pdus_by_outcome["malformed"] += sum(self._call_pdus.values())
         self._call_pdus.clear()
         yield from _drain(out)
+
+    def _count_forgotten(self, forgotten: Counter) -> None:
+        """What the bounded tables gave up over the run, by table."""
+        tcp = self.stats.tcp
+        forgotten["tcp_connections"] += tcp.get("evicted", 0)
+        forgotten["tcp_other_connections"] += tcp.get("evicted_other", 0)
+        forgotten["tcp_set_aside"] += tcp.get("dormant_forgotten", 0)
+        forgotten["ipids_oxids"] += self.registry.forgotten
+        for table, n in self.operations.forgotten.items():
+            forgotten[f"operations_{table}"] += n
 
     def _place(self, rec) -> None:
         """Names the file (capture sets) and the tunnel (sensors) a record came from."""

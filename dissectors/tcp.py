@@ -37,11 +37,30 @@ through a segment without payload is decided again on its first payload, before 
 byte has been delivered.
 
 Memory: per direction at most ``max_pending_bytes`` (and 4096 segments) of
-buffered data, ``max_total_pending_bytes`` over all connections, at most
-``max_connections`` live connections (beyond that the least recently active
-eighth is closed and reported), and of a closed connection only its 5-tuple. To
-judge a retransmission's bytes, only the last payload delivered per direction is
-kept: an older conflicting retransmission is dropped without comparison.
+buffered data, ``max_total_pending_bytes`` over all connections, and of a closed
+connection only its 5-tuple. To judge a retransmission's bytes, only the tail of
+the last payload delivered per direction is kept: an older conflicting
+retransmission is dropped without comparison.
+
+Live connections are kept in two tables, so that traffic which is not ours can
+never push out state that is. A connection starts among the *others*
+(``max_other_connections``): half-open handshakes, scans, noise, other protocols,
+and connections not yet recognised. The layer above calls `promote` once a
+connection has shown DCE/RPC; it then counts against ``max_connections``. Past
+either bound the least recently active eighth of that table is closed: DCE/RPC
+connections each with a record (``tcp.connection_evicted``), the others with one
+record per batch (``tcp.other_connections_evicted``). A DCE/RPC connection idle
+for ``idle_timeout`` seconds of capture time gives back what it buffers (segments
+after a hole, the retransmission tails; its handler's ``on_idle``, if it has one,
+releases the layer above's buffers) but stays, with its sequence numbers and the
+session state above (bind and security contexts, keys), so a sealed session that
+resumes after hours still decrypts. A connection whose handler keeps no such
+state is closed, and only its number and next sequence numbers are remembered
+(``dormant_memory`` connections): when it speaks again it goes on under the same
+number, a keep-alive is still known as one, and the layer above starts afresh.
+Idleness is checked when connections open, at most every quarter of the timeout
+and every 64 openings, so nothing is paid per segment; a connection is found idle
+between one and two timeouts after its last segment.
 
 Hot path: a segment of a known connection arriving exactly at the expected
 sequence number with no buffered data costs one dict lookup, a few attribute
@@ -90,11 +109,12 @@ class TcpConnection:
     first_frame: int
     client_known_by: str                    # "syn" | "heuristic"
     last_frame: int = 0
-    closed_by: str | None = None            # "fin" | "rst" | "reused" | "evicted" | "finish"
+    closed_by: str | None = None            # "fin" | "rst" | "reused" | "evicted" | "idle" | "finish"
     bytes: list[int] = field(default_factory=lambda: [0, 0])       # delivered, per direction
     gaps: list[int] = field(default_factory=lambda: [0, 0])        # holes, per direction
     gap_bytes: list[int] = field(default_factory=lambda: [0, 0])   # known missing bytes, per direction
     tunnel: tuple | None = None             # the tunnels its first segment came through (TcpSegment.tunnel)
+    resumed: int = 0                        # times its handler was made again after it idled (see on_idle)
 
 
 class StreamHandler(Protocol):
@@ -106,6 +126,12 @@ class StreamHandler(Protocol):
 
     def on_close(self, frame: int) -> None:
         """The connection is over; nothing more is delivered."""
+
+    # Optional: on_idle(frame) -> bool, told when the connection has been idle for the
+    # reassembler's idle_timeout; it gives back its buffers and says whether it holds
+    # state worth keeping. When not, the connection is closed (on_close) and set aside:
+    # if it speaks again, a new handler gets it under the same number (conn.resumed).
+    # A handler without on_idle is kept as it is.
 
 
 class NullHandler:
@@ -143,7 +169,8 @@ class _Half:
         self.nraw: int | None = None    # raw sequence number expected next
         self.pos = 0                    # position expected next
         self.skipped = 0                # positions not delivered: SYN, FIN, gaps
-        self.pending: list = []         # sorted, non-overlapping (start, payload, frame, ts)
+        # sorted, non-overlapping (start, payload, frame, ts); a list once something is buffered
+        self.pending: list | tuple = ()
         self.pending_bytes = 0
         self.acked: int | None = None   # latest acknowledgement number the peer sent for us
         self.fin: int | None = None     # position of our FIN, once seen
@@ -158,13 +185,15 @@ class _Half:
 
 
 class _Conn:
-    __slots__ = ("rec", "handler", "halves", "keys", "tentative")
+    __slots__ = ("rec", "handler", "halves", "keys", "tentative", "rpc", "trimmed")
 
     def __init__(self, rec: TcpConnection, handler):
         self.rec = rec
         self.handler = handler
         self.keys: tuple = ()               # ((directional 4-tuple, the half it sends), ...)
         self.tentative = False
+        self.rpc = False                    # promoted: in TcpReassembler._live, not _other
+        self.trimmed = -1                   # the last activity (frame) its buffers were released at
         self.halves: tuple[_Half, _Half] = ()  # type: ignore[assignment]
 
 
@@ -175,7 +204,11 @@ class TcpReassembler:
     front of them is declared a gap (at most 4096 buffered segments likewise);
     max_total_pending_bytes: the same bound over all connections. max_connections: live connections kept; beyond
     it the least recently active eighth is flushed, closed and reported (stage "tcp").
+    max_other_connections: the same for connections never promoted (`promote`).
+    idle_timeout: seconds of capture time after which an idle promoted connection
+    gives back its buffers (see the module's docstring).
     closed_memory: how many closed connections' 5-tuples are remembered.
+    dormant_memory: how many idle connections set aside are remembered (see on_idle).
     errors: receives ErrorRecords (stage "tcp"); without it they are kept in
     ``error_records`` (the first 1000). A handler that raises is reported there too,
     and the stream goes on.
@@ -186,24 +219,36 @@ class TcpReassembler:
                  errors: Callable[[ErrorRecord], None] | None = None,
                  max_connections: int = 10000,
                  closed_memory: int = 8192,
-                 max_total_pending_bytes: int = 64 << 20):
+                 max_total_pending_bytes: int = 64 << 20,
+                 max_other_connections: int = 1024,
+                 idle_timeout: float = 30.0,
+                 dormant_memory: int = 8192):
         self._factory = handler_factory
         self.max_pending_bytes = max_pending_bytes
         self.max_total_pending_bytes = max_total_pending_bytes
         self._pending_total = 0
         self.max_pending_segments = 4096
         self.max_connections = max_connections
+        self.max_other_connections = max_other_connections
+        self.idle_timeout = idle_timeout
         self.closed_memory = closed_memory
+        self.dormant_memory = dormant_memory
         self._errors = errors
         self.error_records: list[ErrorRecord] = []
         self._flows: dict[tuple, _Half] = {}        # (src, sport, dst, dport) -> the half it sends
-        self._live: dict[int, _Conn] = {}           # index -> connection, in creation order
+        self._live: dict[int, _Conn] = {}           # promoted (DCE/RPC) connections: index -> connection
+        self._other: dict[int, _Conn] = {}          # the rest, in creation order
+        self._sweep_at = (float("-inf"), 0)         # (capture time, flows opened) of the next idle sweep
+        self._marks: list = []                      # (frame, ts) of the sweeps: frames as of some time ago
         self._closed: dict[tuple, tuple[int, int | None]] = {}  # directional key -> (index, first seq)
+        # idle connections set aside: directional key -> (index, direction, next raw seq, client_known_by)
+        self._dormant: dict[tuple, tuple] = {}
         self._next_index = 0
         self._frames = 0
         self._payload_segments = 0
         self._c = dict.fromkeys((
-            "flows", "closed", "evicted", "reused", "retransmissions", "keepalives",
+            "flows", "closed", "evicted", "evicted_other", "idle_released", "dormant", "resumed",
+            "dormant_forgotten", "reused", "retransmissions", "keepalives",
             "out_of_order", "overlaps", "overlap_conflicts", "gaps", "gap_bytes", "late_segments",
             "pending_overflows", "handler_errors", "errors"), 0)
         self._closed_bytes = 0
@@ -213,18 +258,23 @@ class TcpReassembler:
     @property
     def stats(self) -> dict:
         """Counters: frames (segments fed), tcp_segments (those with payload), flows
-        (connections opened), live, closed, evicted, reused (5-tuples reused), bytes
+        (connections opened), live, closed, evicted (promoted connections past
+        max_connections), evicted_other (others past max_other_connections),
+        idle_released (idle promoted connections whose buffers were given back), dormant (of
+        those, set aside), resumed (set aside, then spoke again), dormant_forgotten (directions of
+        connections set aside, forgotten past dormant_memory), reused (5-tuples reused), bytes
         (delivered), retransmissions, keepalives, out_of_order, overlaps (partly old
         segments), overlap_conflicts, gaps, gap_bytes, late_segments (after close),
         pending_overflows, handler_errors, errors."""
         out = {"frames": self._frames, "tcp_segments": self._payload_segments}
         out.update(self._c)
         live_bytes = 0
-        for conn in self._live.values():
-            for h in conn.halves:
-                live_bytes += h.pos - h.skipped
+        for table in (self._live, self._other):
+            for conn in table.values():
+                for h in conn.halves:
+                    live_bytes += h.pos - h.skipped
         out["bytes"] = self._closed_bytes + live_bytes
-        out["live"] = len(self._live)
+        out["live"] = len(self._live) + len(self._other)
         return out
 
     def feed(self, frame: int, ts: float, seg: TcpSegment) -> None:
@@ -257,7 +307,7 @@ class TcpReassembler:
     def finish(self) -> None:
         """Flushes every live connection (pending data after a hole: on_gap then
         on_data) and closes it. Safe to call twice."""
-        for conn in list(self._live.values()):
+        for conn in sorted((*self._live.values(), *self._other.values()), key=_index):
             last = max(conn.halves[0].last_frame, conn.halves[1].last_frame, conn.rec.first_frame)
             self._close(conn, last, "finish", remember=True)
 
@@ -274,12 +324,12 @@ class TcpReassembler:
                     self._c["late_segments"] += 1
                     return
                 self._c["reused"] += 1
-            h = self._open(frame, seg)
+            h = self._open(frame, ts, seg)
         elif flags & (SYN | ACK) == SYN and h.base is not None and seq != h.base:
             # A SYN with another initial sequence number: the 5-tuple is reused.
             self._c["reused"] += 1
             self._close(h.conn, frame, "reused", remember=False)
-            h = self._open(frame, seg)
+            h = self._open(frame, ts, seg)
         conn = h.conn
         h.last_frame = frame
         if payload:
@@ -376,6 +426,8 @@ class TcpReassembler:
     def _buffer(self, h: _Half, start: int, payload: bytes, frame: int, ts: float) -> None:
         """Keeps the parts of [start, start+len) not yet buffered (first-seen bytes win)."""
         pend = h.pending
+        if not pend:
+            pend = h.pending = []
         end = start + len(payload)
         i = bisect_right(pend, start, key=_start) - 1
         if i < 0 or pend[i][0] + len(pend[i][1]) <= start:
@@ -515,11 +567,21 @@ class TcpReassembler:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _open(self, frame: int, seg: TcpSegment) -> _Half:
+    def _open(self, frame: int, ts: float, seg: TcpSegment) -> _Half:
         src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
         fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
         tentative = False
-        if flags & SYN:
+        back = there = None
+        if self._dormant:
+            back, there = self._dormant.pop(fwd, None), self._dormant.pop(rev, None)
+            if flags & SYN:                 # a new connection on the 5-tuple, not the one set aside
+                back = there = None
+            elif back is None and there is not None:
+                back, there = (there[0], 1 - there[1], None, there[3]), there
+        if back is not None:
+            sender_is_client = back[1] == 0
+            known_by = back[3]
+        elif flags & SYN:
             sender_is_client = not flags & ACK
             known_by = "syn"
         else:
@@ -530,9 +592,13 @@ class TcpReassembler:
             client, server = (src, sport), (dst, dport)
         else:
             client, server = (dst, dport), (src, sport)
-        rec = TcpConnection(self._next_index, client, server, frame, known_by, tunnel=seg.tunnel)
-        self._next_index += 1
-        self._c["flows"] += 1
+        if back is None:
+            rec = TcpConnection(self._next_index, client, server, frame, known_by, tunnel=seg.tunnel)
+            self._next_index += 1
+            self._c["flows"] += 1
+        else:                               # set aside when idle: it goes on under its number
+            rec = TcpConnection(back[0], client, server, frame, known_by, tunnel=seg.tunnel, resumed=1)
+            self._c["resumed"] += 1
         try:
             handler = self._factory(rec)
         except Exception as exc:  # noqa: BLE001
@@ -556,11 +622,72 @@ class TcpReassembler:
             self._flows[rev] = received
         self._closed.pop(fwd, None)
         self._closed.pop(rev, None)
+        if back is not None:                # positions start again where the stream was
+            for h, b in ((sent, back), (sent.peer, there)):
+                if b is not None and b[2] is not None:
+                    h.base = h.nraw = b[2]
         sent.last_frame = frame
-        if len(self._live) >= self.max_connections:
-            self._evict(frame)
-        self._live[rec.index] = conn
+        if ts >= self._sweep_at[0] and self._c["flows"] >= self._sweep_at[1]:
+            self._sweep(frame, ts)
+        if len(self._other) >= self.max_other_connections:
+            self._evict_other(frame)
+        self._other[rec.index] = conn
         return sent
+
+    def promote(self, index: int) -> None:
+        """The layer above found connection `index` to carry DCE/RPC: from now on it is
+        kept apart from the others, among the ``max_connections`` that matter."""
+        conn = self._other.pop(index, None)
+        if conn is None:
+            return
+        conn.rpc = True
+        if len(self._live) >= self.max_connections:
+            self._evict(max(conn.halves[0].last_frame, conn.halves[1].last_frame))
+        self._live[index] = conn
+
+    def _sweep(self, frame: int, ts: float) -> None:
+        """Gives back the buffers of the promoted connections idle for idle_timeout."""
+        self._sweep_at = (ts + self.idle_timeout / 4, self._c["flows"] + 64)
+        marks = self._marks
+        marks.append((frame, ts))
+        # The frame seen last idle_timeout ago: connections quiet since are idle.
+        old = [i for i, (_, t) in enumerate(marks) if t <= ts - self.idle_timeout]
+        if not old:
+            return
+        del marks[:old[-1]]
+        since = marks[0][0]
+        for conn in [c for c in self._live.values() if _last(c) < since and c.trimmed != _last(c)]:
+            self._release(conn, frame)
+
+    def _release(self, conn: _Conn, frame: int) -> None:
+        """An idle connection keeps its sequence numbers and its handler's session
+        state, not its buffers: a hole still open is taken as lost."""
+        conn.trimmed = _last(conn)
+        self._c["idle_released"] += 1
+        for h in conn.halves:
+            self._flush(h, frame)
+            h.pending = ()
+            h.last = b""
+        on_idle = getattr(conn.handler, "on_idle", None)
+        keep = True
+        if on_idle is not None:
+            try:
+                keep = on_idle(frame)
+            except Exception as exc:  # noqa: BLE001
+                self._handler_failed(conn, exc, frame)
+        if keep:
+            for h in conn.halves:
+                h.update()
+            return
+        # Nothing above worth keeping: only what lets the connection go on if it speaks again.
+        self._c["dormant"] += 1
+        self._close(conn, frame, "idle", remember=False)
+        dormant = self._dormant
+        for key, h in conn.keys:
+            dormant[key] = (conn.rec.index, h.direction, h.nraw, conn.rec.client_known_by)
+        while len(dormant) > 2 * self.dormant_memory:
+            del dormant[next(iter(dormant))]
+            self._c["dormant_forgotten"] += 1
 
     def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
         """A connection opened on an empty segment: its first payload may tell the roles."""
@@ -577,7 +704,7 @@ class TcpReassembler:
         conn.halves = (b, a)
 
     def _close(self, conn: _Conn, frame: int, why: str, remember: bool) -> None:
-        if self._live.pop(conn.rec.index, None) is None:
+        if (self._live if conn.rpc else self._other).pop(conn.rec.index, None) is None:
             return
         for h in conn.halves:
             self._flush(h, frame)
@@ -588,7 +715,8 @@ class TcpReassembler:
             delivered = h.pos - h.skipped
             rec.bytes[h.direction] = delivered
             self._closed_bytes += delivered
-        self._c["closed"] += 1
+        if why != "idle":
+            self._c["closed"] += 1
         try:
             conn.handler.on_close(frame)
         except Exception as exc:  # noqa: BLE001
@@ -605,21 +733,29 @@ class TcpReassembler:
         for h in conn.halves:               # release the buffers at once
             self._pending_total -= h.pending_bytes
             h.pending_bytes = 0
-            h.pending = []
+            h.pending = ()
             h.last = b""
             h.on_data = None
 
     def _evict(self, frame: int) -> None:
-        """Room for one more connection: close the least recently active eighth."""
-        conns = sorted(self._live.values(),
-                       key=lambda c: max(c.halves[0].last_frame, c.halves[1].last_frame))
-        victims = conns[:max(1, len(conns) // 8)]
-        for conn in victims:
+        """Room for one more promoted connection: close the least recently active eighth."""
+        for conn in _least_recent(self._live):
             self._c["evicted"] += 1
-            self._error(f"more than {self.max_connections} live connections: connection "
-                        f"{conn.rec.index} evicted (idle since frame "
-                        f"{max(conn.halves[0].last_frame, conn.halves[1].last_frame)})",
+            self._error(f"more than {self.max_connections} live DCE/RPC connections: connection "
+                        f"{conn.rec.index} evicted (idle since frame {_last(conn)})",
                         frame, conn.rec.index, kind="tcp.connection_evicted")
+            self._close(conn, frame, "evicted", remember=False)
+
+    def _evict_other(self, frame: int) -> None:
+        """Room for one more connection not (yet) DCE/RPC: the least recently active
+        eighth is closed, and said in one record. Their later segments open new ones."""
+        victims = _least_recent(self._other)
+        self._c["evicted_other"] += len(victims)
+        self._error(f"more than {self.max_other_connections} live connections that showed no DCE/RPC: "
+                    f"the {len(victims)} least recently active closed (idle since frame {_last(victims[-1])} "
+                    f"or longer; {self._c['evicted_other']} in all)", frame, None,
+                    kind="tcp.other_connections_evicted")
+        for conn in victims:
             self._close(conn, frame, "evicted", remember=False)
 
     # -- errors -------------------------------------------------------------------------
@@ -640,6 +776,21 @@ class TcpReassembler:
 
 def _start(entry) -> int:
     return entry[0]
+
+
+def _index(conn: _Conn) -> int:
+    return conn.rec.index
+
+
+def _last(conn: _Conn) -> int:
+    """The frame a connection was last active at."""
+    return max(conn.halves[0].last_frame, conn.halves[1].last_frame)
+
+
+def _least_recent(table: dict) -> list:
+    """The least recently active eighth of a table of connections (at least one)."""
+    conns = sorted(table.values(), key=_last)
+    return conns[:max(1, len(conns) // 8)]
 
 
 def _describe(exc: Exception) -> str:

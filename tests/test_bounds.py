@@ -81,3 +81,123 @@ def test_a_short_soak_leaves_nothing_held():
     assert analysis._rpc_held == [0] and analysis._undecided == 0
     assert len(analysis.registry.ipids) <= analysis.registry.max_ipids
     assert all(r.kind in pipeline.BY_NAME for r in records if type(r) is ErrorRecord)
+
+
+# -- the connection tables (dissectors/tcp.py), through the whole pipeline, at their real bounds
+
+def _rpc_request(call_id: int) -> bytes:
+    """A whole request PDU (PFC_FIRST | PFC_LAST) with an 8-octet stub."""
+    return struct.pack("<BBBB4sHHIIHH", 5, 0, 0, 3, b"\x10\0\0\0", 32, 0, call_id, 8, 0, 3) + bytes(8)
+
+
+def _host(n: int, net: int = 10) -> bytes:
+    return bytes((net, (n >> 16) & 255, (n >> 8) & 255, n & 255))
+
+
+def test_each_connection_table_stops_at_its_bound():
+    """More DCE/RPC connections than 10,000, more others than 1,024, more closed ones than
+    8,192: each table holds at most its bound while the traffic flows, every DCE/RPC
+    eviction has its record, the others' one per batch, and stats count them."""
+    from wmiscope.dissectors.pipeline import Analysis
+
+    analysis = Analysis(objects=False)
+    seen = {}
+    server = bytes((192, 0, 2, 1))
+
+    def frames():
+        n = 0
+
+        def frame(data):
+            nonlocal n
+            n += 1
+            return n, 1_700_000_000 + n * 1e-6, 1, data
+
+        for i in range(10_500):             # DCE/RPC seen from its middle, never closed
+            yield frame(soak._tcp_frame(_host(i), 50000, server, 135, 1, _rpc_request(i)))
+        for i in range(1_500):              # half-open handshakes (a scan)
+            yield frame(soak._tcp_frame(_host(i, 11), 40000, server, 445, 1, b"", 0x02))
+        for i in range(9_000):              # short connections, closed by RST
+            yield frame(soak._tcp_frame(_host(i, 12), 40000, server, 80, 1, b"GET / HTTP/1.1\r\n\r\n"))
+            yield frame(soak._tcp_frame(server, 80, _host(i, 12), 40000, 1, b"", 0x04))
+        r = analysis._reassembler
+        seen.update(rpc=len(r._live), other=len(r._other), closed=len(r._closed), flows=len(r._flows))
+
+    records = [rec for rec in analysis.run(frames()) if type(rec) is ErrorRecord]
+    tcp_stats = analysis.stats.tcp
+    assert 8_750 <= seen["rpc"] <= 10_000 and seen["other"] <= 1_024 and seen["closed"] == 8_192
+    assert seen["flows"] == 2 * (seen["rpc"] + seen["other"])
+    assert tcp_stats["evicted"] >= 500 and tcp_stats["evicted_other"] >= 1_500 - 1_024
+    kinds = [rec.kind for rec in records]
+    assert kinds.count("tcp.connection_evicted") == tcp_stats["evicted"]
+    assert 0 < kinds.count("tcp.other_connections_evicted") < tcp_stats["evicted_other"] / 50
+    forgotten = analysis.stats.as_dict()["forgotten"]
+    assert forgotten["tcp_connections"] == tcp_stats["evicted"]
+    assert forgotten["tcp_other_connections"] == tcp_stats["evicted_other"]
+
+
+def test_an_idle_connection_gives_back_its_stubs_and_is_set_aside():
+    """Requests whose last fragment never comes (the soak's hostile kind 2), then 80 s of
+    capture time in which other connections open (idleness is noticed at the sweeps, made
+    as connections open: within twice the 30 s): the held stubs are given back, each call
+    given up with its record; holding no session state, the connections are set aside
+    (their numbers and sequence numbers only)."""
+    import random
+
+    from wmiscope.dissectors.pipeline import Analysis
+
+    analysis = Analysis(objects=False)
+    rnd = random.Random(5)
+    held = []
+
+    def frames():
+        n = 0
+        for k in range(20):
+            for data in soak._hostile(rnd, 5 * k + 2):
+                n += 1
+                yield n, 1000.0 + n * 1e-3, 1, data
+        held.append(analysis._rpc_held[0])
+        for i in range(800):                # from 40 s later, new connections open: the sweeps run then
+            n += 1
+            yield n, 1040.0 + i * 0.1, 1, soak._tcp_frame(_host(i, 11), 40000, bytes((192, 0, 2, 1)), 445, 1, b"", 2)
+        held.append(analysis._rpc_held[0])
+        held.append((len(analysis._reassembler._live), len(analysis._reassembler._dormant)))
+
+    records = list(analysis.run(frames()))
+    assert held == [20 * 12 * 1024, 0, (0, 40)]
+    calls = [r for r in records if type(r) is Call]
+    assert len(calls) == 20
+    assert all([e.kind for e in c.errors][:2] == ["dcerpc.idle_released", "dcerpc.last_fragment_missing"]
+               for c in calls)
+    assert analysis.stats.tcp["idle_released"] == analysis.stats.tcp["dormant"] == 20
+
+
+def test_a_sealed_session_that_idles_an_hour_still_decrypts():
+    """The NTLM-sealed sample with an hour of silence after its login, while a scan opens
+    200 connections: the idle connection gave back its buffers but kept its security
+    context and keys, so the calls after the pause decrypt as without it."""
+    from session_util import sample_credentials
+
+    from wmiscope.dissectors.capture import open_capture
+    from wmiscope.dissectors.pipeline import Analysis
+
+    path = ROOT / "pcaps" / "wmi-process-create-ntlm-sealed.pcap"
+    plain = [r for r in Analysis(credentials=sample_credentials()).run(path) if type(r) is Call]
+    pause_after = plain[0].resp_frames[1]
+
+    def paused():
+        n = 0
+        for frame, ts, linktype, data in open_capture(path):
+            n += 1
+            yield n, ts + (3600 if frame > pause_after else 0), linktype, data
+            if frame == pause_after:
+                for i in range(200):
+                    n += 1
+                    yield n, ts + 10 + i * 15, 1, soak._tcp_frame(_host(i, 11), 40000, bytes((192, 0, 2, 1)), 445,
+                                                                 1, b"", 2)
+
+    analysis = Analysis(credentials=sample_credentials())
+    calls = [r for r in analysis.run(paused()) if type(r) is Call]
+    assert analysis.stats.tcp["idle_released"] >= 1
+    assert [(c.method, c.req_decrypted, c.resp_decrypted) for c in calls] == \
+        [("NTLMLogin", True, True), ("GetObject", True, True), ("ExecMethod", True, True)]
+    assert [(c.req_stub, c.resp_stub, c.errors) for c in calls] == [(c.req_stub, c.resp_stub, c.errors) for c in plain]

@@ -705,3 +705,11 @@ def test_sample_spec_traces_group_like_the_spec(name, kinds):
         if g[0].operation["kind"] in ("ExecQuery", "CreateInstanceEnum"):
             assert [c.method for c in g][-3:] == ["RemQueryInterface", "GetSmartEnum", "Next"]
             assert g[0].operation["mode"] == "semisynchronous"
+
+
+def test_what_the_bounds_give_up_is_counted():
+    ops = Operations(max_objects=16, max_pairs=4)
+    for i in range(20):
+        ops.observe(Call(conn=1, call_id=i, client=(f"10.1.{i}.1", 1), server=("10.9.9.9", 2),
+                         interface="IWbemServices", method="GetObject", ipid=SVC))
+    assert len(ops._pairs) == 4 and ops.forgotten["pairs"] == 16

@@ -49,16 +49,17 @@ class Recorder:
         self.closed = frame
 
 
-def reassemble(source, **kw):
+def reassemble(source, recorder=Recorder, finish=True, **kw):
     """source: a capture path, or (frame, TcpSegment) pairs. Returns (reassembler, recorders)."""
     recorders = []
     errors = []
 
     def factory(conn):
-        recorders.append(Recorder(conn))
+        recorders.append(recorder(conn))
         return recorders[-1]
 
     r = TcpReassembler(factory, errors=errors.append, **kw)
+    recorder.reassembler = r
     r.errors_seen = errors
     if isinstance(source, list):
         for frame, seg in source:
@@ -68,7 +69,8 @@ def reassemble(source, **kw):
             seg = tcp_segment(linktype, data)
             if seg is not None:
                 r.feed(frame, ts, seg)
-    r.finish()
+    if finish:
+        r.finish()
     return r, recorders
 
 
@@ -459,14 +461,96 @@ def test_heuristic_roles_without_handshake():
     assert roles((0, 0, b""), (1, 0, b"\x05\x00\x00\x03" + bytes(20)))[0] == ("10.0.0.2", 51000)
 
 
-def test_eviction_of_idle_connections():
-    segs = [seg(0, 0, b"a", client=("10.0.0.1", 50000 + i)) for i in range(20)]
-    segs.append(seg(0, 1, b"b", client=("10.0.0.1", 50019)))
-    r, recs = reassemble(numbered(*segs), max_connections=8)
-    assert r.stats["evicted"] >= 12 and r.stats["live"] == 0
+def test_connections_never_promoted_are_evicted_apart_in_batches():
+    segs = [seg(0, 0, b"a", client=("10.0.0.1", 50000 + i)) for i in range(100)]
+    segs.append(seg(0, 1, b"b", client=("10.0.0.1", 50099)))
+    r, recs = reassemble(numbered(*segs), max_other_connections=16)
+    assert r.stats["evicted_other"] >= 84 and r.stats["evicted"] == 0 and r.stats["live"] == 0
     assert recs[0].conn.closed_by == "evicted" and recs[0].closed is not None
-    assert recs[19].conn.closed_by == "finish" and bytes(recs[19].data[0]) == b"ab"
-    assert any("evicted" in e.reason for e in r.errors_seen)
+    assert recs[99].conn.closed_by == "finish" and bytes(recs[99].data[0]) == b"ab"
+    # one record per batch, about no single connection
+    batches = [e for e in r.errors_seen if e.kind == "tcp.other_connections_evicted"]
+    assert batches and len(batches) < r.stats["evicted_other"] and all(e.conn is None for e in batches)
+
+
+class Promoting(Recorder):
+    """A layer above that recognises its protocol in every connection whose first octet is 'R'."""
+
+    reassembler = None
+    keep = True
+
+    def on_data(self, direction, data, frame, ts):
+        if not self.data[0] and not self.data[1] and data[:1] == b"R":
+            self.reassembler.promote(self.conn.index)
+        super().on_data(direction, data, frame, ts)
+
+    def on_idle(self, frame):
+        self.events.append(("idle", frame))
+        return self.keep
+
+
+def promoting(source, **kw):
+    r, recs = reassemble(source, recorder=Promoting, finish=False, **kw)
+    return r, recs, r.errors_seen
+
+
+def test_noise_never_evicts_promoted_connections_and_those_have_their_own_bound():
+    rpc = [seg(0, 0, b"R", client=("10.0.0.1", 40000 + i)) for i in range(12)]
+    noise = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(5000)]
+    r, recs, errors = promoting(numbered(*rpc, *noise), max_connections=8, max_other_connections=64)
+    assert len(r._live) <= 8 and len(r._other) <= 64
+    assert r.stats["evicted"] == 4 and r.stats["evicted_other"] >= 5000 - 64
+    evicted = [e for e in errors if e.kind == "tcp.connection_evicted"]
+    assert [e.conn for e in evicted] == [0, 1, 2, 3]          # one record each, the least recently active
+    assert all(h.conn.closed_by is None for h in recs[4:12])  # 5000 noise connections later
+
+
+def test_an_idle_promoted_connection_gives_back_its_buffers_and_keeps_its_state():
+    # A promoted connection with a hole (octets 1..4 never captured) at frames 1-2, then
+    # 200 other connections opening one a second: after 60 s of capture time its
+    # buffer is given back (the hole a gap) and its handler told, the connection stays.
+    first = [seg(0, 0, b"R"), seg(0, 5, b"later")]
+    others = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(200)]
+    r, recs, _ = promoting(numbered(*first, *others), max_other_connections=64)
+    h = recs[0]
+    assert h.events[1][:3] == ("gap", 0, 4) and h.events[2] == ("data", 0, 2, b"later") and h.events[1][3] > 60
+    assert any(e[0] == "idle" for e in h.events) and h.conn.closed_by is None
+    assert r.stats["idle_released"] == 1 and r._pending_total == 0
+    half = r._live[0].halves[0]
+    assert not half.pending and half.last == b""
+    # it resumes where it was: same connection, same handler, the next octets in order
+    r.feed(999, 999.0, seg(0, 10, b"more"))
+    assert h.events[-1] == ("data", 0, 999, b"more")
+
+
+def test_an_idle_connection_whose_handler_keeps_nothing_is_set_aside_and_goes_on_under_its_number():
+    Promoting.keep = False
+    try:
+        first = [seg(0, 0, b"R"), seg(1, 0, b"r")]
+        others = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(200)]
+        r, recs, _ = promoting(numbered(*first, *others), max_other_connections=64)
+    finally:
+        Promoting.keep = True
+    h = recs[0]
+    assert h.closed is not None and h.conn.closed_by == "idle" and r._live == {}
+    assert r.stats["dormant"] == 1 and len(r._dormant) == 2
+    # a keep-alive (the octet before the next) is still one; then the stream goes on
+    r.feed(998, 998.0, seg(0, 0, b"k"))
+    r.feed(999, 999.0, seg(0, 1, b"again"))
+    again = recs[-1]
+    assert again is not h and again.conn.index == h.conn.index and again.conn.resumed == 1
+    assert again.conn.client == h.conn.client
+    assert again.events == [("data", 0, 999, b"again")]
+    assert r.stats["keepalives"] == 1 and r.stats["resumed"] == 1 and r._dormant == {}
+    # a SYN on that 5-tuple is another connection
+    Promoting.keep = False
+    try:
+        r2, recs2, _ = promoting(numbered(*first, *others), max_other_connections=64)
+    finally:
+        Promoting.keep = True
+    assert len(r2._dormant) == 2
+    r2.feed(999, 999.0, seg(0, 500, flags=SYN))
+    assert recs2[-1].conn.index == 201 and recs2[-1].conn.resumed == 0 and r2._dormant == {}
 
 
 def test_a_failing_handler_is_reported_and_the_run_goes_on():
@@ -532,3 +616,15 @@ def test_dropped_segments_become_gaps_of_the_right_size(data, draw):
     last_kept = max(i for i, k in enumerate(keep) if k)
     holes = sum(1 for i in range(1, last_kept) if not keep[i] and keep[i - 1])
     assert len([e for e in h.events if e[0] == "gap"]) == holes
+
+
+def test_connections_set_aside_stop_at_their_bound():
+    Promoting.keep = False
+    try:
+        idle = [seg(0, 0, b"R", client=("10.0.0.1", 40000 + i)) for i in range(20)]
+        others = [seg(0, 0, b"x", client=("10.0.9.9", 1024 + i)) for i in range(200)]
+        r, recs, _ = promoting(numbered(*idle, *others), max_other_connections=64, dormant_memory=4)
+    finally:
+        Promoting.keep = True
+    assert r.stats["dormant"] == 20 and len(r._dormant) == 2 * 4
+    assert r.stats["dormant_forgotten"] == 2 * 16

@@ -52,4 +52,6 @@ def run(args) -> int:
       + (f" ({d['suppressed']} of a flood not shown)" if d["suppressed"] else "") + "\n")
     for kind, count in d["anomalies_by_kind"].items():
         w(f"  {kind:<34}{count:>8}\n")
+    if d.get("forgotten"):
+        w("forgotten (bounds) " + ", ".join(f"{k} {v}" for k, v in d["forgotten"].items()) + "\n")
     return 0

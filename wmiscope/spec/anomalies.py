@@ -73,7 +73,11 @@ ANOMALIES: tuple[Anomaly, ...] = (
     Anomaly("tcp.retransmission_conflict", "warning", "tcp",
             "A retransmission carries octets that differ from the first-seen ones (kept); a sign of injection."),
     Anomaly("tcp.connection_evicted", "warning", "tcp",
-            "More connections were open than the reassembler keeps; the least recently active one was closed."),
+            "More DCE/RPC connections were open than the reassembler keeps (10,000); the least recently active one "
+            "was closed, its session state (contexts, keys) with it."),
+    Anomaly("tcp.other_connections_evicted", "note", "tcp",
+            "More connections that showed no DCE/RPC (other protocols, half-open, noise) were open than the "
+            "reassembler keeps (1,024); the least recently active eighth was closed, in one record."),
     Anomaly("tcp.internal_error", "error", "tcp",
             "A stage above TCP failed on a connection's bytes (a bug of ours); the run went on without it."),
     Anomaly("tcp.other", "warning", "tcp", "A TCP problem without a more specific name."),
@@ -112,6 +116,9 @@ ANOMALIES: tuple[Anomaly, ...] = (
             "A request or response never saw its last fragment (PFC_LAST_FRAG)."),
     Anomaly("dcerpc.fragments_missing", "error", "dcerpc",
             "A stub may miss fragments (a TCP gap, a malformed or uncaptured fragment)."),
+    Anomaly("dcerpc.idle_released", "warning", "dcerpc",
+            "A connection was idle (30 s of capture time) inside a PDU or a fragmented stub: the PDU's octets are "
+            "dropped, the call is given up; its bind and security contexts and keys are kept."),
     Anomaly("dcerpc.internal_error", "error", "dcerpc", "Cutting PDUs failed (a bug of ours); the run went on."),
     Anomaly("dcerpc.other", "error", "dcerpc", "A DCE/RPC problem without a more specific name."),
     # authentication (MS-RPCE 2.2.2.11, MS-NLMP, MS-SPNG, RFC 4120/4121)
