@@ -10,7 +10,7 @@ import struct
 import uuid
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fuzz_util import decode_mutations
 from tshark_util import encoding_units, have_tshark, stub
@@ -234,7 +234,7 @@ def objects(small_class, small_instance):
 
 
 def test_round_trip_of_random_contexts(objects):
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(guids=st.lists(st.uuids(), min_size=1, max_size=2),
            props=st.lists(properties(objects), max_size=8))
     def check(guids, props):
