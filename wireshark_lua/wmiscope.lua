@@ -904,26 +904,21 @@ end
 
 local ORPC_SIZE = { ORPCTHIS = 32, ORPCTHAT = 8 }
 
-local function decode_stub(s, base, lim, info, opnum, response, objmax)
-    local m = info.m[opnum]
-    local out = { params = {}, objrefs = {} }
-    if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
-    local plist = response and m.r or m.q
-    local rd = reader(s, base, lim)
-    rd.objmax = objmax
+-- the parameters read in order; `out.cur` is the one being read when it fails. One pcall
+-- for the whole stub, not one closure per parameter: this runs for every WMI PDU.
+local function read_params(rd, info, m, plist, out, objmax)
+    local s, lim, params = rd.s, rd.lim, out.params
     for _, p in ipairs(plist) do
         local node = { l = p.d, p = p, t = p.t }
-        out.params[#out.params + 1] = node
+        params[#params + 1] = node
+        out.cur = node
         -- the first pass skips the implicit ORPC header when it has no extensions (its
         -- usual form): a fixed 32 (ORPCTHIS) or 8 (ORPCTHAT) octets, nothing it needs
         local skip = objmax == 0 and ORPC_SIZE[p.t]
         if skip and rd.pos + skip <= lim and u32(s, rd.pos + skip - 4) == 0 then
             node.o, node.n = rd.pos, skip
             rd.pos = rd.pos + skip
-            goto continue
-        end
-        do
-        local ok, err = pcall(function()
+        else
             rd:align(G.TYPES[p.t].a)
             local start = rd.pos
             read_type(rd, p.t, node)
@@ -932,33 +927,44 @@ local function decode_stub(s, base, lim, info, opnum, response, objmax)
             if node.bytes and G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "object_array" then
                 node.oa = { node.bytes[1], node.bytes[1] + node.bytes[2] }
             end
-        end)
-        if not ok then
-            local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
-            local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
-            if at then
-                -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
-                -- IDL's array of interface pointers
-                node.o = at - 5
-                node.n = lim - node.o
-                node.oa = { at - 5, lim }
-                node.v = "ObjectArray"
-                node.err = nil
-                return out
-            end
-            node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
-            out.err = node.err
-            break
         end
-        end
-        ::continue::
     end
-    if response and not out.err then
-        local ok, err = pcall(function()
-            rd:align(4)
-            out.ret = { o = rd.pos, n = 4, v = rd:u32() }
-        end)
-        if not ok then out.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) } end
+    out.cur = nil
+end
+
+local function decode_stub(s, base, lim, info, opnum, response, objmax)
+    local m = info.m[opnum]
+    local out = { params = {}, objrefs = {} }
+    if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
+    local rd = reader(s, base, lim)
+    rd.objmax = objmax
+    local ok, err = pcall(read_params, rd, info, m, response and m.r or m.q, out, objmax)
+    if not ok then
+        local node = out.cur
+        out.cur = nil
+        local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. node.p.n]
+        local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
+        if at then
+            -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
+            -- IDL's array of interface pointers
+            node.o = at - 5
+            node.n = lim - node.o
+            node.oa = { at - 5, lim }
+            node.v = "ObjectArray"
+            node.err = nil
+            return out
+        end
+        node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
+        out.err = node.err
+    elseif response then
+        local at = rd.pos + (-(rd.pos - rd.base)) % 4
+        if at + 4 <= lim then
+            out.ret = { o = at, n = 4, v = u32(s, at) }
+        elseif at > lim then
+            out.err = { off = at, msg = "alignment runs past the end" }
+        else
+            out.err = { off = at, msg = sformat("need 4 bytes, %d left", lim - at) }
+        end
     end
     out.objrefs = rd.objrefs
     return out
@@ -1198,13 +1204,21 @@ local function first_pass(pinfo)
                             if bound and bound ~= iid and derives(bound, iid) then iid = bound end
                         end
                         call.iid = iid
-                        call.ns = e and e.ns
-                        -- the operation (what the analyst thinks of as one request): every
-                        -- IWbemServices call starts one; the objects it returns carry it
                         local ci = iid and G.IFACES[iid]
-                        call.op = ci and OPERATION[ci.name]
-                        if call.op == true then call.op = ci.m[h.opnum] and ci.m[h.opnum].n end
-                        if not call.op then call.op = e and e.op end
+                        local cm = ci and ci.m[h.opnum]
+                        if not (ci and (ci.g == "wmi" or (cm and (cm.lq or cm.lr)))) then
+                            -- neither a WMI call nor one the registry learns from (RemRelease,
+                            -- pings, the resolver...): nothing to keep of it, on either side
+                            calls[h.call_id] = nil
+                            call = nil
+                        else
+                            call.ns = e and e.ns
+                            -- the operation (what the analyst thinks of as one request): every
+                            -- IWbemServices call starts one; the objects it returns carry it
+                            call.op = OPERATION[ci.name]
+                            if call.op == true then call.op = cm and cm.n end
+                            if not call.op then call.op = e and e.op end
+                        end
                     end
                 else
                     call = calls[h.call_id]
@@ -1278,10 +1292,6 @@ local function first_pass(pinfo)
                     end
                 end
                 if call and (last or h.ptype == 3) then
-                    local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                        whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
-                        single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
-                        dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
                     local dec
@@ -1300,27 +1310,35 @@ local function first_pass(pinfo)
                             end
                         end
                     end
-                    if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
-                    rec.ns, rec.op, rec.class = call.ns, call.op, call.class
-                    -- the Info column, kept so that a pass without a tree decodes nothing
-                    if info then rec.info = summary(info, rec, dec) end
-                    if dec and info.g == "wmi" then
-                        -- what a tree nobody looks at needs (tshark -Y / -T fields): the
-                        -- parameters' plain values; objects only in small stubs (method
-                        -- parameters, instances put), where a filter may look for them
-                        local vals = {}
-                        for _, n in ipairs(dec.params) do
-                            if not n.c and not n.objref and (n.v ~= nil or n.null) then
-                                vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                    if info and info.g == "wmi" then
+                        -- what the Info column and the tree need of a WMI call (the other calls
+                        -- only taught the registry)
+                        local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
+                            whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
+                            single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
+                            dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
+                        if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                        rec.ns, rec.op, rec.class = call.ns, call.op, call.class
+                        -- the Info column, kept so that a pass without a tree decodes nothing
+                        rec.info = summary(info, rec, dec)
+                        if dec then
+                            -- what a tree nobody looks at needs (tshark -Y / -T fields): the
+                            -- parameters' plain values; objects only in small stubs (method
+                            -- parameters, instances put), where a filter may look for them
+                            local vals = {}
+                            for _, n in ipairs(dec.params) do
+                                if not n.c and not n.objref and (n.v ~= nil or n.null) then
+                                    vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                                end
+                                if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
                             end
-                            if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
+                            rec.vals = vals
+                            rec.ret = dec.ret and dec.ret.v
+                            rec.err = dec.err
                         end
-                        rec.vals = vals
-                        rec.ret = dec.ret and dec.ret.v
-                        rec.err = dec.err
+                        if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
+                        out[#out + 1] = rec
                     end
-                    if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
-                    out[#out + 1] = rec
                 end
             end
         end
