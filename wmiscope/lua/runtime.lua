@@ -103,10 +103,19 @@ local f_stub = Field.new("dcerpc.stub_data")
 local function u16(s, o) local a, b = sbyte(s, o + 1, o + 2) return a + b * 256 end
 local function u32(s, o) local a, b, c, d = sbyte(s, o + 1, o + 4) return a + b * 256 + c * 65536 + d * 16777216 end
 local function s32(s, o) local v = u32(s, o) if v >= 2147483648 then v = v - 4294967296 end return v end
+-- GUIDs as text, by their 16 octets: the same IPIDs and IIDs come back in every PDU, and
+-- formatting one is costlier than looking it up (the table is emptied when it grows large)
+local GUIDS, nguids = {}, 0
 local function guid(s, o)
-    local b = { sbyte(s, o + 9, o + 16) }
-    return sformat("%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", u32(s, o), u16(s, o + 4), u16(s, o + 6),
-        b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
+    local key = ssub(s, o + 1, o + 16)
+    local text = GUIDS[key]
+    if text then return text end
+    local b1, b2, b3, b4, b5, b6, b7, b8 = sbyte(s, o + 9, o + 16)
+    text = sformat("%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", u32(s, o), u16(s, o + 4), u16(s, o + 6),
+        b1, b2, b3, b4, b5, b6, b7, b8)
+    if nguids >= 65536 then GUIDS, nguids = {}, 0 end
+    GUIDS[key], nguids = text, nguids + 1
+    return text
 end
 local function hex64(s, o) return sformat("0x%08x%08x", u32(s, o + 4), u32(s, o)) end
 
@@ -120,7 +129,7 @@ end
 -- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
 local function utf16(s, o, n)
     local last = o + 2 * n
-    if n > 16 then
+    if n > 3 then
         -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
         local raw = ssub(s, o + 1, last)
         local high = raw:gsub(".(.)", "%1")
@@ -177,7 +186,19 @@ function R:align(n)
 end
 function R:u8() self:need(1) local v = sbyte(self.s, self.pos + 1) self.pos = self.pos + 1 return v end
 function R:u16() self:align(2) self:need(2) local v = u16(self.s, self.pos) self.pos = self.pos + 2 return v end
-function R:u32() self:align(4) self:need(4) local v = u32(self.s, self.pos) self.pos = self.pos + 4 return v end
+function R:u32()
+    -- align(4), need(4) and u32 in one: the interpreter's most frequent read
+    local pos, lim = self.pos, self.lim
+    local r = (pos - self.base) % 4
+    if r ~= 0 then pos = pos + 4 - r self.pos = pos end
+    if pos + 4 > lim then
+        if pos > lim then fail(pos, "alignment runs past the end") end
+        fail(pos, sformat("need %d bytes, %d left", 4, lim - pos))
+    end
+    local a, b, c, d = sbyte(self.s, pos + 1, pos + 4)
+    self.pos = pos + 4
+    return a + b * 256 + c * 65536 + d * 16777216
+end
 function R:count(elem)
     local at = self.pos
     local n = self:u32()
@@ -859,8 +880,11 @@ parse_objref = function(s, p, lim, declared, objmax)
             local ok, obj = pcall(WMIO.encoding_unit, s, o.payload, lim)
             if ok then o.obj = obj else o.obj_err = obj end
         elseif o.clsid == G.CONTEXT_CLSID then
-            local ok, values = pcall(context_values, s, o.payload, lim)
-            if ok then o.context = values else o.obj_err = values end
+            -- a context's values are shown in the tree only: the first pass (objmax 0) skips them
+            if objmax ~= 0 then
+                local ok, values = pcall(context_values, s, o.payload, lim)
+                if ok then o.context = values else o.obj_err = values end
+            end
         else
             -- activation properties and other custom blobs: the standard OBJREFs inside
             o.nested = {}
@@ -1127,17 +1151,18 @@ local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLogin
 
 local BIG = 256 * 1024
 
--- whether Wireshark reassembled the stub of the PDU ending in this frame, `total` octets
--- long: handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0)
-local function reassembled(pinfo, call_id, total)
+-- the stub of the PDU ending in this frame as Wireshark reassembled it, `total` octets long:
+-- handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0); nil if it did not
+local function wireshark_stub(pinfo, call_id, total)
     if CLAIMED.frame == pinfo.number then
+        -- 4.4 hands the stub over with the last fragment's auth padding (under 16 octets)
         local s = CLAIMED.stubs[call_id]
-        if s and #s == total then return true end
+        if s and #s >= total and #s - total < 16 then return #s == total and s or ssub(s, 1, total) end
     end
     for _, fi in ipairs({ f_stub() }) do
-        if fi.len == total then return true end
+        if fi.len == total then return fi.range:raw() end
     end
-    return false
+    return nil
 end
 
 local function first_pass(pinfo)
@@ -1246,8 +1271,11 @@ local function first_pass(pinfo)
                     if first and not last then
                         -- a stub announced larger than BIG is not copied on this pass: its
                         -- return value is its last four octets, and a tree that is shown
-                        -- takes the stub Wireshark reassembled (or handed to us on 4.4)
-                        buf = { big = h.alloc_hint > BIG, total = 0 }
+                        -- takes the stub Wireshark reassembled (or handed to us on 4.4).
+                        -- Smaller ones are taken from Wireshark's reassembly at the last
+                        -- fragment, not copied fragment by fragment, unless a fragment
+                        -- carries auth padding (which that reassembly may keep)
+                        buf = { big = h.alloc_hint > BIG, total = 0, copy = (h.pad or 0) > 0 }
                         S.frags[key] = buf
                     end
                     if first and last then
@@ -1260,14 +1288,21 @@ local function first_pass(pinfo)
                             S.frags[key] = nil
                         end
                     else
-                        if not buf then buf = { total = 0 } S.frags[key] = buf end
-                        buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
+                        -- (no first fragment seen: the capture began inside the PDU)
+                        if not buf then buf = { total = 0, copy = true } S.frags[key] = buf end
+                        if not buf.copy and (h.pad or 0) > 0 and not last then buf.lost = true end
+                        buf.total = buf.total + math.max(n, 0)
+                        if buf.copy then buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or "" end
                         if last then
-                            stub = concat(buf)
                             S.frags[key] = nil
-                            -- not kept for the tree when Wireshark's own reassembly of it is
+                            -- Wireshark's reassembly is not kept for the tree (`big`): it is
                             -- there to be taken again (it holds the capture's big responses)
-                            if reassembled(pinfo, h.call_id, #stub) then big = #stub end
+                            local whole = wireshark_stub(pinfo, h.call_id, buf.total)
+                            if whole then
+                                stub, big = whole, #whole
+                            elseif buf.copy and not buf.lost then
+                                stub = concat(buf)
+                            end
                         end
                     end
                 end
