@@ -1284,7 +1284,10 @@ local function first_pass(pinfo)
                         S.frags[key] = buf
                     end
                     if first and last then
-                        stub = n > 0 and r:raw(h.hdr, n) or ""
+                        -- on 4.4 the claiming dissector already copied it
+                        local claimed = CLAIMED.frame == pinfo.number and CLAIMED.stubs[h.call_id]
+                        if claimed and #claimed == n then stub = claimed
+                        else stub = n > 0 and r:raw(h.hdr, n) or "" end
                     elseif buf and buf.big then
                         buf.total = buf.total + math.max(n, 0)
                         if last then
