@@ -50,6 +50,11 @@ end
 
 local proto = Proto("wmi", "MS-WMI (wmiscope)")
 
+-- Lua 5.4 (Wireshark 4.4): most of what the plugin allocates (field infos, ranges, header
+-- tables, decoded nodes) dies with its frame, which a generational collector reclaims for
+-- less (measured: some 8% of the first pass); 5.2's generational mode was experimental
+if _VERSION == "Lua 5.4" then collectgarbage("generational") end
+
 -- ---------------------------------------------------------------------------------------
 -- fields
 
@@ -123,10 +128,19 @@ local f_stub = Field.new("dcerpc.stub_data")
 local function u16(s, o) local a, b = sbyte(s, o + 1, o + 2) return a + b * 256 end
 local function u32(s, o) local a, b, c, d = sbyte(s, o + 1, o + 4) return a + b * 256 + c * 65536 + d * 16777216 end
 local function s32(s, o) local v = u32(s, o) if v >= 2147483648 then v = v - 4294967296 end return v end
+-- GUIDs as text, by their 16 octets: the same IPIDs and IIDs come back in every PDU, and
+-- formatting one is costlier than looking it up (the table is emptied when it grows large)
+local GUIDS, nguids = {}, 0
 local function guid(s, o)
-    local b = { sbyte(s, o + 9, o + 16) }
-    return sformat("%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", u32(s, o), u16(s, o + 4), u16(s, o + 6),
-        b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
+    local key = ssub(s, o + 1, o + 16)
+    local text = GUIDS[key]
+    if text then return text end
+    local b1, b2, b3, b4, b5, b6, b7, b8 = sbyte(s, o + 9, o + 16)
+    text = sformat("%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", u32(s, o), u16(s, o + 4), u16(s, o + 6),
+        b1, b2, b3, b4, b5, b6, b7, b8)
+    if nguids >= 65536 then GUIDS, nguids = {}, 0 end
+    GUIDS[key], nguids = text, nguids + 1
+    return text
 end
 local function hex64(s, o) return sformat("0x%08x%08x", u32(s, o + 4), u32(s, o)) end
 
@@ -140,7 +154,7 @@ end
 -- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
 local function utf16(s, o, n)
     local last = o + 2 * n
-    if n > 16 then
+    if n > 3 then
         -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
         local raw = ssub(s, o + 1, last)
         local high = raw:gsub(".(.)", "%1")
@@ -197,7 +211,19 @@ function R:align(n)
 end
 function R:u8() self:need(1) local v = sbyte(self.s, self.pos + 1) self.pos = self.pos + 1 return v end
 function R:u16() self:align(2) self:need(2) local v = u16(self.s, self.pos) self.pos = self.pos + 2 return v end
-function R:u32() self:align(4) self:need(4) local v = u32(self.s, self.pos) self.pos = self.pos + 4 return v end
+function R:u32()
+    -- align(4), need(4) and u32 in one: the interpreter's most frequent read
+    local pos, lim = self.pos, self.lim
+    local r = (pos - self.base) % 4
+    if r ~= 0 then pos = pos + 4 - r self.pos = pos end
+    if pos + 4 > lim then
+        if pos > lim then fail(pos, "alignment runs past the end") end
+        fail(pos, sformat("need %d bytes, %d left", 4, lim - pos))
+    end
+    local a, b, c, d = sbyte(self.s, pos + 1, pos + 4)
+    self.pos = pos + 4
+    return a + b * 256 + c * 65536 + d * 16777216
+end
 function R:count(elem)
     local at = self.pos
     local n = self:u32()
@@ -879,8 +905,11 @@ parse_objref = function(s, p, lim, declared, objmax)
             local ok, obj = pcall(WMIO.encoding_unit, s, o.payload, lim)
             if ok then o.obj = obj else o.obj_err = obj end
         elseif o.clsid == G.CONTEXT_CLSID then
-            local ok, values = pcall(context_values, s, o.payload, lim)
-            if ok then o.context = values else o.obj_err = values end
+            -- a context's values are shown in the tree only: the first pass (objmax 0) skips them
+            if objmax ~= 0 then
+                local ok, values = pcall(context_values, s, o.payload, lim)
+                if ok then o.context = values else o.obj_err = values end
+            end
         else
             -- activation properties and other custom blobs: the standard OBJREFs inside
             o.nested = {}
@@ -904,26 +933,21 @@ end
 
 local ORPC_SIZE = { ORPCTHIS = 32, ORPCTHAT = 8 }
 
-local function decode_stub(s, base, lim, info, opnum, response, objmax)
-    local m = info.m[opnum]
-    local out = { params = {}, objrefs = {} }
-    if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
-    local plist = response and m.r or m.q
-    local rd = reader(s, base, lim)
-    rd.objmax = objmax
+-- the parameters read in order; `out.cur` is the one being read when it fails. One pcall
+-- for the whole stub, not one closure per parameter: this runs for every WMI PDU.
+local function read_params(rd, info, m, plist, out, objmax)
+    local s, lim, params = rd.s, rd.lim, out.params
     for _, p in ipairs(plist) do
         local node = { l = p.d, p = p, t = p.t }
-        out.params[#out.params + 1] = node
+        params[#params + 1] = node
+        out.cur = node
         -- the first pass skips the implicit ORPC header when it has no extensions (its
         -- usual form): a fixed 32 (ORPCTHIS) or 8 (ORPCTHAT) octets, nothing it needs
         local skip = objmax == 0 and ORPC_SIZE[p.t]
         if skip and rd.pos + skip <= lim and u32(s, rd.pos + skip - 4) == 0 then
             node.o, node.n = rd.pos, skip
             rd.pos = rd.pos + skip
-            goto continue
-        end
-        do
-        local ok, err = pcall(function()
+        else
             rd:align(G.TYPES[p.t].a)
             local start = rd.pos
             read_type(rd, p.t, node)
@@ -932,33 +956,44 @@ local function decode_stub(s, base, lim, info, opnum, response, objmax)
             if node.bytes and G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "object_array" then
                 node.oa = { node.bytes[1], node.bytes[1] + node.bytes[2] }
             end
-        end)
-        if not ok then
-            local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n]
-            local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
-            if at then
-                -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
-                -- IDL's array of interface pointers
-                node.o = at - 5
-                node.n = lim - node.o
-                node.oa = { at - 5, lim }
-                node.v = "ObjectArray"
-                node.err = nil
-                return out
-            end
-            node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
-            out.err = node.err
-            break
         end
-        end
-        ::continue::
     end
-    if response and not out.err then
-        local ok, err = pcall(function()
-            rd:align(4)
-            out.ret = { o = rd.pos, n = 4, v = rd:u32() }
-        end)
-        if not ok then out.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) } end
+    out.cur = nil
+end
+
+local function decode_stub(s, base, lim, info, opnum, response, objmax)
+    local m = info.m[opnum]
+    local out = { params = {}, objrefs = {} }
+    if not m or not m.q then out.err = { off = base, msg = "method not decoded" } return out end
+    local rd = reader(s, base, lim)
+    rd.objmax = objmax
+    local ok, err = pcall(read_params, rd, info, m, response and m.r or m.q, out, objmax)
+    if not ok then
+        local node = out.cur
+        out.cur = nil
+        local special = G.SPECIAL[info.name .. "." .. m.n .. "." .. node.p.n]
+        local at = special == "indicate" and s:find("WBEMDATA", (node.o or base) + 1, true)
+        if at then
+            -- an optimized Indicate (MS-WMI 3.1.4.2.1): an ObjectArray in place of the
+            -- IDL's array of interface pointers
+            node.o = at - 5
+            node.n = lim - node.o
+            node.oa = { at - 5, lim }
+            node.v = "ObjectArray"
+            node.err = nil
+            return out
+        end
+        node.err = type(err) == "table" and err or { off = rd.pos, msg = tostring(err) }
+        out.err = node.err
+    elseif response then
+        local at = rd.pos + (-(rd.pos - rd.base)) % 4
+        if at + 4 <= lim then
+            out.ret = { o = at, n = 4, v = u32(s, at) }
+        elseif at > lim then
+            out.err = { off = at, msg = "alignment runs past the end" }
+        else
+            out.err = { off = at, msg = sformat("need 4 bytes, %d left", lim - at) }
+        end
     end
     out.objrefs = rd.objrefs
     return out
@@ -1141,17 +1176,18 @@ local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLogin
 
 local BIG = 256 * 1024
 
--- whether Wireshark reassembled the stub of the PDU ending in this frame, `total` octets
--- long: handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0)
-local function reassembled(pinfo, call_id, total)
+-- the stub of the PDU ending in this frame as Wireshark reassembled it, `total` octets long:
+-- handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0); nil if it did not
+local function wireshark_stub(pinfo, call_id, total)
     if CLAIMED.frame == pinfo.number then
+        -- 4.4 hands the stub over with the last fragment's auth padding (under 16 octets)
         local s = CLAIMED.stubs[call_id]
-        if s and #s == total then return true end
+        if s and #s >= total and #s - total < 16 then return #s == total and s or ssub(s, 1, total) end
     end
     for _, fi in ipairs({ f_stub() }) do
-        if fi.len == total then return true end
+        if fi.len == total then return fi.range:raw() end
     end
-    return false
+    return nil
 end
 
 local function first_pass(pinfo)
@@ -1198,13 +1234,21 @@ local function first_pass(pinfo)
                             if bound and bound ~= iid and derives(bound, iid) then iid = bound end
                         end
                         call.iid = iid
-                        call.ns = e and e.ns
-                        -- the operation (what the analyst thinks of as one request): every
-                        -- IWbemServices call starts one; the objects it returns carry it
                         local ci = iid and G.IFACES[iid]
-                        call.op = ci and OPERATION[ci.name]
-                        if call.op == true then call.op = ci.m[h.opnum] and ci.m[h.opnum].n end
-                        if not call.op then call.op = e and e.op end
+                        local cm = ci and ci.m[h.opnum]
+                        if not (ci and (ci.g == "wmi" or (cm and (cm.lq or cm.lr)))) then
+                            -- neither a WMI call nor one the registry learns from (RemRelease,
+                            -- pings, the resolver...): nothing to keep of it, on either side
+                            calls[h.call_id] = nil
+                            call = nil
+                        else
+                            call.ns = e and e.ns
+                            -- the operation (what the analyst thinks of as one request): every
+                            -- IWbemServices call starts one; the objects it returns carry it
+                            call.op = OPERATION[ci.name]
+                            if call.op == true then call.op = cm and cm.n end
+                            if not call.op then call.op = e and e.op end
+                        end
                     end
                 else
                     call = calls[h.call_id]
@@ -1252,12 +1296,18 @@ local function first_pass(pinfo)
                     if first and not last then
                         -- a stub announced larger than BIG is not copied on this pass: its
                         -- return value is its last four octets, and a tree that is shown
-                        -- takes the stub Wireshark reassembled (or handed to us on 4.4)
-                        buf = { big = h.alloc_hint > BIG, total = 0 }
+                        -- takes the stub Wireshark reassembled (or handed to us on 4.4).
+                        -- Smaller ones are taken from Wireshark's reassembly at the last
+                        -- fragment, not copied fragment by fragment, unless a fragment
+                        -- carries auth padding (which that reassembly may keep)
+                        buf = { big = h.alloc_hint > BIG, total = 0, copy = (h.pad or 0) > 0 }
                         S.frags[key] = buf
                     end
                     if first and last then
-                        stub = n > 0 and r:raw(h.hdr, n) or ""
+                        -- on 4.4 the claiming dissector already copied it
+                        local claimed = CLAIMED.frame == pinfo.number and CLAIMED.stubs[h.call_id]
+                        if claimed and #claimed == n then stub = claimed
+                        else stub = n > 0 and r:raw(h.hdr, n) or "" end
                     elseif buf and buf.big then
                         buf.total = buf.total + math.max(n, 0)
                         if last then
@@ -1266,22 +1316,25 @@ local function first_pass(pinfo)
                             S.frags[key] = nil
                         end
                     else
-                        if not buf then buf = { total = 0 } S.frags[key] = buf end
-                        buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
+                        -- (no first fragment seen: the capture began inside the PDU)
+                        if not buf then buf = { total = 0, copy = true } S.frags[key] = buf end
+                        if not buf.copy and (h.pad or 0) > 0 and not last then buf.lost = true end
+                        buf.total = buf.total + math.max(n, 0)
+                        if buf.copy then buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or "" end
                         if last then
-                            stub = concat(buf)
                             S.frags[key] = nil
-                            -- not kept for the tree when Wireshark's own reassembly of it is
+                            -- Wireshark's reassembly is not kept for the tree (`big`): it is
                             -- there to be taken again (it holds the capture's big responses)
-                            if reassembled(pinfo, h.call_id, #stub) then big = #stub end
+                            local whole = wireshark_stub(pinfo, h.call_id, buf.total)
+                            if whole then
+                                stub, big = whole, #whole
+                            elseif buf.copy and not buf.lost then
+                                stub = concat(buf)
+                            end
                         end
                     end
                 end
                 if call and (last or h.ptype == 3) then
-                    local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                        whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
-                        single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
-                        dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
                     local dec
@@ -1300,27 +1353,35 @@ local function first_pass(pinfo)
                             end
                         end
                     end
-                    if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
-                    rec.ns, rec.op, rec.class = call.ns, call.op, call.class
-                    -- the Info column, kept so that a pass without a tree decodes nothing
-                    if info then rec.info = summary(info, rec, dec) end
-                    if dec and info.g == "wmi" then
-                        -- what a tree nobody looks at needs (tshark -Y / -T fields): the
-                        -- parameters' plain values; objects only in small stubs (method
-                        -- parameters, instances put), where a filter may look for them
-                        local vals = {}
-                        for _, n in ipairs(dec.params) do
-                            if not n.c and not n.objref and (n.v ~= nil or n.null) then
-                                vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                    if info and info.g == "wmi" then
+                        -- what the Info column and the tree need of a WMI call (the other calls
+                        -- only taught the registry)
+                        local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
+                            whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
+                            single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
+                            dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
+                        if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                        rec.ns, rec.op, rec.class = call.ns, call.op, call.class
+                        -- the Info column, kept so that a pass without a tree decodes nothing
+                        rec.info = summary(info, rec, dec)
+                        if dec then
+                            -- what a tree nobody looks at needs (tshark -Y / -T fields): the
+                            -- parameters' plain values; objects only in small stubs (method
+                            -- parameters, instances put), where a filter may look for them
+                            local vals = {}
+                            for _, n in ipairs(dec.params) do
+                                if not n.c and not n.objref and (n.v ~= nil or n.null) then
+                                    vals[#vals + 1] = { n.p.n, n.null and "NULL" or n.v, n.p.e }
+                                end
+                                if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
                             end
-                            if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
+                            rec.vals = vals
+                            rec.ret = dec.ret and dec.ret.v
+                            rec.err = dec.err
                         end
-                        rec.vals = vals
-                        rec.ret = dec.ret and dec.ret.v
-                        rec.err = dec.err
+                        if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
+                        out[#out + 1] = rec
                     end
-                    if h.ptype ~= 0 and call.login_ns then rec.ns = call.login_ns end
-                    out[#out + 1] = rec
                 end
             end
         end
@@ -1598,7 +1659,8 @@ function proto.dissector(tvb, pinfo, tree)
             -- tests (which read tshark's stderr) see it
             io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(r)))
         end
-        S.frames[n] = recs
+        -- only frames with WMI records are kept: a frame dissected again is `visited`
+        if recs then S.frames[n] = recs end
     end
     if recs then
         local ok, err = pcall(render, recs, tvb, pinfo, tree)
