@@ -34,7 +34,8 @@ needs_tshark = pytest.mark.skipif(not tshark_util.have_tshark(), reason="tshark 
 
 FIELDS = ["frame.number", "wmi.interface", "wmi.method", "wmi.direction", "wmi.namespace", "wmi.class",
           "wmi.strQuery", "wmi.strObjectPath", "wmi.strMethodName", "wmi.status", "wmi.prop.name",
-          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message", "wmi.operation"]
+          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message", "wmi.operation",
+          "wmi.obj.class", "wmi.m_lCancelId", "wmi.m_lRequestId"]
 SEP = "\x1f"
 
 
@@ -139,6 +140,8 @@ def expected(call: dict) -> list[tuple[int, dict]]:
             if call["method"] == "ExecMethod":
                 obj = (_param(d, "pInParams") or {}).get("object") or {}
                 facts["inparams"] = {k: _text(v.get("value")) for k, v in (obj.get("properties") or {}).items()}
+        if side == "response" and d:
+            _refresher_facts(d, facts)
         if side == "response" and d and isinstance(d.get("return"), dict) and d["return"].get("name"):
             facts["status"] = d["return"]["name"]
         if ns and call["interface"] == "IWbemServices":
@@ -150,6 +153,23 @@ def expected(call: dict) -> list[tuple[int, dict]]:
             facts["operation"] = op.get("kind")
         out.append((call[side]["frames"][1], facts))
     return out
+
+
+def _refresher_facts(d: dict, facts: dict) -> None:
+    """A refresher reply's key values: the m_lCancelId an object was added under, and the
+    objects RemoteRefresh returned (request ids, classes, every property's value)."""
+    info = _param(d, "pInfo")
+    if info and isinstance(info.get("value"), dict) and "m_lCancelId" in info["value"]:
+        facts["cancel_id"] = str(info["value"]["m_lCancelId"])
+    refreshed = _param(d, "paObjects")
+    if refreshed and isinstance(refreshed.get("value"), list):
+        facts["request_ids"] = [str(o["m_lRequestId"]) for o in refreshed["value"]]
+        instances = []
+        for o in refreshed.get("object") or []:
+            instances.extend(o if isinstance(o, list) else [o])
+        facts["refreshed_classes"] = [i["class"] for i in instances]
+        facts["refreshed_props"] = [(k, _text(v.get("value"))) for i in instances
+                                    for k, v in (i.get("properties") or {}).items()]
 
 
 TSHARK44 = ROOT / ".tshark44" / "tshark"
@@ -218,6 +238,14 @@ def compare(path: Path, version: str = "4.0") -> tuple[int, list[str]]:
                 got = dict(zip(row["wmi.prop.name"], row["wmi.prop.value"]))
                 if got != facts["inparams"]:
                     diffs.append(f"{where}: in-parameters {facts['inparams']} vs {got}")
+            if "cancel_id" in facts and row["wmi.m_lCancelId"] != [facts["cancel_id"]]:
+                diffs.append(f"{where}: m_lCancelId {facts['cancel_id']} vs {row['wmi.m_lCancelId']}")
+            if "request_ids" in facts:
+                got = (row["wmi.m_lRequestId"], row["wmi.obj.class"],
+                       list(zip(row["wmi.prop.name"], row["wmi.prop.value"])))
+                want = (facts["request_ids"], facts["refreshed_classes"], facts["refreshed_props"])
+                if got != want:
+                    diffs.append(f"{where}: refreshed objects {want} vs {got}")
             compared.update({k: compared[k] + 1 for k in facts})
     compare.last = dict(compared)
     return checked, diffs
