@@ -392,3 +392,28 @@ def test_an_iwbemcontext_is_shown_value_by_value(tmp_path):
                          capture_output=True, text=True).stdout
     assert out.strip().split(SEP) == ["__ProviderArchitecture = 64", "__RequiredArchitecture = TRUE",
                                       "__Locale = MS_409"]
+
+
+@needs_tshark
+def test_a_malformed_refreshed_blob_gets_expert_info_and_the_rest_decodes(tmp_path):
+    """The WBEM_INSTANCE_BLOB of the first RemoteRefresh reply given Version 7: that blob is
+    marked malformed at its offset in the stub, its sibling and the next reply still decode."""
+    from scapy.all import TCP, Raw, rdpcap, wrpcap
+
+    packets = rdpcap(str(PCAPS / "wmi-refresher.pcap"))
+    reply = packets[38]                                    # frame 39, the first RemoteRefresh reply
+    payload = bytearray(bytes(reply[TCP].payload))
+    # Version 1, numObjects 2, the first RefreshedInstances' blobSize 0x58
+    at = payload.find(bytes.fromhex("010000000200000058000000"))
+    assert at == 24 + 152                                  # the 24-octet response header, then the stub
+    payload[at:at + 4] = (7).to_bytes(4, "little")
+    reply[TCP].remove_payload()
+    reply[TCP].add_payload(Raw(bytes(payload)))
+    damaged = tmp_path / "damaged.pcap"
+    wrpcap(str(damaged), packets)
+
+    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
+    assert lua_errors(stderr) == []
+    assert frames[39]["_ws.expert.message"] == ["malformed stub: WBEM_INSTANCE_BLOB: Version is not 1 at offset 152"]
+    assert frames[39]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"]
+    assert frames[41]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"] + 2 * ["Win32_PerfRawData_PerfProc_Process"]

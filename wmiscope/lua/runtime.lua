@@ -1173,6 +1173,16 @@ local function keep_template(node, stub)
     return true
 end
 
+-- the methods whose reply carries WBEM_REFRESHED_OBJECTs (G.SPECIAL), and which parameter: looked
+-- up once here, not by name for every PDU
+for _, info in pairs(G.IFACES) do
+    for _, m in pairs(info.m) do
+        for _, p in ipairs(m.r or {}) do
+            if G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "refreshed_objects" then m.refreshed = p.n end
+        end
+    end
+end
+
 -- the templates of a RemoteRefresh reply's WBEM_REFRESHED_OBJECTs, by request id, resolved
 -- on the first pass (a later pass sees the tables as the capture left them)
 local function templates_for(call, node)
@@ -1459,12 +1469,11 @@ local function first_pass(pinfo)
                                 if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
                             end
                             rec.vals = vals
-                            local refreshed = G.SPECIAL[info.name .. "." .. m.n .. ".paObjects"] == "refreshed_objects"
-                                and param(dec, "paObjects")
                             -- a refresher reply's structures (m_lCancelId, m_lRequestId) and objects
                             -- are fields a filter may want, as a small stub's objects are
                             if added and #stub <= 16384 then rec.deep = true end
-                            if refreshed and h.ptype == 2 then
+                            local refreshed = m.refreshed and h.ptype == 2 and param(dec, m.refreshed)
+                            if refreshed then
                                 rec.templates = templates_for(call, refreshed)
                                 if #stub <= 16384 then rec.deep = true end
                             end
@@ -1692,7 +1701,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
                 local ok, oa = pcall(WMIO.object_array, s, n.oa[1], n.oa[2], S.classes[call.ipid or "?"] or {})
                 if ok then n.oa_dec = oa else n.err = type(oa) == "table" and oa or { off = n.oa[1], msg = tostring(oa) } end
             end
-            if rec.templates and n.p.n == "paObjects" then
+            if rec.templates and n.p.n == m.refreshed then
                 -- the refreshed objects, each read against its request id's template
                 for _, c in ipairs(n.c or {}) do
                     local blob = c.c and c.c[4]
