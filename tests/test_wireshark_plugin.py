@@ -34,7 +34,8 @@ needs_tshark = pytest.mark.skipif(not tshark_util.have_tshark(), reason="tshark 
 
 FIELDS = ["frame.number", "wmi.interface", "wmi.method", "wmi.direction", "wmi.namespace", "wmi.class",
           "wmi.strQuery", "wmi.strObjectPath", "wmi.strMethodName", "wmi.status", "wmi.prop.name",
-          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message", "wmi.operation"]
+          "wmi.prop.value", "wmi.encrypted", "wmi.prop.CommandLine", "_ws.expert.message", "wmi.operation",
+          "wmi.obj.class", "wmi.m_lCancelId", "wmi.m_lRequestId"]
 SEP = "\x1f"
 
 
@@ -139,6 +140,8 @@ def expected(call: dict) -> list[tuple[int, dict]]:
             if call["method"] == "ExecMethod":
                 obj = (_param(d, "pInParams") or {}).get("object") or {}
                 facts["inparams"] = {k: _text(v.get("value")) for k, v in (obj.get("properties") or {}).items()}
+        if side == "response" and d:
+            _refresher_facts(d, facts)
         if side == "response" and d and isinstance(d.get("return"), dict) and d["return"].get("name"):
             facts["status"] = d["return"]["name"]
         if ns and call["interface"] == "IWbemServices":
@@ -150,6 +153,23 @@ def expected(call: dict) -> list[tuple[int, dict]]:
             facts["operation"] = op.get("kind")
         out.append((call[side]["frames"][1], facts))
     return out
+
+
+def _refresher_facts(d: dict, facts: dict) -> None:
+    """A refresher reply's key values: the m_lCancelId an object was added under, and the
+    objects RemoteRefresh returned (request ids, classes, every property's value)."""
+    info = _param(d, "pInfo")
+    if info and isinstance(info.get("value"), dict) and "m_lCancelId" in info["value"]:
+        facts["cancel_id"] = str(info["value"]["m_lCancelId"])
+    refreshed = _param(d, "paObjects")
+    if refreshed and isinstance(refreshed.get("value"), list):
+        facts["request_ids"] = [str(o["m_lRequestId"]) for o in refreshed["value"]]
+        instances = []
+        for o in refreshed.get("object") or []:
+            instances.extend(o if isinstance(o, list) else [o])
+        facts["refreshed_classes"] = [i["class"] for i in instances]
+        facts["refreshed_props"] = [(k, _text(v.get("value"))) for i in instances
+                                    for k, v in (i.get("properties") or {}).items()]
 
 
 TSHARK44 = ROOT / ".tshark44" / "tshark"
@@ -218,6 +238,14 @@ def compare(path: Path, version: str = "4.0") -> tuple[int, list[str]]:
                 got = dict(zip(row["wmi.prop.name"], row["wmi.prop.value"]))
                 if got != facts["inparams"]:
                     diffs.append(f"{where}: in-parameters {facts['inparams']} vs {got}")
+            if "cancel_id" in facts and row["wmi.m_lCancelId"] != [facts["cancel_id"]]:
+                diffs.append(f"{where}: m_lCancelId {facts['cancel_id']} vs {row['wmi.m_lCancelId']}")
+            if "request_ids" in facts:
+                got = (row["wmi.m_lRequestId"], row["wmi.obj.class"],
+                       list(zip(row["wmi.prop.name"], row["wmi.prop.value"])))
+                want = (facts["request_ids"], facts["refreshed_classes"], facts["refreshed_props"])
+                if got != want:
+                    diffs.append(f"{where}: refreshed objects {want} vs {got}")
             compared.update({k: compared[k] + 1 for k in facts})
     compare.last = dict(compared)
     return checked, diffs
@@ -364,3 +392,28 @@ def test_an_iwbemcontext_is_shown_value_by_value(tmp_path):
                          capture_output=True, text=True).stdout
     assert out.strip().split(SEP) == ["__ProviderArchitecture = 64", "__RequiredArchitecture = TRUE",
                                       "__Locale = MS_409"]
+
+
+@needs_tshark
+def test_a_malformed_refreshed_blob_gets_expert_info_and_the_rest_decodes(tmp_path):
+    """The WBEM_INSTANCE_BLOB of the first RemoteRefresh reply given Version 7: that blob is
+    marked malformed at its offset in the stub, its sibling and the next reply still decode."""
+    from scapy.all import TCP, Raw, rdpcap, wrpcap
+
+    packets = rdpcap(str(PCAPS / "wmi-refresher.pcap"))
+    reply = packets[38]                                    # frame 39, the first RemoteRefresh reply
+    payload = bytearray(bytes(reply[TCP].payload))
+    # Version 1, numObjects 2, the first RefreshedInstances' blobSize 0x58
+    at = payload.find(bytes.fromhex("010000000200000058000000"))
+    assert at == 24 + 152                                  # the 24-octet response header, then the stub
+    payload[at:at + 4] = (7).to_bytes(4, "little")
+    reply[TCP].remove_payload()
+    reply[TCP].add_payload(Raw(bytes(payload)))
+    damaged = tmp_path / "damaged.pcap"
+    wrpcap(str(damaged), packets)
+
+    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
+    assert lua_errors(stderr) == []
+    assert frames[39]["_ws.expert.message"] == ["malformed stub: WBEM_INSTANCE_BLOB: Version is not 1 at offset 152"]
+    assert frames[39]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"]
+    assert frames[41]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"] + 2 * ["Win32_PerfRawData_PerfProc_Process"]

@@ -74,8 +74,9 @@ class UnknownType(KeyError):
 class _Types:
     """The table's type strings parsed into Lua-ready nodes, with NDR alignment (C706 14)."""
 
-    def __init__(self, structs: dict):
+    def __init__(self, structs: dict, enums: dict | None = None):
         self.structs = structs
+        self.enums = enums or {}
         self.nodes: dict[str, dict] = {}
 
     def node(self, text: str) -> dict:
@@ -112,7 +113,9 @@ class _Types:
                 n.update(k="union", sw=u["switch_type"], arms={v: [name, t] for v, name, t in u["arms"]})
                 n["a"] = max([self.node(u["switch_type"])["a"]] + [self.node(t)["a"] for _, _, t in u["arms"]])
             elif spec["fields"]:
-                n["f"] = [[f, t] for f, t in spec["fields"]]
+                # a member read with enumerations (wbem.FIELD_ENUMS) carries their names
+                n["f"] = [[f, t, *([list(self.enums[text, f])] if (text, f) in self.enums else [])]
+                          for f, t in spec["fields"]]
                 n["a"] = max(self.node(t)["a"] for _, t in spec["fields"])
             else:
                 n["k"] = "opaque"          # VARIANT, EXCEPINFO: the table lists no fields
@@ -144,7 +147,7 @@ def _learns(types: _Types, text: str, seen=None) -> bool:
     if n["k"] in ("unique", "array", "varray"):
         return _learns(types, n["e"], seen)
     if n["k"] == "struct":
-        return any(_learns(types, t, seen) for _, t in n.get("f", ()))
+        return any(_learns(types, f[1], seen) for f in n.get("f", ()))
     if n["k"] == "union":
         return any(_learns(types, t, seen) for _, t in n["arms"].values())
     return False
@@ -189,7 +192,7 @@ def _lua(v, indent: str = "") -> str:
 
 def _data() -> dict:
     itf, wbem = tables()
-    types = _Types(itf.STRUCTS)
+    types = _Types(itf.STRUCTS, wbem.FIELD_ENUMS)
     param_kinds: dict[str, set] = {}
     ifaces = {}
     for i in itf.INTERFACES:
@@ -230,6 +233,7 @@ def _data() -> dict:
         kind = kinds.pop() if len(kinds) == 1 else ("string" if "none" not in kinds else "none")
         fields[name] = [kind, display_name(name)]
     hresults = {}
+    struct_fields = _struct_fields(types, itf, wbem, fields)
     for table in (wbem.ERREF, wbem.APPENDIX_C, wbem.WBEMSTATUS):
         for name, value, _ in table:
             hresults[value] = name
@@ -238,12 +242,56 @@ def _data() -> dict:
     from wmiscope.formats.cim import CIM_TYPE_NAMES, DICTIONARY_STRINGS
     clsids = {c["uuid"]: c["name"] for c in itf.CLSIDS}
     return {
-        "IFACES": ifaces, "TYPES": types.nodes, "FIELDS": fields, "HRESULTS": hresults, "ENUMS": enums,
+        "IFACES": ifaces, "TYPES": types.nodes, "FIELDS": fields, "SFIELDS": struct_fields, "HRESULTS": hresults, "ENUMS": enums,
         "CIMTYPES": {int(k): v for k, v in CIM_TYPE_NAMES.items()}, "DICTIONARY": list(DICTIONARY_STRINGS),
         "CLSIDS": clsids, "PROPS": list(PROPERTY_FIELDS), "SPECIAL": SPECIAL,
         "WMIO_CLSID": itf.uuid_of("WbemClassObject unmarshaler"),
         "CONTEXT_CLSID": itf.uuid_of("WbemContext unmarshaler"),
     }
+
+
+def _struct_fields(types: _Types, itf, wbem, param_fields: dict) -> dict:
+    """Fields for the scalar members of the structures WMI methods carry (`wmi.m_lCancelId`,
+    `wmi.m_lRequestId`, `wmi.m_lBlobType`, ...): [kind, label].
+
+    Only structures reachable from a WMI interface's own parameters (not the implicit ORPC
+    headers: DCOM keeps its built-in fields), and only member names no parameter field
+    already uses."""
+    reached: list[str] = []
+
+    def walk(text: str) -> None:
+        n = types.node(text)
+        if n["k"] in ("unique", "array", "varray"):
+            walk(n["e"])
+        elif n["k"] == "union":
+            for _, t in n["arms"].values():
+                walk(t)
+        elif n["k"] == "struct" and text not in reached:
+            reached.append(text)
+            for f in n["f"]:
+                walk(f[1])
+
+    for i in itf.INTERFACES:
+        if i["group"] != "wmi":
+            continue
+        for m in i["methods"]:
+            for p in m["params"]:
+                if p.get("implicit"):
+                    continue
+                try:
+                    walk(p["type"])
+                except UnknownType:
+                    pass
+    out: dict[str, list] = {}
+    for struct in sorted(reached):
+        for member, typ in itf.STRUCTS[struct]["fields"]:
+            kind = _field_kind(typ)
+            if kind == "none" or member in param_fields:
+                continue
+            if member in out and out[member][0] != kind:
+                out[member][0] = "string"
+            out.setdefault(member, [kind, member])
+    return out
 
 
 def render() -> str:

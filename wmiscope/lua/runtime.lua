@@ -65,20 +65,15 @@ local F = {
     ctx_name = ProtoField.string("wmi.context.name", "Context value"),
     stub = ProtoField.bytes("wmi.stub", "Stub"),
 }
-local PF = {}             -- parameter fields: wmi.<IDL name>
-for name, spec in pairs(G.FIELDS) do
-    local kind, label = spec[1], spec[2]
-    local abbr = "wmi." .. name
-    if kind == "uint" then
-        PF[name] = ProtoField.uint32(abbr, label, base.DEC)
-    elseif kind == "int" then
-        PF[name] = ProtoField.int32(abbr, label, base.DEC)
-    elseif kind == "string" then
-        PF[name] = ProtoField.string(abbr, label)
-    else
-        PF[name] = ProtoField.string(abbr, label)
-    end
+local function make_field(abbr, kind, label)
+    if kind == "uint" then return ProtoField.uint32(abbr, label, base.DEC) end
+    if kind == "int" then return ProtoField.int32(abbr, label, base.DEC) end
+    return ProtoField.string(abbr, label)
 end
+local PF = {}             -- parameter fields: wmi.<IDL name>
+for name, spec in pairs(G.FIELDS) do PF[name] = make_field("wmi." .. name, spec[1], spec[2]) end
+local SF = {}             -- structure member fields: wmi.<member> (m_lCancelId, m_lRequestId, ...)
+for name, spec in pairs(G.SFIELDS) do SF[name] = make_field("wmi." .. name, spec[1], spec[2]) end
 local PROPF = {}          -- wmi.prop.<Name>, by lower-case name
 for _, name in ipairs(G.PROPS) do
     PROPF[name:lower()] = ProtoField.string("wmi.prop." .. name, name)
@@ -87,6 +82,7 @@ local all = {}
 for _, f in pairs(F) do all[#all + 1] = f end
 for _, f in pairs(PF) do all[#all + 1] = f end
 for _, f in pairs(PROPF) do all[#all + 1] = f end
+for _, f in pairs(SF) do all[#all + 1] = f end
 proto.fields = all
 
 local E = {
@@ -123,6 +119,28 @@ local function guid(s, o)
     return text
 end
 local function hex64(s, o) return sformat("0x%08x%08x", u32(s, o + 4), u32(s, o)) end
+
+-- a 64-bit integer in decimal, exactly (a Lua 5.2 number holds only 53 bits): long division
+-- of hi:lo by 10, each step small enough for a double
+local function dec64(s, o, signed)
+    local lo, hi = u32(s, o), u32(s, o + 4)
+    local sign = ""
+    if signed and hi >= 2147483648 then
+        -- two's complement: the magnitude is 2^64 - hi:lo
+        sign = "-"
+        lo, hi = (4294967296 - lo) % 4294967296, 4294967295 - hi + (lo == 0 and 1 or 0)
+    end
+    if hi == 0 then return sign .. sformat("%d", lo) end
+    local digits = {}
+    while hi > 0 or lo > 0 do
+        local r = hi % 10
+        hi = floor(hi / 10)
+        local cur = r * 4294967296 + lo
+        digits[#digits + 1] = cur % 10
+        lo = floor(cur / 10)
+    end
+    return sign .. concat(digits):reverse()
+end
 
 local function utf8char(c)
     if c < 0x80 then return schar(c) end
@@ -372,7 +390,7 @@ KIND.struct = function(rd, t, node)
     local values = {}
     for _, f in ipairs(t.f) do
         local c = child(node, f[1])
-        c.t = f[2]
+        c.t, c.m, c.e = f[2], f[1], f[3]
         local ft = G.TYPES[f[2]]
         if ft.k == "union" then
             -- non-encapsulated union: its discriminant is on the wire, then the arm
@@ -510,9 +528,10 @@ local function cim_value(s, heap, typ, p)
     elseif base == 3 then return s32(s, p)
     elseif base == 19 then return u32(s, p)
     elseif base == 20 or base == 21 then
+        -- sint64 / uint64 in decimal, as wmiscope writes them
         local lo, hi = u32(s, p), u32(s, p + 4)
         if hi == 0 then return lo end
-        return hex64(s, p)
+        return dec64(s, p, base == 20)
     end
     return sformat("<cimtype %d>", typ)
 end
@@ -679,12 +698,10 @@ object_block = function(s, p, lim, depth)
     return instance_part(s, e, lim, cls, obj)
 end
 
--- the instance fields after CurrentClass (2.2.53, and 2.2.3 without the class), at e
-instance_part = function(s, e, lim, cls, obj)
-    local len = u32(s, e)
-    local stop = e + len
-    if stop > lim then fail(e, "InstanceType: EncodingLength runs past the object") end
-    local nd_at = e + 9
+-- NdTable, InstanceData, InstanceQualifierSet and InstanceHeap of an instance of cls, from
+-- nd_at to stop: what an InstanceType (2.2.53) and a RefreshedSingleInstance (MS-WMI 2.2.19)
+-- both carry
+local function instance_values(s, nd_at, stop, cls, obj)
     local values_at = nd_at + cls.nd_len
     local r = values_at + cls.vt_len
     local _, qend = qualifier_set(s, r, stop, nil)
@@ -715,6 +732,47 @@ instance_part = function(s, e, lim, cls, obj)
         inst.values[i] = v
     end
     return inst
+end
+
+-- the instance fields after CurrentClass (2.2.53, and 2.2.3 without the class), at e
+instance_part = function(s, e, lim, cls, obj)
+    local len = u32(s, e)
+    local stop = e + len
+    if stop > lim then fail(e, "InstanceType: EncodingLength runs past the object") end
+    return instance_values(s, e + 9, stop, cls, obj)
+end
+
+-- MS-WMI 2.2.15 - 2.2.19: the blob of a WBEM_REFRESHED_OBJECT at p (until lim), read against
+-- the template its request id was added with (a class, or an instance whose class is used):
+-- the instances it refreshes, each {at, len, obj}. Only the values travel; where the objects
+-- come from (Decoration) stays the template's.
+local BLOB_ALL, BLOB_ERROR, BLOB_ENUM = 2, 3, 4
+local function refreshed_single(s, p, lim, template)
+    if p + 8 > lim then fail(p, "RefreshedSingleInstance: truncated") end
+    local cls = template.kind == "instance" and template.class or template
+    return instance_values(s, p + 4, lim, cls, template)
+end
+function WMIO.refreshed(s, p, lim, blob_type, template)
+    if blob_type == BLOB_ERROR then
+        if lim > p then fail(p, "WBEM_BLOB_TYPE_ERROR with a blob") end
+        return {}
+    elseif blob_type == BLOB_ALL then
+        return { { at = p, len = lim - p, obj = refreshed_single(s, p, lim, template) } }
+    elseif blob_type ~= BLOB_ENUM then
+        fail(p, sformat("m_lBlobType %s is not 2, 3 or 4", tostring(blob_type)))
+    end
+    -- WBEM_INSTANCE_BLOB (2.2.16): Version 1, numObjects, then each a blobSize and an instance
+    if p + 8 > lim or u32(s, p) ~= 1 then fail(p, "WBEM_INSTANCE_BLOB: Version is not 1") end
+    local n = u32(s, p + 4)
+    if n * 12 > lim - p - 8 then fail(p + 4, sformat("WBEM_INSTANCE_BLOB: %d objects cannot fit", n)) end
+    local out, q = {}, p + 8
+    for i = 1, n do
+        local size = u32(s, q)
+        if q + 4 + size > lim then fail(q, sformat("RefreshedInstances[%d].blobSize runs past the blob", i - 1)) end
+        out[i] = { at = q, len = 4 + size, obj = refreshed_single(s, q + 4, q + 4 + size, template) }
+        q = q + 4 + size
+    end
+    return out
 end
 
 -- MS-WMI 2.2.14 ObjectArray at p: its objects, classes of WBEMOBJECT_INSTANCEs kept in cache
@@ -1000,6 +1058,9 @@ local function reset()
     S.frags = {}        -- stream:call_id:ptype -> list of stub pieces
     S.frames = {}       -- frame number -> list of PDU records (false: none)
     S.classes = {}      -- smart enumerator / sink IPID -> ObjectArray classID -> class (2.2.14.4)
+    S.templates = {}    -- IWbemRemoteRefresher IPID -> request id -> _WBEM_REFRESH_INFO template
+    S.latest = {}       -- request id -> the template most recently added under it (any refresher)
+    S.ntemplates = 0
 end
 reset()
 
@@ -1080,6 +1141,57 @@ local function observe(call, dec, response, frame)
             end
         end
     end
+end
+
+-- _WBEM_REFRESH_INFO (MS-WMI 2.2.20) in an AddObjectToRefresher / AddEnumToRefresher reply:
+-- its m_pTemplate is what the refreshed blobs of request id m_lCancelId are read against
+-- (2.2.19 carries only values), kept under the IWbemRemoteRefresher it names
+local MAX_TEMPLATES = 4096
+local function keep_template(node, stub)
+    local cancel = node.fields and node.fields.m_lCancelId
+    if type(cancel) ~= "number" then return end
+    local template, refresher
+    local function walk(n)
+        local o = n.objref
+        if o and o.clsid == G.WMIO_CLSID and o.payload then
+            local ok, obj = pcall(WMIO.encoding_unit, stub, o.payload, o.at + o.len)
+            if ok then template = obj end
+        elseif o and o.iface == "IWbemRemoteRefresher" then
+            refresher = o.ipid
+        end
+        for _, c in ipairs(n.c or {}) do walk(c) end
+    end
+    walk(node)
+    if not template then return end
+    -- bounded: a capture that adds more objects than this starts the tables again
+    S.ntemplates = S.ntemplates + 1
+    if S.ntemplates > MAX_TEMPLATES then S.templates, S.latest, S.ntemplates = {}, {}, 1 end
+    local key = refresher or "?"
+    S.templates[key] = S.templates[key] or {}
+    S.templates[key][cancel] = template
+    S.latest[cancel] = template
+    return true
+end
+
+-- the methods whose reply carries WBEM_REFRESHED_OBJECTs (G.SPECIAL), and which parameter: looked
+-- up once here, not by name for every PDU
+for _, info in pairs(G.IFACES) do
+    for _, m in pairs(info.m) do
+        for _, p in ipairs(m.r or {}) do
+            if G.SPECIAL[info.name .. "." .. m.n .. "." .. p.n] == "refreshed_objects" then m.refreshed = p.n end
+        end
+    end
+end
+
+-- the templates of a RemoteRefresh reply's WBEM_REFRESHED_OBJECTs, by request id, resolved
+-- on the first pass (a later pass sees the tables as the capture left them)
+local function templates_for(call, node)
+    local out, mine = {}, S.templates[call.ipid or "?"] or {}
+    for _, c in ipairs(node.c or {}) do
+        local rid = c.fields and c.fields.m_lRequestId
+        if rid then out[rid] = mine[rid] or S.latest[rid] end
+    end
+    return out
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -1317,13 +1429,14 @@ local function first_pass(pinfo)
                 if call and (last or h.ptype == 3) then
                     if h.ptype == 0 then call.req_frame = pinfo.number call.req_done = true
                     else call.resp_frame = pinfo.number end
-                    local dec
+                    local dec, added
                     if needed and stub then
                         local ok, d = pcall(decode_stub, stub, 0, #stub, info, call.opnum, h.ptype == 2, 0)
                         if ok then
                             dec = d
                             observe(call, dec, h.ptype == 2, pinfo.number)
                             for _, n in ipairs(dec.params) do
+                                if n.t == "_WBEM_REFRESH_INFO" and keep_template(n, stub) then added = true end
                                 if n.oa then
                                     -- the classes later ObjectArrays of this enumeration (or sink) refer to
                                     local key = call.ipid or "?"
@@ -1356,6 +1469,14 @@ local function first_pass(pinfo)
                                 if n.objref and n.objref.obj and #stub <= 16384 then rec.deep = true end
                             end
                             rec.vals = vals
+                            -- a refresher reply's structures (m_lCancelId, m_lRequestId) and objects
+                            -- are fields a filter may want, as a small stub's objects are
+                            if added and #stub <= 16384 then rec.deep = true end
+                            local refreshed = m.refreshed and h.ptype == 2 and param(dec, m.refreshed)
+                            if refreshed then
+                                rec.templates = templates_for(call, refreshed)
+                                if #stub <= 16384 then rec.deep = true end
+                            end
                             rec.ret = dec.ret and dec.ret.v
                             rec.err = dec.err
                         end
@@ -1439,8 +1560,12 @@ local function add_node(tree, tvb, node, field, pinfo)
     local r = tvb_range(tvb, node.o or 0, node.n or 0)
     local text = value_text(node)
     local item
+    local spec = field and G.FIELDS[node.p.n]
+    if not field and node.m and SF[node.m] and node.v ~= nil and not node.c then
+        field, spec = SF[node.m], G.SFIELDS[node.m]
+    end
     if field then
-        local kind = G.FIELDS[node.p.n][1]
+        local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
             item = tree:add(field, r, node.v)
         else
@@ -1450,7 +1575,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         item = tree:add(F.item, r, text)
     end
     item:set_text(sformat("%s: %s", node.l, text))
-    local names = node.p and describe(node.p.e, node.v)
+    local names = describe(node.p and node.p.e or node.e, node.v)
     if names then
         for _, n in ipairs(names) do item:add(F.flag, r, n) end
         if #names > 0 then item:append_text(" (" .. concat(names, " | ") .. ")") end
@@ -1462,6 +1587,11 @@ local function add_node(tree, tvb, node, field, pinfo)
         if o.obj_err then item:add_proto_expert_info(E.malformed, sformat("malformed MS-WMIO object: %s at offset %s", tostring(o.obj_err.msg or o.obj_err), tostring(o.obj_err.off))) end
         for _, n in ipairs(o.context or {}) do item:add(F.ctx_name, r, n) end
         for _, n in ipairs(o.nested or {}) do item:add(F.objref, r, n.text) end
+    end
+    for _, x in ipairs(node.refreshed or {}) do add_object(item, tvb_range(tvb, x.at, x.len), x.obj) end
+    if node.untemplated then
+        -- not malformed: the AddObjectToRefresher / AddEnumToRefresher reply was not seen
+        line(item, r, sformat("no template seen for request id %s: values not decoded", tostring(node.untemplated)))
     end
     if node.oa_dec then
         -- the ObjectArray's offsets are in the stub; the node's were moved to the tvb's
@@ -1570,6 +1700,25 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
                 n.oa_o = n.o
                 local ok, oa = pcall(WMIO.object_array, s, n.oa[1], n.oa[2], S.classes[call.ipid or "?"] or {})
                 if ok then n.oa_dec = oa else n.err = type(oa) == "table" and oa or { off = n.oa[1], msg = tostring(oa) } end
+            end
+            if rec.templates and n.p.n == m.refreshed then
+                -- the refreshed objects, each read against its request id's template
+                for _, c in ipairs(n.c or {}) do
+                    local blob = c.c and c.c[4]
+                    local template = c.fields and rec.templates[c.fields.m_lRequestId]
+                    if blob and blob.bytes and template then
+                        local ok, list = pcall(WMIO.refreshed, s, blob.bytes[1], blob.bytes[1] + blob.bytes[2],
+                            c.fields.m_lBlobType, template)
+                        if ok then
+                            for _, r in ipairs(list) do r.at = r.at + base end
+                            blob.refreshed = list
+                        else
+                            blob.err = type(list) == "table" and list or { off = blob.bytes[1], msg = tostring(list) }
+                        end
+                    elseif blob and blob.bytes and blob.bytes[2] > 0 then
+                        blob.untemplated = c.fields and c.fields.m_lRequestId
+                    end
+                end
             end
             do
                 shift(n)
