@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing of every layer that reads untrusted bytes (atheris / libFuzzer).
 
-    .venv/bin/python scripts/fuzz.py LAYER [--seconds N | --runs N] [--seed S] [-- libFuzzer options]
+    .venv/bin/python scripts/fuzz.py LAYER [--seconds N | --runs N] [--seed S] [--workdir DIR] [-- libFuzzer options]
+    .venv/bin/python scripts/fuzz.py campaign [LAYER...] --workdir DIR [--target N] [--slice S] [--jobs J] [--until HH:MM]
+    .venv/bin/python scripts/fuzz.py report [LAYER...] --workdir DIR
 
 LAYER is one of: capture, tcp, dcerpc, auth, stub, wmio, object_array, context,
 refresher, or `all` (one target that gives the first input octet to choose the
 layer: what the test suite runs briefly). `--list` names them.
 
+Every fuzzing run appends what it did (executions, exec/s, libFuzzer's cov and ft,
+corpus size, crashes, hangs, the commit) to DIR/LAYER/campaign.jsonl; the corpus
+stays in DIR/LAYER/corpus, so a run resumes where the last one stopped. `campaign`
+runs the layers in turns of --slice seconds (each once, then the one nearest to its
+target in time, --jobs at once) until each has --target executions over all its runs
+(or --until comes); `report` sums the log per layer.
+
 Each layer is seeded from the real captures (../shared/captures) and the project's
 samples (pcaps/, wmiscope.synth): capture files, TCP segments, reassembled DCE/RPC
 streams, auth_values, call stubs, MS-WMIO EncodingUnits, ObjectArrays, IWbemContext
-OBJREFs, refresher blobs. The seeds are written under .fuzz/LAYER/seeds and the
-growing corpus under .fuzz/LAYER/corpus (both ignored by git); a crash or a hang is
-written as .fuzz/LAYER/crash-* / timeout-* by libFuzzer. Minimize one with
+OBJREFs, refresher blobs (the contexts and refresher blobs are also built: the
+captures hold none). The seeds are written under DIR/LAYER/seeds and the growing
+corpus under DIR/LAYER/corpus (DIR is .fuzz by default, ignored by git); a crash or a
+hang is written as DIR/LAYER/crash-* / timeout-* by libFuzzer. Minimize one with
 `scripts/fuzz.py LAYER -- -minimize_crash=1 -runs=10000 .fuzz/LAYER/crash-...`, then
 check it in as tests/fuzz_regressions/LAYER/NAME (tests/test_fuzz.py replays them).
 
@@ -516,7 +526,7 @@ def run(layer: str, workdir: Path, *, seconds=None, runs=None, seed=None, extra=
     argv = [sys.executable, str(Path(__file__).resolve()), layer, "--workdir", str(workdir)]
     argv += [f"--seconds={seconds}"] * bool(seconds) + [f"--runs={runs}"] * (runs is not None)
     argv += [f"--seed={seed}"] * (seed is not None) + ["--", *extra] * bool(extra)
-    started = time.time()
+    started, commit = time.time(), _commit()      # the code the child runs
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                              env={**os.environ, _CHILD: "1"})
     _RUNNING[child] = layer
@@ -551,7 +561,7 @@ def run(layer: str, workdir: Path, *, seconds=None, runs=None, seed=None, extra=
            "corpus_files": len(corpus), "corpus_bytes": sum(corpus), "max_len": MAX_LEN.get(layer),
            "crashes": [n for n in new if n.startswith(("crash-", "leak-"))],
            "timeouts": [n for n in new if n.startswith(("timeout-", "slow-unit-"))],
-           "ooms": [n for n in new if n.startswith("oom-")], "exit": code, "commit": _commit()}
+           "ooms": [n for n in new if n.startswith("oom-")], "exit": code, "commit": commit}
     if code == 130:     # stopped (SIGINT, atheris's exit): no final stats, the last status line counts
         rec["interrupted"] = True
     elif code and not new:
@@ -592,7 +602,7 @@ def report(workdir: Path, layers=LAYERS) -> str:
 
 def campaign(layers, workdir: Path, *, target: int, slice_s: int, until=None, jobs: int = 1, seed=None,
              extra=()) -> int:
-    """Runs of `slice_s` seconds, the layer with the fewest executions so far first, until
+    """Runs of `slice_s` seconds, the layer nearest to its target in time first, until
     every layer has `target` executions (summed over every run in the log) or `until`
     (a time.time()) comes. `jobs` runs go at once, each on another layer."""
     import signal
@@ -612,14 +622,20 @@ def campaign(layers, workdir: Path, *, target: int, slice_s: int, until=None, jo
     signal.signal(signal.SIGTERM, on_signal)
 
     def next_layer():
+        # A layer never run goes first (its speed is not known yet), then the one nearest
+        # to its target in time: as many layers as can reach the target do.
         with lock:
-            done = {layer: totals(workdir, layer)["executions"] for layer in layers if layer not in busy}
-            todo = sorted((n, layers.index(layer), layer) for layer, n in done.items() if n < target)
+            todo = []
+            for layer in layers:
+                t = totals(workdir, layer)
+                if layer not in busy and t["executions"] < target:
+                    left = target - t["executions"]
+                    todo.append((bool(t["runs"]), left / max(t["exec_per_s"], 1), layer, left))
             if not todo:
                 return None, 0
-            n, _, layer = todo[0]
+            _, _, layer, left = min(todo)
             busy.add(layer)
-            return layer, target - n
+            return layer, left
 
     def worker():
         while not stop.is_set():
