@@ -546,15 +546,18 @@ def run(layer: str, workdir: Path, *, seconds=None, runs=None, seed=None, extra=
                     k, v = _STAT.match(line).groups()
                     stats[k] = int(v)
                 tail = (tail + [line])[-40:]
-        code = child.wait()
+        # wait4: the child's own CPU time, a speed that does not depend on what else runs
+        _, status, usage = os.wait4(child.pid, 0)
+        code = child.returncode = os.waitstatus_to_exitcode(status)
     finally:
         _RUNNING.pop(child, None)
     new = sorted(_artefacts(work) - before)
     corpus = [p.stat().st_size for p in (work / "corpus").iterdir()] if (work / "corpus").is_dir() else []
     executions = stats.get("number_of_executed_units", int(last.group(1)) if last else 0)
-    took = time.time() - started
+    took, cpu = time.time() - started, usage.ru_utime + usage.ru_stime
     rec = {"layer": layer, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "seconds": round(took, 1), "executions": executions, "exec_per_s": round(executions / took) if took else 0,
+           "seconds": round(took, 1), "cpu_seconds": round(cpu, 1), "executions": executions,
+           "exec_per_s": round(executions / took) if took else 0, "exec_per_cpu_s": round(executions / cpu) if cpu else 0,
            "cov": int(last.group(3)) if last else None, "ft": int(last.group(4)) if last else None,
            "inited_cov": int(first.group(3)) if first else None, "inited_ft": int(first.group(4)) if first else None,
            "new_units": stats.get("new_units_added"), "peak_rss_mb": stats.get("peak_rss_mb"),
@@ -582,8 +585,10 @@ def totals(workdir: Path, layer: str) -> dict:
     corpus = workdir / layer / "corpus"
     files = [p.stat().st_size for p in corpus.iterdir()] if corpus.is_dir() else []
     execs, secs = sum(r["executions"] for r in runs), sum(r["seconds"] for r in runs)
+    timed = [r for r in runs if "cpu_seconds" in r]
+    cpu_execs, cpu = sum(r["executions"] for r in timed), sum(r["cpu_seconds"] for r in timed)
     return {"layer": layer, "runs": len(runs), "executions": execs, "seconds": round(secs),
-            "exec_per_s": round(execs / secs) if secs else 0, "cov": last.get("cov"), "ft": last.get("ft"),
+            "exec_per_s": round(execs / secs) if secs else 0, "exec_per_cpu_s": round(cpu_execs / cpu) if cpu else None, "cov": last.get("cov"), "ft": last.get("ft"),
             "crashes": sum(len(r["crashes"]) for r in runs), "timeouts": sum(len(r["timeouts"]) for r in runs),
             "ooms": sum(len(r["ooms"]) for r in runs), "failures": sum("failure" in r for r in runs),
             "corpus_files": len(files), "corpus_kb": round(sum(files) / 1024),
@@ -591,7 +596,7 @@ def totals(workdir: Path, layer: str) -> dict:
 
 
 def report(workdir: Path, layers=LAYERS) -> str:
-    cols = ("layer", "runs", "executions", "seconds", "exec_per_s", "cov", "ft", "crashes", "timeouts", "ooms",
+    cols = ("layer", "runs", "executions", "seconds", "exec_per_s", "exec_per_cpu_s", "cov", "ft", "crashes", "timeouts", "ooms",
             "failures", "corpus_files", "corpus_kb", "commits")
     rows = [cols] + [tuple(str(t[c] if c != "commits" else ",".join(t[c])) for c in cols)
                      for t in (totals(workdir, layer) for layer in layers)]
