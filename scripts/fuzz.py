@@ -80,6 +80,17 @@ _SERVER = ("10.0.0.1", 135)
 _SEG = struct.Struct("!BBIIH")      # flags, connection*2+direction, seq, ack, payload length
 
 
+_TCP = struct.Struct("!HHIIBBHHH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+# connection*2+direction (& 7) -> source address, source port, destination address, destination port,
+# made once: the harness builds thousands of frames a second
+_ENDS = []
+for _ip, _port in _CLIENTS:
+    _client = (bytes(map(int, _ip.split("."))), _port)
+    _server = (bytes(map(int, _SERVER[0].split("."))), _SERVER[1])
+    _ENDS += [(*_client, *_server), (*_server, *_client)]
+
+
 def tcp_records_to_frames(data: bytes):
     """The tcp layer's input: records (_SEG + payload) made into raw-IPv4 frames (linktype 228)."""
     frames = []
@@ -89,11 +100,9 @@ def tcp_records_to_frames(data: bytes):
         pos += _SEG.size
         payload = data[pos:pos + min(n, 65495)]       # what an IPv4 packet can carry
         pos += n
-        (cip, cport) = _CLIENTS[(which >> 1) & 3]
-        (sip, sport), (dip, dport) = ((cip, cport), _SERVER) if which & 1 == 0 else (_SERVER, (cip, cport))
-        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags & 0x3F, 65535, 0, 0) + payload
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
-                         bytes(map(int, sip.split("."))), bytes(map(int, dip.split(".")))) + tcp
+        src, sport, dst, dport = _ENDS[which & 7]
+        tcp = _TCP.pack(sport, dport, seq, ack, 5 << 4, flags & 0x3F, 65535, 0, 0) + payload
+        ip = _IPV4.pack(0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, src, dst) + tcp
         frames.append((len(frames) + 1, 1_700_000_000.0 + len(frames), 228, ip))
     return frames
 
