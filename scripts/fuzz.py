@@ -604,11 +604,14 @@ def totals(workdir: Path, layer: str) -> dict:
             "commits": sorted({r["commit"] for r in runs})}
 
 
-def report(workdir: Path, layers=LAYERS) -> str:
-    cols = ("layer", "runs", "executions", "seconds", "exec_per_s", "exec_per_cpu_s", "cov", "ft", "crashes", "timeouts", "ooms",
-            "failures", "corpus_files", "corpus_kb", "commits")
+def report(workdir: Path, layers=LAYERS, markdown: bool = False) -> str:
+    cols = ("layer", "runs", "executions", "seconds", "exec_per_s", "exec_per_cpu_s", "cov", "ft", "crashes",
+            "timeouts", "ooms", "failures", "corpus_files", "corpus_kb", "commits")
     rows = [cols] + [tuple(str(t[c] if c != "commits" else ",".join(t[c])) for c in cols)
                      for t in (totals(workdir, layer) for layer in layers)]
+    if markdown:
+        rows.insert(1, tuple("---" for _ in cols))
+        return "\n".join("| " + " | ".join(r) + " |" for r in rows)
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
                      for r in rows)
@@ -697,10 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice", type=int, default=900, help="campaign: seconds per run (default 900)")
     ap.add_argument("--until", help="campaign: stop by this UTC time (HH:MM)")
     ap.add_argument("--jobs", type=int, default=1, help="campaign: runs at once, each on another layer")
+    ap.add_argument("--markdown", action="store_true", help="report: as a Markdown table")
     ap.add_argument("--list", action="store_true", help="name the layers and stop")
     argv = sys.argv[1:] if argv is None else argv
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    args = ap.parse_args(ours)      # after --: options and inputs for libFuzzer
+    args = ap.parse_intermixed_args(ours)      # after --: options and inputs for libFuzzer
     if args.list or not args.layer:
         print("\n".join((*LAYERS, "all")))
         return 0
@@ -708,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers and (args.layer not in ("campaign", "report") or not set(layers) <= set(LAYERS)):
         ap.error(f"only campaign and report take layers, among: {', '.join(LAYERS)}")
     if args.layer == "report":
-        print(report(args.workdir, layers))
+        print(report(args.workdir, layers, args.markdown))
         return 0
     if args.layer == "campaign":
         return campaign(layers, args.workdir, target=args.target, slice_s=args.slice, until=_utc(args.until),
