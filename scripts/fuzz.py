@@ -40,6 +40,7 @@ import io
 import json
 import os
 import re
+import shlex
 import struct
 import sys
 from pathlib import Path
@@ -485,6 +486,7 @@ def _fuzz_here(layer: str, workdir: Path, opts: list[str], extra: list[str]) -> 
         import wmiscope.formats.refresher  # noqa: F401
     target = h_all if layer == "all" else HARNESSES[layer]
     work = workdir / layer
+    work.mkdir(parents=True, exist_ok=True)      # libFuzzer writes its artefacts there
     inputs = [a for a in extra if not a.startswith("-")]
     if not inputs:      # fuzzing (not replaying given files): seed and keep a corpus
         seed_dir, corpus = work / "seeds", work / "corpus"
@@ -498,7 +500,10 @@ def _fuzz_here(layer: str, workdir: Path, opts: list[str], extra: list[str]) -> 
     base = ["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={work}{os.sep}",
             f"-max_len={max_len}"]
     flags = [a for a in extra if a.startswith("-")]
-    sys.argv = [sys.argv[0], *base, *opts, *flags, *inputs]     # libFuzzer reads the process's own argv too
+    # libFuzzer reads the process's own argv too, and runs argv[0] (through the shell) with
+    # its options for -minimize_crash and the like: that command must come back to this layer.
+    again = shlex.join([sys.executable, str(Path(__file__).resolve()), layer, "--workdir", str(workdir), "--"])
+    sys.argv = [again, *base, *opts, *flags, *inputs]
     atheris.Setup(sys.argv, lambda data: target(bytes(data)))
     atheris.Fuzz()
     return 0
