@@ -326,6 +326,19 @@ def test_the_create_command_line_is_a_field():
 
 
 @needs_tshark
+def tshark_on_damaged(tmp_path, packets, packet, payload: bytearray) -> dict:
+    """The capture with one packet's TCP payload replaced, through tshark with the plugin;
+    no Lua error is allowed whatever the damage."""
+    from scapy.all import TCP, Raw, wrpcap
+    packet[TCP].remove_payload()
+    packet[TCP].add_payload(Raw(bytes(payload)))
+    damaged = tmp_path / "damaged.pcap"
+    wrpcap(str(damaged), packets)
+    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
+    assert lua_errors(stderr) == []
+    return frames
+
+
 def test_a_malformed_stub_gets_expert_info_and_the_capture_goes_on(tmp_path):
     """ExecMethod's strObjectPath conformance made huge: that call is named and marked
     malformed at the offset of the count, the reply and everything else still decode."""
@@ -338,13 +351,7 @@ def test_a_malformed_stub_gets_expert_info_and_the_capture_goes_on(tmp_path):
     # stub after the 40-octet header (object UUID present); ORPCTHIS is 32 octets, then the
     # BSTR's referent and the FLAGGED_WORD_BLOB's conformance
     payload[40 + 36:40 + 40] = (0xFFFFFF00).to_bytes(4, "little")
-    request[TCP].remove_payload()
-    request[TCP].add_payload(Raw(bytes(payload)))
-    damaged = tmp_path / "damaged.pcap"
-    wrpcap(str(damaged), packets)
-
-    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
-    assert lua_errors(stderr) == []
+    frames = tshark_on_damaged(tmp_path, packets, request, payload)
     assert frames[14]["wmi.method"] == ["ExecMethod"]
     assert [m for m in frames[14]["_ws.expert.message"] if m.startswith("malformed stub")] == [
         "malformed stub: FLAGGED_WORD_BLOB count 4294967040 exceeds the bytes left at offset 36"]   # in the stub
@@ -407,13 +414,7 @@ def test_a_malformed_refreshed_blob_gets_expert_info_and_the_rest_decodes(tmp_pa
     at = payload.find(bytes.fromhex("010000000200000058000000"))
     assert at == 24 + 152                                  # the 24-octet response header, then the stub
     payload[at:at + 4] = (7).to_bytes(4, "little")
-    reply[TCP].remove_payload()
-    reply[TCP].add_payload(Raw(bytes(payload)))
-    damaged = tmp_path / "damaged.pcap"
-    wrpcap(str(damaged), packets)
-
-    frames, stderr = tshark_fields(damaged, [], dfilter="wmi")
-    assert lua_errors(stderr) == []
+    frames = tshark_on_damaged(tmp_path, packets, reply, payload)
     assert frames[39]["_ws.expert.message"] == ["malformed stub: WBEM_INSTANCE_BLOB: Version is not 1 at offset 152"]
     assert frames[39]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"]
     assert frames[41]["wmi.obj.class"] == ["Win32_PerfRawData_PerfOS_Processor"] + 2 * ["Win32_PerfRawData_PerfProc_Process"]
