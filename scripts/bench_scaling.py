@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     render = make()
     size = 0
     for rec in Analysis(**kwargs).run(args.capture):
-        size += len(render(rec))
+        size += len(render(rec).encode("utf-8", "surrogatepass"))
     single = time.process_time() - t
     print(f"{Path(args.capture).name} ({mb:.0f} MB), {args.command} {args.format}: one process {single:.2f} s CPU "
           f"({mb / single:.1f} MB/s)")
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
             outs.append(list(parallel.shard_stream(args.capture, k, n, "x", dict(kwargs), make)))
             times.append(time.process_time() - t)
         t = time.process_time()
-        merged = sum(len(x) for x in parallel.merge(outs, "x"))
+        merged = sum(len(x.encode("utf-8", "surrogatepass")) if type(x) is str else len(x)
+                     for x in parallel.merge_bytes(outs, "x"))
         merge = time.process_time() - t
         assert merged == size, "the split's output differs in size from one process's"
         path = max(times) + merge
