@@ -71,8 +71,9 @@ def shard_of(a: str, b: str, shards: int) -> int:
 
 
 class _ShardDetector(_Detector):
-    """Counts this shard's octets; notes, while the connections open at the end are flushed,
-    whose records follow."""
+    """Counts this shard's octets, and its connections' closes, set-asides and resumptions
+    (see ShardAnalysis.tcp_stats); notes, while the connections open at the end are
+    flushed, whose records follow."""
 
     __slots__ = ()
 
@@ -81,7 +82,11 @@ class _ShardDetector(_Detector):
         analysis.load[analysis.shard] += len(data)
         if analysis.phase:
             analysis.where = self.conn.index
-        _Detector.on_data(self, direction, data, frame, ts)
+        handler = self.handler
+        if handler is not None:         # DCE/RPC: straight on, one call fewer a segment
+            handler.on_data(direction, data, frame, ts)
+        else:
+            _Detector.on_data(self, direction, data, frame, ts)
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         if self.analysis.phase:
@@ -93,6 +98,7 @@ class _ShardDetector(_Detector):
         if analysis.phase == 1:
             analysis.where = self.conn.index
         analysis.own.discard(self.conn.index)
+        analysis.owned["dormant" if self.conn.closed_by == "idle" else "closed"] += 1
         super().on_close(frame)
 
 
@@ -100,7 +106,8 @@ class _ForeignDetector(_Detector):
     """Another shard's connection, only recognised (DCE/RPC or not) as that shard does:
     every shard's TCP stage then keeps, promotes and evicts the same connections and
     numbers them alike. Nothing counted or reported but the octets that shard is handed,
-    so that every shard balances new host pairs alike."""
+    so that every shard balances new host pairs alike; once recognised, a segment costs
+    one call and an addition."""
 
     __slots__ = ("target",)
 
@@ -110,7 +117,8 @@ class _ForeignDetector(_Detector):
 
     def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
         self.analysis.load[self.target] += len(data)
-        _Detector.on_data(self, direction, data, frame, ts)
+        if self.chunks is not None:     # not yet recognised
+            _Detector.on_data(self, direction, data, frame, ts)
 
     def _count(self, name: str) -> None:
         pass
@@ -122,10 +130,22 @@ class _ForeignDetector(_Detector):
         if self.handler is None and self.chunks is not None:
             self.from_start = False
 
+    def on_idle(self, frame: int) -> bool:
+        # Whether the owner's DCE/RPC layer still holds session state (then the connection
+        # stays) or not (then it is set aside, and resumes under its number) only the
+        # owner knows. Kept here: as the owner does whenever a bind, a key or a call is
+        # pending, which is nearly always; answering "not" made every shard but the
+        # owner set aside every idle connection it did not own, so that a split run's
+        # TCP counters (closed, dormant) differed from one process's. The set-asides
+        # are counted by the owner (ShardAnalysis.tcp_stats).
+        return True
+
 
 class ShardAnalysis(Analysis):
     """The pipeline for the connections of one shard; `run` yields (key, record) pairs,
     and (key, _OpMade) where the WMI correlation made an operation."""
+
+    OWNED_TCP = ("closed", "dormant", "resumed")
 
     def __init__(self, shard: int, shards: int, nonce: str, **kwargs):
         super().__init__(**kwargs)
@@ -133,6 +153,8 @@ class ShardAnalysis(Analysis):
         self.own: set[int] = set()           # indices of this shard's live connections
         self.load = [0] * shards             # TCP payload octets handed to each shard's connections
         self.pair_shard: dict[tuple[str, str], int] = {}     # host pair -> its shard
+        # the TCP counters only a connection's own shard counts right (see tcp_stats)
+        self.owned = dict.fromkeys(self.OWNED_TCP, 0)
         self.phase = 0
         self.where = 0
         self.seq = 0
@@ -180,7 +202,18 @@ class ShardAnalysis(Analysis):
         if k != self.shard:
             return _ForeignDetector(conn, self, k)
         self.own.add(conn.index)
+        if conn.resumed:
+            self.owned["resumed"] += 1
         return _ShardDetector(conn, self)
+
+    def tcp_stats(self, reassembler) -> dict:
+        """The reassembler's counters, every shard's alike, but for what depends on a
+        connection's DCE/RPC state (set aside when idle or kept: see
+        _ForeignDetector.on_idle): closed, dormant, resumed are this shard's own
+        connections', which merge_stats sums."""
+        tcp = super().tcp_stats(reassembler)
+        tcp.update(self.owned)
+        return tcp
 
     def tcp_error(self, rec) -> None:
         # Every shard reassembles every connection: each reports its own connections'
@@ -373,6 +406,9 @@ def merge_stats(parts: list[Stats]) -> Stats:
     total = Stats()
     first = parts[0]
     total.frames, total.non_tcp_frames, total.tcp = first.frames, first.non_tcp_frames, dict(first.tcp)
+    for name in ShardAnalysis.OWNED_TCP:        # counted by each connection's own shard
+        if name in total.tcp:
+            total.tcp[name] = sum(s.tcp[name] for s in parts)
     total.ip_fragments = first.ip_fragments
     for s in parts:
         for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors",

@@ -152,3 +152,20 @@ def test_merge_keeps_order_ties_and_numbers_operations():
     pieces = list(merge_bytes([a, b], "n"))
     assert [p for p in pieces if type(p) is str] == ["a6 \udcff\n"]
     assert "".join(p if type(p) is str else bytes(p).decode() for p in pieces) == "".join(want)
+
+
+def test_idle_connections_count_alike_in_every_shard(tmp_path):
+    """Copies of a sealed session one after another (scripts/bench_corpus.py): the
+    connections each copy leaves open go idle and give back their buffers while later
+    copies run. Only a connection's own shard knows whether its DCE/RPC layer keeps
+    session state; another shard used to set it aside, and the split run's TCP counters
+    (closed, dormant) differed from one process's."""
+    import json
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_corpus
+
+    path = tmp_path / "sealed.pcap"
+    bench_corpus.build("sealed", path, 4_000_000, captures=SHARED)
+    one = wmiscope("stats", "--json", str(path), "--workers", "1")
+    assert json.loads(one)["tcp"]["idle_released"] > 0
+    assert wmiscope("stats", "--json", str(path), "--workers", "2") == one
