@@ -37,7 +37,19 @@ correlation state's LRU caps (1024 host pairs, ...) are per shard, so a split ru
 forgets later; connections evicted together past the reassembler's 10000 live ones
 may report in another order; an IPID announced between two hosts and used between two
 others (a multi-homed server reached by both addresses) is not recognised across
-shards.
+shards; a DCE/RPC connection that its owner sets aside when idle (its DCE/RPC layer
+holding no context, key or call: seen from its middle, say) stays live in the other
+shards, so that it counts against their live table's bound, and a SYN reusing its
+5-tuple with its first initial sequence number would be numbered apart.
+
+Why a shard does not skip the other shards' frames: what every output numbers (the
+connection index) and counts (the TCP counters) comes out of the reassembler's state
+over all connections: the closed-connection memory, SYN reuse, the bounded tables'
+evictions of the least recently active (which need each connection's DCE/RPC
+recognition from its first octets) and idle set-asides. A lighter record for foreign
+connections would be a second copy of those rules; measured, skipping the foreign
+segments altogether (not exact) would save nothing measurable on clear traffic and
+about 0.15 s of 1.0 s per shard on 60 MB of sealed replicas (docs/performance.md).
 """
 
 from __future__ import annotations
