@@ -28,28 +28,45 @@ order.
 A shard's records come out keyed by where the single run would have emitted them:
 (0, frame) while the frames are read, (1, -1) for what the decapsulation flushes at the
 end, (1, connection) while the connections still open at the end are flushed (in creation order, as the reassembler does), (2, 0) for the
-capture reader's errors; within a key, in the shard's order. `heapq.merge` of the
-shards' keyed streams is then the single run's order.
+capture reader's errors; within a key, in the shard's order. Merging the shards'
+keyed streams (`merge_bytes`; on equal keys the lower shard first) is then the single
+run's order.
 
 Known differences from one process, all at limits no ordinary capture reaches: the
 correlation state's LRU caps (1024 host pairs, ...) are per shard, so a split run
 forgets later; connections evicted together past the reassembler's 10000 live ones
 may report in another order; an IPID announced between two hosts and used between two
 others (a multi-homed server reached by both addresses) is not recognised across
-shards.
+shards; a DCE/RPC connection that its owner sets aside when idle (its DCE/RPC layer
+holding no context, key or call: seen from its middle, say) stays live in the other
+shards, so that it counts against their live table's bound, and a SYN reusing its
+5-tuple with its first initial sequence number would be numbered apart.
+
+Why a shard does not skip the other shards' frames: what every output numbers (the
+connection index) and counts (the TCP counters) comes out of the reassembler's state
+over all connections: the closed-connection memory, SYN reuse, the bounded tables'
+evictions of the least recently active (which need each connection's DCE/RPC
+recognition from its first octets) and idle set-asides. A lighter record for foreign
+connections would be a second copy of those rules; measured, skipping the foreign
+segments altogether (not exact) would save nothing measurable on clear traffic and
+about 0.15 s of 1.0 s per shard on 60 MB of sealed replicas (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import heapq
 import os
+import pickle
+import struct
 import zlib
-from operator import itemgetter
+from bisect import bisect_left, bisect_right
 
 from .pipeline import Analysis, Stats, _Detector
 from .tcp import NullHandler
 
-TEXT, OP = 0, 1
+TEXT, OP, ODD = 0, 1, 2
+# ODD: a record's text that strict UTF-8 cannot encode (a lone surrogate from a UTF-16
+# string in the capture); it travels with surrogatepass and is written as text, so that
+# the parent's stdout takes or refuses it as one process's would.
 # An operation's stand-in id: ASCII, so that the text around it stays ASCII too (a single
 # non-ASCII character makes Python store, pickle and scan a whole JSON line at two octets
 # a character); the run's random nonce keeps a capture from forging one.
@@ -66,8 +83,9 @@ def shard_of(a: str, b: str, shards: int) -> int:
 
 
 class _ShardDetector(_Detector):
-    """Counts this shard's octets; notes, while the connections open at the end are flushed,
-    whose records follow."""
+    """Counts this shard's octets, and its connections' closes, set-asides and resumptions
+    (see ShardAnalysis.tcp_stats); notes, while the connections open at the end are
+    flushed, whose records follow."""
 
     __slots__ = ()
 
@@ -76,7 +94,11 @@ class _ShardDetector(_Detector):
         analysis.load[analysis.shard] += len(data)
         if analysis.phase:
             analysis.where = self.conn.index
-        _Detector.on_data(self, direction, data, frame, ts)
+        handler = self.handler
+        if handler is not None:         # DCE/RPC: straight on, one call fewer a segment
+            handler.on_data(direction, data, frame, ts)
+        else:
+            _Detector.on_data(self, direction, data, frame, ts)
 
     def on_gap(self, direction: int, missing: int | None, frame: int) -> None:
         if self.analysis.phase:
@@ -88,6 +110,7 @@ class _ShardDetector(_Detector):
         if analysis.phase == 1:
             analysis.where = self.conn.index
         analysis.own.discard(self.conn.index)
+        analysis.owned["dormant" if self.conn.closed_by == "idle" else "closed"] += 1
         super().on_close(frame)
 
 
@@ -95,7 +118,8 @@ class _ForeignDetector(_Detector):
     """Another shard's connection, only recognised (DCE/RPC or not) as that shard does:
     every shard's TCP stage then keeps, promotes and evicts the same connections and
     numbers them alike. Nothing counted or reported but the octets that shard is handed,
-    so that every shard balances new host pairs alike."""
+    so that every shard balances new host pairs alike; once recognised, a segment costs
+    one call and an addition."""
 
     __slots__ = ("target",)
 
@@ -105,7 +129,8 @@ class _ForeignDetector(_Detector):
 
     def on_data(self, direction: int, data: bytes, frame: int, ts: float) -> None:
         self.analysis.load[self.target] += len(data)
-        _Detector.on_data(self, direction, data, frame, ts)
+        if self.chunks is not None:     # not yet recognised
+            _Detector.on_data(self, direction, data, frame, ts)
 
     def _count(self, name: str) -> None:
         pass
@@ -117,10 +142,22 @@ class _ForeignDetector(_Detector):
         if self.handler is None and self.chunks is not None:
             self.from_start = False
 
+    def on_idle(self, frame: int) -> bool:
+        # Whether the owner's DCE/RPC layer still holds session state (then the connection
+        # stays) or not (then it is set aside, and resumes under its number) only the
+        # owner knows. Kept here: as the owner does whenever a bind, a key or a call is
+        # pending, which is nearly always; answering "not" made every shard but the
+        # owner set aside every idle connection it did not own, so that a split run's
+        # TCP counters (closed, dormant) differed from one process's. The set-asides
+        # are counted by the owner (ShardAnalysis.tcp_stats).
+        return True
+
 
 class ShardAnalysis(Analysis):
     """The pipeline for the connections of one shard; `run` yields (key, record) pairs,
     and (key, _OpMade) where the WMI correlation made an operation."""
+
+    OWNED_TCP = ("closed", "dormant", "resumed")
 
     def __init__(self, shard: int, shards: int, nonce: str, **kwargs):
         super().__init__(**kwargs)
@@ -128,6 +165,8 @@ class ShardAnalysis(Analysis):
         self.own: set[int] = set()           # indices of this shard's live connections
         self.load = [0] * shards             # TCP payload octets handed to each shard's connections
         self.pair_shard: dict[tuple[str, str], int] = {}     # host pair -> its shard
+        # the TCP counters only a connection's own shard counts right (see tcp_stats)
+        self.owned = dict.fromkeys(self.OWNED_TCP, 0)
         self.phase = 0
         self.where = 0
         self.seq = 0
@@ -175,7 +214,18 @@ class ShardAnalysis(Analysis):
         if k != self.shard:
             return _ForeignDetector(conn, self, k)
         self.own.add(conn.index)
+        if conn.resumed:
+            self.owned["resumed"] += 1
         return _ShardDetector(conn, self)
+
+    def tcp_stats(self, reassembler) -> dict:
+        """The reassembler's counters, every shard's alike, but for what depends on a
+        connection's DCE/RPC state (set aside when idle or kept: see
+        _ForeignDetector.on_idle): closed, dormant, resumed are this shard's own
+        connections', which merge_stats sums."""
+        tcp = super().tcp_stats(reassembler)
+        tcp.update(self.owned)
+        return tcp
 
     def tcp_error(self, rec) -> None:
         # Every shard reassembles every connection: each reports its own connections'
@@ -207,9 +257,17 @@ class _OpMade:
 
 
 def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: dict, make_renderer,
-                 batch: int = 256):
-    """Shard `shard` of a run, as batches (lists) of (key, TEXT, text, where) and (key, OP, token),
-    where: the offsets of the operation tokens in text, or None.
+                 batch: int = 4096, size: int = 1 << 20):
+    """Shard `shard` of a run, as batches (items, blob): blob holds the UTF-8 text of the
+    batch's records one after the other; items are (key, TEXT, start, end, where), the
+    record's text being blob[start:end] and where the offsets in blob of its operation
+    tokens (or None), and (key, OP, token) where an operation was made (token: the part of
+    its stand-in id after the marker, as bytes). A batch ends at `batch` items or once its
+    text reaches `size` octets.
+
+    The text goes as encoded bytes because that is what the parent writes: one copy
+    out of the pipe, none through pickle's strings and the text layer's encoder (70 MB
+    of JSON lines per 60 MB of objects, all of it through the one parent).
 
     source: what `Analysis.run` takes (a capture's path), read whole by every shard;
     make_renderer(): a function rendering one record to text ("" for nothing).
@@ -217,68 +275,141 @@ def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: d
     analysis = ShardAnalysis(shard, shards, nonce, **analysis_kwargs)
     render = make_renderer()
     marker = _op_marker(nonce)
-    out = []
+    cut = len(marker)
+    items, parts, at = [], [], 0
     for key, rec in analysis.run(source):
         if type(rec) is _OpMade:
-            out.append((key, OP, rec.token))
+            items.append((key, OP, rec.token[cut:].encode()))
             continue
         text = render(rec)
         if text:
-            out.append((key, TEXT, text, _find_all(text, marker)))
-            if len(out) >= batch:
-                yield out
-                out = []
-    if out:
-        yield out
+            kind = TEXT
+            try:
+                data = text.encode()
+            except UnicodeEncodeError:
+                data, kind = text.encode("utf-8", "surrogatepass"), ODD
+            end = at + len(data)
+            where = _find_all(data, marker, at)
+            items.append((key, kind, at, end, where))
+            parts.append(data)
+            at = end
+            if at >= size or len(items) >= batch:
+                yield items, b"".join(parts)
+                items, parts, at = [], [], 0
+    if items:
+        yield items, b"".join(parts)
     return analysis.stats
 
 
-def _op_marker(nonce: str) -> str:
-    return f"op-~{nonce}."
+def _op_marker(nonce: str) -> bytes:
+    return f"op-~{nonce}.".encode()
 
 
-def _find_all(text: str, marker: str) -> list | None:
-    """Where marker occurs in text (None: nowhere)."""
-    p = text.find(marker)
+def _find_all(data: bytes, marker: bytes, at: int) -> list | None:
+    """Where marker occurs in data, as offsets from `at` on (None: nowhere)."""
+    p = data.find(marker)
     if p < 0:
         return None
     where = []
     while p >= 0:
-        where.append(p)
-        p = text.find(marker, p + 1)
+        where.append(at + p)
+        p = data.find(marker, p + 1)
     return where
 
 
-def merge(streams, nonce: str):
-    """The text of the shards' keyed streams (iterables of batches) in the single run's order."""
-    numbers: dict[str, str] = {}        # "shard.n~" -> "op-N"
-    marker = _op_marker(nonce)
-    cut = len(marker)
+def merge_bytes(streams, nonce: str, records: bool = False):
+    """The text of the shards' streams (iterables of batches) in the single run's order, as
+    bytes-like pieces to write one after the other (str for an ODD record's): a run of one
+    shard's records in a row is one slice of its batch, cut only around the operation
+    tokens (records=True: one bytes object per record instead).
 
-    def numbered(text: str, where: list) -> str:
-        # The shard found the tokens (it scans in parallel with the others); here only the
-        # slices around them are joined. A regular expression over the long JSON lines of
-        # objects took as long as the rest of the merge ten times over.
-        out = []
-        last = 0
-        for p in where:
-            end = text.index("~", p + cut) + 1
-            number = numbers.get(text[p + cut:end])
-            if number is not None:
-                out.append(text[last:p])
-                out.append(number)
-                last = end
-        out.append(text[last:])
-        return "".join(out)
-
-    flat = [(item for batch in s for item in batch) for s in streams]
-    for item in heapq.merge(*flat, key=itemgetter(0)):
-        if item[1] == OP:
-            numbers[item[2][cut:]] = f"op-{len(numbers) + 1}"
-        elif item[3]:
-            yield numbered(item[2], item[3])
+    The shards' keys are merged a run at a time: the shard with the least next key goes
+    on up to the least next key of the others (bisect over its batch's keys), so the
+    parent's work grows with how often the shards alternate, not with their octets."""
+    numbers: dict[bytes, bytes] = {}        # token ("shard.n~") -> b"op-N"
+    cut = len(_op_marker(nonce))
+    iters = [iter(s) for s in streams]
+    heads: list = []                        # per shard: [keys, items, blob, position] or None
+    for it in iters:
+        heads.append(_next_batch(it))
+    while True:
+        live = [i for i, h in enumerate(heads) if h is not None]
+        if not live:
+            return
+        # the shard holding the least next key; ties go to the lower-numbered shard,
+        # as heapq.merge of the shards in order would have it
+        i = min(live, key=lambda j: (heads[j][0][heads[j][3]], j))
+        keys, items, blob, pos = heads[i]
+        others = [(heads[j][0][heads[j][3]], j) for j in live if j != i]
+        if others:
+            bound, j = min(others)
+            stop = (bisect_right if i < j else bisect_left)(keys, bound, pos)
         else:
-            yield item[2]
+            stop = len(keys)
+        view = memoryview(blob)
+        start = None                        # where the pending slice of text starts
+        end = 0
+        for item in items[pos:stop]:
+            kind = item[1]
+            if kind == OP:
+                numbers[item[2]] = b"op-%d" % (len(numbers) + 1)
+                continue
+            if records or kind == ODD:
+                if start is not None:
+                    yield view[start:end]
+                    start = None
+                piece = _numbered(blob, item[2], item[3], item[4], cut, numbers)
+                yield piece.decode("utf-8", "surrogatepass") if kind == ODD else piece
+                continue
+            if start is None:
+                start = item[2]
+            if item[4]:
+                # The shard found the tokens (it scans in parallel with the others); here
+                # only the slices around them are cut.
+                for p in item[4]:
+                    after = blob.index(b"~", p + cut) + 1
+                    number = numbers.get(bytes(blob[p + cut:after]))
+                    if number is not None:
+                        yield view[start:p]
+                        yield number
+                        start = after
+            end = item[3]
+        if start is not None:
+            yield view[start:end]
+        if stop < len(keys):
+            heads[i][3] = stop
+        else:
+            heads[i] = _next_batch(iters[i])
+
+
+def _next_batch(it):
+    for items, blob in it:
+        if items:
+            return [[item[0] for item in items], items, blob, 0]
+    return None
+
+
+def _numbered(blob, start: int, end: int, where: list | None, cut: int, numbers: dict) -> bytes:
+    """blob[start:end] with its operation tokens numbered (where: their offsets, or None)."""
+    if not where:
+        return bytes(blob[start:end])
+    out = []
+    last = start
+    for p in where:
+        after = blob.index(b"~", p + cut) + 1
+        number = numbers.get(bytes(blob[p + cut:after]))
+        if number is not None:
+            out.append(blob[last:p])
+            out.append(number)
+            last = after
+    out.append(blob[last:end])
+    return b"".join(out)
+
+
+def merge(streams, nonce: str):
+    """Each record's text (str), in the single run's order: for a consumer that reads records."""
+    for piece in merge_bytes(streams, nonce, records=True):
+        yield piece if type(piece) is str else piece.decode()
 
 
 def merge_stats(parts: list[Stats]) -> Stats:
@@ -287,6 +418,9 @@ def merge_stats(parts: list[Stats]) -> Stats:
     total = Stats()
     first = parts[0]
     total.frames, total.non_tcp_frames, total.tcp = first.frames, first.non_tcp_frames, dict(first.tcp)
+    for name in ShardAnalysis.OWNED_TCP:        # counted by each connection's own shard
+        if name in total.tcp:
+            total.tcp[name] = sum(s.tcp[name] for s in parts)
     total.ip_fragments = first.ip_fragments
     for s in parts:
         for name in ("tcp_flows", "rpc_flows", "other_flows", "gaps", "gap_bytes", "pdus", "calls", "errors",
@@ -306,24 +440,54 @@ def new_nonce() -> str:
 
 # -- local processes --------------------------------------------------------------------
 
-def _child(conn, source, shard, shards, nonce, analysis_kwargs, make_renderer):
+def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer):
     try:
         gen = shard_stream(source, shard, shards, nonce, analysis_kwargs, make_renderer)
         while True:
             try:
-                conn.send(next(gen))
+                items, blob = next(gen)
             except StopIteration as stop:
-                conn.send(None)
-                conn.send(("stats", stop.value, cache_stats()))
+                _send(fd, pickle.dumps(("stats", stop.value, cache_stats()), pickle.HIGHEST_PROTOCOL), b"", 0)
                 break
+            _send(fd, pickle.dumps(items, pickle.HIGHEST_PROTOCOL), blob, 1)
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         try:
-            conn.send(None)
-            conn.send(("error", f"{type(e).__name__}: {e}", None))
+            _send(fd, pickle.dumps(("error", f"{type(e).__name__}: {e}", None)), b"", 0)
         except Exception:  # noqa: BLE001
             pass
     finally:
-        conn.close()
+        os.close(fd)
+
+
+# A message on a worker's pipe: this header, the pickled items (or, last, the final
+# tuple), the batch's text. Plain os.writev/readv instead of multiprocessing's Connection:
+# its receiving side gathers a large message in a BytesIO and copies it out again, and
+# pickling the text would copy it twice more.
+_HEADER = struct.Struct("<BQQ")
+
+
+def _send(fd: int, meta: bytes, blob: bytes, more: int) -> None:
+    parts = [memoryview(_HEADER.pack(more, len(meta), len(blob))), memoryview(meta), memoryview(blob)]
+    while parts:
+        n = os.writev(fd, parts)
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][n:]
+        parts = [p for p in parts if len(p)]
+
+
+def _recv(fd: int, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            raise EOFError
+        got += k
+    return buf
 
 
 def cache_stats() -> dict:
@@ -348,56 +512,74 @@ class LocalRun:
         wmio.compile_parsers()
         self.nonce = new_nonce()
         ctx = mp.get_context("fork")
-        self.conns = []
+        self.fds = []
         self.procs = []
         self.stats: Stats | None = None
         self.cache = []
         for shard in range(workers):
-            recv, send = ctx.Pipe(duplex=False)
+            recv, send = os.pipe()
             _widen(send)
             p = ctx.Process(target=_child, args=(send, source, shard, workers, self.nonce, analysis_kwargs,
                                                  make_renderer), daemon=True)
             p.start()
-            send.close()
-            self.conns.append(recv)
+            os.close(send)
+            self.fds.append(recv)
             self.procs.append(p)
 
     def _batches(self, i, finals):
-        conn = self.conns[i]
+        fd = self.fds[i]
         while True:
             try:
-                batch = conn.recv()
+                more, meta, size = _HEADER.unpack(_recv(fd, _HEADER.size))
+                meta = pickle.loads(_recv(fd, meta))
+                blob = _recv(fd, size)
             except EOFError:
                 raise RuntimeError(f"worker {i} ended without its results") from None
-            if batch is None:
-                finals[i] = conn.recv()
+            if not more:
+                finals[i] = meta
                 return
-            yield batch
+            yield meta, blob
+
+    def chunks(self):
+        """The merged output as bytes-like pieces (see merge_bytes); then `stats` is set."""
+        finals: dict[int, tuple] = {}
+        yield from merge_bytes([self._batches(i, finals) for i in range(len(self.fds))], self.nonce)
+        self._finish(finals)
 
     def text(self):
+        """The merged output record by record, as str; then `stats` is set."""
         finals: dict[int, tuple] = {}
-        yield from merge([self._batches(i, finals) for i in range(len(self.conns))], self.nonce)
+        yield from merge([self._batches(i, finals) for i in range(len(self.fds))], self.nonce)
+        self._finish(finals)
+
+    def _finish(self, finals: dict) -> None:
         for p in self.procs:
             p.join()
-        for i in range(len(self.conns)):
+        for i in range(len(self.fds)):
             kind, value, cache = finals[i]
             if kind == "error":
                 raise RuntimeError(f"worker {i}: {value}")
             self.cache.append(cache)
-        self.stats = merge_stats([finals[i][1] for i in range(len(self.conns))])
+        self.stats = merge_stats([finals[i][1] for i in range(len(self.fds))])
 
     def close(self) -> None:
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
             p.join()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
 
 
-def _widen(conn) -> None:
+def _widen(fd: int) -> None:
     """A larger pipe lets a shard run ahead of the merge by a megabyte instead of 64 KB."""
     try:
         import fcntl
-        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except (OSError, ImportError, AttributeError):
         pass
 

@@ -369,6 +369,10 @@ class Analysis:
         if self._reassembler is not None:
             self._reassembler.promote(index)
 
+    def tcp_stats(self, reassembler: TcpReassembler) -> dict:
+        """The TCP stage's counters, for Stats.tcp, once every connection is closed."""
+        return dict(reassembler.stats)
+
     def tcp_error(self, rec: ErrorRecord) -> None:
         """An error record of the TCP reassembler (about one connection, or none)."""
         self.emit(rec)
@@ -409,7 +413,7 @@ class Analysis:
         self.end_of_frames()
         decap.finish()
         reassembler.finish()
-        stats.tcp = dict(reassembler.stats)
+        stats.tcp = self.tcp_stats(reassembler)
         if decap.frag.stats["fragments"]:
             stats.ip_fragments = dict(decap.frag.stats)
         self._count_forgotten(stats.forgotten)

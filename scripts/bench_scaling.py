@@ -2,14 +2,18 @@
 """How the host-pair split scales, measured in CPU seconds (robust to a loaded machine).
 
     python scripts/bench_scaling.py CAPTURE [--shards 1,2,4] [--command calls|transcript] [--format jsonl|table]
+                                    [--rounds 3]
 
-For each N it runs every shard of an N-way split one after the other in this process
-(dissectors.parallel.shard_stream, rendering as the command does) and times each with
-the CPU clock, then the merge of their outputs. With N idle cores the wall time of a
-split run is about the slowest shard plus the merge (the shards run side by side and
-the merge streams behind them), so the table gives that critical path, the speed-up it
-means against one process, and the CPU the split spends in all (each shard reads and
-reassembles the whole capture). Wall-clock figures on a shared machine measure the
+For each N it runs every shard of an N-way split one after the other, each in a process
+forked from this one as the workers are (dissectors.parallel.shard_stream, rendering as
+the command does, pickling its batches' keys as a worker does: cold caches of decoded
+objects, as in a real run), and times each with the CPU clock, then the parent's merge
+of their outputs and its writing to /dev/null. One process is timed the same way. With
+N idle cores the wall time of a split run is about the slowest shard plus the merge (the
+shards run side by side and the merge streams behind them), so the table gives that
+critical path, the speed-up it means against one process, and the CPU the split spends
+in all (each shard reads and reassembles the whole capture). --rounds repeats it all and
+takes each figure's median. Wall-clock figures on a shared machine measure the
 machine's load as much as the program; these do not.
 """
 
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wmiscope.commands.workers import renderer_factory  # noqa: E402
 from wmiscope.dissectors import parallel  # noqa: E402
 from wmiscope.dissectors.pipeline import Analysis  # noqa: E402
+from wmiscope.formats import wmio  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,37 +41,90 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", default="1,2,4")
     ap.add_argument("--command", default="calls", choices=("calls", "transcript"))
     ap.add_argument("--format", default="jsonl", choices=("jsonl", "table"))
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
     opts = argparse.Namespace(format=args.format, no_errors=False, frames=False, mof=False, all=True,
                               no_operations=False)
     kwargs = {"objects": args.format == "jsonl"} if args.command == "calls" else {"want_pdus": True}
     make = renderer_factory(args.command, opts)
+    make()                      # what LocalRun does before it forks the workers
+    wmio.compile_parsers()
     mb = os.path.getsize(args.capture) / 1e6
+    shards = [int(x) for x in args.shards.split(",")]
 
-    t = time.process_time()
-    render = make()
-    size = 0
-    for rec in Analysis(**kwargs).run(args.capture):
-        size += len(render(rec))
-    single = time.process_time() - t
-    print(f"{Path(args.capture).name} ({mb:.0f} MB), {args.command} {args.format}: one process {single:.2f} s CPU "
-          f"({mb / single:.1f} MB/s)")
+    def single():
+        render = make()
+        size = 0
+        for rec in Analysis(**kwargs).run(args.capture):
+            size += len(render(rec).encode("utf-8", "surrogatepass"))
+        return size
+
+    runs: dict = {}
+    for _ in range(args.rounds):
+        seconds, size = _forked(single)
+        runs.setdefault("single", []).append(seconds)
+        for n in shards:
+            times, outs = [], []
+            for k in range(n):
+                seconds, batches = _forked(lambda k=k: _shard(args.capture, k, n, kwargs, make))
+                times.append(seconds)
+                outs.append(batches)
+            t = time.process_time()
+            merged = 0
+            with open(os.devnull, "wb") as out:
+                for piece in parallel.merge_bytes(outs, "x"):
+                    piece = piece.encode("utf-8", "surrogatepass") if type(piece) is str else piece
+                    out.write(piece)
+                    merged += len(piece)
+            merge = time.process_time() - t
+            assert merged == size, "the split's output differs in size from one process's"
+            runs.setdefault(n, []).append((max(times), merge, sum(times)))
+    one = statistics.median(runs["single"])
+    print(f"{Path(args.capture).name} ({mb:.0f} MB), {args.command} {args.format}: one process {one:.2f} s CPU "
+          f"({mb / one:.1f} MB/s); median of {args.rounds} round(s), each process forked")
     print("| shards | slowest shard s | merge s | critical path s | speed-up with N idle cores | MB/s | CPU in all |")
     print("|---|---|---|---|---|---|---|")
-    for n in (int(x) for x in args.shards.split(",")):
-        times, outs = [], []
-        for k in range(n):
-            t = time.process_time()
-            outs.append(list(parallel.shard_stream(args.capture, k, n, "x", dict(kwargs), make)))
-            times.append(time.process_time() - t)
-        t = time.process_time()
-        merged = sum(len(x) for x in parallel.merge(outs, "x"))
-        merge = time.process_time() - t
-        assert merged == size, "the split's output differs in size from one process's"
-        path = max(times) + merge
-        print(f"| {n} | {max(times):.2f} | {merge:.2f} | {path:.2f} | {single / path:.2f} | {mb / path:.1f} "
-              f"| {(sum(times) + merge) / single:.2f}x |")
+    for n in shards:
+        slowest = statistics.median(r[0] for r in runs[n])
+        merge = statistics.median(r[1] for r in runs[n])
+        total = statistics.median(r[2] + r[1] for r in runs[n])
+        path = slowest + merge
+        print(f"| {n} | {slowest:.2f} | {merge:.2f} | {path:.2f} | {one / path:.2f} | {mb / path:.1f} "
+              f"| {total / one:.2f}x |")
     return 0
+
+
+def _shard(capture, k, n, kwargs, make):
+    batches = []
+    for items, blob in parallel.shard_stream(capture, k, n, "x", dict(kwargs), make):
+        pickle.dumps(items, pickle.HIGHEST_PROTOCOL)         # what a worker sends besides the text
+        batches.append((items, blob))
+    return batches
+
+
+def _forked(fn):
+    """(CPU seconds, result) of fn() run in a forked child; the result comes back pickled,
+    outside the timing."""
+    with tempfile.TemporaryFile() as f:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                t = time.process_time()
+                result = fn()
+                seconds = time.process_time() - t
+                pickle.dump((seconds, result), f, pickle.HIGHEST_PROTOCOL)
+                f.flush()
+            except BaseException:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("a forked run failed")
+        f.seek(0)
+        return pickle.load(f)
 
 
 if __name__ == "__main__":

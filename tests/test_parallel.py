@@ -121,3 +121,51 @@ def test_capture_set_of_files_splits_like_one_file():
     one = wmiscope("calls", "--format", "jsonl", *sources, "--workers", "1")
     assert '"file":"invoke-wmiexec.pcap"' in one and '"file":"wmi-refresher.pcap"' in one
     assert wmiscope("calls", "--format", "jsonl", *sources, "--workers", "2") == one
+
+
+def test_merge_keeps_order_ties_and_numbers_operations():
+    """The parent's merge of keyed batches: runs cut where another shard's key comes first, a
+    tie to the lower shard, tokens numbered in merged order, text strict UTF-8 cannot encode
+    handed over as str (stdout's own error handler takes or refuses it, as in one process)."""
+    from wmiscope.dissectors.parallel import ODD, OP, TEXT, _op_marker, merge, merge_bytes
+
+    marker = _op_marker("n")
+
+    def batch(*entries):
+        items, blob = [], b""
+        for key, kind, payload in entries:
+            if kind == OP:
+                items.append((key, OP, payload))
+                continue
+            data = payload.encode("utf-8", "surrogatepass")
+            where = [len(blob) + i for i in range(len(data)) if data.startswith(marker, i)] or None
+            items.append((key, kind, len(blob), len(blob) + len(data), where))
+            blob += data
+        return items, blob
+
+    a = [batch(((0, 1, 1), TEXT, "a1\n"), ((0, 3, 2), OP, b"0.1~"), ((0, 3, 3), TEXT, "a3 op-~n.0.1~ x\n")),
+         batch(((0, 5, 4), TEXT, "a5\n"), ((0, 6, 5), ODD, "a6 \udcff\n"))]
+    b = [batch(((0, 2, 1), OP, b"1.1~"), ((0, 2, 2), TEXT, "b2 op-~n.1.1~\n"), ((0, 5, 4), TEXT, "b5\n"),
+               ((1, -1, 5), TEXT, "b-end\n"))]
+    want = ["a1\n", "b2 op-1\n", "a3 op-2 x\n", "a5\n", "b5\n", "a6 \udcff\n", "b-end\n"]
+    assert list(merge([a, b], "n")) == want
+    pieces = list(merge_bytes([a, b], "n"))
+    assert [p for p in pieces if type(p) is str] == ["a6 \udcff\n"]
+    assert "".join(p if type(p) is str else bytes(p).decode() for p in pieces) == "".join(want)
+
+
+def test_idle_connections_count_alike_in_every_shard(tmp_path):
+    """Copies of a sealed session one after another (scripts/bench_corpus.py): the
+    connections each copy leaves open go idle and give back their buffers while later
+    copies run. Only a connection's own shard knows whether its DCE/RPC layer keeps
+    session state; another shard used to set it aside, and the split run's TCP counters
+    (closed, dormant) differed from one process's."""
+    import json
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_corpus
+
+    path = tmp_path / "sealed.pcap"
+    bench_corpus.build("sealed", path, 4_000_000, captures=SHARED)
+    one = wmiscope("stats", "--json", str(path), "--workers", "1")
+    assert json.loads(one)["tcp"]["idle_released"] > 0
+    assert wmiscope("stats", "--json", str(path), "--workers", "2") == one

@@ -36,7 +36,7 @@ def _batches(chunks):
 
 
 class DaskRun:
-    """Same interface as parallel.LocalRun: iterate `text()`, then read `stats` and `cache`."""
+    """Same interface as parallel.LocalRun: iterate `text()` or `chunks()`, then read `stats` and `cache`."""
 
     def __init__(self, address: str, source, shards: int, analysis_kwargs: dict, make_renderer):
         from wmiscope.cli import InputError, UsageError
@@ -59,8 +59,14 @@ class DaskRun:
         self.cache = []
 
     def text(self):
+        yield from self._merged(parallel.merge)
+
+    def chunks(self):
+        yield from self._merged(parallel.merge_bytes)
+
+    def _merged(self, merge):
         results = self.client.gather(self.futures)
-        yield from parallel.merge([_batches(chunks) for chunks, _, _ in results], self.nonce)
+        yield from merge([_batches(chunks) for chunks, _, _ in results], self.nonce)
         self.stats = parallel.merge_stats([stats for _, stats, _ in results])
         self.cache = [cache for _, _, cache in results]
 

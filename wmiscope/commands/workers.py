@@ -94,12 +94,39 @@ def write_split(args, command: str, write, source, shards: int, **analysis_kwarg
         import wmiscope.report.values  # noqa: F401
         run = LocalRun(paths, shards, analysis_kwargs, make_renderer)
     try:
-        for text in run.text():
-            write(text)
+        out = _binary_stdout(write)
+        if out is None:
+            for text in run.text():
+                write(text)
+        else:
+            sys.stdout.flush()          # what the command wrote before goes first
+            for piece in run.chunks():
+                if type(piece) is str:  # not strict UTF-8: stdout takes or refuses it as in one process
+                    write(piece)
+                    sys.stdout.flush()
+                else:
+                    out.write(piece)
     finally:
         run.close()
     _report_cache(run.cache)
     return run.stats
+
+
+def _binary_stdout(write):
+    """stdout's byte stream when `write` is stdout's and it encodes UTF-8: the workers' text,
+    already encoded, is then written as it came, without decoding and encoding it again in
+    this process (which would compete with the workers for the cores). Text that strict UTF-8
+    cannot encode comes as str and goes through stdout's own error handler, as in one process."""
+    stdout = sys.stdout
+    if getattr(write, "__self__", None) is not stdout:
+        return None
+    try:
+        import codecs
+        if codecs.lookup(stdout.encoding).name != "utf-8":
+            return None
+        return stdout.buffer
+    except (AttributeError, LookupError, TypeError):
+        return None
 
 
 class renderer_factory:
