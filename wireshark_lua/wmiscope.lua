@@ -23,11 +23,13 @@ G.CONTEXT_CLSID = "674b6698-ee92-11d0-ad71-00c04fd8fdff"
 -- The hand-written runtime. Everything it knows of WMI methods is in G (generated above).
 --
 -- How it works, on both Wireshark 4.0 (Lua 5.2) and 4.4 (Lua 5.4):
---  * a postdissector reads each DCE/RPC PDU of the frame from the range of its `dcerpc`
---    field (several PDUs can share a frame), so it sees every stub whichever dissector
---    Wireshark called for it; sealed stubs come from `dcerpc.decrypted_stub_data` when
---    the user gave Wireshark the keys;
---  * bind contexts (per tcp.stream) and IPIDs (global: an IPID learned on port 135 or on
+--  * the plugin stands in front of DCE/RPC over TCP (see "the entry point" at the end): it
+--    hands each TCP payload of a DCE/RPC connection to Wireshark's own DCE/RPC dissector,
+--    then reads the PDUs of that payload from the same bytes, and reassembles fragmented
+--    stubs itself. No field extractor and no postdissector: a frame that is not DCE/RPC
+--    costs nothing and no tree is forced. Sealed stubs come decrypted from 4.4's claiming
+--    dissector, or from `dcerpc.decrypted_stub_data` when the user gave Wireshark keys;
+--  * bind contexts (per connection) and IPIDs (global: an IPID learned on port 135 or on
 --    another connection names the calls made on it) are tracked on the first pass only,
 --    and what each frame needs is cached per frame, so one-pass tshark, two-pass tshark and
 --    the GUI show the same;
@@ -1845,10 +1847,15 @@ end
 local function front(tvb, pinfo, tree)
     local len = tvb:len()
     if len < 10 then return 0 end
-    -- a DCE/RPC connection-oriented PDU begins 5.0 or 5.1 (C706 12.6.3.1)
+    -- a DCE/RPC connection-oriented PDU: version 5.0 or 5.1, a PDU type, the data
+    -- representation's integer and character formats, a fragment length (C706 12.6.3.1,
+    -- 14.1); on 4.4 the handle called does not check this itself (SOCKS5 begins 05 01 too)
     local s = tvb:raw(0, 10)
-    local ver, minor = sbyte(s, 1, 2)
-    if ver ~= 5 or minor > 1 then return 0 end
+    local ver, minor, ptype, _, drep, drep2, _, _, f1, f2 = sbyte(s, 1, 10)
+    if ver ~= 5 or minor > 1 or ptype > 20 or (drep ~= 0 and drep ~= 16 and drep ~= 1 and drep ~= 17)
+        or drep2 > 3 or f1 + f2 * 256 < 16 then
+        return 0
+    end
     local taken = call_dcerpc(tvb, pinfo, tree)
     if taken == 0 then return 0 end
     -- the whole PDUs of this payload: what DCE/RPC dissected now (one cut short at the end
