@@ -23,11 +23,13 @@ G.CONTEXT_CLSID = "674b6698-ee92-11d0-ad71-00c04fd8fdff"
 -- The hand-written runtime. Everything it knows of WMI methods is in G (generated above).
 --
 -- How it works, on both Wireshark 4.0 (Lua 5.2) and 4.4 (Lua 5.4):
---  * a postdissector reads each DCE/RPC PDU of the frame from the range of its `dcerpc`
---    field (several PDUs can share a frame), so it sees every stub whichever dissector
---    Wireshark called for it; sealed stubs come from `dcerpc.decrypted_stub_data` when
---    the user gave Wireshark the keys;
---  * bind contexts (per tcp.stream) and IPIDs (global: an IPID learned on port 135 or on
+--  * the plugin stands in front of DCE/RPC over TCP (see "the entry point" at the end): it
+--    hands each TCP payload of a DCE/RPC connection to Wireshark's own DCE/RPC dissector,
+--    then reads the PDUs of that payload from the same bytes, and reassembles fragmented
+--    stubs itself. No field extractor and no postdissector: a frame that is not DCE/RPC
+--    costs nothing and no tree is forced. Sealed stubs come decrypted from 4.4's claiming
+--    dissector, or from `dcerpc.decrypted_stub_data` when the user gave Wireshark keys;
+--  * bind contexts (per connection) and IPIDs (global: an IPID learned on port 135 or on
 --    another connection names the calls made on it) are tracked on the first pass only,
 --    and what each frame needs is cached per frame, so one-pass tshark, two-pass tshark and
 --    the GUI show the same;
@@ -53,8 +55,11 @@ local proto = Proto("wmi", "MS-WMI (wmiscope)")
 
 -- Lua 5.4 (Wireshark 4.4): most of what the plugin allocates (field infos, ranges, header
 -- tables, decoded nodes) dies with its frame, which a generational collector reclaims for
--- less (measured: some 8% of the first pass); 5.2's generational mode was experimental
-if _VERSION == "Lua 5.4" then collectgarbage("generational") end
+-- less (measured: some 8% of the first pass); 5.2's generational mode was experimental.
+-- On 5.2 the incremental collector waits for the heap to grow 4x, not 2x, between cycles:
+-- some 10% of the plugin's own time in `tshark -r` (measured on 60 MB of WMI sessions), and
+-- the heap the plugin keeps is small beside Wireshark's (the same peak RSS, 350 MB)
+if _VERSION == "Lua 5.4" then collectgarbage("generational") else collectgarbage("setpause", 400) end
 
 -- ---------------------------------------------------------------------------------------
 -- fields
@@ -114,10 +119,37 @@ local E = {
 }
 proto.experts = {E.malformed, E.encrypted, E.process}
 
-local f_dcerpc = Field.new("dcerpc")
-local f_stream = Field.new("tcp.stream")
-local f_decrypted = Field.new("dcerpc.decrypted_stub_data")
-local f_stub = Field.new("dcerpc.stub_data")
+-- A field extractor makes Wireshark build the tree of every frame (its filter is primed for
+-- each), which alone cost 1.06-1.44x tshark's time. The plugin reads the PDUs from the TCP
+-- payload itself (below); the one thing only a field has is the plaintext of a sealed stub
+-- Wireshark decrypted, so that extractor exists only when Wireshark was given keys: on
+-- tshark's command line (`-o ntlmssp.nt_password:...`, `-o kerberos.decrypt:TRUE`), in the
+-- preferences file, or WMISCOPE_DECRYPTED=1 (after giving keys in the GUI: reload the Lua
+-- plugins).
+local function keys_configured()
+    local env = os.getenv("WMISCOPE_DECRYPTED")
+    if env then return env ~= "0" and env ~= "" end
+    local function has_keys(text, sep)
+        if not text then return false end
+        local pw = text:match("ntlmssp%.nt_password" .. sep .. "%s*([^\n\0]*)")
+        if pw and pw:match("%S") then return true end
+        local krb = text:match("kerberos%.decrypt" .. sep .. "%s*(%a+)")
+        return krb ~= nil and krb:upper() == "TRUE"
+    end
+    local function slurp(path)
+        local f = path and io.open(path, "rb")
+        if not f then return nil end
+        local t = f:read("*a")
+        f:close()
+        return t
+    end
+    if has_keys(slurp("/proc/self/cmdline"), ":") then return true end
+    local ok, path = pcall(function() return Dir.personal_config_path("preferences") end)
+    local prefs = ok and slurp(path)
+    -- only uncommented lines count
+    return prefs ~= nil and has_keys(("\n" .. prefs):gsub("\n#[^\n]*", ""), ":")
+end
+local f_decrypted = keys_configured() and Field.new("dcerpc.decrypted_stub_data") or nil
 
 -- ---------------------------------------------------------------------------------------
 -- bytes
@@ -1278,44 +1310,31 @@ local function summary(info, rec, dec)
     return head
 end
 
--- stubs handed to the claiming dissector (4.4) in the frame being dissected, by call_id
-local CLAIMED = { frame = -1, stubs = {}, enc = 0 }
-local f_call_id = Field.new("dcerpc.cn_call_id")
-local f_auth_level = Field.new("dcerpc.auth_level")
-local f_encrypted = Field.new("dcerpc.encrypted_stub_data")
+-- sealed PDUs met so far in the frame being dissected: the index of the next one's
+-- dcerpc.decrypted_stub_data (TCP may hand the frame's PDUs over in several calls)
+local SEALED = { frame = -1, n = 0 }
+
+-- 4.4: the stubs its DCE/RPC dissector handed to the claiming dissector (below) during the
+-- current call, in PDU order: the last fragment of each request and response on a context
+-- bound to a WMI interface, decrypted when Wireshark could (no dcerpc.decrypted_stub_data
+-- field is made for those). Copied only when Wireshark has keys.
+local CLAIMS = {}
+local CLAIMING = MAJOR > 4 or (MAJOR == 4 and MINOR >= 2)
 
 local OPERATION = { IWbemServices = true, IWbemLevel1Login = "Login", IWbemLoginClientID = "Login",
     IWbemLoginClientIDEx = "Login", IWbemRefreshingServices = "Refresher", IWbemRemoteRefresher = "Refresher" }
 
-local BIG = 256 * 1024
-
--- the stub of the PDU ending in this frame as Wireshark reassembled it, `total` octets long:
--- handed to the claiming dissector (4.4) or left as dcerpc.stub_data (4.0); nil if it did not
-local function wireshark_stub(pinfo, call_id, total)
-    if CLAIMED.frame == pinfo.number then
-        -- 4.4 hands the stub over with the last fragment's auth padding (under 16 octets)
-        local s = CLAIMED.stubs[call_id]
-        if s and #s >= total and #s - total < 16 then return #s == total and s or ssub(s, 1, total) end
-    end
-    for _, fi in ipairs({ f_stub() }) do
-        if fi.len == total then return fi.range:raw() end
-    end
-    return nil
-end
-
-local function first_pass(pinfo)
-    local pdus = { f_dcerpc() }
-    if #pdus == 0 then return false end
-    local sfi = f_stream()
-    local stream = sfi and sfi.value or -1
+-- the PDUs `pdus` (TvbRanges, each one whole PDU) that TCP handed over in one call, on the
+-- connection `stream`
+local function first_pass(pinfo, pdus, stream)
     local decrypted      -- dcerpc.decrypted_stub_data, read at the first sealed PDU
-    local nsealed = 0
+    if SEALED.frame ~= pinfo.number then SEALED.frame, SEALED.n = pinfo.number, 0 end
+    local nclaimed = 0
     local out = {}
     S.ctx[stream] = S.ctx[stream] or {}
     S.calls[stream] = S.calls[stream] or {}
     local ctx, calls = S.ctx[stream], S.calls[stream]
-    for idx, fi in ipairs(pdus) do
-        local r = fi.range
+    for idx, r in ipairs(pdus) do
         local rlen = r:len()
         local s = r:raw(0, rlen < 40 and rlen or 40)
         local h = pdu_header(s, r, rlen)
@@ -1372,23 +1391,28 @@ local function first_pass(pinfo)
                 -- registry learns from (RemQueryInterface, activation, ...)
                 local needed = m and (info.g == "wmi" or m[h.ptype == 2 and "lr" or "lq"]) and h.ptype ~= 3
                 local sealed = h.auth_level == 6
-                local stub, from_decrypted, big, tail
+                local stub, from_decrypted
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
                 local key = (sealed or needed) and (stream .. ":" .. h.call_id .. ":" .. h.ptype)
+                local bound = CLAIMING and last and h.ctx_id and ctx[h.ctx_id]
+                local claimed = bound and (h.ptype == 0 or h.ptype == 2) and G.IFACES[bound] and G.IFACES[bound].g == "wmi"
+                if claimed then nclaimed = nclaimed + 1 end
                 if sealed then
-                    -- the plaintext: on 4.4 the claiming dissector below got it (last fragment
-                    -- of an interface it claims), otherwise a decrypted_stub_data field
+                    -- the plaintext: handed to the claiming dissector (4.4), or a
+                    -- decrypted_stub_data field, when Wireshark has keys
                     local piece, d
-                    if last and CLAIMED.frame == pinfo.number then piece = CLAIMED.stubs[h.call_id] end
-                    if piece == nil then
-                        nsealed = nsealed + 1
+                    if claimed then
+                        piece = CLAIMS[nclaimed]
+                        if type(piece) ~= "string" then piece = nil end
+                    elseif f_decrypted then
+                        SEALED.n = SEALED.n + 1
                         decrypted = decrypted or { f_decrypted() }
-                        d = decrypted[nsealed]
+                        d = decrypted[SEALED.n]
                         piece = needed and d and d.range:raw()
                     end
                     if piece and first and last then
-                        if d then stub, from_decrypted = piece, nsealed else stub = piece end
+                        if d then stub, from_decrypted = piece, SEALED.n else stub = piece end
                     elseif piece then
                         -- Wireshark's reassembly of decrypted fragments keeps the auth padding
                         -- of all but the last one: reassemble the fragments' own plaintext
@@ -1404,46 +1428,19 @@ local function first_pass(pinfo)
                         end
                     end
                 elseif h.hdr and needed then
+                    -- the plugin reassembles fragmented stubs itself, each fragment's stub
+                    -- without its auth padding, whatever their size
                     local n = h.stub_end - h.hdr
-                    local buf = S.frags[key]
-                    if first and not last then
-                        -- a stub announced larger than BIG is not copied on this pass: its
-                        -- return value is its last four octets, and a tree that is shown
-                        -- takes the stub Wireshark reassembled (or handed to us on 4.4).
-                        -- Smaller ones are taken from Wireshark's reassembly at the last
-                        -- fragment, not copied fragment by fragment, unless a fragment
-                        -- carries auth padding (which that reassembly may keep)
-                        buf = { big = h.alloc_hint > BIG, total = 0, copy = (h.pad or 0) > 0 }
-                        S.frags[key] = buf
-                    end
                     if first and last then
-                        -- on 4.4 the claiming dissector already copied it
-                        local claimed = CLAIMED.frame == pinfo.number and CLAIMED.stubs[h.call_id]
-                        if claimed and #claimed == n then stub = claimed
-                        else stub = n > 0 and r:raw(h.hdr, n) or "" end
-                    elseif buf and buf.big then
-                        buf.total = buf.total + math.max(n, 0)
-                        if last then
-                            big = buf.total
-                            if n >= 4 then tail = r:raw(h.stub_end - 4, 4) end
-                            S.frags[key] = nil
-                        end
+                        stub = n > 0 and r:raw(h.hdr, n) or ""
                     else
+                        local buf = S.frags[key]
                         -- (no first fragment seen: the capture began inside the PDU)
-                        if not buf then buf = { total = 0, copy = true } S.frags[key] = buf end
-                        if not buf.copy and (h.pad or 0) > 0 and not last then buf.lost = true end
-                        buf.total = buf.total + math.max(n, 0)
-                        if buf.copy then buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or "" end
+                        if first or not buf then buf = {} S.frags[key] = buf end
+                        buf[#buf + 1] = n > 0 and r:raw(h.hdr, n) or ""
                         if last then
                             S.frags[key] = nil
-                            -- Wireshark's reassembly is not kept for the tree (`big`): it is
-                            -- there to be taken again (it holds the capture's big responses)
-                            local whole = wireshark_stub(pinfo, h.call_id, buf.total)
-                            if whole then
-                                stub, big = whole, #whole
-                            elseif buf.copy and not buf.lost then
-                                stub = concat(buf)
-                            end
+                            stub = concat(buf)
                         end
                     end
                 end
@@ -1471,10 +1468,9 @@ local function first_pass(pinfo)
                         -- what the Info column and the tree need of a WMI call (the other calls
                         -- only taught the registry)
                         local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
-                            whole = stub and not from_decrypted and not big and not (first and last and not sealed) and stub or nil,
+                            whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
                             single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
-                            dec = from_decrypted, status = h.status, ipid = call.ipid, big = big }
-                        if not stub and big and tail and h.ptype == 2 then dec = { params = {}, ret = { v = u32(tail, 0) } } end
+                            dec = from_decrypted, status = h.status, ipid = call.ipid }
                         rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                         -- the Info column, kept so that a pass without a tree decodes nothing
                         rec.info = summary(info, rec, dec)
@@ -1648,24 +1644,14 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
     -- the stub bytes: in the frame, reassembled (kept from the first pass), or decrypted
     local s, stvb, base
     if rec.single then
-        frame.dcerpcs = frame.dcerpcs or { f_dcerpc() }
-        local fi = frame.dcerpcs[rec.single[1]]
-        if fi then
-            s = fi.range:raw(rec.single[2], rec.single[3])
-            stvb, base = fi.range:tvb(), rec.single[2]
+        local r = frame.pdus[rec.single[1]]
+        if r then
+            s = r:raw(rec.single[2], rec.single[3])
+            stvb, base = r:tvb(), rec.single[2]
         end
     elseif rec.whole then
         s = rec.whole
-    elseif rec.big then
-        if CLAIMED.frame == pinfo.number and CLAIMED.stubs[rec.call_id] then
-            s = CLAIMED.stubs[rec.call_id]                          -- 4.4
-        else
-            frame.stubs = frame.stubs or { f_stub() }               -- 4.0: Wireshark's reassembly
-            for _, fi in ipairs(frame.stubs) do
-                if fi.range:len() == rec.big then s, stvb, base = fi.range:raw(), fi.range:tvb(), 0 break end
-            end
-        end
-    elseif rec.dec then
+    elseif rec.dec and f_decrypted then
         frame.decrypted = frame.decrypted or { f_decrypted() }
         local d = frame.decrypted[rec.dec]
         if d then s = d.range:raw() stvb = d.range:tvb() base = 0 end
@@ -1771,9 +1757,23 @@ local function experts_only(rec, tree)
     if rec.err then tree:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
 end
 
-local function render(recs, tvb, pinfo, tree)
+-- the columns name every WMI call of the frame (`all`: the records of its calls so far, in
+-- order), set again after each call TCP makes in the frame (DCE/RPC sets them too)
+local function columns(all, pinfo)
     local infos = {}
-    local frame = {}
+    for _, list in ipairs(all) do
+        for _, rec in ipairs(list) do infos[#infos + 1] = rec.info end
+    end
+    if #infos > 0 then
+        pinfo.cols.protocol = "WMI"
+        pinfo.cols.info:clear_fence()
+        pinfo.cols.info = concat(infos, "; ")
+    end
+end
+
+-- the records of the PDUs TCP handed over in one call (`pdus`)
+local function render(recs, pdus, pinfo, tree)
+    local frame = { pdus = pdus }
     -- no tree at all, or one in which no wmi field is wanted (tshark without -V, -Y wmi...
     -- or -e wmi...; the GUI's packet list): the columns are all there is to do
     if HANDLE == nil then
@@ -1786,66 +1786,158 @@ local function render(recs, tvb, pinfo, tree)
     for _, rec in ipairs(recs) do
         local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
-            infos[#infos + 1] = rec.info
             if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
         end
     end
-    if #infos > 0 then
-        pinfo.cols.protocol = "WMI"
-        pinfo.cols.info:clear_fence()
-        pinfo.cols.info = concat(infos, "; ")
-    end
 end
 
-function proto.dissector(tvb, pinfo, tree)
+-- ---------------------------------------------------------------------------------------
+-- the entry point: in front of DCE/RPC over TCP
+--
+-- The plugin is the TCP dissector of DCE/RPC connections: it hands each TCP payload to
+-- Wireshark's own DCE/RPC dissector (every built-in field stays, TCP reassembly included),
+-- then reads the PDUs of that payload from the same bytes. Frames that are not DCE/RPC cost
+-- nothing and no tree is forced. How it gets the connections (found by experiment on 4.0
+-- and 4.4):
+--  * the `tcp.port` table, for 135 and every port from 1024 that no dissector has: TCP asks
+--    it before its heuristics. A TCP heuristic alone loses: Wireshark moves the heuristic
+--    that last succeeded to the head of the list, and DCE/RPC's (called by ours on 4.0)
+--    then claims every later connection before ours is asked;
+--  * a TCP heuristic, for DCE/RPC on a port another dissector has (it then owns the
+--    connection: `pinfo.conversation`);
+--  * on 4.4 the built-in is called through its handle `dcerpc.tcp`; 4.0 registers no handle
+--    for it, so there the TCP heuristics are tried again with ours stepping aside (which
+--    finds DCE/RPC's). Either way one more layer stands between TCP and DCE/RPC, and TCP's
+--    desegmentation offer (`pinfo.can_desegment`) counts layers: it is raised by one for the
+--    call, or DCE/RPC could not ask for the rest of a PDU split over segments.
+
+local DCERPC_TCP
+do
+    local ok, h = pcall(Dissector.get, "dcerpc.tcp")
+    if ok then DCERPC_TCP = h end
+end
+local inside = false      -- our own heuristic steps aside while 4.0's list is tried again
+
+-- Wireshark's DCE/RPC over TCP on this payload: the octets it took (0: not DCE/RPC)
+local function call_dcerpc(tvb, pinfo, tree)
+    local can = pinfo.can_desegment
+    if can > 0 then pinfo.can_desegment = can + 1 end
+    inside = true
+    if CLAIMING then CLAIMS = {} end
+    local ok, r
+    if DCERPC_TCP then
+        ok, r = pcall(DCERPC_TCP.call, DCERPC_TCP, tvb, pinfo, tree)
+        r = ok and r or 0
+    else
+        ok, r = pcall(DissectorTable.try_heuristics, "tcp", tvb, pinfo, tree)
+        r = (ok and r) and tvb:len() or 0
+    end
+    inside = false
+    pinfo.can_desegment = can
+    return r
+end
+
+-- the connection, both directions alike (a key of the tables, as tcp.stream was)
+local function stream_key(pinfo)
+    local a, b = tostring(pinfo.src) .. "/" .. pinfo.src_port, tostring(pinfo.dst) .. "/" .. pinfo.dst_port
+    if a < b then return a .. " " .. b end
+    return b .. " " .. a
+end
+
+local function front(tvb, pinfo, tree)
+    local len = tvb:len()
+    if len < 10 then return 0 end
+    -- a DCE/RPC connection-oriented PDU: version 5.0 or 5.1, a PDU type, the data
+    -- representation's integer and character formats, a fragment length (C706 12.6.3.1,
+    -- 14.1); on 4.4 the handle called does not check this itself (SOCKS5 begins 05 01 too)
+    local s = tvb:raw(0, 10)
+    local ver, minor, ptype, _, drep, drep2, _, _, f1, f2 = sbyte(s, 1, 10)
+    if ver ~= 5 or minor > 1 or ptype > 20 or (drep ~= 0 and drep ~= 16 and drep ~= 1 and drep ~= 17)
+        or drep2 > 3 or f1 + f2 * 256 < 16 then
+        return 0
+    end
+    local taken = call_dcerpc(tvb, pinfo, tree)
+    if taken == 0 then return 0 end
+    -- the whole PDUs of this payload: what DCE/RPC dissected now (one cut short at the end
+    -- comes again, reassembled by TCP)
+    local pdus, off = {}, 0
+    while off + 10 <= len do
+        local f1, f2 = sbyte(off == 0 and s or tvb:raw(off, 10), 9, 10)
+        local fl = f1 + f2 * 256
+        if fl < 16 or off + fl > len then break end
+        pdus[#pdus + 1] = tvb(off, fl)
+        off = off + fl
+    end
     local n = pinfo.number
-    local recs = S.frames[n]
-    if recs == nil then
-        if pinfo.visited then return end
-        local ok, r = pcall(first_pass, pinfo)
-        recs = ok and r or false
+    if #pdus == 0 then
+        if S.frames[n] then columns(S.frames[n].all, pinfo) end
+        return taken
+    end
+    -- the records of this call, by what identifies it within its frame
+    local key = len .. ":" .. #pdus .. ":" .. sbyte(s, 3) .. ":" .. tvb:raw(12, 4)
+    local fr = S.frames[n]
+    local recs = fr and fr.by[key]
+    if recs == nil and not pinfo.visited then
+        local ok, r = pcall(first_pass, pinfo, pdus, stream_key(pinfo))
         if not ok then
             -- a defect of the plugin, never the user's: said once on stderr, so that the
             -- tests (which read tshark's stderr) see it
             io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(r)))
         end
-        -- only frames with WMI records are kept: a frame dissected again is `visited`
-        if recs then S.frames[n] = recs end
+        -- only calls with WMI records are kept: a frame dissected again is `visited`
+        if ok and r then
+            if not fr then fr = { by = {}, all = {} } S.frames[n] = fr end
+            fr.by[key] = r
+            fr.all[#fr.all + 1] = r
+            recs = r
+        end
     end
     if recs then
-        local ok, err = pcall(render, recs, tvb, pinfo, tree)
+        local ok, err = pcall(render, recs, pdus, pinfo, tree)
         if not ok then
             io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(err)))
             tree:add_proto_expert_info(E.malformed, "wmiscope plugin error: " .. tostring(err))
         end
     end
+    if fr then columns(fr.all, pinfo) end
+    return taken
+end
+
+function proto.dissector(tvb, pinfo, tree)
+    if inside then return 0 end
+    return front(tvb, pinfo, tree)
 end
 
 function proto.init()
     reset()
 end
 
-register_postdissector(proto)
+do
+    local ports = DissectorTable.get("tcp.port")
+    local free, lo = {}, nil
+    for port = 1024, 65536 do
+        local open = port <= 65535 and not ports:get_dissector(port)
+        if open and not lo then lo = port
+        elseif not open and lo then free[#free + 1] = lo .. "-" .. (port - 1) lo = nil end
+    end
+    if not ports:get_dissector(135) then ports:add(135, proto) end
+    if #free > 0 then ports:add(concat(free, ","), proto) end
+end
+
+proto:register_heuristic("tcp", function(tvb, pinfo, tree)
+    if inside then return false end
+    if front(tvb, pinfo, tree) == 0 then return false end
+    pinfo.conversation = proto
+    return true
+end)
 
 -- 4.4 has dissectors of its own for some WMI interfaces; they stop at "Long frame" or
 -- "Malformed" on real traffic. A dissector that only claims the stub keeps them away (the
--- postdissector above decodes it); 4.0 cannot register Lua dissectors for DCE/RPC UUIDs.
+-- plugin reads the PDUs itself); 4.0 cannot register Lua dissectors for DCE/RPC UUIDs.
 if MAJOR > 4 or (MAJOR == 4 and MINOR >= 2) then
     local claim = Proto("wmi_stub", "MS-WMI stub (wmiscope)")
     function claim.dissector(tvb, pinfo, tree)
-        do
-            if CLAIMED.frame ~= pinfo.number then CLAIMED.frame, CLAIMED.stubs, CLAIMED.enc = pinfo.number, {}, 0 end
-            local ids = { f_call_id() }
-            local id = ids[#ids]
-            -- 4.4 hands over a sealed stub it could not decrypt as it is; one it decrypted has
-            -- an encrypted_stub_data field beside it
-            local levels = { f_auth_level() }
-            local level = levels[#levels]
-            local enc = select("#", f_encrypted())
-            local clear = not (level and level.value == 6) or enc > CLAIMED.enc
-            CLAIMED.enc = enc
-            if id then CLAIMED.stubs[id.value] = clear and tvb:raw() or false end
-        end
+        CLAIMS[#CLAIMS + 1] = f_decrypted and tvb:raw() or true
         return tvb:len()
     end
     local ok, table_ = pcall(DissectorTable.get, "dcerpc.uuid")
