@@ -106,21 +106,6 @@ def der_octets(buf, start: int, end: int, what: str) -> tuple[int, int]:
 
 def oid_text(raw: bytes) -> str:
     """X.690 8.19 OBJECT IDENTIFIER content octets -> dotted text."""
-    # A handful of OIDs (the mechanisms, Kerberos' and NTLM's) come in every handshake:
-    # each is converted once. Only valid ones are kept, so errors keep their offsets.
-    text = _OIDS.get(raw)
-    if text is None:
-        text = _oid_text(raw)
-        if len(_OIDS) >= 256:
-            _OIDS.clear()
-        _OIDS[raw] = text
-    return text
-
-
-_OIDS: dict[bytes, str] = {}
-
-
-def _oid_text(raw: bytes) -> str:
     if not raw or len(raw) > 64:
         raise DecodeError("OBJECT IDENTIFIER", 0, f"{len(raw)} content octets")
     arcs: list[int] = []
