@@ -41,10 +41,14 @@ def record_renderer(args):
 
     table = args.format == "table"
     errors = not args.no_errors
+    if table:
+        from wmiscope.report.values import call_summary
 
     def render(rec) -> str:
         if type(rec) is Call:
-            return _table_row(rec, call_outcome(rec)) if table else dumps(call_dict(rec, call_outcome(rec))) + "\n"
+            if table:
+                return _table_row(rec, call_outcome(rec), call_summary)
+            return dumps(call_dict(rec, call_outcome(rec))) + "\n"
         if type(rec) is ErrorRecord and errors:
             return f"! {_error_line(rec)}\n" if table else dumps(error_line(rec)) + "\n"
         return ""
@@ -56,13 +60,11 @@ _TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'c
 _TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} {'state':<10} summary\n"
 
 
-def _table_row(call, outcome: str) -> str:
+def _table_row(call, outcome: str, call_summary) -> str:
     """The row of one call, read off the Call itself: the JSON-lines dict (call_dict) it
     shows a few fields of would cost more than the row (times in ISO text, the auth and
     error dicts); the summary reads the decoded parameters through the same keys as the
     report does on that dict."""
-    from wmiscope.report.values import call_summary
-
     req = call.req_frames[1] if call.req_frames is not None else "-"
     resp = call.resp_frames[1] if call.resp_frames is not None else "-"
     iface = call.interface or (f"?{call.interface_uuid}" if call.interface_uuid else "?")
