@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from wmiscope.dissectors.auth import auth_level_name, auth_type_name
-from wmiscope.dissectors.jsonl import call_dict, dumps, endpoint, error_line
+from wmiscope.dissectors.jsonl import call_dict, dumps_line, endpoint, error_line
 
 from . import workers
 from .output import add_source_arguments, open_source, set_note, summary_line
@@ -48,9 +48,9 @@ def record_renderer(args):
         if type(rec) is Call:
             if table:
                 return _table_row(rec, call_outcome(rec), call_summary)
-            return dumps(call_dict(rec, call_outcome(rec))) + "\n"
+            return dumps_line(call_dict(rec, call_outcome(rec)))
         if type(rec) is ErrorRecord and errors:
-            return f"! {_error_line(rec)}\n" if table else dumps(error_line(rec)) + "\n"
+            return f"! {_error_line(rec)}\n" if table else dumps_line(error_line(rec))
         return ""
 
     return render
