@@ -323,7 +323,7 @@ def parse_pdu(buf: bytes | memoryview, offset: int = 0) -> Pdu:
 
 
 class _Direction:
-    __slots__ = ("buf", "base", "segs", "hunting", "hunt_start")
+    __slots__ = ("buf", "base", "segs", "hunting", "hunt_start", "need")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -331,6 +331,10 @@ class _Direction:
         self.segs: list = []     # [end stream offset, frame, ts] of the segments still in buf
         self.hunting = False
         self.hunt_start = 0      # stream offset where the hunt for a header began
+        # The frag_length of the PDU whose header begins buf, as the last cut found it
+        # too short: segments that do not complete it are only appended (a PDU of a big
+        # stub comes in many). 0 when unknown; reset when the negotiated limit changes.
+        self.need = 0
 
 
 class _Half:
@@ -417,6 +421,9 @@ class DceRpcConnection:
         if d.buf:
             d.buf += data
             src = d.buf
+            if len(src) < d.need:
+                d.segs.append((d.base + len(src), frame, ts))
+                return
         else:
             src = data
         d.segs.append((d.base + len(src), frame, ts))
@@ -518,6 +525,7 @@ class DceRpcConnection:
         """Cut every complete PDU out of src; return how many leading octets are consumed."""
         pos = 0
         n = len(src)
+        d.need = 0
         while n - pos >= 16:
             if d.hunting:
                 found = self._hunt(src, pos, n)
@@ -547,6 +555,7 @@ class DceRpcConnection:
                     d.hunt_start = d.base + pos
                     continue                       # the strict check refuses this offset too
             if n - pos < frag_len:
+                d.need = frag_len
                 break
             self._pdu(d, direction, src, pos, frag_len)
             pos += frag_len
@@ -692,6 +701,8 @@ class DceRpcConnection:
                 # the larger of the four values keeps the check lenient with sloppy peers
                 self.frag_limit = max(self._bind_frags, pdu.extra["max_xmit_frag"],
                                       pdu.extra["max_recv_frag"], 1024)
+                for d in self._dirs:      # a PDU under way is checked against the new limit
+                    d.need = 0
         merged = []
         for i, res in enumerate(pdu.contexts):
             if proposed is not None and i < len(proposed):

@@ -24,7 +24,7 @@ from ..formats import wmio
 from .auth import auth_level_name, auth_type_name
 
 __all__ = ["SCHEMA_VERSION", "CallRecord", "HalfRecord", "AuthRecord", "ErrorDict", "call_dict", "error_dict",
-           "error_line", "dumps", "iso", "endpoint"]
+           "error_line", "dumps", "dumps_line", "iso", "endpoint"]
 
 SCHEMA_VERSION = 2
 
@@ -218,10 +218,24 @@ def dumps(obj) -> str:
     """One compact JSON line. orjson writes it several times faster than the standard
     library (JSON lines of decoded objects are the costliest output); anything orjson
     refuses (an integer past 64 bits, a key it cannot take) goes through json."""
+    return _dumps(obj, _ORJSON_OPTIONS, "")
+
+
+def dumps_line(obj) -> str:
+    """dumps(obj) and its newline, as the outputs write a record. orjson appends the
+    newline itself: a JSON line of objects runs to megabytes, and adding it to the text
+    afterwards copied the whole line once more."""
+    return _dumps(obj, _ORJSON_LINE_OPTIONS, "\n")
+
+
+_ORJSON_LINE_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE
+
+
+def _dumps(obj, options: int, end: str) -> str:
     try:
-        return orjson.dumps(obj, default=_default, option=_ORJSON_OPTIONS).decode()
+        return orjson.dumps(obj, default=_default, option=options).decode()
     except TypeError:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default)
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default) + end
 
 
 def _default(o):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from construct import Array, Bytes, Const, CString, GreedyBytes, Int16ul, Int32ul, Int64ul, Rebuild, Struct, Switch, len_, this
 
@@ -158,14 +158,23 @@ class DualStringArray:
     security_offset: int
     string_bindings: list[StringBinding]
     security_bindings: list[SecurityBinding]
+    # Its record forms, made once: parse_dualstringarray shares one array among every
+    # OBJREF that carries its octets (a server's bindings, in every pointer it hands out),
+    # and like the array they are read, never changed.
+    _dict: dict | None = field(default=None, repr=False, compare=False)
+    _text: list | None = field(default=None, repr=False, compare=False)
 
     def bindings_text(self) -> list[str]:
-        return [b.text() for b in self.string_bindings]
+        if self._text is None:
+            self._text = [b.text() for b in self.string_bindings]
+        return self._text
 
     def to_dict(self) -> dict:
-        return {"num_entries": self.num_entries, "security_offset": self.security_offset,
-                "string_bindings": [b.to_dict() for b in self.string_bindings],
-                "security_bindings": [b.to_dict() for b in self.security_bindings]}
+        if self._dict is None:
+            self._dict = {"num_entries": self.num_entries, "security_offset": self.security_offset,
+                          "string_bindings": [b.to_dict() for b in self.string_bindings],
+                          "security_bindings": [b.to_dict() for b in self.security_bindings]}
+        return self._dict
 
 
 def _find_wnul(buf: bytes, start: int, end: int) -> int:

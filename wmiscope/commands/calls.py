@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from wmiscope.dissectors.jsonl import call_dict, dumps, error_line
+from wmiscope.dissectors.auth import auth_level_name, auth_type_name
+from wmiscope.dissectors.jsonl import call_dict, dumps_line, endpoint, error_line
 
 from . import workers
 from .output import add_source_arguments, open_source, set_note, summary_line
@@ -40,13 +41,16 @@ def record_renderer(args):
 
     table = args.format == "table"
     errors = not args.no_errors
+    if table:
+        from wmiscope.report.values import call_summary
 
     def render(rec) -> str:
         if type(rec) is Call:
-            d = call_dict(rec, call_outcome(rec))
-            return _table_row(d) if table else dumps(d) + "\n"
+            if table:
+                return _table_row(rec, call_outcome(rec), call_summary)
+            return dumps_line(call_dict(rec, call_outcome(rec)))
         if type(rec) is ErrorRecord and errors:
-            return f"! {_error_line(rec)}\n" if table else dumps(error_line(rec)) + "\n"
+            return f"! {_error_line(rec)}\n" if table else dumps_line(error_line(rec))
         return ""
 
     return render
@@ -56,23 +60,28 @@ _TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'c
 _TABLE_HEAD = f"{'req':>6} {'resp':>6}  {'client -> server':<44} {'call':>5} {'ctx':>3}  {'interface::method':<50} {'auth':<18} {'state':<10} summary\n"
 
 
-def _table_row(d: dict) -> str:
-    req = d["request"]["frames"][1] if d["request"] else "-"
-    resp = d["response"]["frames"][1] if d["response"] else "-"
-    iface = d["interface"] or (f"?{d['interface_uuid']}" if d["interface_uuid"] else "?")
-    method = d["method"] or f"opnum {d['opnum']}"
-    auth = d["auth"]
-    auth_s = f"{auth['type_name']}/{auth['level_name']}" if auth else "-"
-    state = d["outcome"]
-    if d.get("decrypted"):
+def _table_row(call, outcome: str, call_summary) -> str:
+    """The row of one call, read off the Call itself: the JSON-lines dict (call_dict) it
+    shows a few fields of would cost more than the row (times in ISO text, the auth and
+    error dicts); the summary reads the decoded parameters through the same keys as the
+    report does on that dict."""
+    req = call.req_frames[1] if call.req_frames is not None else "-"
+    resp = call.resp_frames[1] if call.resp_frames is not None else "-"
+    iface = call.interface or (f"?{call.interface_uuid}" if call.interface_uuid else "?")
+    method = call.method or f"opnum {call.opnum}"
+    auth_s = "-" if call.auth_type is None else \
+        f"{auth_type_name(call.auth_type)}/{auth_level_name(call.auth_level)}"
+    decrypted = call.req_decrypted or call.resp_decrypted
+    state = outcome
+    if decrypted:
         state += " (decrypted)"
-    if d["fault"] is not None:
-        state += f" fault 0x{d['fault']:08x}"
-    from wmiscope.report.values import call_summary
-
-    ends = f"{d['client']} -> {d['server']}"
-    ctx = d["ctx_id"] if d["ctx_id"] is not None else "-"
-    return f"{req:>6} {resp:>6}  {ends:<44} {d['call_id']:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state:<10} {call_summary(d)}".rstrip() + "\n"
+    if call.fault is not None:
+        state += f" fault 0x{call.fault:08x}"
+    ends = f"{endpoint(call.client)} -> {endpoint(call.server)}"
+    ctx = call.ctx_id if call.ctx_id is not None else "-"
+    summary = call_summary({"encrypted": call.req_encrypted or call.resp_encrypted, "decrypted": decrypted,
+                            "method": call.method, "decoded": call.decoded or None})
+    return f"{req:>6} {resp:>6}  {ends:<44} {call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state:<10} {summary}".rstrip() + "\n"
 
 
 def _error_line(e) -> str:

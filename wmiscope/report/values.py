@@ -220,16 +220,21 @@ def call_summary(d: dict) -> str:
     namespace of a login, command line."""
     if d.get("encrypted") and not d.get("decrypted"):
         return ""
+    # The request's parameters by name (the first of a name, as param() finds it), read
+    # once: the calls table asks this of every call.
+    req: dict = {}
+    for p in params(d, "request"):
+        req.setdefault(p.get("name"), p.get("value"))
     m = d.get("method")
     if m in ("SetClientInfo", "SetClientInfoEx"):
-        return f"{param(d, 'request', 'wszClientMachine')} pid {param(d, 'request', 'lClientProcId')}"
+        return f"{clean(req.get('wszClientMachine'))} pid {clean(req.get('lClientProcId'))}"
     if m in ("NTLMLogin", "OpenNamespace"):
-        return str(param(d, "request", "wszNetworkResource") or param(d, "request", "strNamespace") or "")
-    q = param(d, "request", "strQuery")
+        return str(clean(req.get("wszNetworkResource")) or clean(req.get("strNamespace")) or "")
+    q = clean(req.get("strQuery"))
     if q:
         return q
-    path = param(d, "request", "strObjectPath")
-    meth = param(d, "request", "strMethodName")
+    path = clean(req.get("strObjectPath"))
+    meth = clean(req.get("strMethodName"))
     parts = []
     if path or meth:
         parts.append(f"{path or ''}{'.' + meth if meth else ''}" if meth else path)
@@ -244,7 +249,7 @@ def call_summary(d: dict) -> str:
         else:
             parts.append(f"{o.get('class')} {keys_text(p)}".strip())
         break
-    flt = param(d, "request", "strFilter") or param(d, "request", "strSuperclass")
+    flt = clean(req.get("strFilter")) or clean(req.get("strSuperclass"))
     if flt:
         parts.append(flt)
     rs = param(d, "response", "pstrResultString")
