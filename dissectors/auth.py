@@ -376,6 +376,7 @@ class AuthContext:
     server_names: dict[str, object] = field(default_factory=dict)   # from CHALLENGE target info
     verifier_kinds: dict[str, int] = field(default_factory=dict)    # per-message token kind -> count
     handshakes: int = 0              # how many times this context id was (re)established
+    legs: int = 0                    # handshake tokens seen (`tokens` may have let them go, see release_tokens)
     key_provider: KeyProvider | None = None
     security: object | None = None   # the key provider's unsealing state for this context
     frame: int | None = None         # frame of the sealed PDU being unsealed (for the provider's messages)
@@ -394,6 +395,7 @@ class AuthContext:
                 _TOKENS[key] = hit
         parsed, error = hit
         rec = HandshakeToken(frame, direction, ptype, parsed, error)
+        self.legs += 1
         if len(self.tokens) < _MAX_TOKENS:
             self.tokens.append(rec)
         if rec.error is None:
@@ -508,6 +510,14 @@ class AuthContexts:
     def __len__(self) -> int:
         return len(self.contexts)
 
+    def release_tokens(self) -> None:
+        """The connection went idle: contexts that no key provider will ever derive keys
+        from let their parsed handshake tokens go (nothing else reads them once learnt
+        from; about 3 KB a Kerberos context, and a capture may keep 10,000 connections)."""
+        for ctx in self.contexts.values():
+            if ctx.key_provider is None and ctx.tokens:
+                ctx.tokens = []
+
     def on_handshake(self, frame: int, direction: int, ptype: int, verifier) -> HandshakeToken | None:
         """Account for the verifier of a bind / alter_context / auth3 or their replies.
 
@@ -517,7 +527,7 @@ class AuthContexts:
         ctx = self.contexts.get(verifier.ctx_id)
         # a client's first leg on an existing id means a new security context (re-authentication)
         restart = (ctx is not None and direction == 0 and ptype in (11, 14)
-                   and _is_initial_token(verifier.token) and ctx.tokens)
+                   and _is_initial_token(verifier.token) and ctx.legs)
         if ctx is None or restart or ctx.auth_type != verifier.auth_type:
             handshakes = ctx.handshakes if ctx else 0
             ctx = AuthContext(verifier.ctx_id, verifier.auth_type, key_provider=self.key_provider,

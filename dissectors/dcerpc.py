@@ -516,6 +516,12 @@ class DceRpcConnection:
                 "dcerpc", f"connection idle before call_id {cid}'s last fragment: the call is given up",
                 frame, self.index, "call", kind="dcerpc.idle_released"))
             self._finish(st, None)
+        self.auth.release_tokens()
+        # Emptied dicts keep their size: an idle connection may be kept for hours.
+        if not self._calls:
+            self._calls = {}
+        if not self._pending_binds:
+            self._pending_binds = {}
         return bool(self.contexts or self._pending_binds or self._calls or len(self.auth)
                     or self.assoc_group is not None)
 

@@ -58,7 +58,8 @@ async call that passes the stub finds it.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+import sys
+from collections import Counter, OrderedDict
 
 from ..formats.errors import DecodeError
 from ..formats.object_array import ClassCache
@@ -267,8 +268,14 @@ def _join_namespace(parent: str | None, child: str | None) -> str | None:
     if not child:
         return parent
     if not parent or child.startswith(("\\\\", "//")):
-        return child
-    return parent.rstrip("\\/") + "\\" + child.lstrip("\\/")
+        return _shared(child)
+    return _shared(parent.rstrip("\\/") + "\\" + child.lstrip("\\/"))
+
+
+def _shared(namespace):
+    """One string per namespace name: every session of a capture names the same few, and
+    the operations and IPIDs that keep one would otherwise each hold a copy."""
+    return sys.intern(namespace) if type(namespace) is str else namespace
 
 
 def _sealed(call: Call, side: str) -> bool:
@@ -281,27 +288,46 @@ def _sealed(call: Call, side: str) -> bool:
 # state
 
 class Operation:
-    """One WMI operation: what the analyst thinks of as one request."""
+    """One WMI operation: what the analyst thinks of as one request.
 
-    __slots__ = ("id", "kind", "namespace", "origin", "origin_call", "mode", "closed",
+    Kept as plain fields: a capture holds thousands of operations alive (every IPID that
+    served one keeps it), and its record's id, origin and origin_call are made when a
+    call is assigned to it, not stored (about half the cost of an operation)."""
+
+    __slots__ = ("number", "name", "kind", "namespace", "conn", "call_id", "frame", "method", "mode", "closed",
                  "result_namespace", "templates", "paths")
 
-    def __init__(self, op_id: str, kind: str, namespace: str | None, call: Call):
-        self.id = op_id
+    def __init__(self, number: int, kind: str, namespace: str | None, call: Call):
+        self.number = number                    # "op-N"
+        self.name: str | None = None            # an id given instead (a shard's stand-in, dissectors.parallel)
         self.kind = kind
         self.namespace = namespace
-        self.origin = {"conn": call.conn, "call_id": call.call_id,
-                       "frame": call_frame(call, 0), "method": call.method}
-        self.origin_call = f"{call.conn}:{call.call_id}"
+        self.conn = call.conn                   # the origin call
+        self.call_id = call.call_id
+        self.frame = call_frame(call, 0)
+        self.method = call.method
         self.mode: str | None = None
         self.closed = False                     # SetStatus(WBEM_STATUS_COMPLETE) or CancelAsyncCall seen
         self.result_namespace: str | None = None    # OpenNamespace: the namespace it opens
-        self.templates: OrderedDict | None = None   # refresher: request id -> template object
-        self.paths: OrderedDict | None = None       # refresher: CIM path -> template (ReconnectRemoteRefresher)
+        self.templates: dict | None = None      # refresher: request id -> template object (LRU order)
+        self.paths: dict | None = None          # refresher: CIM path -> template (ReconnectRemoteRefresher)
+
+    @property
+    def id(self) -> str:
+        return self.name or f"op-{self.number}"
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self.name = value
+
+    @property
+    def origin_call(self) -> str:
+        return f"{self.conn}:{self.call_id}"
 
     def record(self, role: str, inferred: bool = False) -> dict:
-        d = {"id": self.id, "kind": self.kind, "namespace": self.namespace, "origin": self.origin,
-             "origin_call": self.origin_call, "role": role}
+        d = {"id": self.name or f"op-{self.number}", "kind": self.kind, "namespace": self.namespace,
+             "origin": {"conn": self.conn, "call_id": self.call_id, "frame": self.frame, "method": self.method},
+             "origin_call": f"{self.conn}:{self.call_id}", "role": role}
         if self.mode is not None:
             d["mode"] = self.mode
         if inferred:
@@ -325,36 +351,50 @@ class _Object:
         self.new_style = False                  # sink: WBEM_S_NEW_STYLE seen (3.1.4.2.1)
 
 
-def _lru_put(d: OrderedDict, key, value, caps: dict, table: str) -> None:
-    """d[key] = value, the least recently used entries past caps[table] forgotten and
-    counted (caps["forgotten"][table]): correlation lost is never silent."""
+def _lru_put(d: dict, key, value, caps: dict, table: str) -> None:
+    """d[key] = value as its most recently used entry (a dict's order is its LRU order), the
+    least recently used entries past caps[table] forgotten and counted
+    (caps["forgotten"][table]): correlation lost is never silent."""
+    d.pop(key, None)
     d[key] = value
-    d.move_to_end(key)
     cap = caps[table]
     while len(d) > cap:
-        d.popitem(last=False)
+        del d[next(iter(d))]
         caps["forgotten"][table] += 1
 
 
+def _lru_get(d: dict | None, key):
+    """d[key] (made the most recently used entry), or None."""
+    if d is None:
+        return None
+    v = d.pop(key, None)
+    if v is not None:
+        d[key] = v
+    return v
+
+
 class _PairState:
-    """Everything known between two hosts."""
+    """Everything known between two hosts.
+
+    There are as many of these as host pairs (up to caps["pairs"]), so each costs what it
+    holds: plain dicts in LRU order (an OrderedDict costs 2-3 times as much), and the
+    tables most pairs never use (pending pointers of sealed replies, ObjectArray class
+    caches, refreshers) stay None until their first entry; a pending table that empties
+    is let go (a dict keeps its size after deletes)."""
 
     __slots__ = ("objects", "pending", "caches", "refreshers", "caps")
 
     def __init__(self, caps: dict):
-        self.objects: OrderedDict[str, _Object] = OrderedDict()
-        self.pending: dict[str, deque] = {}
-        self.caches: OrderedDict[str, ClassCache] = OrderedDict()
-        self.refreshers: OrderedDict = OrderedDict()
+        self.objects: dict[str, _Object] = {}
+        self.pending: dict[str, list] | None = None     # interface -> [(op, namespace)], newest last
+        self.caches: dict[str, ClassCache] | None = None
+        self.refreshers: dict | None = None
         self.caps = caps
 
     def get(self, ipid: str | None) -> _Object | None:
         if not ipid:
             return None
-        o = self.objects.get(ipid)
-        if o is not None:
-            self.objects.move_to_end(ipid)
-        return o
+        return _lru_get(self.objects, ipid)
 
     def put(self, ipid: str, obj: _Object) -> _Object:
         _lru_put(self.objects, ipid, obj, self.caps, "objects")
@@ -375,18 +415,28 @@ class _PairState:
         o = self.get(ipid)
         if o is not None:
             return o, o.inferred
-        if ipid and interface:
-            q = self.pending.get(interface)
+        pending = self.pending
+        if ipid and interface and pending is not None:
+            q = pending.get(interface)
             if q:
                 op, ns = q.pop()
+                if not q:
+                    del pending[interface]
+                    if not pending:
+                        self.pending = None
                 return self.put(ipid, _Object(op, ns, True)), True
         return None, False
 
     def expect(self, interface: str, op: Operation | None, namespace: str | None) -> None:
+        """An operation waits for a pointer of `interface` (the newest caps["pending"] wait)."""
+        if self.pending is None:
+            self.pending = {}
         q = self.pending.get(interface)
         if q is None:
-            q = self.pending[interface] = deque(maxlen=self.caps["pending"])
+            q = self.pending[interface] = []
         q.append((op, namespace))
+        if len(q) > self.caps["pending"]:
+            del q[0]
 
 
 class Operations:
@@ -437,12 +487,12 @@ class Operations:
         if not ipid:
             return ClassCache()
         st = self._state(call)
-        c = st.caches.get(ipid)
+        c = _lru_get(st.caches, ipid)
         if c is None:
             c = ClassCache()
+            if st.caches is None:
+                st.caches = {}
             _lru_put(st.caches, ipid, c, self._caps, "caches")
-        else:
-            st.caches.move_to_end(ipid)
         return c
 
     def refresher_template(self, call: Call, request_id: int):
@@ -455,7 +505,7 @@ class Operations:
             return op.templates[request_id]
         # An IWbemRemoteRefresher met first here (its reply was sealed or not captured):
         # the most recent refresher between these hosts that knows the id.
-        for op in reversed(st.refreshers.values()):
+        for op in reversed(st.refreshers.values()) if st.refreshers else ():
             if op.templates and request_id in op.templates:
                 return op.templates[request_id]
         return None
@@ -490,7 +540,7 @@ class Operations:
 
     def _new_op(self, call: Call, kind: str, namespace: str | None) -> Operation:
         self._next += 1
-        return Operation(f"op-{self._next}", kind, namespace, call)
+        return Operation(self._next, kind, namespace, call)
 
     # -- links made by a call's own pointers -------------------------------------------
 
@@ -605,7 +655,7 @@ class Operations:
                 if ns is None and _param(call, "request", "wszNetworkResource") is None:
                     ns = _leading_string(call)
                 if ns:
-                    op.namespace = ns
+                    op.namespace = _shared(ns)
             self._outputs(st, call, op, op.namespace)
         call.operation = op.record(ROLE_LOGIN, obj.inferred)
 
@@ -666,12 +716,12 @@ class Operations:
         namespace = obj.namespace if obj is not None else None
         rid = _find(_value(call, "request", "pRefresherId"), "m_guidRefresherId")
         key = rid if isinstance(rid, str) else ("ipid", call.ipid)
-        op = st.refreshers.get(key)
+        op = _lru_get(st.refreshers, key)
         if op is None:
             op = self._new_op(call, "Refresher", namespace)
+            if st.refreshers is None:
+                st.refreshers = {}
             _lru_put(st.refreshers, key, op, self._caps, "refreshers")
-        else:
-            st.refreshers.move_to_end(key)
         method = call.method
         if method in ("AddObjectToRefresher", "AddObjectToRefresherByTemplate", "AddEnumToRefresher"):
             self._keep_template(call, op)
@@ -689,7 +739,7 @@ class Operations:
         if cancel_id is None or template is None:
             return
         if op.templates is None:
-            op.templates, op.paths = OrderedDict(), OrderedDict()
+            op.templates, op.paths = {}, {}
         _lru_put(op.templates, cancel_id, template, self._caps, "templates")
         path = _value(call, "request", "wszPath") or _value(call, "request", "wszClass")
         if path is None:                        # AddObjectToRefresherByTemplate: the template's own path

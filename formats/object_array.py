@@ -111,6 +111,8 @@ class ClassCache:
     consults it to decide which instances can go without their class.
     """
 
+    __slots__ = ("_by_id", "_id_of")      # one per enumeration or sink of every host pair
+
     def __init__(self):
         self._by_id: dict[bytes, object] = {}
         self._id_of: dict[int, bytes] = {}   # id(WmiClass) -> classID, for building

@@ -332,6 +332,19 @@ def test_auth_contexts_restart_on_a_new_negotiate_and_keep_others():
     assert c3.unseal(0, b"", (0, 0), None) is None
 
 
+def test_idle_contexts_let_their_tokens_go_unless_keys_may_be_derived_from_them():
+    V = lambda tok: type("V", (), {"ctx_id": 1, "auth_type": 10, "auth_level": 6, "token": tok})()
+    for provider in (None, lambda ctx: b"secret"):
+        ctxs = A.AuthContexts(key_provider=provider)
+        ctxs.on_handshake(1, 0, 11, V(NEGOTIATE))
+        c1 = ctxs.latest
+        ctxs.release_tokens()
+        assert c1.mechanism == "NTLMSSP" and c1.legs == 1
+        assert len(c1.tokens) == (0 if provider is None else 1)
+        ctxs.on_handshake(5, 0, 14, V(NEGOTIATE))   # still a restart: the legs are counted
+        assert ctxs.latest is not c1 and ctxs.latest.handshakes == 2
+
+
 def test_unreadable_handshake_token_is_reported_and_the_run_goes_on():
     h, out = new_conn()
     ndr = "8a885d04-1ceb-11c9-9fe8-08002b104860"
