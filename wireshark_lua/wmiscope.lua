@@ -170,6 +170,10 @@ local function utf8char(c)
     return schar(0xF0 + floor(c / 262144), 0x80 + floor(c / 4096) % 64, 0x80 + floor(c / 64) % 64, 0x80 + c % 64)
 end
 
+-- whether s is all ASCII: one anchored match runs through it in a tight loop, where
+-- s:find("[\128-\255]") starts a match at every octet (some 10 ms for a value of 800 kB)
+local function ascii(s) return s:match("^[%z\1-\127]*()") > #s end
+
 -- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
 local function utf16(s, o, n)
     local last = o + 2 * n
@@ -177,9 +181,9 @@ local function utf16(s, o, n)
         -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
         local raw = ssub(s, o + 1, last)
         local high = raw:gsub(".(.)", "%1")
-        if not high:find("[^%z]") then
+        if high:match("^%z*()") > #high then
             local low = raw:gsub("(.).", "%1")
-            if not low:find("[\128-\255]") then return (low:gsub("%z$", "")) end
+            if ascii(low) then return (low:gsub("%z$", "")) end
         end
     end
     local out, i = {}, 0
@@ -202,7 +206,7 @@ local function utf16(s, o, n)
 end
 
 local function latin1(s)
-    if not s:find("[\128-\255]") then return s end
+    if ascii(s) then return s end
     return (s:gsub("[\128-\255]", function(ch) return utf8char(sbyte(ch)) end))
 end
 
@@ -493,10 +497,15 @@ local function encoded_string(s, p, lim)
         if not z or z > lim then fail(p, "Encoded-String: no NUL terminator") end
         return latin1(ssub(s, p + 2, z - 1))
     elseif flag == 1 then
-        local q = p + 1
-        while q + 2 <= lim do
-            if u16(s, q) == 0 then return utf16(s, p + 1, (q - p - 1) / 2) end
-            q = q + 2
+        -- the first NUL character: two zero octets at an even distance from the text's
+        -- start (found by string.find, not character by character: command lines and
+        -- scripts run to kilobytes)
+        local init = p + 2
+        while true do
+            local z = s:find("\0\0", init, true)
+            if not z or z + 1 > lim then break end
+            if (z - p) % 2 == 0 then return utf16(s, p + 1, (z - p - 2) / 2) end
+            init = z + 1
         end
         fail(p, "Encoded-String: no UTF-16 NUL terminator")
     end
@@ -576,7 +585,7 @@ local function qualifier_set(s, p, lim, heap)
 end
 
 -- ClassPart (2.2.15) at p: its header, derivation, qualifiers, properties and default values
-local function class_part(s, p, lim)
+local function decode_class_part(s, p, lim)
     if p + 13 > lim then fail(p, "ClassPart: truncated ClassHeader") end
     local len = u32(s, p)
     local stop = p + len
@@ -617,7 +626,7 @@ local function class_part(s, p, lim)
     local values_at = q + nd_len
     q = q + ndv_len
     local heap = read_heap(s, q, stop)
-    local cls = { name = heap_string(s, heap, name_ref), derivation = deriv, props = {}, heap = heap,
+    local cls = { name = heap_string(s, heap, name_ref), derivation = deriv, props = {},
         nd_len = nd_len, vt_len = ndv_len - nd_len, count = count }
     cls.qualifiers = qualifier_set(s, quals_at, stop, heap)
     cls.superclass = deriv[1]
@@ -641,6 +650,33 @@ local function class_part(s, p, lim)
     return cls, stop
 end
 
+-- Decoded class parts and methods parts, by their octets. Every instance carries its class's
+-- part and real traffic repeats a few classes (and their methods' signatures) over and over;
+-- what these parts decode to depends on their octets alone (no offsets kept), so the decoded
+-- tables are shared and never changed. Bounded: emptied when the octets kept pass PART_BYTES.
+-- PARTS: "class" -> class parts; a depth -> methods parts read at that depth (what a methods
+-- part decodes to depends on it: signatures nest up to 4)
+local PARTS, part_bytes = {}, 0
+local PART_BYTES = 4 * 1024 * 1024
+local function remember(slot, key, value)
+    if part_bytes + #key > PART_BYTES then PARTS, part_bytes = {}, 0 end
+    part_bytes = part_bytes + #key
+    local cache = PARTS[slot]
+    if not cache then cache = {} PARTS[slot] = cache end
+    cache[key] = value
+end
+
+local function class_part(s, p, lim)
+    local len = p + 4 <= lim and u32(s, p)
+    if not len or len < 13 or p + len > lim then return decode_class_part(s, p, lim) end
+    local key = ssub(s, p + 1, p + len)
+    local cls = PARTS.class and PARTS.class[key]
+    if cls then return cls, p + len end
+    cls = decode_class_part(s, p, lim)
+    remember("class", key, cls)
+    return cls, p + len
+end
+
 local function cim_type_name(t)
     local base = t % 8192
     local name = G.CIMTYPES[base] or sformat("type %d", base)
@@ -651,15 +687,16 @@ end
 local object_block
 local instance_part
 
--- MethodsPart (2.2.38): names, and the in / out signatures as nested objects
-local function methods_part(s, p, lim, depth)
+-- MethodsPart (2.2.38): names, and the in / out signatures as nested objects; whether
+-- every signature lay inside the part (then the part's octets are all it was read from)
+local function decode_methods_part(s, p, lim, depth)
     if p + 8 > lim then fail(p, "MethodsPart: truncated") end
     local len = u32(s, p)
     local stop = p + len
     if stop > lim then fail(p, "MethodsPart runs past the object") end
     local n = u16(s, p + 4)
     local heap = read_heap(s, p + 8 + 24 * n, stop)
-    local out = {}
+    local out, inside = {}, true
     for i = 1, n do
         local at = p + 8 + (i - 1) * 24
         local m = { name = heap_string(s, heap, u32(s, at)) }
@@ -668,6 +705,7 @@ local function methods_part(s, p, lim, depth)
             if ref ~= 0xFFFFFFFF and ref + 4 <= heap.len then
                 local blen = u32(s, heap.at + ref)
                 if blen > 0 and depth < 4 then
+                    if heap.at + ref + 4 + blen > stop then inside = false end
                     local ok, sig = pcall(object_block, s, heap.at + ref + 4, heap.at + ref + 4 + blen, depth + 1)
                     if ok then m[side[1]] = sig end
                 end
@@ -675,6 +713,17 @@ local function methods_part(s, p, lim, depth)
         end
         out[i] = m
     end
+    return out, stop, inside
+end
+
+local function methods_part(s, p, lim, depth)
+    local len = p + 8 <= lim and u32(s, p)
+    if not len or p + len > lim then return decode_methods_part(s, p, lim, depth) end
+    local key = ssub(s, p + 1, p + len)
+    local methods = PARTS[depth] and PARTS[depth][key]
+    if methods then return methods, p + len end
+    local out, stop, inside = decode_methods_part(s, p, lim, depth)
+    if inside then remember(depth, key, out) end
     return out, stop
 end
 
@@ -706,8 +755,11 @@ object_block = function(s, p, lim, depth)
         -- ClassType: the parent's ClassAndMethodsPart, then the class's own
         local parent, e1 = class_part(s, q, lim)
         local _, e2 = methods_part(s, e1, lim, depth)
-        local cls, e3 = class_part(s, e2, lim)
+        local own, e3 = class_part(s, e2, lim)
         local methods = methods_part(s, e3, lim, depth)
+        -- the class part is shared (decoded once per octets): the object is a copy of it
+        local cls = {}
+        for k, v in pairs(own) do cls[k] = v end
         cls.kind = "class"
         cls.methods = methods
         cls.parent = parent
