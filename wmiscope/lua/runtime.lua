@@ -1545,11 +1545,41 @@ end
 -- ---------------------------------------------------------------------------------------
 -- tree and columns
 
+-- Tree items are added in one call each: TreeItem:add(field, range, value, label) sets the
+-- label as set_text would (one Lua -> C call and one TreeItem fewer per item).
+
 -- a line of text in the tree (filterable as wmi.item)
 local function line(tree, r, text)
-    local it = tree:add(F.item, r, text)
-    it:set_text(text)
-    return it
+    return tree:add(F.item, r, text, text)
+end
+
+-- Wireshark keeps the first ITEM_LABEL_LENGTH (240) octets of a label and marks it
+-- truncated when it was longer: a value of megabytes (a file carried in a property) need
+-- not be copied whole into a label that shows 240 octets of it
+local LABEL_MAX = 1024
+local function label_text(text)
+    if #text > LABEL_MAX then return ssub(text, 1, LABEL_MAX) end
+    return text
+end
+
+-- what a class part's property shows (shared, decoded once per octets): its type and name
+-- before the value, and whether it is inherited after it
+local function prop_label_parts(prop)
+    local head = prop.label_head
+    if not head then
+        head = cim_type_name(prop.type) .. " " .. tostring(prop.name) .. " = "
+        prop.label_head, prop.label_tail = head, prop.inherited and " (inherited)" or ""
+    end
+    return head, prop.label_tail
+end
+
+local function qualifier_label(q)
+    local text = q.label
+    if not text then
+        text = "Qualifier [" .. tostring(q.name) .. " = " .. tostring(q.value) .. "]"
+        q.label = text
+    end
+    return text
 end
 
 local function add_object(tree, tvbr, obj)
@@ -1566,24 +1596,29 @@ local function add_object(tree, tvbr, obj)
     if cls.derivation and #cls.derivation > 0 then line(t, tvbr, "Derivation: " .. concat(cls.derivation, " <- ")) end
     if obj.namespace then line(t, tvbr, "Decoration: \\\\" .. tostring(obj.server) .. "\\" .. obj.namespace) end
     for _, q in ipairs(cls.qualifiers or {}) do
-        line(t, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+        line(t, tvbr, qualifier_label(q))
     end
+    local is_class = obj.kind == "class"
+    local values = obj.values
     for i, prop in ipairs(cls.props) do
         local v
-        if obj.kind == "class" then v = prop.default else v = obj.values[i] end
+        if is_class then v = prop.default else v = values[i] end
         local text = v == nil and "NULL" or tostring(v)
-        local pt = t:add(F.prop_name, tvbr, prop.name or "?")
-        pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
-            prop.inherited and " (inherited)" or ""))
-        if obj.kind == "class" then
+        local head, tail = prop_label_parts(prop)
+        local pt = t:add(F.prop_name, tvbr, prop.name or "?", head .. label_text(text) .. tail)
+        if is_class then
             -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
             for _, q in ipairs(prop.qualifiers or {}) do
-                line(pt, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+                line(pt, tvbr, qualifier_label(q))
             end
         end
-        if v ~= nil or obj.kind == "instance" then
+        if v ~= nil or not is_class then
             pt:add(F.prop_value, tvbr, text)
-            local pf = prop.name and PROPF[prop.name:lower()]
+            local pf = prop.pfield
+            if pf == nil then
+                pf = prop.name and PROPF[prop.name:lower()] or false
+                prop.pfield = pf
+            end
             if pf then pt:add(pf, tvbr, text) end
         end
     end
@@ -1595,14 +1630,16 @@ local function add_object(tree, tvbr, obj)
                 for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
             end
         end
-        local mt = t:add(F.obj_method, tvbr, m.name or "?")
-        mt:set_text(sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
+        t:add(F.obj_method, tvbr, m.name or "?", sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
     end
 end
 
+-- the length of the tvb the last range was taken from (every node of a call asks)
+local range_tvb, range_len
 local function tvb_range(tvb, o, n)
     if not tvb then return nil end
-    local len = tvb:len()
+    if not rawequal(tvb, range_tvb) then range_tvb, range_len = tvb, tvb:len() end
+    local len = range_len
     if o >= len then return tvb(len > 0 and len - 1 or 0, 0) end
     if o + n > len then n = len - o end
     return tvb(o, n)
@@ -1616,17 +1653,17 @@ local function add_node(tree, tvb, node, field, pinfo)
     if not field and node.m and SF[node.m] and node.v ~= nil and not node.c then
         field, spec = SF[node.m], G.SFIELDS[node.m]
     end
+    local label = sformat("%s: %s", node.l, text)
     if field then
         local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
-            item = tree:add(field, r, node.v)
+            item = tree:add(field, r, node.v, label)
         else
-            item = tree:add(field, r, text)
+            item = tree:add(field, r, text, label)
         end
     else
-        item = tree:add(F.item, r, text)
+        item = tree:add(F.item, r, text, label)
     end
-    item:set_text(sformat("%s: %s", node.l, text))
     local names = describe(node.p and node.p.e or node.e, node.v)
     if names then
         for _, n in ipairs(names) do item:add(F.flag, r, n) end
