@@ -1661,7 +1661,8 @@ local function add_node(tree, tvb, node, field, pinfo)
     if not field and node.m and SF[node.m] and node.v ~= nil and not node.c then
         field, spec = SF[node.m], G.SFIELDS[node.m]
     end
-    local label = sformat("%s: %s", node.l, text)
+    -- (a NUL in text ends the label in Wireshark's C string as it ended sformat's)
+    local label = node.l .. ": " .. text
     if field then
         local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
@@ -1716,6 +1717,13 @@ local function add_node(tree, tvb, node, field, pinfo)
         item:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", node.err.msg or "?", node.err.off or -1))
     end
     return item
+end
+
+-- offsets are relative to the stub; the tvb may hold it at `base`
+local function shift_offsets(n, base)
+    if n.o then n.o = n.o + base end
+    local c = n.c
+    if c then for i = 1, #c do shift_offsets(c[i], base) end end
 end
 
 -- one call's subtree: the stub decoded again, objects included
@@ -1787,11 +1795,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
     end
     if dec then
         if not stvb and s then stvb = ByteArray.new(s, true):tvb("WMI stub") base = 0 end
-        local shift = function(node)
-            -- offsets are relative to the stub; the tvb may hold it at `base`
-            local function walk(n) if n.o then n.o = n.o + base end for _, c in ipairs(n.c or {}) do walk(c) end end
-            walk(node)
-        end
+        local shift = base ~= 0 and shift_offsets or function() end
         for _, n in ipairs(dec.params) do
             if n.oa then
                 n.oa_o = n.o
@@ -1818,7 +1822,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
                 end
             end
             do
-                shift(n)
+                shift(n, base)
                 add_node(t, stvb, n, PF[n.p.n], pinfo)
             end
         end
