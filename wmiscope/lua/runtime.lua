@@ -18,7 +18,7 @@
 -- Bytes are read with string.byte (Lua 5.2 has no string.unpack), no bit operators.
 -- ---------------------------------------------------------------------------------------
 
-local sbyte, schar, sformat, ssub, srep, concat = string.byte, string.char, string.format, string.sub, string.rep, table.concat
+local sbyte, schar, sformat, ssub, concat = string.byte, string.char, string.format, string.sub, table.concat
 local floor = math.floor
 
 local MAJOR, MINOR = 0, 0
@@ -168,7 +168,7 @@ local function utf16(s, o, n)
         -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
         local raw = ssub(s, o + 1, last)
         local high = raw:gsub(".(.)", "%1")
-        if high == srep("\0", #high) then
+        if high:match("^\0*()") > #high then
             local low = raw:gsub("(.).", "%1")
             if ascii(low) then return (low:gsub("%z$", "")) end
         end
