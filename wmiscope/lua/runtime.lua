@@ -181,6 +181,18 @@ local function utf8char(c)
     return schar(0xF0 + floor(c / 262144), 0x80 + floor(c / 4096) % 64, 0x80 + floor(c / 64) % 64, 0x80 + c % 64)
 end
 
+-- whether s is all ASCII. s:find("[\128-\255]") starts a match at every octet (8 ms for a
+-- value of 900 kB, and real sessions carry such values: files in properties); one anchored
+-- match with a one-range class runs through it in a tight loop (2.5 ms), and on a long
+-- string 128 plain finds, each a memchr, are faster still (1.2 ms)
+local HIGH = {}
+for c = 128, 255 do HIGH[#HIGH + 1] = schar(c) end
+local function ascii(s)
+    if #s < 4096 then return s:match("^[\0-\127]*()") > #s end
+    for i = 1, 128 do if s:find(HIGH[i], 1, true) then return false end end
+    return true
+end
+
 -- UTF-16LE s[o, o+2n) as UTF-8, a terminating NUL dropped
 local function utf16(s, o, n)
     local last = o + 2 * n
@@ -188,9 +200,9 @@ local function utf16(s, o, n)
         -- ASCII text (every high octet zero, every low one below 0x80) in two pattern passes
         local raw = ssub(s, o + 1, last)
         local high = raw:gsub(".(.)", "%1")
-        if not high:find("[^%z]") then
+        if high:match("^\0*()") > #high then
             local low = raw:gsub("(.).", "%1")
-            if not low:find("[\128-\255]") then return (low:gsub("%z$", "")) end
+            if ascii(low) then return (low:gsub("%z$", "")) end
         end
     end
     local out, i = {}, 0
@@ -213,7 +225,7 @@ local function utf16(s, o, n)
 end
 
 local function latin1(s)
-    if not s:find("[\128-\255]") then return s end
+    if ascii(s) then return s end
     return (s:gsub("[\128-\255]", function(ch) return utf8char(sbyte(ch)) end))
 end
 
@@ -504,10 +516,15 @@ local function encoded_string(s, p, lim)
         if not z or z > lim then fail(p, "Encoded-String: no NUL terminator") end
         return latin1(ssub(s, p + 2, z - 1))
     elseif flag == 1 then
-        local q = p + 1
-        while q + 2 <= lim do
-            if u16(s, q) == 0 then return utf16(s, p + 1, (q - p - 1) / 2) end
-            q = q + 2
+        -- the first NUL character: two zero octets at an even distance from the text's
+        -- start (found by string.find, not character by character: command lines and
+        -- scripts run to kilobytes)
+        local init = p + 2
+        while true do
+            local z = s:find("\0\0", init, true)
+            if not z or z + 1 > lim then break end
+            if (z - p) % 2 == 0 then return utf16(s, p + 1, (z - p - 2) / 2) end
+            init = z + 1
         end
         fail(p, "Encoded-String: no UTF-16 NUL terminator")
     end
@@ -587,7 +604,7 @@ local function qualifier_set(s, p, lim, heap)
 end
 
 -- ClassPart (2.2.15) at p: its header, derivation, qualifiers, properties and default values
-local function class_part(s, p, lim)
+local function decode_class_part(s, p, lim)
     if p + 13 > lim then fail(p, "ClassPart: truncated ClassHeader") end
     local len = u32(s, p)
     local stop = p + len
@@ -628,7 +645,7 @@ local function class_part(s, p, lim)
     local values_at = q + nd_len
     q = q + ndv_len
     local heap = read_heap(s, q, stop)
-    local cls = { name = heap_string(s, heap, name_ref), derivation = deriv, props = {}, heap = heap,
+    local cls = { name = heap_string(s, heap, name_ref), derivation = deriv, props = {},
         nd_len = nd_len, vt_len = ndv_len - nd_len, count = count }
     cls.qualifiers = qualifier_set(s, quals_at, stop, heap)
     cls.superclass = deriv[1]
@@ -652,6 +669,33 @@ local function class_part(s, p, lim)
     return cls, stop
 end
 
+-- Decoded class parts and methods parts, by their octets. Every instance carries its class's
+-- part and real traffic repeats a few classes (and their methods' signatures) over and over;
+-- what these parts decode to depends on their octets alone (no offsets kept), so the decoded
+-- tables are shared and never changed. Bounded: emptied when the octets kept pass PART_BYTES.
+-- PARTS: "class" -> class parts; a depth -> methods parts read at that depth (what a methods
+-- part decodes to depends on it: signatures nest up to 4)
+local PARTS, part_bytes = {}, 0
+local PART_BYTES = 4 * 1024 * 1024
+local function remember(slot, key, value)
+    if part_bytes + #key > PART_BYTES then PARTS, part_bytes = {}, 0 end
+    part_bytes = part_bytes + #key
+    local cache = PARTS[slot]
+    if not cache then cache = {} PARTS[slot] = cache end
+    cache[key] = value
+end
+
+local function class_part(s, p, lim)
+    local len = p + 4 <= lim and u32(s, p)
+    if not len or len < 13 or p + len > lim then return decode_class_part(s, p, lim) end
+    local key = ssub(s, p + 1, p + len)
+    local cls = PARTS.class and PARTS.class[key]
+    if cls then return cls, p + len end
+    cls = decode_class_part(s, p, lim)
+    remember("class", key, cls)
+    return cls, p + len
+end
+
 local function cim_type_name(t)
     local base = t % 8192
     local name = G.CIMTYPES[base] or sformat("type %d", base)
@@ -662,15 +706,16 @@ end
 local object_block
 local instance_part
 
--- MethodsPart (2.2.38): names, and the in / out signatures as nested objects
-local function methods_part(s, p, lim, depth)
+-- MethodsPart (2.2.38): names, and the in / out signatures as nested objects; whether
+-- every signature lay inside the part (then the part's octets are all it was read from)
+local function decode_methods_part(s, p, lim, depth)
     if p + 8 > lim then fail(p, "MethodsPart: truncated") end
     local len = u32(s, p)
     local stop = p + len
     if stop > lim then fail(p, "MethodsPart runs past the object") end
     local n = u16(s, p + 4)
     local heap = read_heap(s, p + 8 + 24 * n, stop)
-    local out = {}
+    local out, inside = {}, true
     for i = 1, n do
         local at = p + 8 + (i - 1) * 24
         local m = { name = heap_string(s, heap, u32(s, at)) }
@@ -679,6 +724,7 @@ local function methods_part(s, p, lim, depth)
             if ref ~= 0xFFFFFFFF and ref + 4 <= heap.len then
                 local blen = u32(s, heap.at + ref)
                 if blen > 0 and depth < 4 then
+                    if heap.at + ref + 4 + blen > stop then inside = false end
                     local ok, sig = pcall(object_block, s, heap.at + ref + 4, heap.at + ref + 4 + blen, depth + 1)
                     if ok then m[side[1]] = sig end
                 end
@@ -686,6 +732,17 @@ local function methods_part(s, p, lim, depth)
         end
         out[i] = m
     end
+    return out, stop, inside
+end
+
+local function methods_part(s, p, lim, depth)
+    local len = p + 8 <= lim and u32(s, p)
+    if not len or p + len > lim then return decode_methods_part(s, p, lim, depth) end
+    local key = ssub(s, p + 1, p + len)
+    local methods = PARTS[depth] and PARTS[depth][key]
+    if methods then return methods, p + len end
+    local out, stop, inside = decode_methods_part(s, p, lim, depth)
+    if inside then remember(depth, key, out) end
     return out, stop
 end
 
@@ -717,8 +774,11 @@ object_block = function(s, p, lim, depth)
         -- ClassType: the parent's ClassAndMethodsPart, then the class's own
         local parent, e1 = class_part(s, q, lim)
         local _, e2 = methods_part(s, e1, lim, depth)
-        local cls, e3 = class_part(s, e2, lim)
+        local own, e3 = class_part(s, e2, lim)
         local methods = methods_part(s, e3, lim, depth)
+        -- the class part is shared (decoded once per octets): the object is a copy of it
+        local cls = {}
+        for k, v in pairs(own) do cls[k] = v end
         cls.kind = "class"
         cls.methods = methods
         cls.parent = parent
@@ -1489,11 +1549,41 @@ end
 -- ---------------------------------------------------------------------------------------
 -- tree and columns
 
+-- Tree items are added in one call each: TreeItem:add(field, range, value, label) sets the
+-- label as set_text would (one Lua -> C call and one TreeItem fewer per item).
+
 -- a line of text in the tree (filterable as wmi.item)
 local function line(tree, r, text)
-    local it = tree:add(F.item, r, text)
-    it:set_text(text)
-    return it
+    return tree:add(F.item, r, text, text)
+end
+
+-- Wireshark keeps the first ITEM_LABEL_LENGTH (240) octets of a label and marks it
+-- truncated when it was longer: a value of megabytes (a file carried in a property) need
+-- not be copied whole into a label that shows 240 octets of it
+local LABEL_MAX = 1024
+local function label_text(text)
+    if #text > LABEL_MAX then return ssub(text, 1, LABEL_MAX) end
+    return text
+end
+
+-- what a class part's property shows (shared, decoded once per octets): its type and name
+-- before the value, and whether it is inherited after it
+local function prop_label_parts(prop)
+    local head = prop.label_head
+    if not head then
+        head = cim_type_name(prop.type) .. " " .. tostring(prop.name) .. " = "
+        prop.label_head, prop.label_tail = head, prop.inherited and " (inherited)" or ""
+    end
+    return head, prop.label_tail
+end
+
+local function qualifier_label(q)
+    local text = q.label
+    if not text then
+        text = "Qualifier [" .. tostring(q.name) .. " = " .. tostring(q.value) .. "]"
+        q.label = text
+    end
+    return text
 end
 
 local function add_object(tree, tvbr, obj)
@@ -1510,24 +1600,29 @@ local function add_object(tree, tvbr, obj)
     if cls.derivation and #cls.derivation > 0 then line(t, tvbr, "Derivation: " .. concat(cls.derivation, " <- ")) end
     if obj.namespace then line(t, tvbr, "Decoration: \\\\" .. tostring(obj.server) .. "\\" .. obj.namespace) end
     for _, q in ipairs(cls.qualifiers or {}) do
-        line(t, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+        line(t, tvbr, qualifier_label(q))
     end
+    local is_class = obj.kind == "class"
+    local values = obj.values
     for i, prop in ipairs(cls.props) do
         local v
-        if obj.kind == "class" then v = prop.default else v = obj.values[i] end
+        if is_class then v = prop.default else v = values[i] end
         local text = v == nil and "NULL" or tostring(v)
-        local pt = t:add(F.prop_name, tvbr, prop.name or "?")
-        pt:set_text(sformat("%s %s = %s%s", cim_type_name(prop.type), tostring(prop.name), text,
-            prop.inherited and " (inherited)" or ""))
-        if obj.kind == "class" then
+        local head, tail = prop_label_parts(prop)
+        local pt = t:add(F.prop_name, tvbr, prop.name or "?", head .. label_text(text) .. tail)
+        if is_class then
             -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
             for _, q in ipairs(prop.qualifiers or {}) do
-                line(pt, tvbr, sformat("Qualifier [%s = %s]", tostring(q.name), tostring(q.value)))
+                line(pt, tvbr, qualifier_label(q))
             end
         end
-        if v ~= nil or obj.kind == "instance" then
+        if v ~= nil or not is_class then
             pt:add(F.prop_value, tvbr, text)
-            local pf = prop.name and PROPF[prop.name:lower()]
+            local pf = prop.pfield
+            if pf == nil then
+                pf = prop.name and PROPF[prop.name:lower()] or false
+                prop.pfield = pf
+            end
             if pf then pt:add(pf, tvbr, text) end
         end
     end
@@ -1539,14 +1634,16 @@ local function add_object(tree, tvbr, obj)
                 for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
             end
         end
-        local mt = t:add(F.obj_method, tvbr, m.name or "?")
-        mt:set_text(sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
+        t:add(F.obj_method, tvbr, m.name or "?", sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
     end
 end
 
+-- the length of the tvb the last range was taken from (every node of a call asks)
+local range_tvb, range_len
 local function tvb_range(tvb, o, n)
     if not tvb then return nil end
-    local len = tvb:len()
+    if not rawequal(tvb, range_tvb) then range_tvb, range_len = tvb, tvb:len() end
+    local len = range_len
     if o >= len then return tvb(len > 0 and len - 1 or 0, 0) end
     if o + n > len then n = len - o end
     return tvb(o, n)
@@ -1560,17 +1657,18 @@ local function add_node(tree, tvb, node, field, pinfo)
     if not field and node.m and SF[node.m] and node.v ~= nil and not node.c then
         field, spec = SF[node.m], G.SFIELDS[node.m]
     end
+    -- (a NUL in text ends the label in Wireshark's C string as it ended sformat's)
+    local label = node.l .. ": " .. text
     if field then
         local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
-            item = tree:add(field, r, node.v)
+            item = tree:add(field, r, node.v, label)
         else
-            item = tree:add(field, r, text)
+            item = tree:add(field, r, text, label)
         end
     else
-        item = tree:add(F.item, r, text)
+        item = tree:add(F.item, r, text, label)
     end
-    item:set_text(sformat("%s: %s", node.l, text))
     local names = describe(node.p and node.p.e or node.e, node.v)
     if names then
         for _, n in ipairs(names) do item:add(F.flag, r, n) end
@@ -1615,6 +1713,13 @@ local function add_node(tree, tvb, node, field, pinfo)
         item:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", node.err.msg or "?", node.err.off or -1))
     end
     return item
+end
+
+-- offsets are relative to the stub; the tvb may hold it at `base`
+local function shift_offsets(n, base)
+    if n.o then n.o = n.o + base end
+    local c = n.c
+    if c then for i = 1, #c do shift_offsets(c[i], base) end end
 end
 
 -- one call's subtree: the stub decoded again, objects included
@@ -1676,11 +1781,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
     end
     if dec then
         if not stvb and s then stvb = ByteArray.new(s, true):tvb("WMI stub") base = 0 end
-        local shift = function(node)
-            -- offsets are relative to the stub; the tvb may hold it at `base`
-            local function walk(n) if n.o then n.o = n.o + base end for _, c in ipairs(n.c or {}) do walk(c) end end
-            walk(node)
-        end
+        local shift = base ~= 0 and shift_offsets or function() end
         for _, n in ipairs(dec.params) do
             if n.oa then
                 n.oa_o = n.o
@@ -1707,7 +1808,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
                 end
             end
             do
-                shift(n)
+                shift(n, base)
                 add_node(t, stvb, n, PF[n.p.n], pinfo)
             end
         end
