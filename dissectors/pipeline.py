@@ -10,8 +10,12 @@ up to the totals (tests check it).
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
+import types
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -234,6 +238,21 @@ class _Detector:
         on_idle = getattr(self.handler, "on_idle", None)
         return on_idle(frame) if on_idle is not None else False
 
+    def set_aside(self, extra):
+        """The connection idles with session state (on_idle said so): this detector and its
+        DCE/RPC layer, with the TCP stage's `extra`, as a few hundred octets (see _SetAside).
+        None while security contexts hold a key provider, whose derived keys and cipher
+        states stay as they are."""
+        auth = getattr(self.handler, "auth", None)
+        if auth is not None and (auth.key_provider is not None
+                                 or any(ctx.key_provider is not None for ctx in auth)):
+            return None
+        aside = self.analysis._aside
+        try:
+            return aside, aside.dumps((extra, self))
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return None             # something that does not pickle: kept as it is
+
     def _become_rpc(self) -> None:
         analysis = self.analysis
         analysis._undecided -= self.size
@@ -266,6 +285,58 @@ def _plausible_frag_len(data: bytes) -> bool:
     return frag_len >= 16 + auth_len
 
 
+class _SetAside:
+    """Idle connections' state in a compact form: the detector, its DCE/RPC layer and
+    security contexts pickled, the objects they share with the analysis (the analysis, its
+    methods, the held-octets cell) named instead of copied, then deflated with the first
+    connection set aside as the dictionary. An idle sealed connection's 5 KB of objects
+    (two TCP halves and their record, the DCE/RPC layer's direction buffers, presentation
+    contexts, counters and auth context) become about 100 octets: names and class names
+    repeat from connection to connection, what differs is a few numbers and a principal."""
+
+    __slots__ = ("analysis", "zdict", "shared")
+
+    def __init__(self, analysis: "Analysis"):
+        self.analysis = analysis
+        self.zdict: bytes | None = None
+        self.shared = {id(analysis): "a", id(analysis._rpc_held): "h"}
+
+    def _persistent_id(self, obj):
+        name = self.shared.get(id(obj))
+        if name is not None:
+            return name
+        if type(obj) is types.MethodType and obj.__self__ is self.analysis:
+            return "m" + obj.__func__.__name__
+        return None
+
+    def _persistent_load(self, name: str):
+        if name == "a":
+            return self.analysis
+        if name == "h":
+            return self.analysis._rpc_held
+        return getattr(self.analysis, name[1:])
+
+    def dumps(self, obj) -> bytes:
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, pickle.HIGHEST_PROTOCOL)
+        pickler.persistent_id = self._persistent_id
+        pickler.dump(obj)
+        raw = out.getvalue()
+        if self.zdict is None:
+            self.zdict = raw
+        pack = zlib.compressobj(zdict=self.zdict)
+        return pack.compress(raw) + pack.flush()
+
+    def __call__(self, state: bytes):
+        """(handler, extra) as set_aside was given them."""
+        unpack = zlib.decompressobj(zdict=self.zdict)
+        raw = unpack.decompress(state) + unpack.flush()
+        unpickler = pickle.Unpickler(io.BytesIO(raw))
+        unpickler.persistent_load = self._persistent_load
+        extra, handler = unpickler.load()
+        return handler, extra
+
+
 class Analysis:
     """Runs a capture through the pipeline; iterate `run()` for the records.
 
@@ -295,6 +366,7 @@ class Analysis:
         self._origin = None                             # CaptureSet.origin when several files
         self._tunnels: dict[int, tuple] = {}            # live connection index -> tunnel layers
         self._reassembler: TcpReassembler | None = None
+        self._aside = _SetAside(self)                   # idle connections' state, compact
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""
