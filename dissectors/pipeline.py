@@ -14,7 +14,6 @@ import io
 import os
 import pickle
 import re
-import types
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -249,7 +248,7 @@ class _Detector:
             return None
         aside = self.analysis._aside
         try:
-            return aside, aside.dumps((extra, self))
+            return aside, aside.dumps(extra, self)
         except (pickle.PicklingError, TypeError, AttributeError):
             return None             # something that does not pickle: kept as it is
 
@@ -285,56 +284,63 @@ def _plausible_frag_len(data: bytes) -> bool:
     return frag_len >= 16 + auth_len
 
 
+class _Pickler(pickle.Pickler):
+    """Refuses the analysis: what a connection shares with it is taken off before pickling
+    (_SetAside.dumps), and anything else that reaches it keeps the connection as it is."""
+
+    def __init__(self, file, analysis: "Analysis"):
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.analysis = analysis
+
+    def reducer_override(self, obj):
+        # Asked for instances of classes only, not for ints, strings, tuples, lists, dicts.
+        if obj is self.analysis:
+            raise pickle.PicklingError("a connection's state reaches the analysis")
+        return NotImplemented
+
+
 class _SetAside:
     """Idle connections' state in a compact form: the detector, its DCE/RPC layer and
-    security contexts pickled, the objects they share with the analysis (the analysis, its
-    methods, the held-octets cell) named instead of copied, then deflated with the first
+    security contexts pickled without what they share with the analysis (the analysis, its
+    emit, the held-octets cell: put back when woken), then deflated with the first
     connection set aside as the dictionary. An idle sealed connection's 5 KB of objects
     (two TCP halves and their record, the DCE/RPC layer's direction buffers, presentation
     contexts, counters and auth context) become about 100 octets: names and class names
     repeat from connection to connection, what differs is a few numbers and a principal."""
 
-    __slots__ = ("analysis", "zdict", "shared")
+    __slots__ = ("analysis", "zdict")
 
     def __init__(self, analysis: "Analysis"):
         self.analysis = analysis
         self.zdict: bytes | None = None
-        self.shared = {id(analysis): "a", id(analysis._rpc_held): "h"}
 
-    def _persistent_id(self, obj):
-        name = self.shared.get(id(obj))
-        if name is not None:
-            return name
-        if type(obj) is types.MethodType and obj.__self__ is self.analysis:
-            return "m" + obj.__func__.__name__
-        return None
-
-    def _persistent_load(self, name: str):
-        if name == "a":
-            return self.analysis
-        if name == "h":
-            return self.analysis._rpc_held
-        return getattr(self.analysis, name[1:])
-
-    def dumps(self, obj) -> bytes:
-        out = io.BytesIO()
-        pickler = pickle.Pickler(out, pickle.HIGHEST_PROTOCOL)
-        pickler.persistent_id = self._persistent_id
-        pickler.dump(obj)
+    def dumps(self, extra, detector: "_Detector") -> bytes:
+        rpc = detector.handler if type(detector.handler) is DceRpcConnection else None
+        detector.analysis = None
+        if rpc is not None:
+            rpc.emit = rpc._held = None
+        try:
+            out = io.BytesIO()
+            _Pickler(out, self.analysis).dump((extra, detector))
+        finally:
+            self._attach(detector, rpc)
         raw = out.getvalue()
         if self.zdict is None:
             self.zdict = raw
         pack = zlib.compressobj(zdict=self.zdict)
         return pack.compress(raw) + pack.flush()
 
+    def _attach(self, detector: "_Detector", rpc: DceRpcConnection | None) -> None:
+        analysis = detector.analysis = self.analysis
+        if rpc is not None:
+            rpc.emit, rpc._held = analysis.emit, analysis._rpc_held
+
     def __call__(self, state: bytes):
         """(handler, extra) as set_aside was given them."""
         unpack = zlib.decompressobj(zdict=self.zdict)
-        raw = unpack.decompress(state) + unpack.flush()
-        unpickler = pickle.Unpickler(io.BytesIO(raw))
-        unpickler.persistent_load = self._persistent_load
-        extra, handler = unpickler.load()
-        return handler, extra
+        extra, detector = pickle.loads(unpack.decompress(state) + unpack.flush())
+        self._attach(detector, detector.handler if type(detector.handler) is DceRpcConnection else None)
+        return detector, extra
 
 
 class Analysis:
