@@ -284,6 +284,12 @@ def _plausible_frag_len(data: bytes) -> bool:
     return frag_len >= 16 + auth_len
 
 
+# Raw deflate with a 4 KB window (2**12): room for the dictionary (one connection's pickle,
+# 1-2 KB) and the pickle after it; zlib's default 32 KB window and state cost about eight
+# times as long to set up as the whole compression of a connection.
+_ASIDE_WINDOW = 12
+
+
 class _Pickler(pickle.Pickler):
     """Refuses the analysis: what a connection shares with it is taken off before pickling
     (_SetAside.dumps), and anything else that reaches it keeps the connection as it is."""
@@ -327,7 +333,7 @@ class _SetAside:
         raw = out.getvalue()
         if self.zdict is None:
             self.zdict = raw
-        pack = zlib.compressobj(zdict=self.zdict)
+        pack = zlib.compressobj(wbits=-_ASIDE_WINDOW, memLevel=5, zdict=self.zdict)
         return pack.compress(raw) + pack.flush()
 
     def _attach(self, detector: "_Detector", rpc: DceRpcConnection | None) -> None:
@@ -337,7 +343,7 @@ class _SetAside:
 
     def __call__(self, state: bytes):
         """(handler, extra) as set_aside was given them."""
-        unpack = zlib.decompressobj(zdict=self.zdict)
+        unpack = zlib.decompressobj(wbits=-_ASIDE_WINDOW, zdict=self.zdict)
         extra, detector = pickle.loads(unpack.decompress(state) + unpack.flush())
         self._attach(detector, detector.handler if type(detector.handler) is DceRpcConnection else None)
         return detector, extra
