@@ -54,8 +54,10 @@ for ``idle_timeout`` seconds of capture time gives back what it buffers (segment
 after a hole, the retransmission tails; its handler's ``on_idle``, if it has one,
 releases the layer above's buffers) but stays, with its sequence numbers and the
 session state above (bind and security contexts, keys), so a sealed session that
-resumes after hours still decrypts. A connection whose handler keeps no such
-state is closed, and only its number and next sequence numbers are remembered
+resumes after hours still decrypts; while silent it is held in the compact form its
+handler makes of it (``set_aside``, about 100 octets), in its place in the live
+table. A connection whose handler keeps no such state is closed, and only its number
+and next sequence numbers are remembered
 (``dormant_memory`` connections): when it speaks again it goes on under the same
 number, a keep-alive is still known as one, and the layer above starts afresh.
 Idleness is checked when connections open, at most every quarter of the timeout
@@ -209,7 +211,6 @@ class _Resting:
 
     __slots__ = ("index", "last", "delivered", "resume", "state")
     nraw = None                 # never the expected sequence number: the fast path leaves it to _slow
-    rpc = True
 
     def __init__(self, index: int, last: int, delivered: int, resume, state):
         self.index = index
