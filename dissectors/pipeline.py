@@ -10,8 +10,11 @@ up to the totals (tests check it).
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -234,6 +237,21 @@ class _Detector:
         on_idle = getattr(self.handler, "on_idle", None)
         return on_idle(frame) if on_idle is not None else False
 
+    def set_aside(self, extra):
+        """The connection idles with session state (on_idle said so): this detector and its
+        DCE/RPC layer, with the TCP stage's `extra`, as a few hundred octets (see _SetAside).
+        None while security contexts hold a key provider, whose derived keys and cipher
+        states stay as they are."""
+        auth = getattr(self.handler, "auth", None)
+        if auth is not None and (auth.key_provider is not None
+                                 or any(ctx.key_provider is not None for ctx in auth)):
+            return None
+        aside = self.analysis._aside
+        try:
+            return aside, aside.dumps(extra, self)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return None             # something that does not pickle: kept as it is
+
     def _become_rpc(self) -> None:
         analysis = self.analysis
         analysis._undecided -= self.size
@@ -266,6 +284,71 @@ def _plausible_frag_len(data: bytes) -> bool:
     return frag_len >= 16 + auth_len
 
 
+# Raw deflate with a 4 KB window (2**12): room for the dictionary (one connection's pickle,
+# 1-2 KB) and the pickle after it; zlib's default 32 KB window and state cost about eight
+# times as long to set up as the whole compression of a connection.
+_ASIDE_WINDOW = 12
+
+
+class _Pickler(pickle.Pickler):
+    """Refuses the analysis: what a connection shares with it is taken off before pickling
+    (_SetAside.dumps), and anything else that reaches it keeps the connection as it is."""
+
+    def __init__(self, file, analysis: "Analysis"):
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.analysis = analysis
+
+    def reducer_override(self, obj):
+        # Asked for instances of classes only, not for ints, strings, tuples, lists, dicts.
+        if obj is self.analysis:
+            raise pickle.PicklingError("a connection's state reaches the analysis")
+        return NotImplemented
+
+
+class _SetAside:
+    """Idle connections' state in a compact form: the detector, its DCE/RPC layer and
+    security contexts pickled without what they share with the analysis (the analysis, its
+    emit, the held-octets cell: put back when woken), then deflated with the first
+    connection set aside as the dictionary. An idle sealed connection's 5 KB of objects
+    (two TCP halves and their record, the DCE/RPC layer's direction buffers, presentation
+    contexts, counters and auth context) become about 100 octets: names and class names
+    repeat from connection to connection, what differs is a few numbers and a principal."""
+
+    __slots__ = ("analysis", "zdict")
+
+    def __init__(self, analysis: "Analysis"):
+        self.analysis = analysis
+        self.zdict: bytes | None = None
+
+    def dumps(self, extra, detector: "_Detector") -> bytes:
+        rpc = detector.handler if type(detector.handler) is DceRpcConnection else None
+        detector.analysis = None
+        if rpc is not None:
+            rpc.emit = rpc._held = None
+        try:
+            out = io.BytesIO()
+            _Pickler(out, self.analysis).dump((extra, detector))
+        finally:
+            self._attach(detector, rpc)
+        raw = out.getvalue()
+        if self.zdict is None:
+            self.zdict = raw
+        pack = zlib.compressobj(wbits=-_ASIDE_WINDOW, memLevel=5, zdict=self.zdict)
+        return pack.compress(raw) + pack.flush()
+
+    def _attach(self, detector: "_Detector", rpc: DceRpcConnection | None) -> None:
+        analysis = detector.analysis = self.analysis
+        if rpc is not None:
+            rpc.emit, rpc._held = analysis.emit, analysis._rpc_held
+
+    def __call__(self, state: bytes):
+        """(handler, extra) as set_aside was given them."""
+        unpack = zlib.decompressobj(wbits=-_ASIDE_WINDOW, zdict=self.zdict)
+        extra, detector = pickle.loads(unpack.decompress(state) + unpack.flush())
+        self._attach(detector, detector.handler if type(detector.handler) is DceRpcConnection else None)
+        return detector, extra
+
+
 class Analysis:
     """Runs a capture through the pipeline; iterate `run()` for the records.
 
@@ -295,6 +378,7 @@ class Analysis:
         self._origin = None                             # CaptureSet.origin when several files
         self._tunnels: dict[int, tuple] = {}            # live connection index -> tunnel layers
         self._reassembler: TcpReassembler | None = None
+        self._aside = _SetAside(self)                   # idle connections' state, compact
 
     def auth_contexts(self, conn) -> AuthContexts | None:
         """A connection's security contexts, able to unseal when credentials were given."""

@@ -54,8 +54,10 @@ for ``idle_timeout`` seconds of capture time gives back what it buffers (segment
 after a hole, the retransmission tails; its handler's ``on_idle``, if it has one,
 releases the layer above's buffers) but stays, with its sequence numbers and the
 session state above (bind and security contexts, keys), so a sealed session that
-resumes after hours still decrypts. A connection whose handler keeps no such
-state is closed, and only its number and next sequence numbers are remembered
+resumes after hours still decrypts; while silent it is held in the compact form its
+handler makes of it (``set_aside``, about 100 octets), in its place in the live
+table. A connection whose handler keeps no such state is closed, and only its number
+and next sequence numbers are remembered
 (``dormant_memory`` connections): when it speaks again it goes on under the same
 number, a keep-alive is still known as one, and the layer above starts afresh.
 Idleness is checked when connections open, at most every quarter of the timeout
@@ -132,6 +134,11 @@ class StreamHandler(Protocol):
     # state worth keeping. When not, the connection is closed (on_close) and set aside:
     # if it speaks again, a new handler gets it under the same number (conn.resumed).
     # A handler without on_idle is kept as it is.
+    #
+    # Optional: set_aside(extra) -> (resume, state) | None, asked when on_idle said to keep
+    # the connection: its whole state, and `extra` (the TCP stage's own, which holds the
+    # TcpConnection it was made for), in a compact form; resume(state) gives back
+    # (handler, extra), the handler as it was. None: it cannot; it is kept as it is.
 
 
 class NullHandler:
@@ -195,6 +202,22 @@ class _Conn:
         self.rpc = False                    # promoted: in TcpReassembler._live, not _other
         self.trimmed = -1                   # the last activity (frame) its buffers were released at
         self.halves: tuple[_Half, _Half] = ()  # type: ignore[assignment]
+
+
+class _Resting:
+    """An idle connection whose handler set its state aside (StreamHandler.set_aside): it
+    stays in the live table, where it was, and in the flow table under both keys, until a
+    segment, `finish` or an eviction makes it a `_Conn` again (`TcpReassembler._wake`)."""
+
+    __slots__ = ("index", "last", "delivered", "resume", "state")
+    nraw = None                 # never the expected sequence number: the fast path leaves it to _slow
+
+    def __init__(self, index: int, last: int, delivered: int, resume, state):
+        self.index = index
+        self.last = last                # the frame it was last active at
+        self.delivered = delivered      # octets delivered so far, for `stats`
+        self.resume = resume
+        self.state = state
 
 
 class TcpReassembler:
@@ -271,6 +294,9 @@ class TcpReassembler:
         live_bytes = 0
         for table in (self._live, self._other):
             for conn in table.values():
+                if type(conn) is _Resting:
+                    live_bytes += conn.delivered
+                    continue
                 for h in conn.halves:
                     live_bytes += h.pos - h.skipped
         out["bytes"] = self._closed_bytes + live_bytes
@@ -308,6 +334,8 @@ class TcpReassembler:
         """Flushes every live connection (pending data after a hole: on_gap then
         on_data) and closes it. Safe to call twice."""
         for conn in sorted((*self._live.values(), *self._other.values()), key=_index):
+            if type(conn) is _Resting:      # one at a time: the table's memory stays what it was
+                conn = self._wake(conn)
             last = max(conn.halves[0].last_frame, conn.halves[1].last_frame, conn.rec.first_frame)
             self._close(conn, last, "finish", remember=True)
 
@@ -315,6 +343,9 @@ class TcpReassembler:
 
     def _slow(self, frame: int, ts: float, seg: TcpSegment, h: _Half | None) -> None:
         src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
+        if type(h) is _Resting:
+            self._wake(h)
+            h = self._flows[seg[:4]]
         if h is None:
             key = (src, sport, dst, dport)
             gone = self._closed.get(key)
@@ -656,7 +687,8 @@ class TcpReassembler:
             return
         del marks[:old[-1]]
         since = marks[0][0]
-        for conn in [c for c in self._live.values() if _last(c) < since and c.trimmed != _last(c)]:
+        for conn in [c for c in self._live.values()
+                     if type(c) is _Conn and _last(c) < since and c.trimmed != _last(c)]:
             self._release(conn, frame)
 
     def _release(self, conn: _Conn, frame: int) -> None:
@@ -678,6 +710,7 @@ class TcpReassembler:
         if keep:
             for h in conn.halves:
                 h.update()
+            self._set_aside(conn, frame)
             return
         # Nothing above worth keeping: only what lets the connection go on if it speaks again.
         self._c["dormant"] += 1
@@ -688,6 +721,62 @@ class TcpReassembler:
         while len(dormant) > 2 * self.dormant_memory:
             del dormant[next(iter(dormant))]
             self._c["dormant_forgotten"] += 1
+
+    def _set_aside(self, conn: _Conn, frame: int) -> None:
+        """An idle connection that keeps session state, in the compact form its handler makes
+        of it (StreamHandler.set_aside), with what TCP needs to go on: its record and each
+        direction's sequence numbers and positions (its buffers are empty by now)."""
+        aside = getattr(conn.handler, "set_aside", None)
+        a, b = conn.halves
+        if aside is None or a.pending_bytes or b.pending_bytes:
+            return
+        extra = (conn.rec, conn.trimmed, conn.tentative, conn.keys[0][1] is a,
+                 tuple((h.direction, h.base, h.nraw, h.pos, h.skipped, h.acked, h.fin, h.done, h.last_frame)
+                       for h in (a, b)))
+        try:
+            got = aside(extra)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(conn, exc, frame)
+            return
+        if got is None:
+            return
+        delivered = sum(h.pos - h.skipped for h in conn.halves)
+        rest = _Resting(conn.rec.index, _last(conn), delivered, *got)
+        self._live[conn.rec.index] = rest
+        flows = self._flows
+        for key, h in conn.keys:
+            if flows.get(key) is h:
+                flows[key] = rest
+
+    def _wake(self, rest: _Resting) -> _Conn:
+        """A connection set aside, as it was before (in the same place of the live table)."""
+        handler, (rec, trimmed, tentative, client_first, states) = rest.resume(rest.state)
+        conn = _Conn(rec, handler)
+        conn.rpc = True
+        conn.trimmed = trimmed
+        conn.tentative = tentative
+        on_data = handler.on_data
+        fwd, rev = (*rec.client, *rec.server), (*rec.server, *rec.client)
+        halves = []
+        for st in states[:1 if fwd == rev else 2]:
+            h = _Half(conn, st[0], on_data)
+            h.base, h.nraw, h.pos, h.skipped, h.acked, h.fin, h.done, h.last_frame = st[1:]
+            halves.append(h)
+        if len(halves) == 1:                # a socket connected to itself
+            a = b = halves[0]
+            conn.keys = ((fwd, a),)
+        else:
+            a, b = halves
+            a.peer, b.peer = b, a
+            conn.keys = ((fwd, a), (rev, b)) if client_first else ((rev, b), (fwd, a))
+        conn.halves = (a, b)
+        flows = self._flows
+        for key, h in conn.keys:
+            if flows.get(key) is rest:
+                flows[key] = h
+            h.update()
+        self._live[rest.index] = conn
+        return conn
 
     def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
         """A connection opened on an empty segment: its first payload may tell the roles."""
@@ -704,6 +793,8 @@ class TcpReassembler:
         conn.halves = (b, a)
 
     def _close(self, conn: _Conn, frame: int, why: str, remember: bool) -> None:
+        if type(conn) is _Resting:
+            conn = self._wake(conn)
         if (self._live if conn.rpc else self._other).pop(conn.rec.index, None) is None:
             return
         for h in conn.halves:
@@ -740,6 +831,8 @@ class TcpReassembler:
     def _evict(self, frame: int) -> None:
         """Room for one more promoted connection: close the least recently active eighth."""
         for conn in _least_recent(self._live):
+            if type(conn) is _Resting:
+                conn = self._wake(conn)
             self._c["evicted"] += 1
             self._error(f"more than {self.max_connections} live DCE/RPC connections: connection "
                         f"{conn.rec.index} evicted (idle since frame {_last(conn)})",
@@ -778,12 +871,14 @@ def _start(entry) -> int:
     return entry[0]
 
 
-def _index(conn: _Conn) -> int:
-    return conn.rec.index
+def _index(conn) -> int:
+    return conn.index if type(conn) is _Resting else conn.rec.index
 
 
 def _last(conn: _Conn) -> int:
     """The frame a connection was last active at."""
+    if type(conn) is _Resting:
+        return conn.last
     return max(conn.halves[0].last_frame, conn.halves[1].last_frame)
 
 

@@ -7,6 +7,8 @@ import importlib.util
 import struct
 from pathlib import Path
 
+import pytest
+
 from wmiscope.dissectors import pipeline, tcp
 from wmiscope.dissectors.dcerpc import DceRpcConnection
 from wmiscope.dissectors.dcom import IpidRegistry
@@ -171,33 +173,73 @@ def test_an_idle_connection_gives_back_its_stubs_and_is_set_aside():
     assert analysis.stats.tcp["idle_released"] == analysis.stats.tcp["dormant"] == 20
 
 
+def _paused(path, pause_after: int, resumes: bool = True, pause_ends=None):
+    """A sample's frames with an hour of silence after frame pause_after, while a scan opens
+    200 connections (then pause_ends() is called); without what follows unless resumes."""
+    from wmiscope.dissectors.capture import open_capture
+
+    n = 0
+    for frame, ts, linktype, data in open_capture(path):
+        if frame > pause_after and not resumes:
+            break
+        n += 1
+        yield n, ts + (3600 if frame > pause_after else 0), linktype, data
+        if frame == pause_after:
+            for i in range(200):
+                n += 1
+                yield n, ts + 10 + i * 15, 1, soak._tcp_frame(_host(i, 11), 40000, bytes((192, 0, 2, 1)), 445,
+                                                             1, b"", 2)
+            if pause_ends is not None:
+                pause_ends()
+
+
 def test_a_sealed_session_that_idles_an_hour_still_decrypts():
     """The NTLM-sealed sample with an hour of silence after its login, while a scan opens
     200 connections: the idle connection gave back its buffers but kept its security
     context and keys, so the calls after the pause decrypt as without it."""
     from session_util import sample_credentials
 
-    from wmiscope.dissectors.capture import open_capture
     from wmiscope.dissectors.pipeline import Analysis
 
     path = ROOT / "pcaps" / "wmi-process-create-ntlm-sealed.pcap"
     plain = [r for r in Analysis(credentials=sample_credentials()).run(path) if type(r) is Call]
     pause_after = plain[0].resp_frames[1]
 
-    def paused():
-        n = 0
-        for frame, ts, linktype, data in open_capture(path):
-            n += 1
-            yield n, ts + (3600 if frame > pause_after else 0), linktype, data
-            if frame == pause_after:
-                for i in range(200):
-                    n += 1
-                    yield n, ts + 10 + i * 15, 1, soak._tcp_frame(_host(i, 11), 40000, bytes((192, 0, 2, 1)), 445,
-                                                                 1, b"", 2)
-
     analysis = Analysis(credentials=sample_credentials())
-    calls = [r for r in analysis.run(paused()) if type(r) is Call]
+    calls = [r for r in analysis.run(_paused(path, pause_after)) if type(r) is Call]
     assert analysis.stats.tcp["idle_released"] >= 1
     assert [(c.method, c.req_decrypted, c.resp_decrypted) for c in calls] == \
         [("NTLMLogin", True, True), ("GetObject", True, True), ("ExecMethod", True, True)]
     assert [(c.req_stub, c.resp_stub, c.errors) for c in calls] == [(c.req_stub, c.resp_stub, c.errors) for c in plain]
+
+
+@pytest.mark.parametrize("sample", ["wmi-process-create.pcap", "wmi-process-create-ntlm-sealed.pcap",
+                                    "wmi-process-create-kerberos-sealed.pcap"])
+@pytest.mark.parametrize("resumes", [True, False])
+def test_an_idle_connection_set_aside_compact_goes_on_as_before(monkeypatch, sample, resumes):
+    """A connection that idles an hour after its first call, with its session state (bind,
+    security context): set aside in its compact form (tcp._Resting, a hundred octets) while
+    a scan opens 200 connections, then woken by its next segment (resumes) or by the end of
+    the capture: every record and counter is what it is when it stays as it was."""
+    from wmiscope.dissectors.pipeline import Analysis
+
+    path = ROOT / "pcaps" / sample
+    pause_after = next(r for r in Analysis().run(path) if type(r) is Call).resp_frames[1]
+    resting = []
+
+    def run():
+        analysis = Analysis(want_pdus=True)
+
+        def pause_ends():
+            live = analysis._reassembler._live.values()
+            resting.append([len(c.state) for c in live if type(c) is tcp._Resting])
+
+        records = [repr(r) for r in analysis.run(_paused(path, pause_after, resumes, pause_ends))]
+        return records, analysis.stats.as_dict()
+
+    compact = run()
+    monkeypatch.setattr(pipeline._Detector, "set_aside", lambda self, extra: None)
+    kept = run()
+    assert len(resting[0]) == 1 and resting[0][0] < 400 and resting[1] == []
+    assert compact == kept
+    assert compact[1]["tcp"]["idle_released"] >= 1 and compact[1]["calls"] == (3 if resumes else 1)
