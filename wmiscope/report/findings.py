@@ -23,6 +23,7 @@ from wmiscope.spec import interfaces as _if
 
 from . import rules as R
 from .handlers import HANDLERS, set_out
+from .sessions import LIVE_SESSIONS, SessionStore
 from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
                      is_ip, parse_principal, principal_of, props, record_dict, split_endpoint)
 
@@ -38,10 +39,13 @@ __all__ = ["ReportBuilder", "record_dict", "call_summary"]
 class ReportBuilder:
     """Accumulates sessions, hosts and findings over one analysis (a capture set or a live capture)."""
 
-    def __init__(self, *, excerpt_renderer=None):
+    def __init__(self, *, excerpt_renderer=None, live_sessions: int = LIVE_SESSIONS):
+        """live_sessions: how many sessions stay in memory (see sessions.py)."""
         self.captures: list[dict] = []
         self.hosts: dict[str, dict] = {}
-        self.sessions: dict[str, dict] = {}
+        self.sessions = SessionStore(live_sessions)
+        self.wmi_sessions = 0
+        self.wmi_ips: set[str] = set()
         self.findings: list[dict] = []
         self._by_op: dict[tuple, dict] = {}
         self._subscriptions: dict[tuple, dict] = {}
@@ -77,11 +81,17 @@ class ReportBuilder:
         if not wmi:
             return
         self.captures[-1]["wmi_calls"] += 1
-        sess["wmi"] = True
+        if not sess["wmi"]:
+            sess["wmi"] = True
+            self.wmi_sessions += 1
+            self.wmi_ips.update((sess["client"]["ip"], sess["server"]["ip"]))
         method = d.get("method")
         row = self._session_row(d, sess)
         if d.get("encrypted") and not d.get("decrypted"):
-            sess["sealed_calls"].append(_sealed_view(d, sess, call))
+            # the excerpt's lines now, not the call record: the record holds the sealed
+            # stubs' bytes, and the session may be kept on disk until the report's end
+            lines = self._render(call) if self._render is not None and call is not None else None
+            sess["sealed_calls"].append(_sealed_view(d, sess, lines))
             return
         handler = HANDLERS.get((iface, method))
         made = handler(self, d, sess) if handler else None
@@ -100,7 +110,8 @@ class ReportBuilder:
         if made:
             row["findings"] = sorted({f["id"] for f in made})
 
-    def _attach(self, f: dict, d: dict, call) -> None:
+    def _attach(self, f: dict, d: dict, call, lines: list[str] | None = None) -> None:
+        """lines: the call's excerpt lines when rendered already (sealed calls)."""
         key = f"{self._cap}:{d['conn']}:{d['call_id']}"
         if key in f["_calls"]:
             return
@@ -116,8 +127,11 @@ class ReportBuilder:
                 if half.get("origin"):
                     _file_frames(f["evidence"], lo, hi, half["origin"])
         f["frames"] = sorted(set(f["frames"]))
-        if self._render is not None and call is not None and len(f["excerpt"]) < 400:
-            f["excerpt"].extend(self._render(call))
+        if len(f["excerpt"]) < 400:
+            if lines is not None:
+                f["excerpt"].extend(lines)
+            elif self._render is not None and call is not None:
+                f["excerpt"].extend(self._render(call))
 
     # sessions and hosts --------------------------------------------------------------
 
@@ -127,13 +141,14 @@ class ReportBuilder:
         if s is None:
             cip, cport = split_endpoint(d["client"])
             sip, sport = split_endpoint(d["server"])
-            s = self.sessions[sid] = {
+            s = {
                 "id": sid, "capture": d.get("file") or self._capture_name, "conn": d["conn"],
                 "client": {"ip": cip, "port": cport}, "server": {"ip": sip, "port": sport},
                 "first_epoch": None, "last_epoch": None, "principals": [], "auth": None,
                 "login": {}, "calls": [], "call_count": 0, "sealed": 0, "decrypted": 0,
                 "methods": Counter(), "operations": {}, "sealed_calls": [], "wmi": False,
             }
+            self.sessions.add(sid, s)
             for ip, role in ((cip, "client"), (sip, "server")):
                 h = self.hosts.setdefault(ip, {"ip": ip, "names": [], "roles": []})
                 if role not in h["roles"]:
@@ -277,11 +292,16 @@ class ReportBuilder:
 
     def finish(self) -> dict:
         from . import sealed
-        for s in self.sessions.values():
-            if s["sealed_calls"]:
-                sealed.infer(self, s)
+        # One pass over the sessions (most are on disk): the sealed calls' inferences, and
+        # the NTLM user of each session that has findings
+        with_findings = {f["session"] for f in self.findings}
         user_of = {}
         for s in self.sessions.values():
+            made = len(self.findings)
+            if s["sealed_calls"]:
+                sealed.infer(self, s)
+            if s["id"] not in with_findings and len(self.findings) == made:
+                continue
             for p in s["principals"]:
                 pr = parse_principal(p)
                 if pr and pr["kind"] == "ntlm":
@@ -326,10 +346,16 @@ class ReportBuilder:
         return report_dict(self)
 
 
-def _sealed_view(d: dict, s: dict, call) -> dict:
-    """What a sealed call still shows: the method (from the IPID), sizes, timing."""
+# What a finding and its evidence read from a sealed call's dict (new_finding, _attach)
+_SEALED_KEYS = ("conn", "call_id", "file", "request", "response", "operation", "auth", "decrypted")
+
+
+def _sealed_view(d: dict, s: dict, lines: list[str] | None) -> dict:
+    """What a sealed call still shows: the method (from the IPID), sizes, timing; and
+    its excerpt's lines for the findings the sealed inference makes of it."""
     op = d.get("operation") or {}
-    return {"d": d, "call": call, "method": d.get("method"), "interface": d.get("interface"),
+    return {"d": {k: d[k] for k in _SEALED_KEYS if k in d}, "lines": lines,
+            "method": d.get("method"), "interface": d.get("interface"),
             "req_len": (d.get("request") or {}).get("stub_len"),
             "resp_len": (d.get("response") or {}).get("stub_len"),
             "time": (d.get("request") or {}).get("epoch"),

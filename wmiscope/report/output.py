@@ -11,7 +11,45 @@ from wmiscope.dissectors.jsonl import iso
 REPORT_VERSION = "1.0"
 
 
+class Streamed:
+    """A section of the report made one item at a time each time it is read (the sessions,
+    the sealed connections: as many as the capture's connections), never held whole."""
+
+    def __init__(self, items):
+        self._items = items     # () -> an iterator of the section's items
+
+    def __iter__(self):
+        return iter(self._items())
+
+
+class StreamedSessions(Streamed):
+    """The WMI sessions in the report's form, read from the builder's store one at a time."""
+
+    def __init__(self, store):
+        super().__init__(lambda: (session_dict(s) for s in store.values() if s["wmi"]))
+        self._store = store
+
+    def read(self, sid: str) -> dict:
+        return session_dict(self._store.read(sid))
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def session_dict(s: dict) -> dict:
+    return {
+        "id": s["id"], "capture": s["capture"], "conn": s["conn"], "client": s["client"],
+        "server": s["server"], "first_time": iso(s["first_epoch"]), "last_time": iso(s["last_epoch"]),
+        "principals": s["principals"], "auth": s["auth"],
+        "login": {k: v for k, v in s["login"].items()}, "call_count": s["call_count"],
+        "sealed": s["sealed"], "decrypted": s["decrypted"], "methods": dict(s["methods"]),
+        "operations": list(s["operations"].values()),
+        "calls": [dict(r, time=iso(r["time"])) for r in s["calls"]],
+    }
+
+
 def report_dict(b) -> dict:
+    """The report; its sessions and sealed connections are Streamed (see write_json)."""
     from .sealed import sealed_connections
 
     findings = []
@@ -20,7 +58,6 @@ def report_dict(b) -> dict:
         g["first_time"] = iso(f["first_epoch"])
         g["last_time"] = iso(f["last_epoch"])
         findings.append(g)
-    wmi_sessions = [s for s in b.sessions.values() if s["wmi"]]
     techniques = Counter()
     tech_names = {}
     for f in findings:
@@ -28,19 +65,7 @@ def report_dict(b) -> dict:
             techniques[t["id"]] += 1
             tech_names[t["id"]] = t
     principals = sorted({(f["principal"] or {}).get("text") for f in findings} - {None})
-    wmi_ips = {s["client"]["ip"] for s in wmi_sessions} | {s["server"]["ip"] for s in wmi_sessions}
-    hosts = [h for ip, h in sorted(b.hosts.items()) if ip in wmi_ips]
-    sessions = []
-    for s in wmi_sessions:
-        sessions.append({
-            "id": s["id"], "capture": s["capture"], "conn": s["conn"], "client": s["client"],
-            "server": s["server"], "first_time": iso(s["first_epoch"]), "last_time": iso(s["last_epoch"]),
-            "principals": s["principals"], "auth": s["auth"],
-            "login": {k: v for k, v in s["login"].items()}, "call_count": s["call_count"],
-            "sealed": s["sealed"], "decrypted": s["decrypted"], "methods": dict(s["methods"]),
-            "operations": list(s["operations"].values()),
-            "calls": [dict(r, time=iso(r["time"])) for r in s["calls"]],
-        })
+    hosts = [h for ip, h in sorted(b.hosts.items()) if ip in b.wmi_ips]
     wmi_calls = sum(c["wmi_calls"] for c in b.captures)
     return {
         "report": "wmiscope forensics report", "version": REPORT_VERSION, "wmiscope": __version__,
@@ -54,20 +79,45 @@ def report_dict(b) -> dict:
             "by_basis": dict(Counter(f["basis"] for f in findings)),
             "by_severity": dict(Counter(f["severity"] for f in findings)),
             "techniques": [dict(tech_names[t], count=n) for t, n in techniques.most_common()],
-            "hosts": len(hosts), "principals": principals, "sessions": len(sessions),
+            "hosts": len(hosts), "principals": principals, "sessions": b.wmi_sessions,
             "errors": sum((c["stats"] or {}).get("errors", 0) for c in b.captures),
             "first_time": iso(min((f["first_epoch"] for f in findings if f["first_epoch"]), default=None)),
             "last_time": iso(max((f["last_epoch"] for f in findings if f["last_epoch"]), default=None)),
         },
         "hosts": hosts,
-        "sessions": sessions,
-        "sealed_connections": sealed_connections(b),
+        "sessions": StreamedSessions(b.sessions),
+        "sealed_connections": Streamed(lambda: sealed_connections(b)),
         "findings": findings,
     }
 
 
+def write_json(report: dict, write) -> None:
+    """The report as one JSON document, as dumps(report) would write it, written a list item
+    at a time: the sessions are read from disk as they are written."""
+    from wmiscope.dissectors.jsonl import dumps
+
+    write("{")
+    for i, (k, v) in enumerate(report.items()):
+        write(("," if i else "") + dumps(k) + ":")
+        if isinstance(v, (list, Streamed)):
+            write("[")
+            for j, item in enumerate(v):
+                write(("," if j else "") + dumps(item))
+            write("]")
+        else:
+            write(dumps(v))
+    write("}\n")
+
+
+def close_report(report: dict) -> None:
+    """Lets the sessions' temporary store go (SQLite deletes its file)."""
+    sessions = report.get("sessions")
+    if isinstance(sessions, StreamedSessions):
+        sessions.close()
+
+
 def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts: bool = True,
-                     progress: bool = False, split=None) -> dict:
+                     progress: bool = False, split=None, live_sessions: int | None = None) -> dict:
     """The report of one analysis over `source`: a capture set (capture.open_sources: several
     files merged in time order), a capture path, or live frames. One pipeline for all the
     files, so the IPID registry, the operations and the TCP connections are shared: a session
@@ -85,17 +135,18 @@ def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts
     from .findings import ReportBuilder
     from .values import record_dict
 
+    kw = {} if live_sessions is None else {"live_sessions": live_sessions}
     files = list(getattr(source, "names", None) or ())
     paths = getattr(source, "paths", None) or [str(source)]
     if split is not None:
         # a call's excerpt lines were rendered by the worker and ride in place of the record
-        b = ReportBuilder(excerpt_renderer=_lines if excerpts else None)
+        b = ReportBuilder(excerpt_renderer=_lines if excerpts else None, **kw)
         b.start_capture(name or ", ".join(paths), files=files or paths)
         stats = split(lambda line: _read_line(b, line))
         b.end_capture(stats.as_dict())
         return b.finish()
     renderer = TranscriptRenderer(frames=True)
-    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None)
+    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None, **kw)
     b.start_capture(name or ", ".join(paths), files=files or paths)
     analysis = make_analysis()
     frames = with_progress(source, analysis, streaming=False) if progress else source
