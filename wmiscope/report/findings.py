@@ -23,7 +23,7 @@ from wmiscope.spec import interfaces as _if
 
 from . import rules as R
 from .handlers import HANDLERS, set_out
-from .sessions import LIVE_SESSIONS, SessionStore
+from .spill import LIVE_FINDINGS, LIVE_SESSIONS, SpillStore
 from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
                      is_ip, parse_principal, principal_of, props, record_dict, split_endpoint)
 
@@ -39,17 +39,20 @@ __all__ = ["ReportBuilder", "record_dict", "call_summary"]
 class ReportBuilder:
     """Accumulates sessions, hosts and findings over one analysis (a capture set or a live capture)."""
 
-    def __init__(self, *, excerpt_renderer=None, live_sessions: int = LIVE_SESSIONS):
-        """live_sessions: how many sessions stay in memory (see sessions.py)."""
+    def __init__(self, *, excerpt_renderer=None, live_sessions: int = LIVE_SESSIONS,
+                 live_findings: int = LIVE_FINDINGS):
+        """live_sessions, live_findings: how many stay in memory (see spill.py)."""
         self.captures: list[dict] = []
         self.hosts: dict[str, dict] = {}
-        self.sessions = SessionStore(live_sessions)
+        self.sessions = SpillStore(live_sessions)         # by session id
         self.wmi_sessions = 0
         self.wmi_ips: set[str] = set()
-        self.findings: list[dict] = []
-        self._by_op: dict[tuple, dict] = {}
-        self._subscriptions: dict[tuple, dict] = {}
-        self._logins: dict[tuple, dict] = {}
+        self.findings = SpillStore(live_findings)         # by number, in the order made
+        self.finding_order: list[int] = []                # the report's order (finish)
+        # findings that later calls complete, by their number (self.finding)
+        self._by_op: dict[tuple, int] = {}
+        self._subscriptions: dict[tuple, int] = {}
+        self._logins: dict[tuple, int] = {}
         self._render = excerpt_renderer     # Call record -> transcript lines
         self._cap = -1
         self._capture_name = None
@@ -74,6 +77,8 @@ class ReportBuilder:
     # per call ------------------------------------------------------------------
 
     def observe(self, d: dict, call=None) -> None:
+        self.sessions.settle()
+        self.findings.settle()
         iface = d.get("interface")
         wmi = iface in WMI_INTERFACES
         sess = self._session(d, wmi)
@@ -100,6 +105,7 @@ class ReportBuilder:
         if op.get("role") in ("call-result", "sink-callback") and op.get("id"):
             target = self._by_op.get((self._cap, op["id"]))
             if target is not None:
+                target = self.finding(target)
                 self._follow_up(target, d)
                 made.append(target)
         code = hresult(d)
@@ -250,10 +256,15 @@ class ReportBuilder:
         if basis == "observed":
             what = "decrypted with the analyst's credentials" if d.get("decrypted") else "decoded from clear stubs"
             f["reasons"].insert(0, what)
-        self.findings.append(f)
+        f["_n"] = len(self.findings)
+        self.findings.add(f["_n"], f)
         if op.get("id") and op.get("role") == "origin":
-            self._by_op[(self._cap, op["id"])] = f
+            self._by_op[(self._cap, op["id"])] = f["_n"]
         return f
+
+    def finding(self, n: int) -> dict:
+        """Finding number n, to complete with a later call."""
+        return self.findings.get(n)
 
     def _follow_up(self, f: dict, d: dict) -> None:
         """A semisynchronous result or async callback completes its operation's finding."""
@@ -292,21 +303,25 @@ class ReportBuilder:
 
     def finish(self) -> dict:
         from . import sealed
+        self.sessions.settle()
+        self.findings.settle()
         # One pass over the sessions (most are on disk): the sealed calls' inferences, and
         # the NTLM user of each session that has findings
-        with_findings = {f["session"] for f in self.findings}
+        with_findings = {f["session"] for f in self.findings.values()}
         user_of = {}
         for s in self.sessions.values():
             made = len(self.findings)
             if s["sealed_calls"]:
                 sealed.infer(self, s)
+                self.findings.settle()
             if s["id"] not in with_findings and len(self.findings) == made:
                 continue
             for p in s["principals"]:
                 pr = parse_principal(p)
                 if pr and pr["kind"] == "ntlm":
                     user_of[s["id"]] = pr
-        for f in self.findings:
+        for n in self.findings.order:
+            f = self.findings.get(n)
             pr = f["principal"]
             if (pr is None or pr["kind"] == "kerberos" and not pr["name"]) and f["session"] in user_of:
                 user = dict(user_of[f["session"]])
@@ -323,22 +338,28 @@ class ReportBuilder:
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
                                          self.hosts.get(f["destination"]["ip"], {}).get("names", [])]
+            self.findings.settle()
         # The same traffic captured twice (two sensors, overlapping rolling files, a file
         # given twice) needs no join here: the set's files feed one TCP reassembler, which
         # recognises a second copy of a segment by its connection and sequence numbers as
         # bytes already delivered (a retransmission), so each call, and each finding, comes
         # once, its frames those of the copy merged first.
-        self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
+        # in time order; made first, first (the number: a stable sort's tie-break)
+        self.finding_order = [k[2] for k in sorted((f["first_epoch"] or 0, f["frames"][:1], f["_n"])
+                                                   for f in self.findings.values())]
         files = self.captures[-1]["files"] if self.captures else []
-        for i, f in enumerate(self.findings, 1):
+        for i, n in enumerate(self.finding_order, 1):
+            f = self.findings.get(n)
             f["id"] = f"F{i:03d}"
             f.pop("_calls", None)
+            f.pop("_n", None)
             # capture sets: where the frames are, as [{file, frames in that file}]
             f["evidence"] = [{"file": k, "frames": sorted(v)} for k, v in
                              sorted(f["evidence"].items(), key=lambda kv: files.index(kv[0]) if kv[0] in files else 0)]
             if f["evidence"]:
                 f["capture"] = f["evidence"][0]["file"]
             f["summary"] = summary(f)
+            self.findings.settle()
         return self.report()
 
     def report(self) -> dict:

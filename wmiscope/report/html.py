@@ -86,9 +86,12 @@ def _summary(r: dict) -> str:
 
 
 def _findings(r: dict) -> Iterator[str]:
-    findings = r["findings"]
-    hosts = sorted({f["source"]["ip"] for f in findings} | {f["destination"]["ip"] for f in findings})
-    techs = sorted({t["id"] for f in findings for t in f["techniques"]})
+    findings, n = r["findings"], r["summary"]["findings"]
+    hosts, techs = set(), set()
+    for f in findings:      # read twice: the filters' choices first, then the rows
+        hosts.update((f["source"]["ip"], f["destination"]["ip"]))
+        techs.update(t["id"] for t in f["techniques"])
+    hosts, techs = sorted(hosts), sorted(techs)
     out = ["<section id=findings><h2>Findings</h2><form id=filters>",
            "<label>Host <select id=f-host><option value=''>all</option>"]
     out += [f"<option value='{_e(h)}'>{_e(h)}</option>" for h in hosts]
@@ -97,7 +100,7 @@ def _findings(r: dict) -> Iterator[str]:
     out.append("</select></label> <label>Confidence <select id=f-conf><option value=''>all</option>"
                "<option value=observed>observed only</option><option value=inferred>inferred only</option>"
                "<option value=0.8>0.8 and above</option></select></label> "
-               f"<span id=shown>{len(findings)} of {len(findings)} findings shown</span></form>")
+               f"<span id=shown>{n} of {n} findings shown</span></form>")
     out.append("<table id=findings-table><thead><tr><th>id</th><th>time (UTC)</th><th>source &rarr; target</th>"
                "<th>principal</th><th>technique</th><th>what happened</th><th>how known</th><th>frames</th>"
                "</tr></thead><tbody>")
@@ -121,7 +124,7 @@ def _findings(r: dict) -> Iterator[str]:
             f"<td>{_e(frames)}</td></tr>")
         yield f"<tr class=detail data-for='{_e(f['id'])}' hidden><td colspan=8>{_detail(f)}</td></tr>"
     yield "</tbody></table>"
-    if not findings:
+    if not n:
         yield "<p class=empty>No findings.</p>"
     yield "</section>"
 
@@ -170,6 +173,11 @@ def _call_times(s: dict) -> list[float]:
     return [_epoch(c["time"]) for c in s["calls"] if c["time"]]
 
 
+def _widen(span: list, times: list) -> list:
+    """[first, last] of a span ([] when empty) and more times."""
+    return [min(times + span[:1]), max(times + span[1:])]
+
+
 def _timeline(r: dict) -> Iterator[str]:
     # One lane per pair of hosts, whichever side opened the connection: the server's
     # callbacks to an async client's sink belong beside the calls that asked for them.
@@ -191,12 +199,15 @@ def _timeline(r: dict) -> Iterator[str]:
         times = _call_times(s)
         if times:
             p["calls"] += len(times)
-            p["span"] = [min(times + p["span"][:1]), max(times + p["span"][1:])]
+            p["span"] = _widen(p["span"], times)
             p["sessions"].append(s["id"])
-    for f in r["findings"]:
+    for i, f in enumerate(r["findings"]):
         key = tuple(sorted((f["source"]["ip"], f["destination"]["ip"])))
         direction.setdefault(key, (f["source"]["ip"], f["destination"]["ip"]))
-        pairs.setdefault(key, {"calls": 0, "span": [], "sessions": [], "findings": []})["findings"].append(f)
+        p = pairs.setdefault(key, {"calls": 0, "span": [], "sessions": [], "findings": []})
+        p["findings"].append((f["first_epoch"] or 0, i))     # the marks' order, and where to read them
+        if f["first_epoch"] is not None:
+            p["span"] = _widen(p["span"], [f["first_epoch"]])
     out = ["<section id=timeline><h2>Timeline by host pair</h2>"
            "<p class=sub>ticks: WMI calls; circles: findings (filled observed, hollow inferred; colour is "
            "severity). Hover for details, click to open the finding.</p>"]
@@ -206,10 +217,9 @@ def _timeline(r: dict) -> Iterator[str]:
     names = {h["ip"]: _host({"ip": h["ip"], "names": [n["name"] for n in h["names"]]}) for h in r["hosts"]}
     for key, p in sorted(pairs.items(), key=lambda kv: direction[kv[0]]):
         src, dst = direction[key]
-        times = p["span"] + [f["first_epoch"] for f in p["findings"] if f["first_epoch"] is not None]
-        if not times:
+        if not p["span"]:
             continue
-        t0, t1 = min(times), max(times)
+        t0, t1 = p["span"]
         span = max(t1 - t0, 1e-3)
 
         def x(t):
@@ -226,7 +236,8 @@ def _timeline(r: dict) -> Iterator[str]:
                           for t in _call_times(r["sessions"].read(sid)))
         svg = []
         rows: list[list[float]] = [[], [], []]     # marks closer than 16 px stack in up to three rows
-        for f in sorted(p["findings"], key=lambda f: f["first_epoch"] or 0):
+        for _, i in sorted(p["findings"]):
+            f = r["findings"].at(i)
             if f["first_epoch"] is None:
                 continue
             cx = x(f["first_epoch"])

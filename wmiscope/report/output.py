@@ -13,7 +13,7 @@ REPORT_VERSION = "1.0"
 
 class Streamed:
     """A section of the report made one item at a time each time it is read (the sessions,
-    the sealed connections: as many as the capture's connections), never held whole."""
+    sealed connections and findings: as many as the capture's connections), never held whole."""
 
     def __init__(self, items):
         self._items = items     # () -> an iterator of the section's items
@@ -22,15 +22,20 @@ class Streamed:
         return iter(self._items())
 
 
-class StreamedSessions(Streamed):
-    """The WMI sessions in the report's form, read from the builder's store one at a time."""
+class StreamedStore(Streamed):
+    """Items of a builder's store (spill.py) in the report's form, read one at a time: the
+    keys' items that `keep` keeps, in the keys' order."""
 
-    def __init__(self, store):
-        super().__init__(lambda: (session_dict(s) for s in store.values() if s["wmi"]))
-        self._store = store
+    def __init__(self, store, keys: list, form, keep=None):
+        super().__init__(lambda: (form(x) for x in map(store.read, keys) if keep is None or keep(x)))
+        self._store, self._keys, self._form = store, keys, form
 
-    def read(self, sid: str) -> dict:
-        return session_dict(self._store.read(sid))
+    def read(self, key) -> dict:
+        return self._form(self._store.read(key))
+
+    def at(self, i: int) -> dict:
+        """The i-th of the keys' items."""
+        return self.read(self._keys[i])
 
     def close(self) -> None:
         self._store.close()
@@ -48,23 +53,35 @@ def session_dict(s: dict) -> dict:
     }
 
 
+def finding_dict(f: dict) -> dict:
+    g = dict(f)
+    g["first_time"] = iso(f["first_epoch"])
+    g["last_time"] = iso(f["last_epoch"])
+    return g
+
+
 def report_dict(b) -> dict:
-    """The report; its sessions and sealed connections are Streamed (see write_json)."""
+    """The report; its sessions, sealed connections and findings are Streamed (see write_json)."""
     from .sealed import sealed_connections
 
-    findings = []
-    for f in b.findings:
-        g = dict(f)
-        g["first_time"] = iso(f["first_epoch"])
-        g["last_time"] = iso(f["last_epoch"])
-        findings.append(g)
+    findings = StreamedStore(b.findings, b.finding_order, finding_dict)
     techniques = Counter()
     tech_names = {}
-    for f in findings:
+    by_basis, by_severity = Counter(), Counter()
+    principals = set()
+    first_epoch = last_epoch = None
+    for f in findings:      # the summary's counts, in one pass
         for t in f["techniques"]:
             techniques[t["id"]] += 1
             tech_names[t["id"]] = t
-    principals = sorted({(f["principal"] or {}).get("text") for f in findings} - {None})
+        by_basis[f["basis"]] += 1
+        by_severity[f["severity"]] += 1
+        principals.add((f["principal"] or {}).get("text"))
+        if f["first_epoch"]:
+            first_epoch = f["first_epoch"] if first_epoch is None else min(first_epoch, f["first_epoch"])
+        if f["last_epoch"]:
+            last_epoch = f["last_epoch"] if last_epoch is None else max(last_epoch, f["last_epoch"])
+    principals = sorted(principals - {None})
     hosts = [h for ip, h in sorted(b.hosts.items()) if ip in b.wmi_ips]
     wmi_calls = sum(c["wmi_calls"] for c in b.captures)
     return {
@@ -75,17 +92,17 @@ def report_dict(b) -> dict:
         "summary": {
             "wmi_calls": wmi_calls,
             "no_wmi": wmi_calls == 0,
-            "findings": len(findings),
-            "by_basis": dict(Counter(f["basis"] for f in findings)),
-            "by_severity": dict(Counter(f["severity"] for f in findings)),
+            "findings": len(b.finding_order),
+            "by_basis": dict(by_basis),
+            "by_severity": dict(by_severity),
             "techniques": [dict(tech_names[t], count=n) for t, n in techniques.most_common()],
             "hosts": len(hosts), "principals": principals, "sessions": b.wmi_sessions,
             "errors": sum((c["stats"] or {}).get("errors", 0) for c in b.captures),
-            "first_time": iso(min((f["first_epoch"] for f in findings if f["first_epoch"]), default=None)),
-            "last_time": iso(max((f["last_epoch"] for f in findings if f["last_epoch"]), default=None)),
+            "first_time": iso(first_epoch),
+            "last_time": iso(last_epoch),
         },
         "hosts": hosts,
-        "sessions": StreamedSessions(b.sessions),
+        "sessions": StreamedStore(b.sessions, b.sessions.order, session_dict, keep=lambda s: s["wmi"]),
         "sealed_connections": Streamed(lambda: sealed_connections(b)),
         "findings": findings,
     }
@@ -110,18 +127,20 @@ def write_json(report: dict, write) -> None:
 
 
 def close_report(report: dict) -> None:
-    """Lets the sessions' temporary store go (SQLite deletes its file)."""
-    sessions = report.get("sessions")
-    if isinstance(sessions, StreamedSessions):
-        sessions.close()
+    """Lets the temporary stores of the sessions and findings go (SQLite deletes their files)."""
+    for section in ("sessions", "findings"):
+        if isinstance(report.get(section), StreamedStore):
+            report[section].close()
 
 
 def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts: bool = True,
-                     progress: bool = False, split=None, live_sessions: int | None = None) -> dict:
+                     progress: bool = False, split=None, **live) -> dict:
     """The report of one analysis over `source`: a capture set (capture.open_sources: several
     files merged in time order), a capture path, or live frames. One pipeline for all the
     files, so the IPID registry, the operations and the TCP connections are shared: a session
     cut by a rolling file's boundary is one session, and its sealed calls keep their names.
+
+    live: live_sessions, live_findings of the ReportBuilder (how many stay in memory).
 
     split: runs the analysis split by host pair instead (commands.workers.write_split with
     this module's `record_renderer` in the workers): split(write) writes each record's
@@ -135,18 +154,17 @@ def analyse_captures(source, make_analysis, *, name: str | None = None, excerpts
     from .findings import ReportBuilder
     from .values import record_dict
 
-    kw = {} if live_sessions is None else {"live_sessions": live_sessions}
     files = list(getattr(source, "names", None) or ())
     paths = getattr(source, "paths", None) or [str(source)]
     if split is not None:
         # a call's excerpt lines were rendered by the worker and ride in place of the record
-        b = ReportBuilder(excerpt_renderer=_lines if excerpts else None, **kw)
+        b = ReportBuilder(excerpt_renderer=_lines if excerpts else None, **live)
         b.start_capture(name or ", ".join(paths), files=files or paths)
         stats = split(lambda line: _read_line(b, line))
         b.end_capture(stats.as_dict())
         return b.finish()
     renderer = TranscriptRenderer(frames=True)
-    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None, **kw)
+    b = ReportBuilder(excerpt_renderer=renderer.call_lines if excerpts else None, **live)
     b.start_capture(name or ", ".join(paths), files=files or paths)
     analysis = make_analysis()
     frames = with_progress(source, analysis, streaming=False) if progress else source
