@@ -7,8 +7,9 @@ sessions and 18,690 findings, which held half a gigabyte. A connection's calls c
 together, and a finding is completed by calls soon after the one that made it, so most
 are never touched again: a store keeps the `live` most recently touched ones in memory
 and pickles the others into a temporary SQLite database (sqlite3 of the standard library
-opened on "": a private file that SQLite deletes when the store closes or the process
-ends, also after an error). One touched again is read back; the output reads them one at
+opened on "": SQLite's page cache holds its first 2 MB, the rest goes to a private file in
+$SQLITE_TMPDIR, $TMPDIR or /var/tmp that SQLite unlinks as soon as it opens it, so nothing
+is left behind when the store closes or the process ends, also after an error or a kill). One touched again is read back; the output reads them one at
 a time in the order it writes them.
 """
 
