@@ -423,7 +423,7 @@ def _findings(*calls):
     for d in calls:
         b.observe(d)
     b.end_capture({"errors": 0})
-    return b.finish()["findings"]
+    return list(b.finish()["findings"])
 
 
 def test_rules_without_a_sample_capture():
@@ -647,3 +647,31 @@ def test_sealed_queries_are_low_confidence_leads():
     (full,) = _findings(sealed("CreateInstanceEnum", 10, 120, 80),
                         sealed("Next", 12, 40, 5000, iface="IEnumWbemClassObject"))
     assert full["confidence"] == 0.5 and full["wmi"]["result_bytes"] == 5000
+
+
+@pytest.mark.parametrize("capture", [CAPTURES / "LM_WMI_ProcessCallCreate.pcapng", CAPTURES / "wmimplant.pcap",
+                                     PCAPS / "wmi-async-query-callbacks.pcap",
+                                     PCAPS / "wmi-persistence-subscription.pcap"], ids=lambda p: p.name)
+def test_sessions_kept_on_disk_give_the_same_report(capture):
+    """With one session in memory, every other one goes to the report's temporary store and
+    comes back when its connection is touched again or the output reads it: the report, JSON
+    and HTML (sealed calls' excerpts, the timeline's two passes), is the one held in memory."""
+    from wmiscope.dissectors.pipeline import Analysis
+    from wmiscope.report.html import render_html
+    from wmiscope.report.output import analyse_captures, close_report, write_json
+
+    def outputs(**kw) -> tuple[str, str, int]:
+        r = analyse_captures(str(capture), Analysis, excerpts=True, **kw)
+        r["generated"] = "-"
+        spilled = len(r["sessions"]._store._spilled) + len(r["findings"]._store._spilled)
+        json_text: list[str] = []
+        write_json(r, json_text.append)
+        html = render_html(r)
+        close_report(r)
+        return "".join(json_text), html, spilled
+
+    held_json, held_html, none_spilled = outputs()
+    json_text, html, spilled = outputs(live_sessions=1, live_findings=1)
+    assert none_spilled == 0 and spilled >= 1
+    assert json.loads(held_json)["sessions"] and "Transcript excerpt" in held_html
+    assert json_text == held_json and html == held_html

@@ -38,7 +38,7 @@ def record_renderer(args):
 
 def run(args) -> int:
     from wmiscope.dissectors.capture import CaptureFormatError
-    from wmiscope.report.output import analyse_captures
+    from wmiscope.report.output import analyse_captures, close_report
 
     fmt = _format(args)
     # One capture set (or live capture) for all CAPTURE arguments: one analysis, one report
@@ -61,26 +61,33 @@ def run(args) -> int:
     except (CaptureFormatError, OSError) as e:     # a user's mistake: one line, no traceback
         where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         raise InputError(where) from None
-    text = render(report, fmt)
+    try:
+        if out is not None:
+            with out:
+                write_report(report, fmt, out.write)
+        else:
+            write_report(report, fmt, sys.stdout.write)
+    finally:
+        close_report(report)
     if out is not None:
-        with out:
-            out.write(text)
         s = report["summary"]
         sys.stderr.write(f"wmiscope report: {s['findings']} findings, {s['wmi_calls']} WMI calls"
                          f"{' (no WMI in the capture)' if s['no_wmi'] else ''} -> {args.output}\n")
-    else:
-        sys.stdout.write(text)
-        if report["summary"]["no_wmi"]:
-            sys.stderr.write("wmiscope report: no WMI traffic in the capture(s): no findings\n")
+    elif report["summary"]["no_wmi"]:
+        sys.stderr.write("wmiscope report: no WMI traffic in the capture(s): no findings\n")
     return 0
 
 
-def render(report: dict, fmt: str) -> str:
+def write_report(report: dict, fmt: str, write) -> None:
+    """Written a piece at a time: the sessions come from disk as they are written (a large
+    capture's report is larger than the memory it may take)."""
     if fmt == "json":
-        return dumps(report) + "\n"
-    if fmt == "html":
-        from wmiscope.report.html import render_html
-        return render_html(report)
-    from wmiscope.report.ecs import finding_document
-    lines = [dumps(finding_document(f)) for f in report["findings"]]
-    return "".join(line + "\n" for line in lines)
+        from wmiscope.report.output import write_json
+        write_json(report, write)
+    elif fmt == "html":
+        from wmiscope.report.html import write_html
+        write_html(report, write)
+    else:
+        from wmiscope.report.ecs import finding_document
+        for f in report["findings"]:
+            write(dumps(finding_document(f)) + "\n")

@@ -23,6 +23,7 @@ from wmiscope.spec import interfaces as _if
 
 from . import rules as R
 from .handlers import HANDLERS, set_out
+from .spill import LIVE_FINDINGS, LIVE_SESSIONS, SpillStore
 from .values import (call_summary, failed, frame_of, hresult, hresult_name, namespace_host, objects, param,
                      is_ip, parse_principal, principal_of, props, record_dict, split_endpoint)
 
@@ -38,14 +39,20 @@ __all__ = ["ReportBuilder", "record_dict", "call_summary"]
 class ReportBuilder:
     """Accumulates sessions, hosts and findings over one analysis (a capture set or a live capture)."""
 
-    def __init__(self, *, excerpt_renderer=None):
+    def __init__(self, *, excerpt_renderer=None, live_sessions: int = LIVE_SESSIONS,
+                 live_findings: int = LIVE_FINDINGS):
+        """live_sessions, live_findings: how many stay in memory (see spill.py)."""
         self.captures: list[dict] = []
         self.hosts: dict[str, dict] = {}
-        self.sessions: dict[str, dict] = {}
-        self.findings: list[dict] = []
-        self._by_op: dict[tuple, dict] = {}
-        self._subscriptions: dict[tuple, dict] = {}
-        self._logins: dict[tuple, dict] = {}
+        self.sessions = SpillStore(live_sessions)         # by session id
+        self.wmi_sessions = 0
+        self.wmi_ips: set[str] = set()
+        self.findings = SpillStore(live_findings)         # by number, in the order made
+        self.finding_order: list[int] = []                # the report's order (finish)
+        # findings that later calls complete, by their number (self.finding)
+        self._by_op: dict[tuple, int] = {}
+        self._subscriptions: dict[tuple, int] = {}
+        self._logins: dict[tuple, int] = {}
         self._render = excerpt_renderer     # Call record -> transcript lines
         self._cap = -1
         self._capture_name = None
@@ -70,6 +77,8 @@ class ReportBuilder:
     # per call ------------------------------------------------------------------
 
     def observe(self, d: dict, call=None) -> None:
+        self.sessions.settle()
+        self.findings.settle()
         iface = d.get("interface")
         wmi = iface in WMI_INTERFACES
         sess = self._session(d, wmi)
@@ -77,11 +86,17 @@ class ReportBuilder:
         if not wmi:
             return
         self.captures[-1]["wmi_calls"] += 1
-        sess["wmi"] = True
+        if not sess["wmi"]:
+            sess["wmi"] = True
+            self.wmi_sessions += 1
+            self.wmi_ips.update((sess["client"]["ip"], sess["server"]["ip"]))
         method = d.get("method")
         row = self._session_row(d, sess)
         if d.get("encrypted") and not d.get("decrypted"):
-            sess["sealed_calls"].append(_sealed_view(d, sess, call))
+            # the excerpt's lines now, not the call record: the record holds the sealed
+            # stubs' bytes, and the session may be kept on disk until the report's end
+            lines = self._render(call) if self._render is not None and call is not None else None
+            sess["sealed_calls"].append(_sealed_view(d, sess, lines))
             return
         handler = HANDLERS.get((iface, method))
         made = handler(self, d, sess) if handler else None
@@ -90,6 +105,7 @@ class ReportBuilder:
         if op.get("role") in ("call-result", "sink-callback") and op.get("id"):
             target = self._by_op.get((self._cap, op["id"]))
             if target is not None:
+                target = self.finding(target)
                 self._follow_up(target, d)
                 made.append(target)
         code = hresult(d)
@@ -100,7 +116,8 @@ class ReportBuilder:
         if made:
             row["findings"] = sorted({f["id"] for f in made})
 
-    def _attach(self, f: dict, d: dict, call) -> None:
+    def _attach(self, f: dict, d: dict, call, lines: list[str] | None = None) -> None:
+        """lines: the call's excerpt lines when rendered already (sealed calls)."""
         key = f"{self._cap}:{d['conn']}:{d['call_id']}"
         if key in f["_calls"]:
             return
@@ -116,8 +133,11 @@ class ReportBuilder:
                 if half.get("origin"):
                     _file_frames(f["evidence"], lo, hi, half["origin"])
         f["frames"] = sorted(set(f["frames"]))
-        if self._render is not None and call is not None and len(f["excerpt"]) < 400:
-            f["excerpt"].extend(self._render(call))
+        if len(f["excerpt"]) < 400:
+            if lines is not None:
+                f["excerpt"].extend(lines)
+            elif self._render is not None and call is not None:
+                f["excerpt"].extend(self._render(call))
 
     # sessions and hosts --------------------------------------------------------------
 
@@ -127,13 +147,14 @@ class ReportBuilder:
         if s is None:
             cip, cport = split_endpoint(d["client"])
             sip, sport = split_endpoint(d["server"])
-            s = self.sessions[sid] = {
+            s = {
                 "id": sid, "capture": d.get("file") or self._capture_name, "conn": d["conn"],
                 "client": {"ip": cip, "port": cport}, "server": {"ip": sip, "port": sport},
                 "first_epoch": None, "last_epoch": None, "principals": [], "auth": None,
                 "login": {}, "calls": [], "call_count": 0, "sealed": 0, "decrypted": 0,
                 "methods": Counter(), "operations": {}, "sealed_calls": [], "wmi": False,
             }
+            self.sessions.add(sid, s)
             for ip, role in ((cip, "client"), (sip, "server")):
                 h = self.hosts.setdefault(ip, {"ip": ip, "names": [], "roles": []})
                 if role not in h["roles"]:
@@ -235,10 +256,15 @@ class ReportBuilder:
         if basis == "observed":
             what = "decrypted with the analyst's credentials" if d.get("decrypted") else "decoded from clear stubs"
             f["reasons"].insert(0, what)
-        self.findings.append(f)
+        f["_n"] = len(self.findings)
+        self.findings.add(f["_n"], f)
         if op.get("id") and op.get("role") == "origin":
-            self._by_op[(self._cap, op["id"])] = f
+            self._by_op[(self._cap, op["id"])] = f["_n"]
         return f
+
+    def finding(self, n: int) -> dict:
+        """Finding number n, to complete with a later call."""
+        return self.findings.get(n)
 
     def _follow_up(self, f: dict, d: dict) -> None:
         """A semisynchronous result or async callback completes its operation's finding."""
@@ -277,16 +303,25 @@ class ReportBuilder:
 
     def finish(self) -> dict:
         from . import sealed
-        for s in self.sessions.values():
-            if s["sealed_calls"]:
-                sealed.infer(self, s)
+        self.sessions.settle()
+        self.findings.settle()
+        # One pass over the sessions (most are on disk): the sealed calls' inferences, and
+        # the NTLM user of each session that has findings
+        with_findings = {f["session"] for f in self.findings.values()}
         user_of = {}
         for s in self.sessions.values():
+            made = len(self.findings)
+            if s["sealed_calls"]:
+                sealed.infer(self, s)
+                self.findings.settle()
+            if s["id"] not in with_findings and len(self.findings) == made:
+                continue
             for p in s["principals"]:
                 pr = parse_principal(p)
                 if pr and pr["kind"] == "ntlm":
                     user_of[s["id"]] = pr
-        for f in self.findings:
+        for n in self.findings.order:
+            f = self.findings.get(n)
             pr = f["principal"]
             if (pr is None or pr["kind"] == "kerberos" and not pr["name"]) and f["session"] in user_of:
                 user = dict(user_of[f["session"]])
@@ -303,22 +338,28 @@ class ReportBuilder:
             f["source"]["names"] = [n["name"] for n in self.hosts.get(f["source"]["ip"], {}).get("names", [])]
             f["destination"]["names"] = [n["name"] for n in
                                          self.hosts.get(f["destination"]["ip"], {}).get("names", [])]
+            self.findings.settle()
         # The same traffic captured twice (two sensors, overlapping rolling files, a file
         # given twice) needs no join here: the set's files feed one TCP reassembler, which
         # recognises a second copy of a segment by its connection and sequence numbers as
         # bytes already delivered (a retransmission), so each call, and each finding, comes
         # once, its frames those of the copy merged first.
-        self.findings.sort(key=lambda f: (f["first_epoch"] or 0, f["frames"][:1]))
+        # in time order; made first, first (the number: a stable sort's tie-break)
+        self.finding_order = [k[2] for k in sorted((f["first_epoch"] or 0, f["frames"][:1], f["_n"])
+                                                   for f in self.findings.values())]
         files = self.captures[-1]["files"] if self.captures else []
-        for i, f in enumerate(self.findings, 1):
+        for i, n in enumerate(self.finding_order, 1):
+            f = self.findings.get(n)
             f["id"] = f"F{i:03d}"
             f.pop("_calls", None)
+            f.pop("_n", None)
             # capture sets: where the frames are, as [{file, frames in that file}]
             f["evidence"] = [{"file": k, "frames": sorted(v)} for k, v in
                              sorted(f["evidence"].items(), key=lambda kv: files.index(kv[0]) if kv[0] in files else 0)]
             if f["evidence"]:
                 f["capture"] = f["evidence"][0]["file"]
             f["summary"] = summary(f)
+            self.findings.settle()
         return self.report()
 
     def report(self) -> dict:
@@ -326,10 +367,16 @@ class ReportBuilder:
         return report_dict(self)
 
 
-def _sealed_view(d: dict, s: dict, call) -> dict:
-    """What a sealed call still shows: the method (from the IPID), sizes, timing."""
+# What a finding and its evidence read from a sealed call's dict (new_finding, _attach)
+_SEALED_KEYS = ("conn", "call_id", "file", "request", "response", "operation", "auth", "decrypted")
+
+
+def _sealed_view(d: dict, s: dict, lines: list[str] | None) -> dict:
+    """What a sealed call still shows: the method (from the IPID), sizes, timing; and
+    its excerpt's lines for the findings the sealed inference makes of it."""
     op = d.get("operation") or {}
-    return {"d": d, "call": call, "method": d.get("method"), "interface": d.get("interface"),
+    return {"d": {k: d[k] for k in _SEALED_KEYS if k in d}, "lines": lines,
+            "method": d.get("method"), "interface": d.get("interface"),
             "req_len": (d.get("request") or {}).get("stub_len"),
             "resp_len": (d.get("response") or {}).get("stub_len"),
             "time": (d.get("request") or {}).get("epoch"),

@@ -39,14 +39,15 @@ def _login(b: ReportBuilder, d: dict, s: dict):
     ns = param(d, "request", "wszNetworkResource")
     pr = (d.get("auth") or {}).get("principal")
     key = (b._cap, s["client"]["ip"], s["server"]["ip"], namespace_tail(ns), pr)
-    f = b._logins.get(key)
+    n = b._logins.get(key)
+    f = None if n is None else b.finding(n)
     code = hresult(d)
     if f is None:
         f = b.new_finding(d, s, "namespace-login", ["T1047"], f"WMI login to {ns}", severity="low")
         f["namespace"] = ns
         f["wmi"].update({"class": None, "method": "NTLMLogin", "namespace": ns, "logins": 0,
                          "locale": param(d, "request", "wszPreferredLocale")})
-        b._logins[key] = f
+        b._logins[key] = f["_n"]
     f["wmi"]["logins"] += 1
     if f["wmi"]["logins"] > 1:
         f["title"] = f"WMI login to {ns} (x{f['wmi']['logins']})"
@@ -210,7 +211,8 @@ def _put_instance(b: ReportBuilder, d: dict, s: dict):
 # the values an analyst looks for first, then the rest in their order
 def _subscription(b: ReportBuilder, d: dict, s: dict, cls: str, role: str, p: dict) -> dict:
     key = (b._cap, s["client"]["ip"], s["server"]["ip"])
-    f = b._subscriptions.get(key)
+    n = b._subscriptions.get(key)
+    f = None if n is None else b.finding(n)
     if f is None:
         f = b.new_finding(d, s, "event-subscription", ["T1546.003"], "WMI event subscription planted",
                           severity="high")
@@ -218,7 +220,7 @@ def _subscription(b: ReportBuilder, d: dict, s: dict, cls: str, role: str, p: di
                                                                  "timers": []}})
         f["reasons"].append("__EventFilter / event consumer / __FilterToConsumerBinding instances put in "
                             "root\\subscription run the consumer whenever the filter's query fires")
-        b._subscriptions[key] = f
+        b._subscriptions[key] = f["_n"]
     sub = f["wmi"]["subscription"]
     if role == "filter":
         sub["filters"].append({"name": p.get("Name"), "query": p.get("Query"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from html import escape
+from itertools import chain
+from typing import Iterator
 
 _SEVERITY_COLOUR = {"high": "#c0392b", "medium": "#d68910", "low": "#2e86c1"}
 
@@ -32,23 +34,30 @@ def _host(h: dict) -> str:
 
 
 def render_html(r: dict) -> str:
+    parts: list[str] = []
+    write_html(r, parts.append)
+    return "".join(parts)
+
+
+def write_html(r: dict, write) -> None:
+    """The page, written a piece at a time: the sections that grow with the capture (the
+    timeline's ticks, findings, sealed connections, sessions) are made as they are written,
+    the sessions read from disk one at a time (r["sessions"]: output.StreamedSessions)."""
     s = r["summary"]
-    parts = [_HEAD, "<body>", "<header><h1>wmiscope forensics report</h1>",
-             f"<p class=sub>{_e(', '.join(c['name'] for c in r['captures']))} &middot; generated {_e(r['generated'])}"
-             f" &middot; wmiscope {_e(r['wmiscope'])}</p></header>", "<main>"]
-    parts.append(_summary(r))
+    write("\n".join([_HEAD, "<body>", "<header><h1>wmiscope forensics report</h1>",
+                     f"<p class=sub>{_e(', '.join(c['name'] for c in r['captures']))} &middot; generated "
+                     f"{_e(r['generated'])} &middot; wmiscope {_e(r['wmiscope'])}</p></header>", "<main>",
+                     _summary(r)]))
     if s["no_wmi"]:
-        parts.append("<p id=no-wmi class=notice>No WMI traffic was found in the capture(s): no findings. "
-                     f"{sum((c['stats'] or {}).get('calls', 0) for c in r['captures'])} DCE/RPC calls were "
-                     "decoded, none on a WMI interface.</p>")
-    parts.append(_timeline(r))
-    parts.append(_findings(r))
-    parts.append(_sealed(r))
-    parts.append(_sessions(r))
-    parts.append(_captures(r))
-    parts.append("</main>")
-    parts.append(f"<script>{_JS}</script></body></html>\n")
-    return "\n".join(parts)
+        write("\n<p id=no-wmi class=notice>No WMI traffic was found in the capture(s): no findings. "
+              f"{sum((c['stats'] or {}).get('calls', 0) for c in r['captures'])} DCE/RPC calls were "
+              "decoded, none on a WMI interface.</p>")
+    for section in (_timeline, _findings, _sealed, _sessions):
+        write("\n")
+        for piece in section(r):
+            write(piece)
+    write("\n" + _captures(r))
+    write(f"\n</main>\n<script>{_JS}</script></body></html>\n")
 
 
 def _summary(r: dict) -> str:
@@ -76,10 +85,13 @@ def _summary(r: dict) -> str:
     return "".join(out)
 
 
-def _findings(r: dict) -> str:
-    findings = r["findings"]
-    hosts = sorted({f["source"]["ip"] for f in findings} | {f["destination"]["ip"] for f in findings})
-    techs = sorted({t["id"] for f in findings for t in f["techniques"]})
+def _findings(r: dict) -> Iterator[str]:
+    findings, n = r["findings"], r["summary"]["findings"]
+    hosts, techs = set(), set()
+    for f in findings:      # read twice: the filters' choices first, then the rows
+        hosts.update((f["source"]["ip"], f["destination"]["ip"]))
+        techs.update(t["id"] for t in f["techniques"])
+    hosts, techs = sorted(hosts), sorted(techs)
     out = ["<section id=findings><h2>Findings</h2><form id=filters>",
            "<label>Host <select id=f-host><option value=''>all</option>"]
     out += [f"<option value='{_e(h)}'>{_e(h)}</option>" for h in hosts]
@@ -88,10 +100,11 @@ def _findings(r: dict) -> str:
     out.append("</select></label> <label>Confidence <select id=f-conf><option value=''>all</option>"
                "<option value=observed>observed only</option><option value=inferred>inferred only</option>"
                "<option value=0.8>0.8 and above</option></select></label> "
-               f"<span id=shown>{len(findings)} of {len(findings)} findings shown</span></form>")
+               f"<span id=shown>{n} of {n} findings shown</span></form>")
     out.append("<table id=findings-table><thead><tr><th>id</th><th>time (UTC)</th><th>source &rarr; target</th>"
                "<th>principal</th><th>technique</th><th>what happened</th><th>how known</th><th>frames</th>"
                "</tr></thead><tbody>")
+    yield "".join(out)
     for f in findings:
         tids = " ".join(t["id"] for t in f["techniques"])
         tech = "<br>".join(f"<a href='{_e(t['reference'])}' title='{_e(t['name'])} ({_e(t['tactic'])})'>"
@@ -99,7 +112,7 @@ def _findings(r: dict) -> str:
         basis = f"{f['basis']} {f['confidence']:.2f}" if f["basis"] == "inferred" else "observed"
         frames = _frames(f["frames"])
         colour = _SEVERITY_COLOUR[f["severity"]]
-        out.append(
+        yield (
             f"<tr class='finding sev-{f['severity']}' id='{_e(f['id'])}' data-hosts='{_e(f['source']['ip'])} "
             f"{_e(f['destination']['ip'])}' data-tech='{_e(tids)}' data-basis='{_e(f['basis'])}' "
             f"data-conf='{f['confidence']}'>"
@@ -109,12 +122,11 @@ def _findings(r: dict) -> str:
             f"<td class=who>{_e((f['principal'] or {}).get('text') or '-')}</td><td>{tech}</td>"
             f"<td class=what>{_e(f['title'])}</td><td class='basis {_e(f['basis'])}'>{_e(basis)}</td>"
             f"<td>{_e(frames)}</td></tr>")
-        out.append(f"<tr class=detail data-for='{_e(f['id'])}' hidden><td colspan=8>{_detail(f)}</td></tr>")
-    out.append("</tbody></table>")
-    if not findings:
-        out.append("<p class=empty>No findings.</p>")
-    out.append("</section>")
-    return "".join(out)
+        yield f"<tr class=detail data-for='{_e(f['id'])}' hidden><td colspan=8>{_detail(f)}</td></tr>"
+    yield "</tbody></table>"
+    if not n:
+        yield "<p class=empty>No findings.</p>"
+    yield "</section>"
 
 
 def _frames(frames: list[int]) -> str:
@@ -157,23 +169,45 @@ def _detail(f: dict) -> str:
     return "".join(out)
 
 
-def _timeline(r: dict) -> str:
+def _call_times(s: dict) -> list[float]:
+    return [_epoch(c["time"]) for c in s["calls"] if c["time"]]
+
+
+def _widen(span: list, times: list) -> list:
+    """[first, last] of a span ([] when empty) and more times."""
+    return [min(times + span[:1]), max(times + span[1:])]
+
+
+def _timeline(r: dict) -> Iterator[str]:
     # One lane per pair of hosts, whichever side opened the connection: the server's
     # callbacks to an async client's sink belong beside the calls that asked for them.
-    # The lane is named client -> server as the login (or the first connection) shows it.
+    # The lane is named client -> server as the login (or the first connection) shows it:
+    # the first session of the pair by (no clear login, first time).
+    # The sessions are read twice, one at a time: for each pair its span and how many
+    # calls, then each pair's sessions again for its ticks.
     pairs: dict[tuple, dict] = {}
     direction: dict[tuple, tuple] = {}
-    for s in sorted(r["sessions"], key=lambda s: (not s["login"].get("namespace"), s["first_time"] or "")):
-        ends = (s["client"]["ip"], s["server"]["ip"])
-        direction.setdefault(tuple(sorted(ends)), ends)
+    first: dict[tuple, tuple] = {}
     for s in r["sessions"]:
-        key = tuple(sorted((s["client"]["ip"], s["server"]["ip"])))
-        p = pairs.setdefault(key, {"calls": [], "findings": []})
-        p["calls"] += [_epoch(c["time"]) for c in s["calls"] if c["time"]]
-    for f in r["findings"]:
+        ends = (s["client"]["ip"], s["server"]["ip"])
+        key = tuple(sorted(ends))
+        rank = (not s["login"].get("namespace"), s["first_time"] or "")
+        if key not in first or rank < first[key]:
+            first[key] = rank
+            direction[key] = ends
+        p = pairs.setdefault(key, {"calls": 0, "span": [], "sessions": [], "findings": []})
+        times = _call_times(s)
+        if times:
+            p["calls"] += len(times)
+            p["span"] = _widen(p["span"], times)
+            p["sessions"].append(s["id"])
+    for i, f in enumerate(r["findings"]):
         key = tuple(sorted((f["source"]["ip"], f["destination"]["ip"])))
         direction.setdefault(key, (f["source"]["ip"], f["destination"]["ip"]))
-        pairs.setdefault(key, {"calls": [], "findings": []})["findings"].append(f)
+        p = pairs.setdefault(key, {"calls": 0, "span": [], "sessions": [], "findings": []})
+        p["findings"].append((f["first_epoch"] or 0, i))     # the marks' order, and where to read them
+        if f["first_epoch"] is not None:
+            p["span"] = _widen(p["span"], [f["first_epoch"]])
     out = ["<section id=timeline><h2>Timeline by host pair</h2>"
            "<p class=sub>ticks: WMI calls; circles: findings (filled observed, hollow inferred; colour is "
            "severity). Hover for details, click to open the finding.</p>"]
@@ -183,23 +217,27 @@ def _timeline(r: dict) -> str:
     names = {h["ip"]: _host({"ip": h["ip"], "names": [n["name"] for n in h["names"]]}) for h in r["hosts"]}
     for key, p in sorted(pairs.items(), key=lambda kv: direction[kv[0]]):
         src, dst = direction[key]
-        times = [t for t in p["calls"] if t is not None] + [f["first_epoch"] for f in p["findings"]
-                                                            if f["first_epoch"] is not None]
-        if not times:
+        if not p["span"]:
             continue
-        t0, t1 = min(times), max(times)
+        t0, t1 = p["span"]
         span = max(t1 - t0, 1e-3)
 
         def x(t):
             return left + (t - t0) / span * (width - left - right)
-        svg = [f"<svg class=lane width='{width}' height='76' viewBox='0 0 {width} 76' role=img "
+        yield "".join(out)
+        out = []
+        yield (f"<div class=pair><h3>{_e(names.get(src, src))} &rarr; {_e(names.get(dst, dst))} "
+               f"<small>({len(p['findings'])} findings, {p['calls']} calls)</small></h3>"
+               f"<svg class=lane width='{width}' height='76' viewBox='0 0 {width} 76' role=img "
                f"data-pair='{_e(src)} {_e(dst)}'><line x1='{left}' y1='52' x2='{width - right}' y2='52' "
-               "stroke='#999'/>"]
-        for t in p["calls"]:
-            if t is not None:
-                svg.append(f"<line class=tick x1='{x(t):.1f}' y1='46' x2='{x(t):.1f}' y2='58' stroke='#777'/>")
+               "stroke='#999'/>")
+        for sid in p["sessions"]:
+            yield "".join(f"<line class=tick x1='{x(t):.1f}' y1='46' x2='{x(t):.1f}' y2='58' stroke='#777'/>"
+                          for t in _call_times(r["sessions"].read(sid)))
+        svg = []
         rows: list[list[float]] = [[], [], []]     # marks closer than 16 px stack in up to three rows
-        for f in sorted(p["findings"], key=lambda f: f["first_epoch"] or 0):
+        for _, i in sorted(p["findings"]):
+            f = r["findings"].at(i)
             if f["first_epoch"] is None:
                 continue
             cx = x(f["first_epoch"])
@@ -214,10 +252,9 @@ def _timeline(r: dict) -> str:
                        f"{_e(f['id'])} {_e(f['first_time'])} {_e(tids)}: {_e(f['title'])}</title></circle>")
         svg.append(f"<text x='{left}' y='72' class=axis>{_e(r_time(t0))}</text>"
                    f"<text x='{width - right}' y='72' text-anchor='end' class=axis>{_e(r_time(t1))}</text></svg>")
-        out.append(f"<div class=pair><h3>{_e(names.get(src, src))} &rarr; {_e(names.get(dst, dst))} "
-                   f"<small>({len(p['findings'])} findings, {len(p['calls'])} calls)</small></h3>{''.join(svg)}</div>")
+        yield "".join(svg) + "</div>"
     out.append("</section>")
-    return "".join(out)
+    yield "".join(out)
 
 
 def r_time(t: float) -> str:
@@ -225,29 +262,31 @@ def r_time(t: float) -> str:
     return (iso(t) or "")[:23].replace("T", " ")
 
 
-def _sealed(r: dict) -> str:
-    conns = r["sealed_connections"]
-    if not conns:
-        return "<section id=sealed><h2>Sealed connections</h2><p class=empty>None: every WMI stub was readable.</p>" \
-               "</section>"
-    out = ["<section id=sealed><h2>Sealed connections</h2><table><thead><tr><th>session</th><th>client &rarr; "
+def _sealed(r: dict) -> Iterator[str]:
+    conns = iter(r["sealed_connections"])
+    first = next(conns, None)
+    if first is None:
+        yield "<section id=sealed><h2>Sealed connections</h2><p class=empty>None: every WMI stub was readable.</p>" \
+              "</section>"
+        return
+    yield ("<section id=sealed><h2>Sealed connections</h2><table><thead><tr><th>session</th><th>client &rarr; "
            "server</th><th>principal</th><th>clear login</th><th>sealed calls (request/reply bytes)</th>"
-           "<th>opened?</th><th>key that would open it</th></tr></thead><tbody>"]
-    for c in conns:
+           "<th>opened?</th><th>key that would open it</th></tr></thead><tbody>")
+    for c in chain((first,), conns):
         login = c["login"]
         lg = ", ".join(f"{k}={v}" for k, v in login.items() if v is not None)
-        out.append(f"<tr><td>{_e(c['session'])}</td><td>{_e(c['client']['ip'])} &rarr; {_e(c['server']['ip'])}"
-                   f"</td><td>{_e(c['principal'])}</td><td>{_e(lg)}</td><td>{_e('; '.join(c['sequence']))}</td>"
-                   f"<td>{'decrypted' if c['opened'] else 'no'}</td><td>{_e(c['key'])}</td></tr>")
-    out.append("</tbody></table></section>")
-    return "".join(out)
+        yield (f"<tr><td>{_e(c['session'])}</td><td>{_e(c['client']['ip'])} &rarr; {_e(c['server']['ip'])}"
+               f"</td><td>{_e(c['principal'])}</td><td>{_e(lg)}</td><td>{_e('; '.join(c['sequence']))}</td>"
+               f"<td>{'decrypted' if c['opened'] else 'no'}</td><td>{_e(c['key'])}</td></tr>")
+    yield "</tbody></table></section>"
 
 
-def _sessions(r: dict) -> str:
-    out = ["<section id=sessions><h2>Sessions</h2>"]
-    if not r["sessions"]:
-        out.append("<p class=empty>No WMI sessions.</p>")
+def _sessions(r: dict) -> Iterator[str]:
+    yield "<section id=sessions><h2>Sessions</h2>"
+    if not r["summary"]["sessions"]:
+        yield "<p class=empty>No WMI sessions.</p>"
     for s in r["sessions"]:
+        out = []
         login = s["login"]
         lg = " ".join(f"{k}={v}" for k, v in login.items() if k != "frames" and v is not None)
         out.append(f"<details class=session data-session='{_e(s['id'])}'><summary><b>{_e(s['id'])}</b> "
@@ -265,8 +304,8 @@ def _sessions(r: dict) -> str:
                        f"<td>{_e(c['method'])}</td><td>{_e(c['operation'])}</td><td>{_e(c['outcome'])}</td>"
                        f"<td>{_e(c['summary'])}</td><td>{links}</td></tr>")
         out.append("</tbody></table></details>")
-    out.append("</section>")
-    return "".join(out)
+        yield "".join(out)
+    yield "</section>"
 
 
 def _operations(s: dict) -> str:

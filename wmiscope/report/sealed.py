@@ -21,6 +21,8 @@ Every sealed connection is listed with its principal and the key that would open
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from .values import namespace_tail, parse_principal
 
 # A class definition: thousands of bytes; an error reply or a small instance: hundreds.
@@ -56,7 +58,7 @@ def infer(b, s: dict) -> None:
                               reasons=["IWbemLevel1Login::NTLMLogin named by its interface and opnum 6; "
                                        "its parameters are sealed"])
             f["outcome"] = "unknown"
-            b._attach(f, c["d"], c["call"])
+            b._attach(f, c["d"], None, c["lines"])
         elif m == "GetObject":
             last_getobject = c
         elif m in ("ExecMethod", "ExecMethodAsync"):
@@ -97,9 +99,9 @@ def _query(b, s: dict, c: dict, more: list[dict], ns_clear) -> None:
     f["namespace"] = ns
     f["wmi"].update({"method": c["method"], "request_stub": c["req_len"], "reply_stub": c["resp_len"],
                      "result_bytes": carried, "next_replies": sizes})
-    b._attach(f, c["d"], c["call"])
+    b._attach(f, c["d"], None, c["lines"])
     for x in nexts:
-        b._attach(f, x["d"], x["call"])
+        b._attach(f, x["d"], None, x["lines"])
 
 
 def _method_execution(b, s: dict, c: dict, getobject: dict | None, ns_clear) -> None:
@@ -144,9 +146,9 @@ def _method_execution(b, s: dict, c: dict, getobject: dict | None, ns_clear) -> 
     f["wmi"].update({"method": c["method"], "shape": shape, "request_stub": c["req_len"],
                      "reply_stub": c["resp_len"]})
     if getobject is not None:
-        b._attach(f, getobject["d"], getobject["call"])
+        b._attach(f, getobject["d"], None, getobject["lines"])
         f["wmi"]["getobject_reply_stub"] = getobject["resp_len"]
-    b._attach(f, c["d"], c["call"])
+    b._attach(f, c["d"], None, c["lines"])
 
 
 def _subscription(b, s: dict, puts: list[dict]) -> None:
@@ -162,7 +164,7 @@ def _subscription(b, s: dict, puts: list[dict]) -> None:
                       basis="inferred", confidence=round(confidence, 2), reasons=reasons, severity="high")
     f["namespace"] = ns
     for c in puts:
-        b._attach(f, c["d"], c["call"])
+        b._attach(f, c["d"], None, c["lines"])
 
 
 def key_needed(principal: str | None) -> str:
@@ -177,14 +179,14 @@ def key_needed(principal: str | None) -> str:
     return f"the password or NT hash of {who} (--user '{who}' --password / --nt-hash)"
 
 
-def sealed_connections(b) -> list[dict]:
-    out = []
+def sealed_connections(b) -> Iterator[dict]:
+    """The sealed connections in the sessions' order, read one at a time."""
     for s in b.sessions.values():
         if not s["sealed"]:
             continue
         pr = _best_principal(s["principals"])
         seq = [f"{c['method']} ({c['req_len']}/{c['resp_len']} bytes)" for c in s["sealed_calls"]]
-        out.append({
+        yield {
             "session": s["id"], "capture": s["capture"], "client": s["client"], "server": s["server"],
             "principal": pr, "principals": s["principals"], "auth": s["auth"],
             "kerberos_client": s.get("kerberos_client"),    # named by the ticket once a keytab opened it
@@ -192,8 +194,7 @@ def sealed_connections(b) -> list[dict]:
             "sealed_calls": s["sealed"], "decrypted_calls": s["decrypted"],
             "opened": s["decrypted"] > 0 and not s["sealed_calls"],
             "sequence": seq, "key": key_needed(pr),
-        })
-    return out
+        }
 
 
 def _best_principal(principals: list[str]) -> str | None:
