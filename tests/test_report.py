@@ -675,3 +675,13 @@ def test_sessions_kept_on_disk_give_the_same_report(capture):
     assert none_spilled == 0 and spilled >= 1
     assert json.loads(held_json)["sessions"] and "Transcript excerpt" in held_html
     assert json_text == held_json and html == held_html
+
+
+def test_session_call_rows_name_the_findings_they_made(capsys):
+    # The rows are made as the calls are seen, before the findings are numbered in time
+    # order: each row must still name its findings by the ids the report gives them.
+    r = report(capsys, CAPTURES / "wmimplant.pcap")
+    ids = {f["id"] for f in r["findings"]}
+    named = [x for s in r["sessions"] for c in s["calls"] for x in c.get("findings", ())]
+    assert named and set(named) <= ids
+    assert set(named) == ids - {f["id"] for f in r["findings"] if f["basis"] != "observed"}

@@ -49,6 +49,7 @@ class ReportBuilder:
         self.wmi_ips: set[str] = set()
         self.findings = SpillStore(live_findings)         # by number, in the order made
         self.finding_order: list[int] = []                # the report's order (finish)
+        self.finding_rank: dict[int, int] = {}            # a finding's number -> its place in that order
         # findings that later calls complete, by their number (self.finding)
         self._by_op: dict[tuple, int] = {}
         self._subscriptions: dict[tuple, int] = {}
@@ -114,7 +115,8 @@ class ReportBuilder:
         for f in made:
             self._attach(f, d, call)
         if made:
-            row["findings"] = sorted({f["id"] for f in made})
+            # the findings' numbers: their ids (the report's time order) are known at finish
+            row["findings"] = sorted({f["_n"] for f in made})
 
     def _attach(self, f: dict, d: dict, call, lines: list[str] | None = None) -> None:
         """lines: the call's excerpt lines when rendered already (sealed calls)."""
@@ -347,6 +349,7 @@ class ReportBuilder:
         # in time order; made first, first (the number: a stable sort's tie-break)
         self.finding_order = [k[2] for k in sorted((f["first_epoch"] or 0, f["frames"][:1], f["_n"])
                                                    for f in self.findings.values())]
+        self.finding_rank = {n: i for i, n in enumerate(self.finding_order, 1)}
         files = self.captures[-1]["files"] if self.captures else []
         for i, n in enumerate(self.finding_order, 1):
             f = self.findings.get(n)

@@ -41,7 +41,8 @@ class StreamedStore(Streamed):
         self._store.close()
 
 
-def session_dict(s: dict) -> dict:
+def session_dict(s: dict, rank: dict) -> dict:
+    """rank: a finding's number -> its place in the report (its id F001, F002, ...)."""
     return {
         "id": s["id"], "capture": s["capture"], "conn": s["conn"], "client": s["client"],
         "server": s["server"], "first_time": iso(s["first_epoch"]), "last_time": iso(s["last_epoch"]),
@@ -49,8 +50,15 @@ def session_dict(s: dict) -> dict:
         "login": {k: v for k, v in s["login"].items()}, "call_count": s["call_count"],
         "sealed": s["sealed"], "decrypted": s["decrypted"], "methods": dict(s["methods"]),
         "operations": list(s["operations"].values()),
-        "calls": [dict(r, time=iso(r["time"])) for r in s["calls"]],
+        "calls": [_call_row(r, rank) for r in s["calls"]],
     }
+
+
+def _call_row(r: dict, rank: dict) -> dict:
+    row = dict(r, time=iso(r["time"]))
+    if "findings" in r:
+        row["findings"] = [f"F{i:03d}" for i in sorted(rank[n] for n in r["findings"])]
+    return row
 
 
 def finding_dict(f: dict) -> dict:
@@ -102,7 +110,8 @@ def report_dict(b) -> dict:
             "last_time": iso(last_epoch),
         },
         "hosts": hosts,
-        "sessions": StreamedStore(b.sessions, b.sessions.order, session_dict, keep=lambda s: s["wmi"]),
+        "sessions": StreamedStore(b.sessions, b.sessions.order,
+                                  lambda s: session_dict(s, b.finding_rank), keep=lambda s: s["wmi"]),
         "sealed_connections": Streamed(lambda: sealed_connections(b)),
         "findings": findings,
     }
