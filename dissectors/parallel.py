@@ -366,13 +366,10 @@ def merge_bytes(streams, nonce: str, records: bool = False):
             if item[4]:
                 # The shard found the tokens (it scans in parallel with the others); here
                 # only the slices around them are cut.
-                for p in item[4]:
-                    after = blob.index(b"~", p + cut) + 1
-                    number = numbers.get(bytes(blob[p + cut:after]))
-                    if number is not None:
-                        yield view[start:p]
-                        yield number
-                        start = after
+                for p, after, number in _tokens(blob, item[4], cut, numbers):
+                    yield view[start:p]
+                    yield number
+                    start = after
             end = item[3]
         if start is not None:
             yield view[start:end]
@@ -395,15 +392,22 @@ def _numbered(blob, start: int, end: int, where: list | None, cut: int, numbers:
         return bytes(blob[start:end])
     out = []
     last = start
+    for p, after, number in _tokens(blob, where, cut, numbers):
+        out.append(blob[last:p])
+        out.append(number)
+        last = after
+    out.append(blob[last:end])
+    return b"".join(out)
+
+
+def _tokens(blob, where: list, cut: int, numbers: dict):
+    """(offset, end, b"op-N") of each stand-in token at `where` whose operation the merge has
+    numbered (a token of an operation no record made is left as written)."""
     for p in where:
         after = blob.index(b"~", p + cut) + 1
         number = numbers.get(bytes(blob[p + cut:after]))
         if number is not None:
-            out.append(blob[last:p])
-            out.append(number)
-            last = after
-    out.append(blob[last:end])
-    return b"".join(out)
+            yield p, after, number
 
 
 def merge(streams, nonce: str):
