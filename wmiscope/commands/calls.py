@@ -69,19 +69,47 @@ def _table_row(call, outcome: str, call_summary) -> str:
     resp = call.resp_frames[1] if call.resp_frames is not None else "-"
     iface = call.interface or (f"?{call.interface_uuid}" if call.interface_uuid else "?")
     method = call.method or f"opnum {call.opnum}"
-    auth_s = "-" if call.auth_type is None else \
-        f"{auth_type_name(call.auth_type)}/{auth_level_name(call.auth_level)}"
     decrypted = call.req_decrypted or call.resp_decrypted
     state = outcome
     if decrypted:
         state += " (decrypted)"
     if call.fault is not None:
         state += f" fault 0x{call.fault:08x}"
-    ends = f"{endpoint(call.client)} -> {endpoint(call.server)}"
     ctx = call.ctx_id if call.ctx_id is not None else "-"
     summary = call_summary({"encrypted": call.req_encrypted or call.resp_encrypted, "decrypted": decrypted,
                             "method": call.method, "decoded": call.decoded or None})
-    return f"{req:>6} {resp:>6}  {ends:<44} {call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state:<10} {summary}".rstrip() + "\n"
+    return (f"{req:>6} {resp:>6}  {_columns(call.client, call.server)}"
+            f"{call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {_auth_column(call.auth_type, call.auth_level)}"
+            f" {state:<10} {summary}").rstrip() + "\n"
+
+
+_ENDS: dict[tuple, str] = {}
+
+
+def _columns(client, server) -> str:
+    """The endpoints column, padded, with the space after it: made once per connection's
+    pair of endpoints (every call of a connection shows the same)."""
+    key = (client, server)
+    text = _ENDS.get(key)
+    if text is None:
+        if len(_ENDS) >= 4096:
+            _ENDS.clear()
+        text = _ENDS[key] = f"{endpoint(client) + ' -> ' + endpoint(server):<44} "
+    return text
+
+
+_AUTH: dict[tuple, str] = {}
+
+
+def _auth_column(auth_type, auth_level) -> str:
+    """The auth column, padded: a handful of (type, level) pairs make all of them."""
+    key = (auth_type, auth_level)
+    text = _AUTH.get(key)
+    if text is None:
+        if len(_AUTH) >= 256:
+            _AUTH.clear()
+        text = _AUTH[key] = f"{'-' if auth_type is None else auth_type_name(auth_type) + '/' + auth_level_name(auth_level):<18}"
+    return text
 
 
 def _error_line(e) -> str:
