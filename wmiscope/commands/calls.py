@@ -78,37 +78,32 @@ def _table_row(call, outcome: str, call_summary) -> str:
     ctx = call.ctx_id if call.ctx_id is not None else "-"
     summary = call_summary({"encrypted": call.req_encrypted or call.resp_encrypted, "decrypted": decrypted,
                             "method": call.method, "decoded": call.decoded or None})
-    return (f"{req:>6} {resp:>6}  {_columns(call.client, call.server)}"
-            f"{call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {_auth_column(call.auth_type, call.auth_level)}"
+    return (f"{req:>6} {resp:>6}  {_column(_ENDS, _ends_text, call.client, call.server)}"
+            f"{call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {_column(_AUTH, _auth_text, call.auth_type, call.auth_level)}"
             f" {state:<10} {summary}").rstrip() + "\n"
 
 
+def _ends_text(client, server) -> str:
+    return f"{endpoint(client) + ' -> ' + endpoint(server):<44} "
+
+
+def _auth_text(auth_type, auth_level) -> str:
+    return f"{'-' if auth_type is None else auth_type_name(auth_type) + '/' + auth_level_name(auth_level):<18}"
+
+
 _ENDS: dict[tuple, str] = {}
-
-
-def _columns(client, server) -> str:
-    """The endpoints column, padded, with the space after it: made once per connection's
-    pair of endpoints (every call of a connection shows the same)."""
-    key = (client, server)
-    text = _ENDS.get(key)
-    if text is None:
-        if len(_ENDS) >= 4096:
-            _ENDS.clear()
-        text = _ENDS[key] = f"{endpoint(client) + ' -> ' + endpoint(server):<44} "
-    return text
-
-
 _AUTH: dict[tuple, str] = {}
 
 
-def _auth_column(auth_type, auth_level) -> str:
-    """The auth column, padded: a handful of (type, level) pairs make all of them."""
-    key = (auth_type, auth_level)
-    text = _AUTH.get(key)
+def _column(kept: dict, make, *key) -> str:
+    """A padded column's text, made once per key and kept (bounded): every call of a
+    connection shows the same endpoints, and a handful of (auth type, level) pairs make
+    every auth column."""
+    text = kept.get(key)
     if text is None:
-        if len(_AUTH) >= 256:
-            _AUTH.clear()
-        text = _AUTH[key] = f"{'-' if auth_type is None else auth_type_name(auth_type) + '/' + auth_level_name(auth_level):<18}"
+        if len(kept) >= 4096:
+            kept.clear()
+        text = kept[key] = make(*key)
     return text
 
 
