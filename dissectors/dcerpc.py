@@ -170,6 +170,15 @@ def _header_problem(buf, off: int, limit: int = MAX_FRAG_LEN) -> tuple[str, str]
             f"{PTYPE_NAMES[ptype]} PDU (at least {_MIN_LEN[ptype]} octets)")
 
 
+def _octets(buf, start: int, end: int) -> bytes:
+    """buf[start:end] as bytes, copied once: a PDU that came in several segments is cut out
+    of the direction's bytearray, whose slice would be a bytearray copied again by bytes()."""
+    if type(buf) is bytes:
+        return buf[start:end]
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
 def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: int,
             ts: float) -> tuple[Pdu, tuple[int, int] | None]:
     """Decode the complete PDU at buf[off:off+frag_len] -> (Pdu, stub span or None).
@@ -203,7 +212,7 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
             return (Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep[0], frag_len, auth_len,
-                        call_id, ctx_id, opnum, obj, alloc_hint, None, bytes(buf[start:body_end]), auth),
+                        call_id, ctx_id, opnum, obj, alloc_hint, None, _octets(buf, start, body_end), auth),
                     (start - off, body_end - off))
         if ptype == RESPONSE:
             alloc_hint, ctx_id, cancel = lay.response.unpack_from(buf, off + 16)
@@ -212,7 +221,7 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
             pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep[0], frag_len, auth_len,
-                      call_id, ctx_id, None, None, alloc_hint, None, bytes(buf[start:body_end]), auth)
+                      call_id, ctx_id, None, None, alloc_hint, None, _octets(buf, start, body_end), auth)
             if cancel:
                 pdu.extra = {"cancel_count": cancel}
             return pdu, (start - off, body_end - off)

@@ -76,14 +76,21 @@ class Blob(bytes):
 
 @dataclass(slots=True, eq=False)
 class InterfacePointer:
-    """One MInterfacePointer read from a stub: its OBJREF bytes, the parsed OBJREF and, for
-    the custom-marshaled WMI objects, the decoded object."""
+    """One MInterfacePointer read from a stub: where its OBJREF bytes are, the parsed OBJREF
+    and, for the custom-marshaled WMI objects, the decoded object."""
 
     offset: int                     # of the OBJREF (abData) in the stub
-    data: bytes
+    length: int                     # of the OBJREF (its conformance; the stub may hold fewer)
+    stub: bytes                     # the stub it was read from
     objref: ObjRef | None = None
     obj: object = None              # WmiClass | WmiInstance | WbemContext
     error: DecodeError | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The OBJREF's octets, cut from the stub when asked for: a WMI object makes most
+        of them, and the decoder reads the payload in place (its cache keeps a copy)."""
+        return self.stub[self.offset:self.offset + self.length]
 
     def plain(self):
         return self.obj if self.obj is not None else bytes(self.data)
@@ -255,7 +262,7 @@ def _read_mip(r: NdrReader, ctx: _Ctx) -> InterfacePointer:
     the object.  A bad OBJREF or payload is a soft error: the framing is intact."""
     off, n = r.interface_pointer_data()
     buf = r.buf
-    p = InterfacePointer(off, buf[off:off + n])
+    p = InterfacePointer(off, n, buf)
     try:
         o = parse_objref(buf, off, off + n)
     except DecodeError as e:

@@ -411,16 +411,21 @@ def scan_objrefs(stub: bytes, errors: list | None = None) -> list[tuple[int, Obj
     pos = find(OBJREF_SIGNATURE)
     while pos >= 0:
         nxt = pos + 4
-        next_sig = find(OBJREF_SIGNATURE, nxt)
-        if pos + 24 <= n and _U32.unpack_from(stub, pos + 4)[0] in OBJREF_KINDS \
+        # The next signature bounds a standard OBJREF's DUALSTRINGARRAY only. A custom one
+        # (a WMI object: tens of kilobytes) is not searched through here: the scan goes on
+        # after its payload, or right after its signature.
+        next_sig = None
+        if pos + 24 <= n and (flags := _U32.unpack_from(stub, pos + 4)[0]) in OBJREF_KINDS \
                 and stub[pos + 8:pos + 24] != _ZERO_GUID:
             end, framed = n, False
             if pos >= 8:
                 mx, cnt = _U32X2.unpack_from(stub, pos - 8)
                 if mx == cnt and 24 <= cnt <= n - pos:
                     end, framed = pos + cnt, True
+            if flags != OBJREF_CUSTOM:
+                next_sig = find(OBJREF_SIGNATURE, nxt)
             try:
-                o = parse_objref(stub, pos, end, resolver_end=next_sig if next_sig >= 0 else n)
+                o = parse_objref(stub, pos, end, resolver_end=None if next_sig is None or next_sig < 0 else next_sig)
             except DecodeError as e:
                 if errors is not None:
                     errors.append(e)
@@ -437,7 +442,8 @@ def scan_objrefs(stub: bytes, errors: list | None = None) -> list[tuple[int, Obj
                     nxt = o.payload_offset + o.payload_length
                 else:
                     nxt = o.payload_offset
-        pos = next_sig if nxt <= next_sig or next_sig < 0 else find(OBJREF_SIGNATURE, nxt)
+        pos = next_sig if next_sig is not None and (nxt <= next_sig or next_sig < 0) \
+            else find(OBJREF_SIGNATURE, nxt)
     return out
 
 

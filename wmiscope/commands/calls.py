@@ -69,19 +69,42 @@ def _table_row(call, outcome: str, call_summary) -> str:
     resp = call.resp_frames[1] if call.resp_frames is not None else "-"
     iface = call.interface or (f"?{call.interface_uuid}" if call.interface_uuid else "?")
     method = call.method or f"opnum {call.opnum}"
-    auth_s = "-" if call.auth_type is None else \
-        f"{auth_type_name(call.auth_type)}/{auth_level_name(call.auth_level)}"
     decrypted = call.req_decrypted or call.resp_decrypted
     state = outcome
     if decrypted:
         state += " (decrypted)"
     if call.fault is not None:
         state += f" fault 0x{call.fault:08x}"
-    ends = f"{endpoint(call.client)} -> {endpoint(call.server)}"
     ctx = call.ctx_id if call.ctx_id is not None else "-"
     summary = call_summary({"encrypted": call.req_encrypted or call.resp_encrypted, "decrypted": decrypted,
                             "method": call.method, "decoded": call.decoded or None})
-    return f"{req:>6} {resp:>6}  {ends:<44} {call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {auth_s:<18} {state:<10} {summary}".rstrip() + "\n"
+    return (f"{req:>6} {resp:>6}  {_column(_ENDS, _ends_text, call.client, call.server)}"
+            f"{call.call_id:>5} {ctx:>3}  {iface + '::' + method:<50} {_column(_AUTH, _auth_text, call.auth_type, call.auth_level)}"
+            f" {state:<10} {summary}").rstrip() + "\n"
+
+
+def _ends_text(client, server) -> str:
+    return f"{endpoint(client) + ' -> ' + endpoint(server):<44} "
+
+
+def _auth_text(auth_type, auth_level) -> str:
+    return f"{'-' if auth_type is None else auth_type_name(auth_type) + '/' + auth_level_name(auth_level):<18}"
+
+
+_ENDS: dict[tuple, str] = {}
+_AUTH: dict[tuple, str] = {}
+
+
+def _column(kept: dict, make, *key) -> str:
+    """A padded column's text, made once per key and kept (bounded): every call of a
+    connection shows the same endpoints, and a handful of (auth type, level) pairs make
+    every auth column."""
+    text = kept.get(key)
+    if text is None:
+        if len(kept) >= 4096:
+            kept.clear()
+        text = kept[key] = make(*key)
+    return text
 
 
 def _error_line(e) -> str:

@@ -49,8 +49,20 @@ def objects(d: dict, side: str) -> list[dict]:
     return out
 
 
-def _collect(o, out: list, depth: int) -> None:
-    if depth > 4 or o is None:
+def _first_object(side_params) -> dict | None:
+    """objects(...)[0] of these parameters, without rendering the objects after it."""
+    out: list = []
+    for p in side_params:
+        _collect(p.get("object"), out, 0, 1)
+        if out:
+            return out[0]
+    return None
+
+
+def _collect(o, out: list, depth: int, limit: int = 0) -> None:
+    """Appends the classes and instances under `o` to `out`, in order; with a limit, stops
+    once `out` holds that many."""
+    if depth > 4 or o is None or (limit and len(out) >= limit):
         return
     if not isinstance(o, (dict, list)):
         # a decoded object not yet rendered to JSON (the calls table works on the records
@@ -59,13 +71,13 @@ def _collect(o, out: list, depth: int) -> None:
         o = summary_json(o) or object_json(o)
     if isinstance(o, list):
         for x in o:
-            _collect(x, out, depth + 1)
+            _collect(x, out, depth + 1, limit)
     elif isinstance(o, dict):
         if o.get("kind") in ("instance", "class"):
             out.append(o)
         elif "objects" in o:
             for x in o["objects"]:
-                _collect(x.get("object") if isinstance(x, dict) else x, out, depth + 1)
+                _collect(x.get("object") if isinstance(x, dict) else x, out, depth + 1, limit)
 
 
 def props(obj: dict | None) -> dict:
@@ -220,42 +232,51 @@ def call_summary(d: dict) -> str:
     namespace of a login, command line."""
     if d.get("encrypted") and not d.get("decrypted"):
         return ""
-    # The request's parameters by name (the first of a name, as param() finds it), read
-    # once: the calls table asks this of every call.
+    # Each side's parameters are read once (the request's by name, the first of a name,
+    # as param() finds it), and only the first request object is rendered: the calls
+    # table asks this of every call.
+    dec = d.get("decoded") or {}
+    request = (dec.get("request") or {}).get("params") or ()
     req: dict = {}
-    for p in params(d, "request"):
+    for p in request:
         req.setdefault(p.get("name"), p.get("value"))
     m = d.get("method")
     if m in ("SetClientInfo", "SetClientInfoEx"):
         return f"{clean(req.get('wszClientMachine'))} pid {clean(req.get('lClientProcId'))}"
     if m in ("NTLMLogin", "OpenNamespace"):
         return str(clean(req.get("wszNetworkResource")) or clean(req.get("strNamespace")) or "")
-    q = clean(req.get("strQuery"))
-    if q:
-        return q
-    path = clean(req.get("strObjectPath"))
-    meth = clean(req.get("strMethodName"))
     parts = []
-    if path or meth:
-        parts.append(f"{path or ''}{'.' + meth if meth else ''}" if meth else path)
-    for o in objects(d, "request"):
-        p = props(o)
-        if o.get("class") == "__PARAMETERS":
-            cmd = p.get("CommandLine")
-            if cmd:
-                parts.append(cmd)
-            elif p:
-                parts.append(keys_text(p))
-        else:
-            parts.append(f"{o.get('class')} {keys_text(p)}".strip())
-        break
-    flt = clean(req.get("strFilter")) or clean(req.get("strSuperclass"))
-    if flt:
-        parts.append(flt)
-    rs = param(d, "response", "pstrResultString")
-    if rs:
-        parts.append(f"-> {rs}")
-    code = hresult(d)
-    if failed(code):
-        parts.append(f"!{hresult_name(d) or f'0x{code:08x}'}")
+    if req:
+        q = clean(req.get("strQuery"))
+        if q:
+            return q
+        path = clean(req.get("strObjectPath"))
+        meth = clean(req.get("strMethodName"))
+        if path or meth:
+            parts.append(f"{path or ''}{'.' + meth if meth else ''}" if meth else path)
+        o = _first_object(request)
+        if o is not None:
+            p = props(o)
+            if o.get("class") == "__PARAMETERS":
+                cmd = p.get("CommandLine")
+                if cmd:
+                    parts.append(cmd)
+                elif p:
+                    parts.append(keys_text(p))
+            else:
+                parts.append(f"{o.get('class')} {keys_text(p)}".strip())
+        flt = clean(req.get("strFilter")) or clean(req.get("strSuperclass"))
+        if flt:
+            parts.append(flt)
+    response = dec.get("response")
+    if response:
+        for p in response.get("params") or ():
+            if p.get("name") == "pstrResultString":
+                rs = clean(p.get("value"))
+                if rs:
+                    parts.append(f"-> {rs}")
+                break
+        code = hresult(d)
+        if failed(code):
+            parts.append(f"!{hresult_name(d) or f'0x{code:08x}'}")
     return " ".join(str(x) for x in parts if x)[:300]
