@@ -641,8 +641,11 @@ class LocalRun:
     """Runs the shards in forked local processes; iterate `text()`, then read `stats`."""
 
     # How many octets of one worker's messages the parent holds in memory before the rest
-    # goes to a temporary file (see _Inbox): a few batches, a fraction of a worker's size.
-    MEMORY = 16 << 20
+    # goes to a temporary file (see _Inbox): a few batches, a fraction of a worker's
+    # size (55-75 MB). Replayed from the shards' CPU pace on 1 GB (scripts/bench_lockstep.py),
+    # a shard held to 4 MB ahead of the merge lost 0.04-0.07 s, to 16 MB nothing; past
+    # this the spill costs a write and a read of what it sets aside.
+    MEMORY = 8 << 20
 
     def __init__(self, source, workers: int, analysis_kwargs: dict, make_renderer):
         import multiprocessing as mp
