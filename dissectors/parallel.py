@@ -530,8 +530,9 @@ class _Inbox:
     The merge can write a shard's record only once every other shard has passed its key.
     Read on demand, a worker ahead of the others (its host pairs light where another's are
     heavy) filled its pipe within a batch or two and stopped until the slow one caught
-    up: the shards ran in lockstep, and every local imbalance between them was lost time
-    (1 GB of the mix: each worker blocked 3 s in its writes). Here a waiting parent reads
+    up: the shards ran in lockstep, and local imbalances between them were lost time
+    (1 GB of the mix: 330-350 sleeps a worker; replayed at the shards' own pace on idle
+    cores, 0.35 s of 15 s, docs/performance.md). Here a waiting parent reads
     every pipe that has data; a shard's messages beyond `memory` octets go to a temporary
     file (read back in order, before anything newer), so the parent's memory stays
     bounded however far one shard runs ahead."""
