@@ -535,9 +535,12 @@ class _Inbox:
     cores, 0.35 s of 15 s, docs/performance.md). Here a waiting parent reads
     every pipe that has data; a shard's messages beyond `memory` octets go to a temporary
     file (read back in order, before anything newer), so the parent's memory stays
-    bounded however far one shard runs ahead."""
+    bounded however far one shard runs ahead. Where the file cannot be written (no room
+    in TMPDIR), the messages after it wait in memory up to `memory` octets, and then the
+    pipe is left unread (`full`): the worker waits, as before, with a wider window."""
 
-    __slots__ = ("fd", "parts", "want", "got", "queue", "queued", "spill", "spilled", "read_at", "closed")
+    __slots__ = ("fd", "parts", "want", "got", "queue", "queued", "spill", "spilled", "read_at", "closed",
+                 "failed", "after", "after_size")
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -551,11 +554,19 @@ class _Inbox:
         self.spilled = 0                     # its end
         self.read_at = 0                     # where its next unread message starts
         self.closed = False
+        self.failed = False                  # the file could not be written
+        self.after: deque = deque()          # then: the messages after it, in memory
+        self.after_size = 0
+
+    def full(self, memory: int) -> bool:
+        return self.failed and self.after_size >= memory
 
     def read(self, memory: int) -> None:
         """Reads what the pipe holds now, without blocking."""
         fd = self.fd
         while not self.closed:
+            if not self.parts and not self.got and self.full(memory):
+                return
             want = self.want
             if self.got < len(want):
                 try:
@@ -582,20 +593,29 @@ class _Inbox:
 
     def _put(self, more: int, meta: bytearray, blob: bytearray, memory: int) -> None:
         size = len(meta) + len(blob)
-        if self.spilled == 0 and self.queued + size <= memory:
+        if self.spilled == 0 and not self.after and self.queued + size <= memory:
             self.queue.append((more, meta, blob))
             self.queued += size
             return
-        if self.spill is None:
-            import tempfile
-            self.spill = tempfile.TemporaryFile(prefix="wmiscope-shard-")
-        fd = self.spill.fileno()
-        for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
-            view = memoryview(part)
-            while view:
-                n = os.pwrite(fd, view, self.spilled)
-                self.spilled += n
-                view = view[n:]
+        if not self.failed:
+            start = self.spilled
+            try:
+                if self.spill is None:
+                    import tempfile
+                    self.spill = tempfile.TemporaryFile(prefix="wmiscope-shard-")
+                fd = self.spill.fileno()
+                for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
+                    view = memoryview(part)
+                    while view:
+                        n = os.pwrite(fd, view, self.spilled)
+                        self.spilled += n
+                        view = view[n:]
+                return
+            except OSError:
+                self.failed = True
+                self.spilled = start
+        self.after.append((more, meta, blob))
+        self.after_size += size
 
     def take(self):
         """The oldest complete message (more, meta, blob), or None."""
@@ -609,9 +629,13 @@ class _Inbox:
             at = self.read_at + _HEADER.size
             message = (more, _pread(fd, meta, at), _pread(fd, size, at + meta))
             self.read_at = at + meta + size
-            if self.read_at == self.spilled:     # all read back: the file starts over
+            if self.read_at == self.spilled and not self.failed:    # all read back: the file starts over
                 self.spill.truncate(0)
                 self.read_at = self.spilled = 0
+            return message
+        if self.after:
+            message = self.after.popleft()
+            self.after_size -= len(message[1]) + len(message[2])
             return message
         return None
 
@@ -674,7 +698,7 @@ class LocalRun:
     def _pump(self, block: bool) -> None:
         """Reads every worker's pipe that holds data; block: first waits until one does."""
         import select
-        live = [box for box in self.inboxes if not box.closed]
+        live = [box for box in self.inboxes if not box.closed and not box.full(self.MEMORY)]
         if not live:
             return
         poll = select.poll()

@@ -197,3 +197,36 @@ def test_a_worker_ahead_of_the_merge_is_read_and_spilled_in_order(capture_set, m
     cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"])
     assert capsys.readouterr().out == one
     assert sum(spilled) >= 5
+
+
+def test_without_room_for_the_spill_a_worker_ahead_waits(capture_set, monkeypatch, capsys):
+    """No temporary file can be written (a full TMPDIR): the parent holds a worker's messages
+    in memory up to LocalRun.MEMORY and then leaves its pipe unread (the worker waits); the
+    output is still the single run's, and nothing fails."""
+    import errno
+    import functools
+    import tempfile
+
+    from wmiscope import cli
+    from wmiscope.dissectors import parallel
+
+    one = wmiscope("calls", "--format", "jsonl", str(capture_set), "--workers", "1")
+    monkeypatch.setattr(parallel, "shard_stream", functools.partial(parallel.shard_stream, batch=7))
+    monkeypatch.setattr(parallel.LocalRun, "MEMORY", 1)
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_room)
+    full = []
+    is_full = parallel._Inbox.full
+
+    def noted(box, memory):
+        full.append(is_full(box, memory))
+        return full[-1]
+
+    monkeypatch.setattr(parallel._Inbox, "full", noted)
+    capsys.readouterr()
+    assert cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"]) == 0
+    assert capsys.readouterr().out == one
+    assert any(full)
