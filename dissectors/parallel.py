@@ -59,6 +59,7 @@ import pickle
 import struct
 import zlib
 from bisect import bisect_left, bisect_right
+from collections import deque
 
 from .pipeline import Analysis, Stats, _Detector
 from .tcp import NullHandler
@@ -445,18 +446,19 @@ def new_nonce() -> str:
 # -- local processes --------------------------------------------------------------------
 
 def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer):
+    out = _Outbox(fd)
     try:
         gen = shard_stream(source, shard, shards, nonce, analysis_kwargs, make_renderer)
         while True:
             try:
                 items, blob = next(gen)
             except StopIteration as stop:
-                _send(fd, pickle.dumps(("stats", stop.value, cache_stats()), pickle.HIGHEST_PROTOCOL), b"", 0)
+                out.send(pickle.dumps(("stats", stop.value, cache_stats()), pickle.HIGHEST_PROTOCOL), b"", 0)
                 break
-            _send(fd, pickle.dumps(items, pickle.HIGHEST_PROTOCOL), blob, 1)
+            out.send(pickle.dumps(items, pickle.HIGHEST_PROTOCOL), blob, 1)
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         try:
-            _send(fd, pickle.dumps(("error", f"{type(e).__name__}: {e}", None)), b"", 0)
+            out.send(pickle.dumps(("error", f"{type(e).__name__}: {e}", None)), b"", 0)
         except Exception:  # noqa: BLE001
             pass
     finally:
@@ -470,24 +472,180 @@ def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer):
 _HEADER = struct.Struct("<BQQ")
 
 
-def _send(fd: int, meta: bytes, blob: bytes, more: int) -> None:
-    parts = [memoryview(_HEADER.pack(more, len(meta), len(blob))), memoryview(meta), memoryview(blob)]
-    while parts:
-        n = os.writev(fd, parts)
-        while parts and n >= len(parts[0]):
-            n -= len(parts[0])
-            parts.pop(0)
-        if parts:
-            parts[0] = parts[0][n:]
-        parts = [p for p in parts if len(p)]
+class _Outbox:
+    """A worker's messages to the parent, written as far as the pipe takes them without
+    waiting; the rest stays in memory and goes on after the next batch.
+
+    A batch is about as large as the pipe (1 MB), so a blocking write of one lasted until
+    the parent had been scheduled and had read it: on a busy machine the worker stood
+    still for every batch. A worker waits only with more than `AHEAD` octets unsent (the
+    parent not reading at all), and at its end."""
+
+    AHEAD = 8 << 20
+
+    __slots__ = ("fd", "parts", "pending")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.parts: deque = deque()
+        self.pending = 0
+
+    def send(self, meta: bytes, blob: bytes, more: int) -> None:
+        for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
+            if part:
+                self.parts.append(memoryview(part))
+                self.pending += len(part)
+        self.flush(self.AHEAD if more else 0)
+
+    def flush(self, ahead: int) -> None:
+        """Writes what the pipe takes; waits while more than `ahead` octets are unsent."""
+        parts = self.parts
+        while parts:
+            try:
+                n = os.writev(self.fd, list(parts)[:64])
+            except BlockingIOError:
+                if self.pending <= ahead:
+                    return
+                self.wait()
+                continue
+            self.pending -= n
+            while n and n >= len(parts[0]):
+                n -= len(parts.popleft())
+            if n:
+                parts[0] = parts[0][n:]
+
+    def wait(self) -> None:
+        """Until the pipe has room (the parent read from it)."""
+        import select
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
+        poll.poll()
 
 
-def _recv(fd: int, n: int) -> bytearray:
+class _Inbox:
+    """One worker's messages as they come off its pipe, read whenever the parent waits for
+    any worker, so that no worker waits for the merge.
+
+    The merge can write a shard's record only once every other shard has passed its key.
+    Read on demand, a worker ahead of the others (its host pairs light where another's are
+    heavy) filled its pipe within a batch or two and stopped until the slow one caught
+    up: the shards ran in lockstep, and local imbalances between them were lost time
+    (1 GB of the mix: 330-350 sleeps a worker; replayed at the shards' own pace on idle
+    cores, 0.35 s of 15 s, docs/performance.md). Here a waiting parent reads
+    every pipe that has data; a shard's messages beyond `memory` octets go to a temporary
+    file (read back in order, before anything newer), so the parent's memory stays
+    bounded however far one shard runs ahead. Where the file cannot be written (no room
+    in TMPDIR), the messages after it wait in memory up to `memory` octets, and then the
+    pipe is left unread (`full`): the worker waits, as before, with a wider window."""
+
+    __slots__ = ("fd", "parts", "want", "got", "queue", "queued", "spill", "spilled", "read_at", "closed",
+                 "failed", "after", "after_size")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.parts: list = []                # the message being read: header, meta, blob
+        self.want = bytearray(_HEADER.size)
+        self.got = 0
+        self.queue: deque = deque()          # complete messages in memory: (more, meta, blob)
+        self.queued = 0                      # their octets
+        self.spill = None                    # temporary file of the messages after them
+        self.spilled = 0                     # its end
+        self.read_at = 0                     # where its next unread message starts
+        self.closed = False
+        self.failed = False                  # the file could not be written
+        self.after: deque = deque()          # then: the messages after it, in memory
+        self.after_size = 0
+
+    def full(self, memory: int) -> bool:
+        return self.failed and self.after_size >= memory
+
+    def read(self, memory: int) -> None:
+        """Reads what the pipe holds now, without blocking."""
+        fd = self.fd
+        while not self.closed:
+            if not self.parts and not self.got and self.full(memory):
+                return
+            want = self.want
+            if self.got < len(want):
+                try:
+                    n = os.readv(fd, [memoryview(want)[self.got:]])
+                except BlockingIOError:
+                    return
+                if n == 0:
+                    self.closed = True
+                    return
+                self.got += n
+                if self.got < len(want):
+                    continue
+            parts = self.parts
+            parts.append(want)
+            if len(parts) == 1:
+                _, meta, size = _HEADER.unpack(want)
+                self.want, self.got = bytearray(meta), 0
+            elif len(parts) == 2:
+                self.want, self.got = bytearray(_HEADER.unpack(parts[0])[2]), 0
+            else:
+                self._put(_HEADER.unpack(parts[0])[0], parts[1], parts[2], memory)
+                self.parts = []
+                self.want, self.got = bytearray(_HEADER.size), 0
+
+    def _put(self, more: int, meta: bytearray, blob: bytearray, memory: int) -> None:
+        size = len(meta) + len(blob)
+        if self.spilled == 0 and not self.after and self.queued + size <= memory:
+            self.queue.append((more, meta, blob))
+            self.queued += size
+            return
+        if not self.failed:
+            start = self.spilled
+            try:
+                if self.spill is None:
+                    import tempfile
+                    self.spill = tempfile.TemporaryFile(prefix="wmiscope-shard-")
+                fd = self.spill.fileno()
+                for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
+                    view = memoryview(part)
+                    while view:
+                        n = os.pwrite(fd, view, self.spilled)
+                        self.spilled += n
+                        view = view[n:]
+                return
+            except OSError:
+                self.failed = True
+                self.spilled = start
+        self.after.append((more, meta, blob))
+        self.after_size += size
+
+    def take(self):
+        """The oldest complete message (more, meta, blob), or None."""
+        if self.queue:
+            message = self.queue.popleft()
+            self.queued -= len(message[1]) + len(message[2])
+            return message
+        if self.read_at < self.spilled:
+            fd = self.spill.fileno()
+            more, meta, size = _HEADER.unpack(_pread(fd, _HEADER.size, self.read_at))
+            at = self.read_at + _HEADER.size
+            message = (more, _pread(fd, meta, at), _pread(fd, size, at + meta))
+            self.read_at = at + meta + size
+            if self.read_at == self.spilled and not self.failed:    # all read back: the file starts over
+                self.spill.truncate(0)
+                self.read_at = self.spilled = 0
+            return message
+        if self.after:
+            message = self.after.popleft()
+            self.after_size -= len(message[1]) + len(message[2])
+            return message
+        return None
+
+
+def _pread(fd: int, n: int, at: int) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = os.readv(fd, [view[got:]])
+        k = os.preadv(fd, [view[got:]], at + got)
         if k == 0:
             raise EOFError
         got += k
@@ -507,6 +665,13 @@ def cache_stats() -> dict:
 class LocalRun:
     """Runs the shards in forked local processes; iterate `text()`, then read `stats`."""
 
+    # How many octets of one worker's messages the parent holds in memory before the rest
+    # goes to a temporary file (see _Inbox): a few batches, a fraction of a worker's
+    # size (55-75 MB). Replayed from the shards' CPU pace on 1 GB (scripts/bench_lockstep.py),
+    # a shard held to 4 MB ahead of the merge lost 0.04-0.07 s, to 16 MB nothing; past
+    # this the spill costs a write and a read of what it sets aside.
+    MEMORY = 8 << 20
+
     def __init__(self, source, workers: int, analysis_kwargs: dict, make_renderer):
         import multiprocessing as mp
         from ..formats import wmio
@@ -516,7 +681,7 @@ class LocalRun:
         wmio.compile_parsers()
         self.nonce = new_nonce()
         ctx = mp.get_context("fork")
-        self.fds = []
+        self.inboxes: list[_Inbox] = []
         self.procs = []
         self.stats: Stats | None = None
         self.cache = []
@@ -527,18 +692,36 @@ class LocalRun:
                                                  make_renderer), daemon=True)
             p.start()
             os.close(send)
-            self.fds.append(recv)
+            self.inboxes.append(_Inbox(recv))
             self.procs.append(p)
 
+    def _pump(self, block: bool) -> None:
+        """Reads every worker's pipe that holds data; block: first waits until one does."""
+        import select
+        live = [box for box in self.inboxes if not box.closed and not box.full(self.MEMORY)]
+        if not live:
+            return
+        poll = select.poll()
+        for box in live:
+            poll.register(box.fd, select.POLLIN)
+        ready = {fd for fd, _ in poll.poll(None if block else 0)}
+        for box in live:
+            if box.fd in ready:
+                box.read(self.MEMORY)
+
     def _batches(self, i, finals):
-        fd = self.fds[i]
+        box = self.inboxes[i]
         while True:
-            try:
-                more, meta, size = _HEADER.unpack(_recv(fd, _HEADER.size))
-                meta = pickle.loads(_recv(fd, meta))
-                blob = _recv(fd, size)
-            except EOFError:
-                raise RuntimeError(f"worker {i} ended without its results") from None
+            # what the others sent meanwhile is read too, so that none waits on a full pipe
+            self._pump(False)
+            message = box.take()
+            while message is None:
+                if box.closed:
+                    raise RuntimeError(f"worker {i} ended without its results")
+                self._pump(True)
+                message = box.take()
+            more, meta, blob = message
+            meta = pickle.loads(meta)
             if not more:
                 finals[i] = meta
                 return
@@ -547,36 +730,38 @@ class LocalRun:
     def chunks(self):
         """The merged output as bytes-like pieces (see merge_bytes); then `stats` is set."""
         finals: dict[int, tuple] = {}
-        yield from merge_bytes([self._batches(i, finals) for i in range(len(self.fds))], self.nonce)
+        yield from merge_bytes([self._batches(i, finals) for i in range(len(self.inboxes))], self.nonce)
         self._finish(finals)
 
     def text(self):
         """The merged output record by record, as str; then `stats` is set."""
         finals: dict[int, tuple] = {}
-        yield from merge([self._batches(i, finals) for i in range(len(self.fds))], self.nonce)
+        yield from merge([self._batches(i, finals) for i in range(len(self.inboxes))], self.nonce)
         self._finish(finals)
 
     def _finish(self, finals: dict) -> None:
         for p in self.procs:
             p.join()
-        for i in range(len(self.fds)):
+        for i in range(len(self.inboxes)):
             kind, value, cache = finals[i]
             if kind == "error":
                 raise RuntimeError(f"worker {i}: {value}")
             self.cache.append(cache)
-        self.stats = merge_stats([finals[i][1] for i in range(len(self.fds))])
+        self.stats = merge_stats([finals[i][1] for i in range(len(self.inboxes))])
 
     def close(self) -> None:
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
             p.join()
-        for fd in self.fds:
+        for box in self.inboxes:
             try:
-                os.close(fd)
+                os.close(box.fd)
             except OSError:
                 pass
-        self.fds = []
+            if box.spill is not None:
+                box.spill.close()
+        self.inboxes = []
 
 
 def _widen(fd: int) -> None:

@@ -9,7 +9,13 @@ interpreter, and prints the medians of the parent's CPU (all of it: start-up, th
 receiving, merging and writing the workers' text; and the part after the workers were
 forked) and of each worker's. A baseline tree run from PYTHONPATH starts up slower than
 an installed checkout (0.25-0.38 s against 0.13-0.17 s of imports and parser
-compilation here): compare the parent's part after the fork. With --baseline
+compilation here): compare the parent's part after the fork. Besides CPU it gives each worker's wall time
+and the wall time it spent handing its batches to the parent (writing them, and waiting
+while its pipe was full because the merge waited for another shard), and how often it
+slept (voluntary context switches: a worker reading a capture from the page cache and
+computing sleeps only on a full pipe). Wall time on a loaded machine counts the load
+too; the sleeps do not. Last, the parent's wall time after the fork and the octets it
+set aside in temporary files (a worker far ahead of the merge). With --baseline
 (an unpacked source tree, as for bench_compare.py) every round runs the baseline too,
 the two in the opposite order every other round, so that the machine's load hits both
 alike. CPU seconds of one process, unlike wall time, do not count the time a loaded
@@ -37,13 +43,30 @@ def driver(argv: list[str], out: str) -> None:
     from wmiscope.dissectors import parallel
 
     child = parallel._child
+    # Wall time a worker spends handing its batches over (writing, and waiting for the
+    # parent to drain its pipe): the blocking writes of `_send` in older trees, `_Outbox.send`.
+    owner = parallel._Outbox if hasattr(parallel, "_Outbox") else parallel
+    send = owner.send if owner is not parallel else parallel._send
+    blocked = [0.0]
+
+    def timed_send(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            send(*args, **kwargs)
+        finally:
+            blocked[0] += time.perf_counter() - t
 
     def timed_child(*args, **kwargs):
+        t = time.perf_counter()
         try:
             child(*args, **kwargs)
         finally:
             with open(f"{out}.worker{args[2]}", "w") as f:
-                f.write(repr(time.process_time()))
+                import resource
+                sleeps = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+                f.write(repr((time.process_time(), blocked[0], time.perf_counter() - t, sleeps)))
+
+    setattr(owner, "send" if owner is not parallel else "_send", timed_send)
 
     parallel._child = timed_child
     started = []
@@ -51,9 +74,19 @@ def driver(argv: list[str], out: str) -> None:
 
     def timed_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        started.append(time.process_time())
+        started.append((time.process_time(), time.perf_counter()))
 
     parallel.LocalRun.__init__ = timed_init
+    spilled = [0]
+    if hasattr(parallel, "_Inbox"):
+        put = parallel._Inbox._put
+
+        def counted_put(self, more, meta, blob, memory):
+            before = self.spilled
+            put(self, more, meta, blob, memory)
+            spilled[0] += max(0, self.spilled - before)
+
+        parallel._Inbox._put = counted_put
     sys.stderr.write(f"bench_processes: running {Path(parallel.__file__).parents[1]}\n")
     sys.stdout.flush()
     null = os.open(os.devnull, os.O_WRONLY)
@@ -61,11 +94,11 @@ def driver(argv: list[str], out: str) -> None:
     cli.main(argv)
     sys.stdout.flush()
     with open(f"{out}.parent", "w") as f:
-        end = time.process_time()
-        f.write(repr((end, end - started[0])))
+        end, wall = time.process_time(), time.perf_counter()
+        f.write(repr((end, end - started[0][0], wall - started[0][1], spilled[0])))
 
 
-def one_run(tree: Path | None, argv: list[str], workers: int) -> tuple[float, list[float]]:
+def one_run(tree: Path | None, argv: list[str], workers: int) -> tuple:
     # Imported here, not in the measured interpreter: bench_corpus puts this checkout
     # first on sys.path, which would shadow the baseline.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,9 +107,9 @@ def one_run(tree: Path | None, argv: list[str], workers: int) -> tuple[float, li
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cpu")
         subprocess.run([sys.executable, __file__, "--driver", out, "--", *argv], check=True, env=env)
-        parent, merging = eval(Path(f"{out}.parent").read_text())
-        shards = [float(Path(f"{out}.worker{k}").read_text()) for k in range(workers)]
-    return parent, merging, shards
+        parent = eval(Path(f"{out}.parent").read_text())
+        shards = [eval(Path(f"{out}.worker{k}").read_text()) for k in range(workers)]
+    return parent, shards
 
 
 def main(argv=None) -> int:
@@ -104,16 +137,20 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     print(f"{Path(args.capture).name}, {' '.join(cmd[:1] + cmd[2:])}: medians of {args.rounds} rounds, "
           f"load average {load:.1f} at the end")
-    print("| tree | parent CPU s | of it, after the fork s | " + " | ".join(f"worker {k} CPU s" for k in range(args.workers))
+    print("| tree | parent CPU s | of it, after the fork s | parent wall after the fork s | spilled MB | "
+          + " | ".join(f"worker {k} CPU s | worker {k} wall s | worker {k} in its writes, wall s | worker {k} sleeps"
+                       for k in range(args.workers))
           + " | all CPU s |")
-    print("|---|---|---|" + "---|" * args.workers + "---|")
+    print("|---|---|---|---|---|" + "---|---|---|---|" * args.workers + "---|")
     for name, rows in runs.items():
-        parent = statistics.median(r[0] for r in rows)
-        merging = statistics.median(r[1] for r in rows)
-        shards = [statistics.median(r[2][k] for r in rows) for k in range(args.workers)]
-        total = statistics.median(r[0] + sum(r[2]) for r in rows)
-        print(f"| {name} | {parent:.3f} | {merging:.3f} | " + " | ".join(f"{x:.3f}" for x in shards)
-              + f" | {total:.3f} |")
+        med = statistics.median
+        cells = [med(r[0][0] for r in rows), med(r[0][1] for r in rows), med(r[0][2] for r in rows),
+                 med((r[0][3] if len(r[0]) > 3 else 0) / 1e6 for r in rows)]
+        for k in range(args.workers):
+            cells += [med(r[1][k][0] for r in rows), med(r[1][k][2] for r in rows), med(r[1][k][1] for r in rows),
+                      med(r[1][k][3] for r in rows)]
+        cells.append(med(r[0][0] + sum(w[0] for w in r[1]) for r in rows))
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" if type(x) is float else str(x) for x in cells) + " |")
     print(json.dumps({name: rows for name, rows in runs.items()}), file=sys.stderr)
     return 0
 

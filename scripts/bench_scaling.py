@@ -14,7 +14,9 @@ shards run side by side and the merge streams behind them), so the table gives t
 critical path, the speed-up it means against one process, and the CPU the split spends
 in all (each shard reads and reassembles the whole capture). --rounds repeats it all and
 takes each figure's median. Wall-clock figures on a shared machine measure the
-machine's load as much as the program; these do not.
+machine's load as much as the program; these do not. --together forks the shards of a
+split at once, as a real run does: on an idle machine the difference from the default
+(one after the other) is what two processes side by side cost each other in CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--command", default="calls", choices=("calls", "transcript"))
     ap.add_argument("--format", default="jsonl", choices=("jsonl", "table"))
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--together", action="store_true",
+                    help="run the shards of a split at the same time (as the workers run), not one after the other")
     args = ap.parse_args(argv)
     opts = argparse.Namespace(format=args.format, no_errors=False, frames=False, mof=False, all=True,
                               no_operations=False)
@@ -64,11 +68,13 @@ def main(argv=None) -> int:
         seconds, size = _forked(single)
         runs.setdefault("single", []).append(seconds)
         for n in shards:
-            times, outs = [], []
-            for k in range(n):
-                seconds, batches = _forked(lambda k=k: _shard(args.capture, k, n, kwargs, make))
-                times.append(seconds)
-                outs.append(batches)
+            jobs = [lambda k=k: _shard(args.capture, k, n, kwargs, make) for k in range(n)]
+            if args.together:
+                results = _forked_together(jobs)
+            else:
+                results = [_forked(job) for job in jobs]
+            times = [seconds for seconds, _ in results]
+            outs = [batches for _, batches in results]
             t = time.process_time()
             merged = 0
             with open(os.devnull, "wb") as out:
@@ -81,7 +87,8 @@ def main(argv=None) -> int:
             runs.setdefault(n, []).append((max(times), merge, sum(times)))
     one = statistics.median(runs["single"])
     print(f"{Path(args.capture).name} ({mb:.0f} MB), {args.command} {args.format}: one process {one:.2f} s CPU "
-          f"({mb / one:.1f} MB/s); median of {args.rounds} round(s), each process forked")
+          f"({mb / one:.1f} MB/s); median of {args.rounds} round(s), each process forked"
+          + ("; the shards of a split at once" if args.together else ""))
     print("| shards | slowest shard s | merge s | critical path s | speed-up with N idle cores | MB/s | CPU in all |")
     print("|---|---|---|---|---|---|---|")
     for n in shards:
@@ -105,26 +112,46 @@ def _shard(capture, k, n, kwargs, make):
 def _forked(fn):
     """(CPU seconds, result) of fn() run in a forked child; the result comes back pickled,
     outside the timing."""
-    with tempfile.TemporaryFile() as f:
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                t = time.process_time()
-                result = fn()
-                seconds = time.process_time() - t
-                pickle.dump((seconds, result), f, pickle.HIGHEST_PROTOCOL)
-                f.flush()
-            except BaseException:  # noqa: BLE001
-                import traceback
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit("a forked run failed")
-        f.seek(0)
-        return pickle.load(f)
+    return _forked_together([fn])[0]
+
+
+def _forked_together(fns):
+    """(CPU seconds, result) of each fn() in fns, each run in a child forked at once with the others.
+
+    Two processes side by side on this machine's two cores each take more CPU time for
+    the same work than one alone (shared caches and memory bandwidth, or host threads);
+    comparing with --together shows how much of a split run's wall time that is."""
+    files = [tempfile.TemporaryFile() for _ in fns]
+    try:
+        pids = []
+        for fn, f in zip(fns, files):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    t = time.process_time()
+                    result = fn()
+                    seconds = time.process_time() - t
+                    pickle.dump((seconds, result), f, pickle.HIGHEST_PROTOCOL)
+                    f.flush()
+                except BaseException:  # noqa: BLE001
+                    import traceback
+                    traceback.print_exc()
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit("a forked run failed")
+        out = []
+        for f in files:
+            f.seek(0)
+            out.append(pickle.load(f))
+        return out
+    finally:
+        for f in files:
+            f.close()
 
 
 if __name__ == "__main__":

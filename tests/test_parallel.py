@@ -169,3 +169,64 @@ def test_idle_connections_count_alike_in_every_shard(tmp_path):
     one = wmiscope("stats", "--json", str(path), "--workers", "1")
     assert json.loads(one)["tcp"]["idle_released"] > 0
     assert wmiscope("stats", "--json", str(path), "--workers", "2") == one
+
+
+def test_a_worker_ahead_of_the_merge_is_read_and_spilled_in_order(capture_set, monkeypatch, capsys):
+    """The parent reads every worker's pipe while it waits for one, so that a worker ahead
+    of the merge never waits; past LocalRun.MEMORY octets a worker's messages go to a
+    temporary file and come back in order. Here every message is spilled (small batches:
+    the file is read back whole and starts over several times), and the output is still
+    the single run's."""
+    import functools
+
+    from wmiscope import cli
+    from wmiscope.dissectors import parallel
+
+    one = wmiscope("calls", "--format", "jsonl", str(capture_set), "--workers", "1")
+    monkeypatch.setattr(parallel, "shard_stream", functools.partial(parallel.shard_stream, batch=7))
+    monkeypatch.setattr(parallel.LocalRun, "MEMORY", 0)
+    spilled = []
+    take = parallel._Inbox.take
+
+    def counted(box):
+        spilled.append(box.read_at < box.spilled)
+        return take(box)
+
+    monkeypatch.setattr(parallel._Inbox, "take", counted)
+    capsys.readouterr()
+    cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"])
+    assert capsys.readouterr().out == one
+    assert sum(spilled) >= 5
+
+
+def test_without_room_for_the_spill_a_worker_ahead_waits(capture_set, monkeypatch, capsys):
+    """No temporary file can be written (a full TMPDIR): the parent holds a worker's messages
+    in memory up to LocalRun.MEMORY and then leaves its pipe unread (the worker waits); the
+    output is still the single run's, and nothing fails."""
+    import errno
+    import functools
+    import tempfile
+
+    from wmiscope import cli
+    from wmiscope.dissectors import parallel
+
+    one = wmiscope("calls", "--format", "jsonl", str(capture_set), "--workers", "1")
+    monkeypatch.setattr(parallel, "shard_stream", functools.partial(parallel.shard_stream, batch=7))
+    monkeypatch.setattr(parallel.LocalRun, "MEMORY", 1)
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_room)
+    full = []
+    is_full = parallel._Inbox.full
+
+    def noted(box, memory):
+        full.append(is_full(box, memory))
+        return full[-1]
+
+    monkeypatch.setattr(parallel._Inbox, "full", noted)
+    capsys.readouterr()
+    assert cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"]) == 0
+    assert capsys.readouterr().out == one
+    assert any(full)
