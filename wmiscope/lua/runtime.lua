@@ -1836,9 +1836,10 @@ local HANDLE
 -- filters is on tshark's command line, which the plugin reads once: `nil` when the tree
 -- may be printed or tapped (not tshark, no -T fields, -V / -O / -P / -x / -z, a custom
 -- column), else what the filters and fields name of the plugin: "none", "call" (only the
--- call's own fields, which the tree not shown carries as it does on 4.4) or "all". Any
--- "wmi" in a filter, a field or an argument not known to be a file counts as naming it
--- (a quoted string too); "expert" as naming all (the ExecMethod expert needs the tree).
+-- call's own fields and parameters of plain types, which the tree not shown carries as it
+-- does on 4.4) or "all". Any "wmi" in a filter, a field or an argument not known to be a
+-- file counts as naming it (a quoted string too); "expert" as naming all (the ExecMethod
+-- expert needs the whole tree).
 local CALL_FIELDS = { interface = true, method = true, opnum = true, direction = true, call_id = true,
     namespace = true, class = true, operation = true, request_in = true, response_in = true,
     encrypted = true, hresult = true, status = true }
@@ -1850,14 +1851,14 @@ local function fields_only_wants(args)
     if not args[i] then return nil end
     local fields, wants = false, "none"
     local function name(text)
-        text = text:lower()
-        if text:find("expert", 1, true) then wants = "all" return end
+        local lower = text:lower()
+        if lower:find("expert", 1, true) then wants = "all" return end
         for tail in text:gmatch("%f[%w_.]wmi([%w_.]*)") do
             if wants == "none" then wants = "call" end
             local f = tail:match("^%.([%w_]+)$")
-            if not (f and CALL_FIELDS[f]) then wants = "all" end
+            if not (f and (CALL_FIELDS[f] or G.FIELDS[f] and G.FIELDS[f][1] ~= "none")) then wants = "all" end
         end
-        if wants == "none" and text:find("wmi", 1, true) then wants = "all" end
+        if wants == "none" and lower:find("wmi", 1, true) then wants = "all" end
     end
     i = i + 1
     while args[i] do
@@ -1931,14 +1932,17 @@ local function render(recs, pdus, pinfo, tree)
     local visible = tree.visible
     local want_tree = not tostring(tree):find("has item=false", 1, true)
         and (not HANDLE or visible or tree:referenced(HANDLE))
-    if visible and FIELDS_ONLY then
+    local fields_only = visible and FIELDS_ONLY
+    if fields_only then
         -- tshark 4.0 -T fields: a visible tree that is never printed
-        want_tree = want_tree and FIELDS_ONLY ~= "none"
-        visible = FIELDS_ONLY == "all"
+        want_tree = want_tree and fields_only ~= "none"
     end
     for _, rec in ipairs(recs) do
         local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
+            -- (a stub that did not decode gets the whole tree: the parameter it failed in
+            -- is an empty field there, and absent from the tree not shown)
+            if fields_only then visible = fields_only == "all" or rec.err ~= nil end
             if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
         end
     end
