@@ -1852,7 +1852,8 @@ local function fields_only_wants(args)
     local fields, wants = false, "none"
     local function name(text)
         local lower = text:lower()
-        if lower:find("expert", 1, true) then wants = "all" return end
+        -- (a display filter macro, ${name}, may expand to anything)
+        if lower:find("expert", 1, true) or text:find("${", 1, true) then wants = "all" return end
         for tail in text:gmatch("%f[%w_.]wmi([%w_.]*)") do
             if wants == "none" then wants = "call" end
             local f = tail:match("^%.([%w_]+)$")
