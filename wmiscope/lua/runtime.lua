@@ -1722,6 +1722,22 @@ local function shift_offsets(n, base)
     if c then for i = 1, #c do shift_offsets(c[i], base) end end
 end
 
+-- a request to run a method (Win32_Process.Create): an expert info whether or not the tree
+-- is shown (tshark -z expert, the GUI's expert dialog)
+local function process_expert(tree, rec, m, method)
+    if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
+        tree:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. method)
+    end
+end
+
+-- the first pass's value of a parameter, as value_text shows it
+local function first_pass_text(rec, name)
+    for _, v in ipairs(rec.vals) do
+        if v[1] == name then return tostring(v[2]) end
+    end
+    return ""
+end
+
 -- one call's subtree: the stub decoded again, objects included
 local function call_tree(rec, info, pinfo, tree, frame, visible)
     local call = rec.call
@@ -1777,6 +1793,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
             t:add(F.status, hresult_text(rec.ret))
         end
         if rec.err then t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+        if rec.vals then process_expert(t, rec, m, first_pass_text(rec, "strMethodName")) end
         return
     end
     if dec then
@@ -1820,9 +1837,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
         if dec.err and not dec.params[#dec.params].err then
             t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
         end
-        if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
-            t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
-        end
+        process_expert(t, rec, m, value_text(param(dec, "strMethodName") or {}))
     end
 end
 
@@ -1902,9 +1917,10 @@ end
 
 -- what a tree nobody looks at still carries: the expert infos (tshark -z expert, the GUI's
 -- expert dialog read them without a tree)
-local function experts_only(rec, tree)
+local function experts_only(rec, info, tree)
     if rec.sealed then tree:add_proto_expert_info(E.encrypted) end
     if rec.err then tree:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+    if rec.vals then process_expert(tree, rec, info.m[rec.call.opnum], first_pass_text(rec, "strMethodName")) end
 end
 
 -- the columns name every WMI call of the frame (`all`: the records of its calls so far, in
@@ -1944,7 +1960,7 @@ local function render(recs, pdus, pinfo, tree)
             -- (a stub that did not decode gets the whole tree: the parameter it failed in
             -- is an empty field there, and absent from the tree not shown)
             if fields_only then visible = fields_only == "all" or rec.err ~= nil end
-            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, info, tree) end
         end
     end
 end
