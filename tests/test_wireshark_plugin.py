@@ -306,6 +306,38 @@ def test_builtin_dcerpc_and_dcom_fields_are_unchanged():
     assert _builtin(path, True) == without
 
 
+def _fields_run(path: Path, dfilter: str, fields: list[str], topts=()) -> list[list[str]]:
+    cmd = ["tshark", "-X", f"lua_script:{PLUGIN}", "-r", str(path), *topts, "-Y", dfilter,
+           "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={SEP}"]
+    for f in fields:
+        cmd += ["-e", f]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert lua_errors(run.stderr) == []
+    return [line.split("\t")[:len(fields)] for line in run.stdout.splitlines()]
+
+
+@needs_tshark
+@pytest.mark.parametrize("path", [CAPTURES / "wmimplant.pcap", PCAPS / "wmi-refresher.pcap",
+                                  PCAPS / "wmi-process-create-ntlm-sealed.pcap"], ids=lambda p: p.name)
+def test_a_fields_run_shows_what_the_whole_tree_shows(path):
+    """Under tshark 4.0 -T fields the plugin builds no tree when no filter or field names
+    wmi, and the tree not shown when only the call's own fields and plain parameters are
+    named (it reads tshark's command line): those fields, the columns and the expert infos
+    must be what the whole tree (asked for by naming wmi.obj.class) gives."""
+    topts, _ = _keys(path)
+    call = ["frame.number", "wmi.interface", "wmi.method", "wmi.opnum", "wmi.direction", "wmi.call_id",
+            "wmi.namespace", "wmi.class", "wmi.operation", "wmi.request_in", "wmi.response_in",
+            "wmi.encrypted", "wmi.hresult", "wmi.status", "wmi.strQuery", "wmi.lFlags", "wmi.strObjectPath"]
+    whole = _fields_run(path, "dcerpc", [*call, "wmi.obj.class"], topts)
+    assert any(row[2] for row in whole)
+    assert _fields_run(path, "dcerpc", call, topts) == [row[:len(call)] for row in whole]
+    plain = ["frame.number", "dcerpc.opnum", "_ws.col.Info", "_ws.col.Protocol"]
+    assert (_fields_run(path, "dcerpc", plain, topts)
+            == [row[:len(plain)] for row in _fields_run(path, "dcerpc", [*plain, "wmi.obj.class"], topts)])
+    malformed = _fields_run(path, "_ws.malformed", ["frame.number", "wmi.obj.class"], topts)
+    assert _fields_run(path, "_ws.malformed", ["frame.number"], topts) == [row[:1] for row in malformed]
+
+
 @needs_tshark
 def test_one_pass_and_two_pass_show_the_same():
     """The IPID map is built on the first pass only and cached per frame: a second pass

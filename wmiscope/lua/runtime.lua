@@ -1722,6 +1722,22 @@ local function shift_offsets(n, base)
     if c then for i = 1, #c do shift_offsets(c[i], base) end end
 end
 
+-- a request to run a method (Win32_Process.Create): an expert info whether or not the tree
+-- is shown (tshark -z expert, the GUI's expert dialog)
+local function process_expert(tree, rec, m, method)
+    if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
+        tree:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. method)
+    end
+end
+
+-- the first pass's value of a parameter, as value_text shows it
+local function first_pass_text(rec, name)
+    for _, v in ipairs(rec.vals) do
+        if v[1] == name then return tostring(v[2]) end
+    end
+    return ""
+end
+
 -- one call's subtree: the stub decoded again, objects included
 local function call_tree(rec, info, pinfo, tree, frame, visible)
     local call = rec.call
@@ -1777,6 +1793,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
             t:add(F.status, hresult_text(rec.ret))
         end
         if rec.err then t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+        if rec.vals then process_expert(t, rec, m, first_pass_text(rec, "strMethodName")) end
         return
     end
     if dec then
@@ -1820,9 +1837,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
         if dec.err and not dec.params[#dec.params].err then
             t:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", dec.err.msg or "?", dec.err.off or -1))
         end
-        if m and (m.n == "ExecMethod" or m.n == "ExecMethodAsync") and rec.ptype == 0 then
-            t:add_proto_expert_info(E.process, "ExecMethod " .. tostring(rec.class) .. "." .. value_text(param(dec, "strMethodName") or {}))
-        end
+        process_expert(t, rec, m, value_text(param(dec, "strMethodName") or {}))
     end
 end
 
@@ -1830,11 +1845,82 @@ end
 -- a filter, a column or -e names any wmi.* field (Wireshark primes a field's protocol too)
 local HANDLE
 
+-- tshark 4.0 makes every tree visible under -T fields (it needs "full tree info" to find the
+-- fields), so there tree.visible is true and tree:referenced() true for every field: Lua
+-- cannot learn from the tree that nothing of it is printed. What -T fields prints and
+-- filters is on tshark's command line, which the plugin reads once: `nil` when the tree
+-- may be printed or tapped (not tshark, no -T fields, -V / -O / -P / -x / -z, a custom
+-- column), else what the filters and fields name of the plugin: "none", "call" (only the
+-- call's own fields and parameters of plain types, which the tree not shown carries as it
+-- does on 4.4) or "all". Any "wmi" in a filter, a field or an argument not known to be a
+-- file counts as naming it (a quoted string too); "expert" as naming all (the ExecMethod
+-- expert needs the whole tree).
+local CALL_FIELDS = { interface = true, method = true, opnum = true, direction = true, call_id = true,
+    namespace = true, class = true, operation = true, request_in = true, response_in = true,
+    encrypted = true, hresult = true, status = true }
+local function fields_only_wants(args)
+    if not args[1] then return nil end
+    -- 4.4 here runs through its loader: the program is the first argument named tshark
+    local i = 1
+    while args[i] and not args[i]:match("tshark$") do i = i + 1 end
+    if not args[i] then return nil end
+    local fields, wants = false, "none"
+    local function name(text)
+        local lower = text:lower()
+        -- (a display filter macro, ${name}, may expand to anything)
+        if lower:find("expert", 1, true) or text:find("${", 1, true) then wants = "all" return end
+        for tail in text:gmatch("%f[%w_.]wmi([%w_.]*)") do
+            if wants == "none" then wants = "call" end
+            local f = tail:match("^%.([%w_]+)$")
+            if not (f and (CALL_FIELDS[f] or G.FIELDS[f] and G.FIELDS[f][1] ~= "none")) then wants = "all" end
+        end
+        if wants == "none" and lower:find("wmi", 1, true) then wants = "all" end
+    end
+    i = i + 1
+    while args[i] do
+        local a = args[i]
+        local opt, attached = a:match("^%-(%a)(.*)$")
+        if a == "-T" or opt == "T" and attached ~= "" then
+            local v = attached ~= "" and attached or args[i + 1]
+            if v ~= "fields" then return nil end
+            fields = true
+            if attached == "" then i = i + 1 end
+        elseif opt == "r" or opt == "X" or opt == "w" or opt == "o" then
+            -- a file, a plugin path or a preference: "wmi" there names no field
+            if attached == "" then i = i + 1 end
+        elseif opt == "V" or opt == "O" or opt == "P" or opt == "x" or opt == "z" or opt == "G" then
+            return nil
+        elseif opt == "e" then
+            local v = attached ~= "" and attached or args[i + 1] or ""
+            if attached == "" then i = i + 1 end
+            -- a column may be a custom one, on any field
+            if v:match("^_ws%.col%.") and v ~= "_ws.col.Info" and v ~= "_ws.col.Protocol" then return nil end
+            name(v)
+        else
+            name(a)
+        end
+        i = i + 1
+    end
+    if not fields then return nil end
+    return wants
+end
+local FIELDS_ONLY
+do
+    local f = io.open("/proc/self/cmdline", "rb")
+    local text = f and f:read("*a")
+    if f then f:close() end
+    local args = {}
+    for a in (text or ""):gmatch("([^\0]*)\0") do args[#args + 1] = a end
+    local ok, w = pcall(fields_only_wants, args)
+    FIELDS_ONLY = ok and w or nil
+end
+
 -- what a tree nobody looks at still carries: the expert infos (tshark -z expert, the GUI's
 -- expert dialog read them without a tree)
-local function experts_only(rec, tree)
+local function experts_only(rec, info, tree)
     if rec.sealed then tree:add_proto_expert_info(E.encrypted) end
     if rec.err then tree:add_proto_expert_info(E.malformed, sformat("malformed stub: %s at offset %d", rec.err.msg or "?", rec.err.off or -1)) end
+    if rec.vals then process_expert(tree, rec, info.m[rec.call.opnum], first_pass_text(rec, "strMethodName")) end
 end
 
 -- the columns name every WMI call of the frame (`all`: the records of its calls so far, in
@@ -1860,13 +1946,21 @@ local function render(recs, pdus, pinfo, tree)
         local ok, h = pcall(Dissector.get, "wmi")
         HANDLE = ok and h or false
     end
-    local want_tree = not tostring(tree):find("has item=false", 1, true)
-        and (not HANDLE or tree.visible or tree:referenced(HANDLE))
     local visible = tree.visible
+    local want_tree = not tostring(tree):find("has item=false", 1, true)
+        and (not HANDLE or visible or tree:referenced(HANDLE))
+    local fields_only = visible and FIELDS_ONLY
+    if fields_only then
+        -- tshark 4.0 -T fields: a visible tree that is never printed
+        want_tree = want_tree and fields_only ~= "none"
+    end
     for _, rec in ipairs(recs) do
         local info = rec.call.iid and G.IFACES[rec.call.iid]
         if info and info.g == "wmi" then
-            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, tree) end
+            -- (a stub that did not decode gets the whole tree: the parameter it failed in
+            -- is an empty field there, and absent from the tree not shown)
+            if fields_only then visible = fields_only == "all" or rec.err ~= nil end
+            if want_tree then call_tree(rec, info, pinfo, tree, frame, visible) else experts_only(rec, info, tree) end
         end
     end
 end
