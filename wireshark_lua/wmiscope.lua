@@ -1312,18 +1312,25 @@ end
 
 local PTYPE = { [0] = "Request", [2] = "Response", [3] = "Fault" }
 
+-- the PDU types the first pass reads: request, response, fault, bind, alter_context
+local READ = { [0] = true, [2] = true, [3] = true, [11] = true, [14] = true }
+
 -- the PDU header (C706 12.6) from its first octets `s` (up to 40). The PDU is rlen octets
 -- long; its auth trailer is read by auth_trailer, only for the PDUs whose stub or sealing
--- matters (this runs for every PDU of the capture)
+-- matters. This runs for every PDU of the capture, and what it returns is used before the
+-- next PDU is read: one table, filled again each time
+local H = {}
 local function pdu_header(s, rlen)
     if #s < 16 then return nil end
     -- the common header's octets in one call
     local ver, _, ptype, flags, drep, _, _, _, f1, f2, a1, a2, c1, c2, c3, c4, h1, h2, h3, h4, x1, x2, o1, o2 = sbyte(s, 1, 24)
     if ver ~= 5 then return nil end
     local frag_len = f1 + f2 * 256
-    local h = { ptype = ptype, flags = flags, little = drep >= 16, frag_len = frag_len,
-        auth_len = a1 + a2 * 256, call_id = c1 + c2 * 256 + c3 * 65536 + c4 * 16777216,
-        stub_end = rlen < frag_len and rlen or frag_len }
+    local h = H
+    h.ptype, h.flags, h.little, h.frag_len = ptype, flags, drep >= 16, frag_len
+    h.auth_len, h.call_id = a1 + a2 * 256, c1 + c2 * 256 + c3 * 65536 + c4 * 16777216
+    h.stub_end = rlen < frag_len and rlen or frag_len
+    h.alloc_hint, h.ctx_id, h.opnum, h.hdr, h.ipid, h.status, h.auth_level, h.pad = nil, nil, nil, nil, nil, nil, nil, nil
     if drep < 16 then return h end
     if h4 then h.alloc_hint = h1 + h2 * 256 + h3 * 65536 + h4 * 16777216 end
     if ptype == 0 and o2 then
@@ -1460,7 +1467,8 @@ local function first_pass(number, tvb, npdus, stream)
     end
     for idx = 1, npdus do
         local off, rlen = OFFS[idx], LENS[idx]
-        local h = pdu_header(HEADS[idx], rlen)
+        local head = HEADS[idx]
+        local h = READ[sbyte(head, 3)] and pdu_header(head, rlen)
         if h and h.little then
             if h.ptype == 11 or h.ptype == 14 then
                 -- bind / alter_context: p_cont_list (C706 12.6.3.1)
@@ -2060,6 +2068,7 @@ local function front(tvb, pinfo, tree)
     -- comes again, reassembled by TCP); their positions and first octets, no TvbRange each
     local npdus, off = 0, 0
     local head = s
+    local read = false
     while off + 10 <= len do
         if off > 0 then head = tvb:raw(off, len - off < 40 and len - off or 40) end
         local g1, g2 = sbyte(head, 9, 10)
@@ -2067,6 +2076,7 @@ local function front(tvb, pinfo, tree)
         if fl < 16 or off + fl > len then break end
         -- (a PDU shorter than 40 octets: its own octets only)
         if fl < #head then head = ssub(head, 1, fl) end
+        read = read or READ[sbyte(head, 3)]
         npdus = npdus + 1
         OFFS[npdus], LENS[npdus], HEADS[npdus] = off, fl, head
         off = off + fl
@@ -2081,7 +2091,8 @@ local function front(tvb, pinfo, tree)
         key = len .. ":" .. npdus .. ":" .. sbyte(s, 3) .. ":" .. ssub(s, 13, 16)
         recs = fr.by[key]
     end
-    if recs == nil and not visited then
+    -- (payloads of binds' acknowledgements, AUTH3 and the like teach the first pass nothing)
+    if recs == nil and not visited and read then
         local ok, r = pcall(first_pass, n, tvb, npdus, stream_key(pinfo))
         if not ok then
             -- a defect of the plugin, never the user's: said once on stderr, so that the
