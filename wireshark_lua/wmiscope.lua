@@ -1526,6 +1526,7 @@ local function first_pass(number, tvb, npdus, stream)
                 if call or f_decrypted then auth_trailer(h, tvb, off, rlen) end
                 local sealed = h.auth_level == 6
                 local stub, from_decrypted
+                local kept      -- a reassembled stub's ByteArray, what its record keeps
                 local last = h.flags % 4 >= 2
                 local first = h.flags % 2 == 1
                 local key = (sealed or needed) and (stream .. ":" .. h.call_id .. ":" .. h.ptype)
@@ -1579,6 +1580,7 @@ local function first_pass(number, tvb, npdus, stream)
                         if last then
                             S.frags[key] = nil
                             stub = buf:raw()
+                            kept = buf
                         end
                     end
                 end
@@ -1615,7 +1617,7 @@ local function first_pass(number, tvb, npdus, stream)
                         local rec = { ptype = h.ptype, call = call, sealed = sealed and not stub, call_id = h.call_id,
                             whole = stub and not from_decrypted and not (first and last and not sealed) and stub or nil,
                             single = stub and first and last and not sealed and { idx, h.hdr, #stub } or nil,
-                            dec = from_decrypted, status = h.status, ipid = call.ipid }
+                            dec = from_decrypted, status = h.status, ipid = call.ipid, kept = kept }
                         rec.ns, rec.op, rec.class = call.ns, call.op, call.class
                         -- the Info column, kept so that a pass without a tree decodes nothing
                         -- (with a stub decoded, it depends on the decode alone: kept with it)
@@ -1853,6 +1855,7 @@ local function call_tree(rec, info, pinfo, tree, frame, visible)
         end
     elseif rec.whole then
         s = rec.whole
+        if type(s) == "userdata" then s = s:raw() end
     elseif rec.dec and f_decrypted then
         frame.decrypted = frame.decrypted or { f_decrypted() }
         local d = frame.decrypted[rec.dec]
@@ -2116,6 +2119,13 @@ local function front(tvb, pinfo, tree)
         if not ok then
             io.stderr:write(sformat("wmiscope plugin: frame %d: %s\n", n, tostring(err)))
             tree:add_proto_expert_info(E.malformed, "wmiscope plugin error: " .. tostring(err))
+        end
+        -- A reassembled stub is kept for later passes as its ByteArray, outside Lua's heap:
+        -- kept as a string (tens of MB on a large capture), it made Lua 5.4's collector run
+        -- full collections as the heap grew. The string made on this pass (the first pass's
+        -- decode, this pass's tree) becomes garbage here.
+        for _, rec in ipairs(recs) do
+            if rec.kept then rec.whole, rec.kept = rec.kept, nil end
         end
     end
     if fr then columns(fr.all, pinfo) end
