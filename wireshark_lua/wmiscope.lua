@@ -1415,6 +1415,11 @@ local function memo_find(stub, info, opnum, ptype)
     local skip = ptype == 2 and 8 or 32
     local n = #stub
     if n < skip or n > MEMO_STUB or u32(stub, skip - 4) ~= 0 then return nil end
+    -- (only a method whose parameters begin with that header: the key leaves it out)
+    local m = info.m[opnum]
+    local first = m and (ptype == 2 and m.r or m.q)
+    first = first and first[1]
+    if not first or first.t ~= (ptype == 2 and "ORPCTHAT" or "ORPCTHIS") then return nil end
     local by = MEMO[info]
     if not by then by = {} MEMO[info] = by end
     local slot = opnum * 4 + ptype
