@@ -755,6 +755,7 @@ class TcpReassembler:
         for key, h in conn.keys:
             if flows.get(key) is h:
                 flows[key] = rest
+        _unlink(conn)
 
     def _wake(self, rest: _Resting) -> _Conn:
         """A connection set aside, as it was before (in the same place of the live table)."""
@@ -837,6 +838,7 @@ class TcpReassembler:
             h.pending = ()
             h.last = b""
             h.on_data = None
+        _unlink(conn)
 
     def _evict(self, frame: int) -> None:
         """Room for one more promoted connection: close the least recently active eighth."""
@@ -879,6 +881,17 @@ class TcpReassembler:
 
 def _start(entry) -> int:
     return entry[0]
+
+
+def _unlink(conn: _Conn) -> None:
+    """Breaks a connection's reference cycles (its halves point at it and at each other) once
+    it is closed or set aside, so that it goes, with its handler and record, when the tables
+    let go of it, not at the cyclic collector's next pass: 56,000 connections of 1 GB of
+    sealed copies left about 45,000 objects of cyclic garbage at each of its full passes,
+    and the collector took 1.5 s of a shard's 8 s of reassembly. What the idle path reads
+    after the close (each half's direction and next sequence number) stays."""
+    for h in conn.halves:
+        h.peer = h.conn = None
 
 
 def _rank(conn: _Conn) -> int:
