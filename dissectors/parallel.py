@@ -16,9 +16,11 @@ running balance keeps the shards within about one session of each other. Past
 `PAIRS_MAX` distinct pairs the new ones fall back to the hash (`shard_of`), so the table
 of choices stays bounded.
 
-Every shard reads the whole frame stream and runs the TCP reassembler over all of it
-(reading and reassembling cost a small fraction of the decoding), handing only its own
-connections to the DCE/RPC layer. That keeps what the single run numbers globally the
+Every shard reads the whole frame stream and runs the TCP reassembler over all of it,
+handing only its own connections to the DCE/RPC layer. That is the split's price: each
+further shard pays it again (on clear traffic a small fraction of the decoding; on
+sealed copies of small PDUs about a quarter of one process: 5.9 s of 23 s at 1 GB,
+2.8 s of it reading and peeling the frames; docs/performance.md, "Fifth pass"). That keeps what the single run numbers globally the
 same in every shard: frame numbers, connection indices (tshark's tcp.stream order), the
 reassembler's counters and limits. The one number a shard cannot know is the WMI
 operation's (`op-N`, counted over every pair): a shard names its operations with tokens
