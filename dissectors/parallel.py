@@ -16,9 +16,11 @@ running balance keeps the shards within about one session of each other. Past
 `PAIRS_MAX` distinct pairs the new ones fall back to the hash (`shard_of`), so the table
 of choices stays bounded.
 
-Every shard reads the whole frame stream and runs the TCP reassembler over all of it
-(reading and reassembling cost a small fraction of the decoding), handing only its own
-connections to the DCE/RPC layer. That keeps what the single run numbers globally the
+Every shard reads the whole frame stream and runs the TCP reassembler over all of it,
+handing only its own connections to the DCE/RPC layer. That is the split's price: each
+further shard pays it again (on clear traffic a small fraction of the decoding; on
+sealed copies of small PDUs about a quarter of one process: 5.9 s of 23 s at 1 GB,
+2.8 s of it reading and peeling the frames; docs/performance.md, "Fifth pass"). That keeps what the single run numbers globally the
 same in every shard: frame numbers, connection indices (tshark's tcp.stream order), the
 reassembler's counters and limits. The one number a shard cannot know is the WMI
 operation's (`op-N`, counted over every pair): a shard names its operations with tokens
@@ -61,7 +63,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
 
-from .pipeline import Analysis, Stats, _Detector
+from .pipeline import Analysis, Stats, _Detector, _SetAside
 from .tcp import NullHandler
 
 TEXT, OP, ODD = 0, 1, 2
@@ -143,6 +145,13 @@ class _ForeignDetector(_Detector):
         if self.handler is None and self.chunks is not None:
             self.from_start = False
 
+    def _asides(self) -> "_SetAside":
+        # Not the store of this shard's own connections: a foreign connection's pickle (no
+        # DCE/RPC layer, 0.5 KB) set aside first became the dictionary of every own one,
+        # which then deflated to 420 octets instead of 80 (200 MB of sealed copies, the
+        # shard whose first idle connection was foreign: 784 KB of states against 143 KB).
+        return self.analysis._foreign_aside
+
     def on_idle(self, frame: int) -> bool:
         # Whether the owner's DCE/RPC layer still holds session state (then the connection
         # stays) or not (then it is set aside, and resumes under its number) only the
@@ -168,6 +177,7 @@ class ShardAnalysis(Analysis):
         self.pair_shard: dict[tuple[str, str], int] = {}     # host pair -> its shard
         # the TCP counters only a connection's own shard counts right (see tcp_stats)
         self.owned = dict.fromkeys(self.OWNED_TCP, 0)
+        self._foreign_aside = _SetAside(self)     # other shards' idle connections (_ForeignDetector)
         self.phase = 0
         self.where = 0
         self.seq = 0

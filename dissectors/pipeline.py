@@ -246,11 +246,16 @@ class _Detector:
         if auth is not None and (auth.key_provider is not None
                                  or any(ctx.key_provider is not None for ctx in auth)):
             return None
-        aside = self.analysis._aside
+        aside = self._asides()
         try:
             return aside, aside.dumps(extra, self)
         except (pickle.PicklingError, TypeError, AttributeError):
             return None             # something that does not pickle: kept as it is
+
+    def _asides(self) -> "_SetAside":
+        """The store this connection is set aside in: its first entry is the dictionary that
+        the others are deflated against, so connections of one kind share one."""
+        return self.analysis._aside
 
     def _become_rpc(self) -> None:
         analysis = self.analysis
