@@ -20,9 +20,9 @@ Every shard reads the whole frame stream and runs the TCP reassembler over all o
 handing only its own connections to the DCE/RPC layer. That is the split's price: each
 further shard pays it again (on clear traffic a small fraction of the decoding; on
 sealed copies of small PDUs about a quarter of one process: 5.9 s of 23 s at 1 GB,
-2.8 s of it reading and peeling the frames; docs/performance.md, "Fifth pass"). That keeps what the single run numbers globally the
-same in every shard: frame numbers, connection indices (tshark's tcp.stream order), the
-reassembler's counters and limits. The one number a shard cannot know is the WMI
+2.8 s of it reading and peeling the frames; docs/performance.md, "Sixth pass"). That
+keeps what the single run numbers globally the same in every shard: frame numbers,
+connection indices (tshark's tcp.stream order), the reassembler's counters and limits. The one number a shard cannot know is the WMI
 operation's (`op-N`, counted over every pair): a shard names its operations with tokens
 and announces each in its stream where it was made; the merge numbers them in merged
 order.
