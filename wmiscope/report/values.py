@@ -41,22 +41,15 @@ def param(d: dict, side: str, name: str):
     return None
 
 
-def objects(d: dict, side: str) -> list[dict]:
-    """The decoded WMI objects (classes and instances) a side carries, ObjectArrays flattened."""
-    out = []
-    for p in params(d, side):
-        _collect(p.get("object"), out, 0)
-    return out
-
-
-def _first_object(side_params) -> dict | None:
-    """objects(...)[0] of these parameters, without rendering the objects after it."""
+def objects(d: dict, side: str, limit: int = 0) -> list[dict]:
+    """The decoded WMI objects (classes and instances) a side carries, ObjectArrays flattened;
+    with a limit, the first that many only (the objects after them are not rendered)."""
     out: list = []
-    for p in side_params:
-        _collect(p.get("object"), out, 0, 1)
-        if out:
-            return out[0]
-    return None
+    for p in params(d, side):
+        _collect(p.get("object"), out, 0, limit)
+        if limit and len(out) >= limit:
+            break
+    return out
 
 
 def _collect(o, out: list, depth: int, limit: int = 0) -> None:
@@ -235,10 +228,8 @@ def call_summary(d: dict) -> str:
     # Each side's parameters are read once (the request's by name, the first of a name,
     # as param() finds it), and only the first request object is rendered: the calls
     # table asks this of every call.
-    dec = d.get("decoded") or {}
-    request = (dec.get("request") or {}).get("params") or ()
     req: dict = {}
-    for p in request:
+    for p in params(d, "request"):
         req.setdefault(p.get("name"), p.get("value"))
     m = d.get("method")
     if m in ("SetClientInfo", "SetClientInfoEx"):
@@ -254,8 +245,7 @@ def call_summary(d: dict) -> str:
         meth = clean(req.get("strMethodName"))
         if path or meth:
             parts.append(f"{path or ''}{'.' + meth if meth else ''}" if meth else path)
-        o = _first_object(request)
-        if o is not None:
+        for o in objects(d, "request", 1):
             p = props(o)
             if o.get("class") == "__PARAMETERS":
                 cmd = p.get("CommandLine")
@@ -268,15 +258,10 @@ def call_summary(d: dict) -> str:
         flt = clean(req.get("strFilter")) or clean(req.get("strSuperclass"))
         if flt:
             parts.append(flt)
-    response = dec.get("response")
-    if response:
-        for p in response.get("params") or ():
-            if p.get("name") == "pstrResultString":
-                rs = clean(p.get("value"))
-                if rs:
-                    parts.append(f"-> {rs}")
-                break
-        code = hresult(d)
-        if failed(code):
-            parts.append(f"!{hresult_name(d) or f'0x{code:08x}'}")
+    rs = param(d, "response", "pstrResultString")
+    if rs:
+        parts.append(f"-> {rs}")
+    code = hresult(d)
+    if failed(code):
+        parts.append(f"!{hresult_name(d) or f'0x{code:08x}'}")
     return " ".join(str(x) for x in parts if x)[:300]
