@@ -352,7 +352,10 @@ class _Half:
                  "decrypted", "verified")
 
     def __init__(self, first_frame: int) -> None:
-        self.data: bytearray | bytes | None = None
+        # The stub so far: its one fragment's octets, or a list of them when there are more
+        # (joined once, when the call is finished: a bytearray grown fragment by fragment
+        # copied the whole stub again each time it was reallocated).
+        self.data: list | bytes | None = None
         self.size = 0
         self.sealed = False
         self.dropped = False
@@ -841,9 +844,10 @@ class DceRpcConnection:
                 half.data = pdu.stub
             elif n:
                 held[0] += n
-                if isinstance(half.data, bytes):
-                    half.data = bytearray(half.data)
-                half.data += pdu.stub
+                if type(half.data) is list:
+                    half.data.append(pdu.stub)
+                else:
+                    half.data = [half.data, pdu.stub]
         if flags & PFC_LAST_FRAG:
             half.done = True
             if not is_req:
@@ -874,7 +878,8 @@ class DceRpcConnection:
             frames = (half.first_frame, half.last_frame)
             stub = None
             if not half.sealed and not half.dropped:
-                stub = bytes(half.data) if half.data is not None else b""
+                data = half.data
+                stub = b"".join(data) if type(data) is list else bytes(data) if data is not None else b""
             self._release(half)
             if not half.done:
                 call.errors.append(ErrorRecord(
@@ -901,8 +906,9 @@ class DceRpcConnection:
 
     def _release(self, half: _Half) -> None:
         """Give back the octets a half's stub held (once)."""
-        if half.data is not None:
-            self._held[0] -= len(half.data)
+        data = half.data
+        if data is not None:
+            self._held[0] -= sum(map(len, data)) if type(data) is list else len(data)
             half.data = None
 
     def _error(self, reason: str, frame: int | None, structure: str | None, offset: int | None,
