@@ -85,7 +85,7 @@ class _Layout:
 
     def __init__(self, e: str):
         self.uuids: dict[bytes, str] = {}                    # raw octets -> text; IPIDs and syntaxes repeat
-        self.header = struct.Struct(e + "BBBB4sHHI")        # C706 12.6.3.1 common header
+        self.header = struct.Struct(e + "BBBBB3xHHI")       # C706 12.6.3.1 common header (drep's first octet)
         self.request = struct.Struct(e + "IHH")              # alloc_hint, p_cont_id, opnum
         self.response = struct.Struct(e + "IHB")             # alloc_hint, p_cont_id, cancel_count
         self.fault = struct.Struct(e + "IHBxI")              # ... + status
@@ -122,29 +122,27 @@ def bind_time_features(syntax: str | None) -> int | None:
     return None
 
 
+# rpc_vers, minor, PTYPE, flags, the four drep octets, frag_length, auth_length (as if little-endian)
+_HEAD = struct.Struct("<8BHH")
+
+
 def _header_ok(buf, off: int, strict: bool, limit: int = MAX_FRAG_LEN) -> int:
     """frag_length of a plausible common header at off (16 octets available), else 0.
 
     limit: the largest fragment the association negotiated (C706 12.6.3.1 max_xmit_frag /
     max_recv_frag); request, response and fault PDUs above it are refused.
     """
-    if buf[off] != 5 or buf[off + 1] > 1:
+    vers, minor, ptype, _, d0, d1, d2, d3, frag_len, auth_len = _HEAD.unpack_from(buf, off)
+    if vers != 5 or minor > 1:
         return 0
-    ptype = buf[off + 2]
     minimum = _MIN_LEN.get(ptype)
-    if minimum is None:
+    if minimum is None or d0 & 0xEE:
         return 0
-    d0 = buf[off + 4]
-    if d0 & 0xEE:
+    if strict and (d1 > 3 or d2 or d3):
         return 0
-    if strict and (buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]):
-        return 0
-    if d0 & 0x10:
-        frag_len = buf[off + 8] | buf[off + 9] << 8
-        auth_len = buf[off + 10] | buf[off + 11] << 8
-    else:
-        frag_len = buf[off + 8] << 8 | buf[off + 9]
-        auth_len = buf[off + 10] << 8 | buf[off + 11]
+    if not d0 & 0x10:                           # big-endian integers
+        frag_len = (frag_len & 0xFF) << 8 | frag_len >> 8
+        auth_len = (auth_len & 0xFF) << 8 | auth_len >> 8
     if frag_len < minimum or (auth_len and auth_len + 8 > frag_len - 16):
         return 0
     if frag_len > limit and ptype <= FAULT:
@@ -211,8 +209,9 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
             if body_end < start:
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
-            return (Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep[0], frag_len, auth_len,
-                        call_id, ctx_id, opnum, obj, alloc_hint, None, _octets(buf, start, body_end), auth),
+            stub = buf[start:body_end] if type(buf) is bytes else _octets(buf, start, body_end)
+            return (Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep, frag_len, auth_len,
+                        call_id, ctx_id, opnum, obj, alloc_hint, None, stub, auth),
                     (start - off, body_end - off))
         if ptype == RESPONSE:
             alloc_hint, ctx_id, cancel = lay.response.unpack_from(buf, off + 16)
@@ -220,12 +219,13 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
             if body_end < start:
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
-            pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep[0], frag_len, auth_len,
-                      call_id, ctx_id, None, None, alloc_hint, None, _octets(buf, start, body_end), auth)
+            stub = buf[start:body_end] if type(buf) is bytes else _octets(buf, start, body_end)
+            pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep, frag_len, auth_len,
+                      call_id, ctx_id, None, None, alloc_hint, None, stub, auth)
             if cancel:
                 pdu.extra = {"cancel_count": cancel}
             return pdu, (start - off, body_end - off)
-        pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep[0], frag_len, auth_len, call_id)
+        pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep, frag_len, auth_len, call_id)
         pdu.auth = auth
         if auth is not None:
             body_end += auth.pad_len           # for the other PDU types the trailer bounds the body
@@ -352,7 +352,10 @@ class _Half:
                  "decrypted", "verified")
 
     def __init__(self, first_frame: int) -> None:
-        self.data: bytearray | bytes | None = None
+        # The stub so far: its one fragment's octets, or a list of them when there are more
+        # (joined once, when the call is finished: a bytearray grown fragment by fragment
+        # copied the whole stub again each time it was reallocated).
+        self.data: list | bytes | None = None
         self.size = 0
         self.sealed = False
         self.dropped = False
@@ -444,6 +447,10 @@ class DceRpcConnection:
             pos = len(src)
             d.hunting = True
             d.hunt_start = d.base + pos
+        if src is data and pos == len(data):     # the segment cut whole: nothing stays
+            d.base += pos
+            d.segs.clear()
+            return
         if pos:
             d.base += pos
             if src is d.buf:
@@ -616,19 +623,23 @@ class DceRpcConnection:
 
     def _pdu(self, d: _Direction, direction: int, src, pos: int, frag_len: int) -> None:
         segs = d.segs
-        start = d.base + pos
-        stop = start + frag_len
-        first_frame = frame = None
-        ts = 0.0
-        for end, f, t in segs:
-            if first_frame is None and end > start:
-                first_frame = f
-            if end >= stop:
-                frame, ts = f, t
-                break
-        if first_frame is None or frame is None:       # cannot happen: the bytes are in the buffer
-            first_frame = frame = segs[-1][1]
-            ts = segs[-1][2]
+        if len(segs) == 1:              # the buffer holds one segment's octets: the PDU is in it
+            _, first_frame, ts = segs[0]
+            frame = first_frame
+        else:
+            start = d.base + pos
+            stop = start + frag_len
+            first_frame = frame = None
+            ts = 0.0
+            for end, f, t in segs:
+                if first_frame is None and end > start:
+                    first_frame = f
+                if end >= stop:
+                    frame, ts = f, t
+                    break
+            if first_frame is None or frame is None:       # cannot happen: the bytes are in the buffer
+                first_frame = frame = segs[-1][1]
+                ts = segs[-1][2]
         self.stats["pdus"] += 1
         try:
             pdu, span = _decode(src, pos, self.index, direction, first_frame, frame, ts)
@@ -638,7 +649,7 @@ class DceRpcConnection:
                         exc.structure, exc.offset, kind="dcerpc.pdu_malformed")
             lay = _LE if src[pos + 4] & 0x10 else _BE
             _v, _m, ptype, flags, drep, fl, al, cid = lay.header.unpack_from(src, pos)
-            pdu = Pdu(self.index, direction, first_frame, frame, ts, ptype, flags, drep[0], fl, al, cid)
+            pdu = Pdu(self.index, direction, first_frame, frame, ts, ptype, flags, drep, fl, al, cid)
             self.emit(pdu)
             st = self._calls.get(cid) if ptype in (REQUEST, RESPONSE) else None
             if st is not None:
@@ -774,13 +785,14 @@ class DceRpcConnection:
         flags = pdu.flags
         is_req = pdu.ptype == REQUEST
         st = self._calls.get(pdu.call_id)
+        half = None
         if st is not None:
             half = st.req if is_req else st.resp
             if is_req and st.resp is not None:
                 # a new request on a call_id whose response already began: the old call is over
                 self._calls.pop(pdu.call_id)
                 self._finish(st, None)
-                st = None
+                st = half = None
             elif half is not None and (flags & PFC_FIRST_FRAG or half.done):
                 if not half.done:
                     st.call.errors.append(self._error(
@@ -793,11 +805,11 @@ class DceRpcConnection:
                 else:
                     self._release(st.resp)
                     st.resp = None
+                half = None
+            elif is_req and st.call.opnum is None:
+                st.call.opnum = pdu.opnum
         if st is None:
-            st = self._new_call(pdu)
-        if is_req and st.call.opnum is None:
-            st.call.opnum = pdu.opnum
-        half = st.req if is_req else st.resp
+            st = self._new_call(pdu)        # its opnum is the request's
         if half is None:
             half = _Half(pdu.first_frame)
             if is_req:
@@ -815,7 +827,8 @@ class DceRpcConnection:
         half.frags += 1
         half.last_frame = pdu.frame
         half.ts = pdu.ts
-        n = len(pdu.stub)
+        stub = pdu.stub
+        n = len(stub)
         half.size += n
         if decrypted:
             half.decrypted = True
@@ -836,14 +849,17 @@ class DceRpcConnection:
                 st.call.errors.append(self._error(
                     f"{'request' if is_req else 'response'} stub of call_id {pdu.call_id} {what}: "
                     f"its data is dropped", pdu.frame, "call", None, kind="dcerpc.stub_too_large"))
-            elif half.data is None:
-                held[0] += n
-                half.data = pdu.stub
-            elif n:
-                held[0] += n
-                if isinstance(half.data, bytes):
-                    half.data = bytearray(half.data)
-                half.data += pdu.stub
+            else:
+                data = half.data
+                if data is None:
+                    held[0] += n
+                    half.data = stub
+                elif n:
+                    held[0] += n
+                    if type(data) is list:
+                        data.append(stub)
+                    else:
+                        half.data = [data, stub]
         if flags & PFC_LAST_FRAG:
             half.done = True
             if not is_req:
@@ -874,7 +890,8 @@ class DceRpcConnection:
             frames = (half.first_frame, half.last_frame)
             stub = None
             if not half.sealed and not half.dropped:
-                stub = bytes(half.data) if half.data is not None else b""
+                data = half.data
+                stub = b"".join(data) if type(data) is list else bytes(data) if data is not None else b""
             self._release(half)
             if not half.done:
                 call.errors.append(ErrorRecord(
@@ -901,8 +918,9 @@ class DceRpcConnection:
 
     def _release(self, half: _Half) -> None:
         """Give back the octets a half's stub held (once)."""
-        if half.data is not None:
-            self._held[0] -= len(half.data)
+        data = half.data
+        if data is not None:
+            self._held[0] -= sum(map(len, data)) if type(data) is list else len(data)
             half.data = None
 
     def _error(self, reason: str, frame: int | None, structure: str | None, offset: int | None,

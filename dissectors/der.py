@@ -106,6 +106,20 @@ def der_octets(buf, start: int, end: int, what: str) -> tuple[int, int]:
 
 def oid_text(raw: bytes) -> str:
     """X.690 8.19 OBJECT IDENTIFIER content octets -> dotted text."""
+    raw = bytes(raw)
+    text = _OIDS.get(raw)
+    if text is None:
+        text = _oid_text(raw)       # raises for octets that are no OID: those are never kept
+        if len(_OIDS) >= 256:       # a session names a handful (SPNEGO, Kerberos, NTLM): bounded anyway
+            _OIDS.clear()
+        _OIDS[raw] = text
+    return text
+
+
+_OIDS: dict[bytes, str] = {}
+
+
+def _oid_text(raw: bytes) -> str:
     if not raw or len(raw) > 64:
         raise DecodeError("OBJECT IDENTIFIER", 0, f"{len(raw)} content octets")
     arcs: list[int] = []

@@ -144,7 +144,7 @@ class NdrReader(_DeferredPointees):
         self.structure = structure
         self._queue: list = []
         self._depth = 0
-        self._full: set[int] = set()
+        self._full: set[int] | None = None     # made at the first full pointer: few stubs have one
 
     # -- failures and bounds ------------------------------------------------------------
 
@@ -208,9 +208,12 @@ class NdrReader(_DeferredPointees):
     def full_referent(self) -> tuple[int, bool]:
         """A full pointer: (referent ID, whether its pointee follows, i.e. first time seen)."""
         ref = self.u32()
-        if ref == 0 or ref in self._full:
+        full = self._full
+        if full is None:
+            full = self._full = set()
+        if ref == 0 or ref in full:
             return ref, False
-        self._full.add(ref)
+        full.add(ref)
         return ref, True
 
     # -- arrays -----------------------------------------------------------------------

@@ -265,6 +265,8 @@ class _Detector:
         chunks, self.chunks = self.chunks, None
         gaps, self.gaps = self.gaps, []
         self._attach(chunks, gaps)
+        if type(self) is _Detector:     # it only passes the bytes on from now on
+            analysis.route(self.conn.index, self.handler.on_data)
 
     def _attach(self, chunks: list, gaps: list) -> None:
         """The DCE/RPC stage takes over, with what was held while undecided."""
@@ -457,6 +459,11 @@ class Analysis:
         """Connection `index` carries DCE/RPC: the TCP stage keeps it among those that matter."""
         if self._reassembler is not None:
             self._reassembler.promote(index)
+
+    def route(self, index: int, on_data) -> None:
+        """Connection `index`'s bytes straight to `on_data` (its DCE/RPC layer's)."""
+        if self._reassembler is not None:
+            self._reassembler.route(index, on_data)
 
     def tcp_stats(self, reassembler: TcpReassembler) -> dict:
         """The TCP stage's counters, for Stats.tcp, once every connection is closed."""

@@ -682,6 +682,15 @@ class TcpReassembler:
         conn.rpc = self._promoted
         self._live[index] = self._awake[index] = conn
 
+    def route(self, index: int, on_data) -> None:
+        """Connection `index`'s bytes go to `on_data` from now on instead of its handler's
+        own on_data (which, the layer above knows, would only pass them on there): one call
+        fewer a segment. A connection made again after it rested goes through its handler."""
+        conn = self._live.get(index) or self._other.get(index)
+        if type(conn) is _Conn:
+            for h in conn.halves:
+                h.on_data = on_data
+
     def _sweep(self, frame: int, ts: float) -> None:
         """Gives back the buffers of the promoted connections idle for idle_timeout."""
         self._sweep_at = (ts + self.idle_timeout / 4, self._c["flows"] + 64)
