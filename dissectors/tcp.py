@@ -217,18 +217,13 @@ _REST = struct.Struct("<QQQB")
 _RESUMES_MAX = 255
 
 
-def _flow_name(src: str, sport: int, dst: str, dport: int) -> str:
-    """A directional flow key as one string: the tables of connections that are not awake
-    (set aside, closed) key by it, at about 80 octets against a 4-tuple's 130-330 (the
-    tuple, its port integers and, past the capture reader's cache, its two addresses)."""
-    return f"{src} {sport} {dst} {dport}"
-
-
 def _asleep_name(src: str, sport: int, dst: str, dport: int) -> str:
-    """One name for both directions of a connection (its flow keys either way round)."""
+    """One name for both directions of a connection (its flow keys either way round), about
+    80 octets against two 4-tuples' 260-660 (the tuples, their port integers and, past the
+    capture reader's cache, the two addresses)."""
     if (src, sport) > (dst, dport):
-        return _flow_name(dst, dport, src, sport)
-    return _flow_name(src, sport, dst, dport)
+        return f"{dst} {dport} {src} {sport}"
+    return f"{src} {sport} {dst} {dport}"
 
 
 class TcpReassembler:
@@ -280,8 +275,8 @@ class TcpReassembler:
         self._other: dict[int, _Conn] = {}          # the rest, in creation order
         self._sweep_at = (float("-inf"), 0)         # (capture time, flows opened) of the next idle sweep
         self._marks: list = []                      # (frame, ts) of the sweeps: frames as of some time ago
-        # closed connections: _flow_name of a directional key -> its first sequence number (-1: none seen)
-        self._closed: dict[str, int] = {}
+        # closed connections: directional key -> its first sequence number (-1: none seen)
+        self._closed: dict[tuple, int] = {}
         # idle connections set aside: directional key -> (index, direction, next raw seq, client_known_by)
         self._dormant: dict[tuple, tuple] = {}
         self._next_index = 0
@@ -367,7 +362,7 @@ class TcpReassembler:
                 self._wake(index, self._live[index])
                 h = self._flows[seg[:4]]
         if h is None:
-            gone = self._closed.get(_flow_name(src, sport, dst, dport)) if self._closed else None
+            gone = self._closed.get((src, sport, dst, dport))
             if gone is not None:
                 # The 5-tuple of a closed connection: only a new SYN opens another.
                 if flags & (SYN | ACK) != SYN or seq == gone:
@@ -670,10 +665,8 @@ class TcpReassembler:
             conn.keys = ((fwd, sent), (rev, received))
             self._flows[fwd] = sent
             self._flows[rev] = received
-        closed = self._closed
-        if closed:
-            closed.pop(_flow_name(*fwd), None)
-            closed.pop(_flow_name(*rev), None)
+        self._closed.pop(fwd, None)
+        self._closed.pop(rev, None)
         if back is not None:                # positions start again where the stream was
             for h, b in ((sent, back), (sent.peer, there)):
                 if b is not None and b[2] is not None:
@@ -856,7 +849,7 @@ class TcpReassembler:
             if flows.get(key) is h:
                 del flows[key]
             if remember:
-                closed[_flow_name(*key)] = -1 if h.base is None else h.base
+                closed[key] = -1 if h.base is None else h.base
         while len(closed) > self.closed_memory:
             del closed[next(iter(closed))]
         for h in conn.halves:               # release the buffers at once
