@@ -174,7 +174,7 @@ class ShardAnalysis(Analysis):
         self.shard, self.shards, self.nonce = shard, shards, nonce
         self.own: set[int] = set()           # indices of this shard's live connections
         self.load = [0] * shards             # TCP payload octets handed to each shard's connections
-        self.pair_shard: dict[tuple[str, str], int] = {}     # host pair -> its shard
+        self.pair_shard: dict[str, int] = {}     # host pair ("a b", a < b) -> its shard
         # the TCP counters only a connection's own shard counts right (see tcp_stats)
         self.owned = dict.fromkeys(self.OWNED_TCP, 0)
         self._foreign_aside = _SetAside(self)     # other shards' idle connections (_ForeignDetector)
@@ -210,7 +210,11 @@ class ShardAnalysis(Analysis):
 
     def shard_of_pair(self, a: str, b: str) -> int:
         """The shard of host pair {a, b}: the least loaded when it is first seen (see the module)."""
-        key = (a, b) if a < b else (b, a)
+        # One string, not a tuple of the two addresses: past the capture reader's address
+        # cache the table alone holds them (the resting connections' flow keys that shared
+        # them are gone), and it grows with the pairs: 9,341 in 1 GB of sealed copies, about
+        # 0.85 MB a shard against 1.8 MB as tuples of their own strings
+        key = f"{a} {b}" if a < b else f"{b} {a}"
         k = self.pair_shard.get(key)
         if k is None:
             if len(self.pair_shard) >= PAIRS_MAX:
@@ -543,14 +547,20 @@ class _Inbox:
     up: the shards ran in lockstep, and local imbalances between them were lost time
     (1 GB of the mix: 330-350 sleeps a worker; replayed at the shards' own pace on idle
     cores, 0.35 s of 15 s, docs/performance.md). Here a waiting parent reads
-    every pipe that has data; a shard's messages beyond `memory` octets go to a temporary
-    file (read back in order, before anything newer), so the parent's memory stays
-    bounded however far one shard runs ahead. Where the file cannot be written (no room
-    in TMPDIR), the messages after it wait in memory up to `memory` octets, and then the
-    pipe is left unread (`full`): the worker waits, as before, with a wider window."""
+    every pipe that has data; a message that would take the shard's messages in memory
+    past `memory` octets goes to a temporary file, so the parent's memory stays bounded
+    however far one shard runs ahead. The messages are kept in order as runs, each in
+    memory or in the file (`segments`), and a message that finds room in memory again
+    stays there, behind the ones in the file: when the file held every message after the
+    first one spilled until it was read back whole, a shard ahead by a little more than
+    `memory` for long sent nearly its whole output through the file (1 GB of objects at
+    load 8: 350 MB of 580; 110 MB this way, the same run's arrivals replayed).
+    Where the file cannot be written (no room in TMPDIR), the messages wait in memory up
+    to twice `memory` octets, and then the pipe is left unread (`full`): the worker waits,
+    as before, with a wider window."""
 
-    __slots__ = ("fd", "parts", "want", "got", "queue", "queued", "spill", "spilled", "read_at", "closed",
-                 "failed", "after", "after_size")
+    __slots__ = ("fd", "parts", "want", "got", "segments", "queued", "spill", "spilled", "read_at", "closed",
+                 "failed")
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -558,18 +568,18 @@ class _Inbox:
         self.parts: list = []                # the message being read: header, meta, blob
         self.want = bytearray(_HEADER.size)
         self.got = 0
-        self.queue: deque = deque()          # complete messages in memory: (more, meta, blob)
-        self.queued = 0                      # their octets
-        self.spill = None                    # temporary file of the messages after them
+        # complete messages, oldest first, as runs: a deque of (more, meta, blob) in memory,
+        # or an int, the offset in the file where a run written there ends
+        self.segments: deque = deque()
+        self.queued = 0                      # octets of the messages in memory
+        self.spill = None                    # the temporary file
         self.spilled = 0                     # its end
         self.read_at = 0                     # where its next unread message starts
         self.closed = False
         self.failed = False                  # the file could not be written
-        self.after: deque = deque()          # then: the messages after it, in memory
-        self.after_size = 0
 
     def full(self, memory: int) -> bool:
-        return self.failed and self.after_size >= memory
+        return self.failed and self.queued >= 2 * memory
 
     def read(self, memory: int) -> None:
         """Reads what the pipe holds now, without blocking."""
@@ -603,51 +613,61 @@ class _Inbox:
 
     def _put(self, more: int, meta: bytearray, blob: bytearray, memory: int) -> None:
         size = len(meta) + len(blob)
-        if self.spilled == 0 and not self.after and self.queued + size <= memory:
-            self.queue.append((more, meta, blob))
-            self.queued += size
+        segments = self.segments
+        if self.queued + size > memory and not self.failed and self._write(more, meta, blob):
+            if segments and type(segments[-1]) is int:
+                segments[-1] = self.spilled
+            else:
+                segments.append(self.spilled)
             return
-        if not self.failed:
-            start = self.spilled
-            try:
-                if self.spill is None:
-                    import tempfile
-                    self.spill = tempfile.TemporaryFile(prefix="wmiscope-shard-")
-                fd = self.spill.fileno()
-                for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
-                    view = memoryview(part)
-                    while view:
-                        n = os.pwrite(fd, view, self.spilled)
-                        self.spilled += n
-                        view = view[n:]
-                return
-            except OSError:
-                self.failed = True
-                self.spilled = start
-        self.after.append((more, meta, blob))
-        self.after_size += size
+        if not segments or type(segments[-1]) is int:
+            segments.append(deque())
+        segments[-1].append((more, meta, blob))
+        self.queued += size
+
+    def _write(self, more: int, meta: bytearray, blob: bytearray) -> bool:
+        """Appends a message to the file; False if it cannot be written (then it never is)."""
+        start = self.spilled
+        try:
+            if self.spill is None:
+                import tempfile
+                self.spill = tempfile.TemporaryFile(prefix="wmiscope-shard-")
+            fd = self.spill.fileno()
+            for part in (_HEADER.pack(more, len(meta), len(blob)), meta, blob):
+                view = memoryview(part)
+                while view:
+                    n = os.pwrite(fd, view, self.spilled)
+                    self.spilled += n
+                    view = view[n:]
+            return True
+        except OSError:
+            self.failed = True
+            self.spilled = start
+            return False
 
     def take(self):
         """The oldest complete message (more, meta, blob), or None."""
-        if self.queue:
-            message = self.queue.popleft()
+        segments = self.segments
+        if not segments:
+            return None
+        run = segments[0]
+        if type(run) is not int:
+            message = run.popleft()
             self.queued -= len(message[1]) + len(message[2])
+            if not run:
+                segments.popleft()
             return message
-        if self.read_at < self.spilled:
-            fd = self.spill.fileno()
-            more, meta, size = _HEADER.unpack(_pread(fd, _HEADER.size, self.read_at))
-            at = self.read_at + _HEADER.size
-            message = (more, _pread(fd, meta, at), _pread(fd, size, at + meta))
-            self.read_at = at + meta + size
+        fd = self.spill.fileno()
+        more, meta, size = _HEADER.unpack(_pread(fd, _HEADER.size, self.read_at))
+        at = self.read_at + _HEADER.size
+        message = (more, _pread(fd, meta, at), _pread(fd, size, at + meta))
+        self.read_at = at + meta + size
+        if self.read_at == run:
+            segments.popleft()
             if self.read_at == self.spilled and not self.failed:    # all read back: the file starts over
                 self.spill.truncate(0)
                 self.read_at = self.spilled = 0
-            return message
-        if self.after:
-            message = self.after.popleft()
-            self.after_size -= len(message[1]) + len(message[2])
-            return message
-        return None
+        return message
 
 
 def _pread(fd: int, n: int, at: int) -> bytearray:

@@ -71,6 +71,7 @@ updates and the handler call.
 
 from __future__ import annotations
 
+import struct
 import traceback
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -204,21 +205,25 @@ class _Conn:
         self.halves: tuple[_Half, _Half] = ()  # type: ignore[assignment]
 
 
-class _Resting:
-    """An idle connection whose handler set its state aside (StreamHandler.set_aside): it
-    stays in the live table, where it was, and in the flow table under both keys, until a
-    segment, `finish` or an eviction makes it a `_Conn` again (`TcpReassembler._wake`)."""
+# An idle connection whose handler set its state aside (StreamHandler.set_aside) is one
+# bytes object in its place in the live table: this header (the frame it was last active
+# at, the octets delivered so far for `stats`, its rank in the live table (_Conn.rpc), which
+# of the reassembler's `_resumes` makes it again), then the handler's state. Its two flow
+# keys leave the flow table for one name of both directions in `_asleep` (_asleep_name).
+# An object with six attributes, three integers and two 4-tuples in the flow table were
+# about 750 octets beside a 70-octet state: past a few hundred MB of sealed traffic nearly
+# every live connection rests, and every shard of a split run holds all of them.
+_REST = struct.Struct("<QQQB")
+_RESUMES_MAX = 255
 
-    __slots__ = ("index", "last", "delivered", "resume", "state", "rank")
-    nraw = None                 # never the expected sequence number: the fast path leaves it to _slow
 
-    def __init__(self, index: int, last: int, delivered: int, resume, state, rank: int):
-        self.index = index
-        self.rank = rank                # _Conn.rpc: its place in the live table
-        self.last = last                # the frame it was last active at
-        self.delivered = delivered      # octets delivered so far, for `stats`
-        self.resume = resume
-        self.state = state
+def _asleep_name(src: str, sport: int, dst: str, dport: int) -> str:
+    """One name for both directions of a connection (its flow keys either way round), about
+    80 octets against two 4-tuples' 260-660 (the tuples, their port integers and, past the
+    capture reader's cache, the two addresses)."""
+    if (src, sport) > (dst, dport):
+        return f"{dst} {dport} {src} {sport}"
+    return f"{src} {sport} {dst} {dport}"
 
 
 class TcpReassembler:
@@ -261,14 +266,17 @@ class TcpReassembler:
         self.error_records: list[ErrorRecord] = []
         self._flows: dict[tuple, _Half] = {}        # (src, sport, dst, dport) -> the half it sends
         self._live: dict[int, _Conn] = {}           # promoted (DCE/RPC) connections: index -> connection
-        # those of them not set aside (_Resting), for the idle sweep: past a few hundred MB of
+        # those of them not set aside (bytes: see _REST), for the idle sweep: past a few hundred MB of
         # sealed traffic nearly every live one rests, and the sweep read the whole table
         self._awake: dict[int, _Conn] = {}
         self._promoted = 0
+        self._asleep: dict[str, int] = {}          # _asleep_name -> index of a connection set aside
+        self._resumes: list = []                    # the set_aside resume functions (few: one per store)
         self._other: dict[int, _Conn] = {}          # the rest, in creation order
         self._sweep_at = (float("-inf"), 0)         # (capture time, flows opened) of the next idle sweep
         self._marks: list = []                      # (frame, ts) of the sweeps: frames as of some time ago
-        self._closed: dict[tuple, tuple[int, int | None]] = {}  # directional key -> (index, first seq)
+        # closed connections: directional key -> its first sequence number (-1: none seen)
+        self._closed: dict[tuple, int] = {}
         # idle connections set aside: directional key -> (index, direction, next raw seq, client_known_by)
         self._dormant: dict[tuple, tuple] = {}
         self._next_index = 0
@@ -299,8 +307,8 @@ class TcpReassembler:
         live_bytes = 0
         for table in (self._live, self._other):
             for conn in table.values():
-                if type(conn) is _Resting:
-                    live_bytes += conn.delivered
+                if type(conn) is bytes:
+                    live_bytes += _REST.unpack_from(conn)[1]
                     continue
                 for h in conn.halves:
                     live_bytes += h.pos - h.skipped
@@ -338,9 +346,9 @@ class TcpReassembler:
     def finish(self) -> None:
         """Flushes every live connection (pending data after a hole: on_gap then
         on_data) and closes it. Safe to call twice."""
-        for conn in sorted((*self._live.values(), *self._other.values()), key=_index):
-            if type(conn) is _Resting:      # one at a time: the table's memory stays what it was
-                conn = self._wake(conn)
+        for index, conn in sorted((*self._live.items(), *self._other.items()), key=_first):
+            if type(conn) is bytes:         # one at a time: the table's memory stays what it was
+                conn = self._wake(index, conn)
             last = max(conn.halves[0].last_frame, conn.halves[1].last_frame, conn.rec.first_frame)
             self._close(conn, last, "finish", remember=True)
 
@@ -348,15 +356,16 @@ class TcpReassembler:
 
     def _slow(self, frame: int, ts: float, seg: TcpSegment, h: _Half | None) -> None:
         src, sport, dst, dport, seq, ack, flags, payload = seg[:8]
-        if type(h) is _Resting:
-            self._wake(h)
-            h = self._flows[seg[:4]]
+        if h is None and self._asleep:
+            index = self._asleep.get(_asleep_name(src, sport, dst, dport))
+            if index is not None:
+                self._wake(index, self._live[index])
+                h = self._flows[seg[:4]]
         if h is None:
-            key = (src, sport, dst, dport)
-            gone = self._closed.get(key)
+            gone = self._closed.get((src, sport, dst, dport))
             if gone is not None:
                 # The 5-tuple of a closed connection: only a new SYN opens another.
-                if flags & (SYN | ACK) != SYN or seq == gone[1]:
+                if flags & (SYN | ACK) != SYN or seq == gone:
                     self._c["late_segments"] += 1
                     return
                 self._c["reused"] += 1
@@ -756,21 +765,35 @@ class TcpReassembler:
             return
         if got is None:
             return
+        resume, state = got
+        resumes = self._resumes
+        for store, known in enumerate(resumes):
+            if known is resume:
+                break
+        else:
+            if len(resumes) >= _RESUMES_MAX:
+                return                      # a handler making a resume function per connection: kept as it is
+            store = len(resumes)
+            resumes.append(resume)
         delivered = sum(h.pos - h.skipped for h in conn.halves)
-        rest = _Resting(conn.rec.index, _last(conn), delivered, *got, conn.rpc)
-        self._live[conn.rec.index] = rest
-        del self._awake[conn.rec.index]
+        rec = conn.rec
+        index = rec.index
+        self._live[index] = _REST.pack(_last(conn), delivered, conn.rpc, store) + state
+        del self._awake[index]
         flows = self._flows
         for key, h in conn.keys:
             if flows.get(key) is h:
-                flows[key] = rest
+                del flows[key]
+        self._asleep[_asleep_name(*rec.client, *rec.server)] = index
         _unlink(conn)
 
-    def _wake(self, rest: _Resting) -> _Conn:
+    def _wake(self, index: int, rest: bytes) -> _Conn:
         """A connection set aside, as it was before (in the same place of the live table)."""
-        handler, (rec, trimmed, tentative, client_first, states) = rest.resume(rest.state)
+        _, _, rank, store = _REST.unpack_from(rest)
+        handler, (rec, trimmed, tentative, client_first, states) = self._resumes[store](rest[_REST.size:])
+        del self._asleep[_asleep_name(*rec.client, *rec.server)]
         conn = _Conn(rec, handler)
-        conn.rpc = rest.rank
+        conn.rpc = rank
         conn.trimmed = trimmed
         conn.tentative = tentative
         on_data = handler.on_data
@@ -790,10 +813,9 @@ class TcpReassembler:
         conn.halves = (a, b)
         flows = self._flows
         for key, h in conn.keys:
-            if flows.get(key) is rest:
-                flows[key] = h
+            flows[key] = h
             h.update()
-        self._live[rest.index] = self._awake[rest.index] = conn
+        self._live[index] = self._awake[index] = conn
         return conn
 
     def _decide_again(self, conn: _Conn, h: _Half, payload: bytes) -> None:
@@ -811,8 +833,6 @@ class TcpReassembler:
         conn.halves = (b, a)
 
     def _close(self, conn: _Conn, frame: int, why: str, remember: bool) -> None:
-        if type(conn) is _Resting:
-            conn = self._wake(conn)
         if (self._live if conn.rpc else self._other).pop(conn.rec.index, None) is None:
             return
         if conn.rpc:
@@ -838,7 +858,7 @@ class TcpReassembler:
             if flows.get(key) is h:
                 del flows[key]
             if remember:
-                closed[key] = (rec.index, h.base)
+                closed[key] = -1 if h.base is None else h.base
         while len(closed) > self.closed_memory:
             del closed[next(iter(closed))]
         for h in conn.halves:               # release the buffers at once
@@ -851,9 +871,9 @@ class TcpReassembler:
 
     def _evict(self, frame: int) -> None:
         """Room for one more promoted connection: close the least recently active eighth."""
-        for conn in _least_recent(self._live):
-            if type(conn) is _Resting:
-                conn = self._wake(conn)
+        for index, conn in _least_recent(self._live):
+            if type(conn) is bytes:
+                conn = self._wake(index, conn)
             self._c["evicted"] += 1
             self._error(f"more than {self.max_connections} live DCE/RPC connections: connection "
                         f"{conn.rec.index} evicted (idle since frame {_last(conn)})",
@@ -863,7 +883,7 @@ class TcpReassembler:
     def _evict_other(self, frame: int) -> None:
         """Room for one more connection not (yet) DCE/RPC: the least recently active
         eighth is closed, and said in one record. Their later segments open new ones."""
-        victims = _least_recent(self._other)
+        victims = [conn for _, conn in _least_recent(self._other)]
         self._c["evicted_other"] += len(victims)
         self._error(f"more than {self.max_other_connections} live connections that showed no DCE/RPC: "
                     f"the {len(victims)} least recently active closed (idle since frame {_last(victims[-1])} "
@@ -907,21 +927,26 @@ def _rank(conn: _Conn) -> int:
     return conn.rpc
 
 
-def _index(conn) -> int:
-    return conn.index if type(conn) is _Resting else conn.rec.index
+def _first(item: tuple):
+    return item[0]
 
 
-def _last(conn: _Conn) -> int:
-    """The frame a connection was last active at."""
-    if type(conn) is _Resting:
-        return conn.last
+def _last(conn: _Conn | bytes) -> int:
+    """The frame a connection (or one set aside) was last active at."""
+    if type(conn) is bytes:
+        return _REST.unpack_from(conn)[0]
     return max(conn.halves[0].last_frame, conn.halves[1].last_frame)
 
 
+def _last_of(item: tuple) -> int:
+    return _last(item[1])
+
+
 def _least_recent(table: dict) -> list:
-    """The least recently active eighth of a table of connections (at least one)."""
-    conns = sorted(table.values(), key=_last)
-    return conns[:max(1, len(conns) // 8)]
+    """The least recently active eighth of a table of connections (at least one), as
+    (index, connection) items."""
+    items = sorted(table.items(), key=_last_of)
+    return items[:max(1, len(items) // 8)]
 
 
 def _describe(exc: Exception) -> str:

@@ -218,7 +218,7 @@ def test_a_sealed_session_that_idles_an_hour_still_decrypts():
 @pytest.mark.parametrize("resumes", [True, False])
 def test_an_idle_connection_set_aside_compact_goes_on_as_before(monkeypatch, sample, resumes):
     """A connection that idles an hour after its first call, with its session state (bind,
-    security context): set aside in its compact form (tcp._Resting, a hundred octets) while
+    security context): set aside in its compact form (bytes in the live table, a hundred octets) while
     a scan opens 200 connections, then woken by its next segment (resumes) or by the end of
     the capture: every record and counter is what it is when it stays as it was."""
     from wmiscope.dissectors.pipeline import Analysis
@@ -232,7 +232,7 @@ def test_an_idle_connection_set_aside_compact_goes_on_as_before(monkeypatch, sam
 
         def pause_ends():
             live = analysis._reassembler._live.values()
-            resting.append([len(c.state) for c in live if type(c) is tcp._Resting])
+            resting.append([len(c) - tcp._REST.size for c in live if type(c) is bytes])
 
         records = [repr(r) for r in analysis.run(_paused(path, pause_after, resumes, pause_ends))]
         return records, analysis.stats.as_dict()
