@@ -80,8 +80,10 @@ for name, spec in pairs(G.FIELDS) do PF[name] = make_field("wmi." .. name, spec[
 local SF = {}             -- structure member fields: wmi.<member> (m_lCancelId, m_lRequestId, ...)
 for name, spec in pairs(G.SFIELDS) do SF[name] = make_field("wmi." .. name, spec[1], spec[2]) end
 local PROPF = {}          -- wmi.prop.<Name>, by lower-case name
+local PROPF_NAME = {}     -- and the name each was registered with
 for _, name in ipairs(G.PROPS) do
     PROPF[name:lower()] = ProtoField.string("wmi.prop." .. name, name)
+    PROPF_NAME[name:lower()] = name
 end
 local all = {}
 for _, f in pairs(F) do all[#all + 1] = f end
@@ -1672,6 +1674,26 @@ end
 
 -- what a class part's property shows (shared, decoded once per octets): its type and name
 -- before the value, and whether it is inherited after it
+-- The label Wireshark gives a string item added without one when "Name: value" overflows
+-- its 240-octet label (ITEM_LABEL_LENGTH, the NUL included): the name, a truncation mark,
+-- ": " and as much of the value as fills 239 octets. Wireshark makes it by formatting the
+-- whole value (format_text: a copy of every octet, to keep some 200 of them), which for a
+-- file carried in a property (wmimplant: 867 kB, three items) cost more than the rest of
+-- its tree. Given here, for a value whose first octets are printable ASCII (which
+-- format_text copies unchanged), under the two versions whose mark and length were checked
+-- (4.0: " [truncated]", 238 octets; 4.4: " […]", 239); nil otherwise. The -V and PDML
+-- output is the same either way.
+local TRUNCATED, TRUNCATED_LEN
+if MAJOR == 4 and MINOR == 0 then TRUNCATED, TRUNCATED_LEN = " [truncated]: ", 238
+elseif MAJOR == 4 and MINOR == 4 then TRUNCATED, TRUNCATED_LEN = " [\226\128\166]: ", 239 end
+local function overflow_label(name, text)
+    if not TRUNCATED or #text < LABEL_MAX then return nil end
+    local head = name .. TRUNCATED
+    local value = ssub(text, 1, TRUNCATED_LEN - #head)
+    if value:find("[^\32-\126]") then return nil end
+    return head .. value
+end
+
 local function prop_label_parts(prop)
     local head = prop.label_head
     if not head then
@@ -1721,13 +1743,21 @@ local function add_object(tree, tvbr, obj)
             end
         end
         if v ~= nil or not is_class then
-            pt:add(F.prop_value, tvbr, text)
             local pf = prop.pfield
             if pf == nil then
-                pf = prop.name and PROPF[prop.name:lower()] or false
-                prop.pfield = pf
+                local lower = prop.name and prop.name:lower()
+                pf = lower and PROPF[lower] or false
+                prop.pfield, prop.pfield_name = pf, pf and PROPF_NAME[lower]
             end
-            if pf then pt:add(pf, tvbr, text) end
+            if #text < LABEL_MAX then
+                pt:add(F.prop_value, tvbr, text)
+                if pf then pt:add(pf, tvbr, text) end
+            else
+                local label = overflow_label("Value", text)
+                if label then pt:add(F.prop_value, tvbr, text, label) else pt:add(F.prop_value, tvbr, text) end
+                label = pf and overflow_label(prop.pfield_name, text)
+                if label then pt:add(pf, tvbr, text, label) elseif pf then pt:add(pf, tvbr, text) end
+            end
         end
     end
     for _, m in ipairs(cls.methods or {}) do
