@@ -1732,10 +1732,23 @@ local function add_object(tree, tvbr, obj)
     local values = obj.values
     for i, prop in ipairs(cls.props) do
         local v
-        if is_class then v = prop.default else v = values[i] end
-        local text = v == nil and "NULL" or tostring(v)
-        local head, tail = prop_label_parts(prop)
-        local pt = t:add(F.prop_name, tvbr, prop.name or "?", head .. label_text(text) .. tail)
+        local text, label
+        if is_class then
+            -- a class's default and its label are the shared class part's: made once
+            v, text, label = prop.default, prop.default_text, prop.default_label
+            if not text then
+                text = v == nil and "NULL" or tostring(v)
+                local head, tail = prop_label_parts(prop)
+                label = head .. label_text(text) .. tail
+                prop.default_text, prop.default_label = text, label
+            end
+        else
+            v = values[i]
+            text = v == nil and "NULL" or tostring(v)
+            local head, tail = prop_label_parts(prop)
+            label = head .. label_text(text) .. tail
+        end
+        local pt = t:add(F.prop_name, tvbr, prop.name or "?", label)
         if is_class then
             -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
             for _, q in ipairs(prop.qualifiers or {}) do
@@ -1761,14 +1774,20 @@ local function add_object(tree, tvbr, obj)
         end
     end
     for _, m in ipairs(cls.methods or {}) do
-        local sig = {}
-        for _, side in ipairs({ "in", "out" }) do
-            local s = m[side]
-            if s then
-                for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
+        -- (a method's signature is read only: its label is made once per decoded methods part)
+        local label = m.label
+        if not label then
+            local sig = {}
+            for _, side in ipairs({ "in", "out" }) do
+                local s = m[side]
+                if s then
+                    for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
+                end
             end
+            label = sformat("Method %s(%s)", tostring(m.name), concat(sig, ", "))
+            m.label = label
         end
-        t:add(F.obj_method, tvbr, m.name or "?", sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
+        t:add(F.obj_method, tvbr, m.name or "?", label)
     end
 end
 
@@ -1792,7 +1811,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         field, spec = SF[node.m], G.SFIELDS[node.m]
     end
     -- (a NUL in text ends the label in Wireshark's C string as it ended sformat's)
-    local label = node.l .. ": " .. text
+    local label = node.l .. ": " .. label_text(text)
     if field then
         local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
