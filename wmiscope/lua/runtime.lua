@@ -1672,28 +1672,27 @@ local function label_text(text)
     return text
 end
 
--- what a class part's property shows (shared, decoded once per octets): its type and name
--- before the value, and whether it is inherited after it
 -- The label Wireshark gives a string item added without one when "Name: value" overflows
 -- its 240-octet label (ITEM_LABEL_LENGTH, the NUL included): the name, a truncation mark,
--- ": " and as much of the value as fills 239 octets. Wireshark makes it by formatting the
--- whole value (format_text: a copy of every octet, to keep some 200 of them), which for a
--- file carried in a property (wmimplant: 867 kB, three items) cost more than the rest of
--- its tree. Given here, for a value whose first octets are printable ASCII (which
--- format_text copies unchanged), under the two versions whose mark and length were checked
--- (4.0: " [truncated]", 238 octets; 4.4: " […]", 239); nil otherwise. The -V and PDML
--- output is the same either way.
+-- ": " and as much of the value as fits. Wireshark makes it by formatting the whole value
+-- (format_text: a copy of every octet, to keep some 200 of them), which for a file carried
+-- in a property (wmimplant: 867 kB, three items) cost more than the rest of its tree.
+-- Given here for a value whose first 240 octets are printable ASCII (which format_text
+-- copies unchanged; no NUL that would end the value sooner), under the two versions whose
+-- mark and length were checked (4.0: " [truncated]", 238 octets; 4.4: " […]", 239); nil
+-- otherwise. The -V and PDML output is the same either way.
 local TRUNCATED, TRUNCATED_LEN
 if MAJOR == 4 and MINOR == 0 then TRUNCATED, TRUNCATED_LEN = " [truncated]: ", 238
 elseif MAJOR == 4 and MINOR == 4 then TRUNCATED, TRUNCATED_LEN = " [\226\128\166]: ", 239 end
 local function overflow_label(name, text)
     if not TRUNCATED or #text < LABEL_MAX then return nil end
+    if ssub(text, 1, 240):find("[^\32-\126]") then return nil end
     local head = name .. TRUNCATED
-    local value = ssub(text, 1, TRUNCATED_LEN - #head)
-    if value:find("[^\32-\126]") then return nil end
-    return head .. value
+    return head .. ssub(text, 1, TRUNCATED_LEN - #head)
 end
 
+-- what a class part's property shows (shared, decoded once per octets): its type and name
+-- before the value, and whether it is inherited after it
 local function prop_label_parts(prop)
     local head = prop.label_head
     if not head then
