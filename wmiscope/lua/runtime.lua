@@ -80,8 +80,10 @@ for name, spec in pairs(G.FIELDS) do PF[name] = make_field("wmi." .. name, spec[
 local SF = {}             -- structure member fields: wmi.<member> (m_lCancelId, m_lRequestId, ...)
 for name, spec in pairs(G.SFIELDS) do SF[name] = make_field("wmi." .. name, spec[1], spec[2]) end
 local PROPF = {}          -- wmi.prop.<Name>, by lower-case name
+local PROPF_NAME = {}     -- and the name each was registered with
 for _, name in ipairs(G.PROPS) do
     PROPF[name:lower()] = ProtoField.string("wmi.prop." .. name, name)
+    PROPF_NAME[name:lower()] = name
 end
 local all = {}
 for _, f in pairs(F) do all[#all + 1] = f end
@@ -1677,6 +1679,25 @@ local function label_text(text)
     return text
 end
 
+-- The label Wireshark gives a string item added without one when "Name: value" overflows
+-- its 240-octet label (ITEM_LABEL_LENGTH, the NUL included): the name, a truncation mark,
+-- ": " and as much of the value as fits. Wireshark makes it by formatting the whole value
+-- (format_text: a copy of every octet, to keep some 200 of them), which for a file carried
+-- in a property (wmimplant: 867 kB, three items) cost more than the rest of its tree.
+-- Given here for a value whose first 240 octets are printable ASCII (which format_text
+-- copies unchanged; no NUL that would end the value sooner), under the two versions whose
+-- mark and length were checked (4.0: " [truncated]", 238 octets; 4.4: " […]", 239); nil
+-- otherwise. The -V and PDML output is the same either way.
+local TRUNCATED, TRUNCATED_LEN
+if MAJOR == 4 and MINOR == 0 then TRUNCATED, TRUNCATED_LEN = " [truncated]: ", 238
+elseif MAJOR == 4 and MINOR == 4 then TRUNCATED, TRUNCATED_LEN = " [\226\128\166]: ", 239 end
+local function overflow_label(name, text)
+    if not TRUNCATED or #text < LABEL_MAX then return nil end
+    if ssub(text, 1, 240):find("[^\32-\126]") then return nil end
+    local head = name .. TRUNCATED
+    return head .. ssub(text, 1, TRUNCATED_LEN - #head)
+end
+
 -- what a class part's property shows (shared, decoded once per octets): its type and name
 -- before the value, and whether it is inherited after it
 local function prop_label_parts(prop)
@@ -1717,10 +1738,23 @@ local function add_object(tree, tvbr, obj)
     local values = obj.values
     for i, prop in ipairs(cls.props) do
         local v
-        if is_class then v = prop.default else v = values[i] end
-        local text = v == nil and "NULL" or tostring(v)
-        local head, tail = prop_label_parts(prop)
-        local pt = t:add(F.prop_name, tvbr, prop.name or "?", head .. label_text(text) .. tail)
+        local text, label
+        if is_class then
+            -- a class's default and its label are the shared class part's: made once
+            v, text, label = prop.default, prop.default_text, prop.default_label
+            if not text then
+                text = v == nil and "NULL" or tostring(v)
+                local head, tail = prop_label_parts(prop)
+                label = head .. label_text(text) .. tail
+                prop.default_text, prop.default_label = text, label
+            end
+        else
+            v = values[i]
+            text = v == nil and "NULL" or tostring(v)
+            local head, tail = prop_label_parts(prop)
+            label = head .. label_text(text) .. tail
+        end
+        local pt = t:add(F.prop_name, tvbr, prop.name or "?", label)
         if is_class then
             -- a class shows its properties' qualifiers (CIMTYPE, key, In / Out, ValueMap, ...)
             for _, q in ipairs(prop.qualifiers or {}) do
@@ -1728,24 +1762,38 @@ local function add_object(tree, tvbr, obj)
             end
         end
         if v ~= nil or not is_class then
-            pt:add(F.prop_value, tvbr, text)
             local pf = prop.pfield
             if pf == nil then
-                pf = prop.name and PROPF[prop.name:lower()] or false
-                prop.pfield = pf
+                local lower = prop.name and prop.name:lower()
+                pf = lower and PROPF[lower] or false
+                prop.pfield, prop.pfield_name = pf, pf and PROPF_NAME[lower]
             end
-            if pf then pt:add(pf, tvbr, text) end
+            if #text < LABEL_MAX then
+                pt:add(F.prop_value, tvbr, text)
+                if pf then pt:add(pf, tvbr, text) end
+            else
+                local label = overflow_label("Value", text)
+                if label then pt:add(F.prop_value, tvbr, text, label) else pt:add(F.prop_value, tvbr, text) end
+                label = pf and overflow_label(prop.pfield_name, text)
+                if label then pt:add(pf, tvbr, text, label) elseif pf then pt:add(pf, tvbr, text) end
+            end
         end
     end
     for _, m in ipairs(cls.methods or {}) do
-        local sig = {}
-        for _, side in ipairs({ "in", "out" }) do
-            local s = m[side]
-            if s then
-                for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
+        -- (a method's signature is read only: its label is made once per decoded methods part)
+        local label = m.label
+        if not label then
+            local sig = {}
+            for _, side in ipairs({ "in", "out" }) do
+                local s = m[side]
+                if s then
+                    for _, p in ipairs(s.props or {}) do sig[#sig + 1] = side .. " " .. cim_type_name(p.type) .. " " .. tostring(p.name) end
+                end
             end
+            label = sformat("Method %s(%s)", tostring(m.name), concat(sig, ", "))
+            m.label = label
         end
-        t:add(F.obj_method, tvbr, m.name or "?", sformat("Method %s(%s)", tostring(m.name), concat(sig, ", ")))
+        t:add(F.obj_method, tvbr, m.name or "?", label)
     end
 end
 
@@ -1769,7 +1817,7 @@ local function add_node(tree, tvb, node, field, pinfo)
         field, spec = SF[node.m], G.SFIELDS[node.m]
     end
     -- (a NUL in text ends the label in Wireshark's C string as it ended sformat's)
-    local label = node.l .. ": " .. text
+    local label = node.l .. ": " .. label_text(text)
     if field then
         local kind = spec[1]
         if (kind == "uint" or kind == "int") and type(node.v) == "number" then
