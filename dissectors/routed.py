@@ -22,8 +22,8 @@ awaiting its response), so that it is set aside and kept, or not, so that it is 
 and resumes under its number if it speaks again. Only the owner knows it. The reading
 process takes it as kept, goes on, and settles it when it gets the shard's answer, at
 the latest before anything that could tell the two apart: a segment of that connection,
-a connection opening while idle connections closed that way are remembered, an eviction
-from the full table of DCE/RPC connections, the end. The answers come in the order the
+a connection opening when the memory of connections closed that way is near its bound,
+an eviction from the full table of DCE/RPC connections, the end. The answers come in the order the
 shard was asked, on a pipe of their own; settled in the order asked, a "not kept"
 closes the connection as the single run would have at its idle check.
 
@@ -159,7 +159,11 @@ class _Reassembler(TcpReassembler):
         TcpReassembler._slow(self, frame, ts, seg, h)
 
     def _open(self, frame, ts, seg):
-        if self.pending and self._dormant:      # what it finds set aside must be settled
+        # An opening takes its 5-tuple's entry from the memory of connections closed when
+        # idle (never one still awaiting its answer: that one's segments wake it first).
+        # Only past that memory's bound, where an entry is forgotten at each new one, could
+        # the order of openings and settlements tell: then everything is settled first.
+        if self.pending and len(self._dormant) + 2 * len(self.pending) > 2 * self.dormant_memory:
             self.settle()
         return TcpReassembler._open(self, frame, ts, seg)
 
