@@ -465,7 +465,7 @@ class _Links:
     each, read whenever the reading process waits, so that neither side waits on the other's
     full pipe."""
 
-    AHEAD = 4 << 20
+    AHEAD = 1 << 20
 
     def __init__(self, events: list[int], answers: list[int]):
         self.boxes = [_RouteOut(fd, self) for fd in events]
