@@ -480,12 +480,8 @@ class _Links:
         self.drain()
         self.boxes[shard].send(meta, blob, 1)
 
-    def drain(self, block_on=None) -> None:
-        """Reads the answers there are (block_on: first waits until that shard's pipe has one,
-        or a pipe of events has room)."""
-        if block_on is not None:
-            self.wait(None, block_on)
-            return
+    def drain(self) -> None:
+        """Reads the answers there are, without waiting."""
         for k, fd in enumerate(self.answer_fds):
             if not self.ended[k]:
                 self._read(k, fd)
