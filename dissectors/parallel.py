@@ -16,8 +16,12 @@ running balance keeps the shards within about one session of each other. Past
 `PAIRS_MAX` distinct pairs the new ones fall back to the hash (`shard_of`), so the table
 of choices stays bounded.
 
-Every shard reads the whole frame stream and runs the TCP reassembler over all of it,
-handing only its own connections to the DCE/RPC layer. That is the split's price: each
+Local workers on one capture file do not pay what follows: one process reads the file
+once for all of them and routes each DCE/RPC connection's events to its shard
+(dissectors.routed, `RoutedShard`; LocalRun.ROUTED), with the same balance, keys and
+output. On Dask and for a capture set of several files, every shard reads the whole
+frame stream and runs the TCP reassembler over all of it, handing only its own
+connections to the DCE/RPC layer. That is the split's price there: each
 further shard pays it again (on clear traffic a small fraction of the decoding; on
 sealed copies of small PDUs about a quarter of one process: 5.9 s of 23 s at 1 GB,
 2.8 s of it reading and peeling the frames; docs/performance.md, "Sixth pass"). That
@@ -258,6 +262,10 @@ class ShardAnalysis(Analysis):
         if self.shard == 0:
             super().capture_errors(errors)
 
+    def result(self):
+        """What the shard ends with, for the parent's merge (merge_stats)."""
+        return self.stats
+
     def end_of_frames(self) -> None:
         # What the end of the frames flushes (IP fragments never completed) comes before
         # the connections still open, which follow in index order.
@@ -272,7 +280,7 @@ class _OpMade:
 
 
 def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: dict, make_renderer,
-                 batch: int = 4096, size: int = 1 << 20):
+                 batch: int = 4096, size: int = 1 << 20, routed: tuple | None = None):
     """Shard `shard` of a run, as batches (items, blob): blob holds the UTF-8 text of the
     batch's records one after the other; items are (key, TEXT, start, end, where), the
     record's text being blob[start:end] and where the offsets in blob of its operation
@@ -285,14 +293,23 @@ def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: d
     of JSON lines per 60 MB of objects, all of it through the one parent).
 
     source: what `Analysis.run` takes (a capture's path), read whole by every shard;
+    routed: instead, (events, answers), the shard's ends of the pipes from and to the
+    process that reads the capture for every shard (dissectors.routed);
     make_renderer(): a function rendering one record to text ("" for nothing).
-    The generator's return value (StopIteration.value) is the shard's Stats."""
-    analysis = ShardAnalysis(shard, shards, nonce, **analysis_kwargs)
+    The generator's return value (StopIteration.value) is the shard's Stats (routed: a
+    routed.RoutedStats)."""
+    if routed is None:
+        analysis = ShardAnalysis(shard, shards, nonce, **analysis_kwargs)
+        pairs = analysis.run(source)
+    else:
+        from .routed import RoutedShard, answerer, event_batches
+        analysis = RoutedShard(shard, shards, nonce, answerer(routed[1]), **analysis_kwargs)
+        pairs = analysis.consume(event_batches(routed[0]))
     render = make_renderer()
     marker = _op_marker(nonce)
     cut = len(marker)
     items, parts, at = [], [], 0
-    for key, rec in analysis.run(source):
+    for key, rec in pairs:
         if type(rec) is _OpMade:
             items.append((key, OP, rec.token[cut:].encode()))
             continue
@@ -313,7 +330,7 @@ def shard_stream(source, shard: int, shards: int, nonce: str, analysis_kwargs: d
                 items, parts, at = [], [], 0
     if items:
         yield items, b"".join(parts)
-    return analysis.stats
+    return analysis.result()
 
 
 def _op_marker(nonce: str) -> bytes:
@@ -459,10 +476,11 @@ def new_nonce() -> str:
 
 # -- local processes --------------------------------------------------------------------
 
-def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer):
+def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer, routed=None, others=()):
+    _close_all(others)
     out = _Outbox(fd)
     try:
-        gen = shard_stream(source, shard, shards, nonce, analysis_kwargs, make_renderer)
+        gen = shard_stream(source, shard, shards, nonce, analysis_kwargs, make_renderer, routed=routed)
         while True:
             try:
                 items, blob = next(gen)
@@ -477,6 +495,26 @@ def _child(fd, source, shard, shards, nonce, analysis_kwargs, make_renderer):
             pass
     finally:
         os.close(fd)
+
+
+def _router(source, shards, events, answers, others):
+    import gc
+    from .routed import router_main
+    _close_all(others)
+    # What the parent had made (imported modules, compiled parsers) is never garbage: the
+    # collector's full passes would read it all, and writing its counts would copy pages.
+    gc.freeze()
+    router_main(source, shards, events, answers)
+
+
+def _close_all(fds) -> None:
+    """A forked process lets go of the other processes' ends of the pipes, so that each end
+    sees the other's close."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 # A message on a worker's pipe: this header, the pickled items (or, last, the final
@@ -701,6 +739,9 @@ class LocalRun:
     # a shard held to 4 MB ahead of the merge lost 0.04-0.07 s, to 16 MB nothing; past
     # this the spill costs a write and a read of what it sets aside.
     MEMORY = 8 << 20
+    # One capture file is read once, by a process of its own that feeds the shards
+    # (dissectors.routed); a capture set of several files is read by every shard.
+    ROUTED = True
 
     def __init__(self, source, workers: int, analysis_kwargs: dict, make_renderer):
         import multiprocessing as mp
@@ -715,15 +756,38 @@ class LocalRun:
         self.procs = []
         self.stats: Stats | None = None
         self.cache = []
+        paths = [source] if isinstance(source, (str, bytes, os.PathLike)) else list(source)
+        self.routed = self.ROUTED and len(paths) == 1
+        if self.routed:
+            from . import routed  # noqa: F401 - imported once, before the fork, for every process
+        outs = [os.pipe() for _ in range(workers)]          # shard -> this process: records
+        ends = [fd for pair in outs for fd in pair]
+        if self.routed:
+            events = [os.pipe() for _ in range(workers)]    # reading process -> shard
+            answers = [os.pipe() for _ in range(workers)]   # shard -> reading process
+            ends += [fd for pair in events + answers for fd in pair]
         for shard in range(workers):
-            recv, send = os.pipe()
+            recv, send = outs[shard]
             _widen(send)
+            routed = mine = None
+            if self.routed:
+                routed = (events[shard][0], answers[shard][1])
+                _widen(events[shard][1])
+            mine = (send, *routed) if routed else (send,)
             p = ctx.Process(target=_child, args=(send, source, shard, workers, self.nonce, analysis_kwargs,
-                                                 make_renderer), daemon=True)
+                                                 make_renderer, routed, [fd for fd in ends if fd not in mine]),
+                            daemon=True)
             p.start()
-            os.close(send)
             self.inboxes.append(_Inbox(recv))
             self.procs.append(p)
+        if self.routed:
+            mine = [w for _, w in events] + [r for r, _ in answers]
+            p = ctx.Process(target=_router, args=(paths[0], workers, [w for _, w in events],
+                                                  [r for r, _ in answers], [fd for fd in ends if fd not in mine]),
+                            daemon=True)
+            p.start()
+            self.procs.append(p)
+        _close_all([fd for fd in ends if fd not in {box.fd for box in self.inboxes}])
 
     def _pump(self, block: bool) -> None:
         """Reads every worker's pipe that holds data; block: first waits until one does."""
@@ -777,7 +841,12 @@ class LocalRun:
             if kind == "error":
                 raise RuntimeError(f"worker {i}: {value}")
             self.cache.append(cache)
-        self.stats = merge_stats([finals[i][1] for i in range(len(self.inboxes))])
+        parts = [finals[i][1] for i in range(len(self.inboxes))]
+        if self.routed:
+            from .routed import merge_routed_stats
+            self.stats = merge_routed_stats(parts)
+        else:
+            self.stats = merge_stats(parts)
 
     def close(self) -> None:
         for p in self.procs:

@@ -737,7 +737,10 @@ class TcpReassembler:
                 h.update()
             self._set_aside(conn, frame)
             return
-        # Nothing above worth keeping: only what lets the connection go on if it speaks again.
+        self._go_dormant(conn, frame)
+
+    def _go_dormant(self, conn: _Conn, frame: int) -> None:
+        """Nothing above worth keeping: only what lets the connection go on if it speaks again."""
         self._c["dormant"] += 1
         self._close(conn, frame, "idle", remember=False)
         dormant = self._dormant

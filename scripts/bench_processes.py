@@ -7,9 +7,11 @@
 Runs `wmiscope COMMAND CAPTURE --workers N > /dev/null` --rounds times, each in a fresh
 interpreter, and prints the medians of the parent's CPU (all of it: start-up, the fork,
 receiving, merging and writing the workers' text; and the part after the workers were
-forked) and of each worker's. A baseline tree run from PYTHONPATH starts up slower than
-an installed checkout (0.25-0.38 s against 0.13-0.17 s of imports and parser
-compilation here): compare the parent's part after the fork. Besides CPU it gives each worker's wall time
+forked), of each worker's, and of the process that reads the capture for them (none
+before dissectors.routed, and none for a capture set of several files). A baseline tree
+run from PYTHONPATH starts up slower than an installed checkout (0.25-0.38 s against
+0.13-0.17 s of imports and parser compilation here): compare the parent's part after the
+fork. Besides CPU it gives each worker's wall time
 and the wall time it spent handing its batches to the parent (writing them, and waiting
 while its pipe was full because the merge waited for another shard), and how often it
 slept (voluntary context switches: a worker reading a capture from the page cache and
@@ -69,6 +71,20 @@ def driver(argv: list[str], out: str) -> None:
     setattr(owner, "send" if owner is not parallel else "_send", timed_send)
 
     parallel._child = timed_child
+    router = getattr(parallel, "_router", None)
+    if router is not None:
+        # The process that reads the capture once for every shard (dissectors.routed).
+        def timed_router(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                router(*args, **kwargs)
+            finally:
+                import resource
+                with open(f"{out}.router", "w") as f:
+                    f.write(repr((time.process_time(), 0.0, time.perf_counter() - t,
+                                  resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)))
+
+        parallel._router = timed_router
     started = []
     init = parallel.LocalRun.__init__
 
@@ -109,6 +125,8 @@ def one_run(tree: Path | None, argv: list[str], workers: int) -> tuple:
         subprocess.run([sys.executable, __file__, "--driver", out, "--", *argv], check=True, env=env)
         parent = eval(Path(f"{out}.parent").read_text())
         shards = [eval(Path(f"{out}.worker{k}").read_text()) for k in range(workers)]
+        reader = Path(f"{out}.router")
+        shards.append(eval(reader.read_text()) if reader.exists() else (0.0, 0.0, 0.0, 0))
     return parent, shards
 
 
@@ -140,8 +158,8 @@ def main(argv=None) -> int:
     print("| tree | parent CPU s | of it, after the fork s | parent wall after the fork s | spilled MB | "
           + " | ".join(f"worker {k} CPU s | worker {k} wall s | worker {k} in its writes, wall s | worker {k} sleeps"
                        for k in range(args.workers))
-          + " | all CPU s |")
-    print("|---|---|---|---|---|" + "---|---|---|---|" * args.workers + "---|")
+          + " | reading process CPU s | all CPU s |")
+    print("|---|---|---|---|---|" + "---|---|---|---|" * args.workers + "---|---|")
     for name, rows in runs.items():
         med = statistics.median
         cells = [med(r[0][0] for r in rows), med(r[0][1] for r in rows), med(r[0][2] for r in rows),
@@ -149,6 +167,7 @@ def main(argv=None) -> int:
         for k in range(args.workers):
             cells += [med(r[1][k][0] for r in rows), med(r[1][k][2] for r in rows), med(r[1][k][1] for r in rows),
                       med(r[1][k][3] for r in rows)]
+        cells.append(med(r[1][args.workers][0] for r in rows))
         cells.append(med(r[0][0] + sum(w[0] for w in r[1]) for r in rows))
         print(f"| {name} | " + " | ".join(f"{x:.3f}" if type(x) is float else str(x) for x in cells) + " |")
     print(json.dumps({name: rows for name, rows in runs.items()}), file=sys.stderr)

@@ -230,3 +230,87 @@ def test_without_room_for_the_spill_a_worker_ahead_waits(capture_set, monkeypatc
     assert cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"]) == 0
     assert capsys.readouterr().out == one
     assert any(full)
+
+
+def _rpc_ptype(frame: bytes) -> int | None:
+    """The PDU type of a DCE/RPC header at the start of an IPv4/TCP frame's payload."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    tcp = 14 + (frame[14] & 15) * 4
+    payload = frame[tcp + (frame[tcp + 12] >> 4) * 4:]
+    return payload[2] if len(payload) >= 16 and payload[0] == 5 and payload[1] <= 1 else None
+
+
+@pytest.fixture(scope="module")
+def resuming(tmp_path_factory) -> Path:
+    """Copies of a clear session, every other one without its binds (seen from the middle,
+    so its DCE/RPC layer keeps nothing when idle), each cut in two by 400 s of silence."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_corpus
+
+    src = bench_corpus._Source(SHARED / "invoke-wmiexec.pcap")
+    frames = []
+    for c in range(120):
+        copy = list(src.copy(c))
+        if c % 2:
+            copy = [(t, d) for t, d in copy if _rpc_ptype(d) not in (11, 12, 14, 15)]
+        cut = int(len(copy) * (0.2 + 0.15 * (c % 5)))
+        frames += [(1_700_000_000 + c * 3.0 + t + (400 if i >= cut else 0), d) for i, (t, d) in enumerate(copy)]
+    path = tmp_path_factory.mktemp("resume") / "resume.pcap"
+    with PcapWriter(path) as out:
+        for ts, data in sorted(frames, key=lambda f: f[0]):
+            out.write(ts, data)
+    return path
+
+
+def test_idle_connections_their_shard_closes_resume_alike(resuming):
+    """The idle connections that keep nothing are closed and resume under their number;
+    those with a bind are set aside. Only the owner's DCE/RPC layer knows which, while the
+    process that reads the capture for the shards numbers and counts every connection
+    (dissectors.routed): it waits for the shard's answer before anything could tell."""
+    import json
+    path = resuming
+    one = wmiscope("stats", "--json", str(path), "--workers", "1")
+    tcp = json.loads(one)["tcp"]
+    assert tcp["dormant"] > 0 and tcp["resumed"] > 0 and tcp["idle_released"] > tcp["dormant"]
+    assert wmiscope("stats", "--json", str(path), "--workers", "2") == one
+    for command in (("calls", "--format", "jsonl"), ("transcript", "--all")):
+        assert wmiscope(*command, str(path), "--workers", "2") == wmiscope(*command, str(path), "--workers", "1")
+
+
+def test_a_failure_of_the_reading_process_is_reported(capture_set, monkeypatch, capsys):
+    """The process that reads the capture for the shards fails: every shard hears of it and
+    the run ends with the error, not waiting for ever."""
+    from wmiscope import cli
+    from wmiscope.dissectors import routed
+
+    def broken(paths):
+        raise OSError("the capture went away")
+
+    monkeypatch.setattr(routed, "open_sources", broken)
+    assert cli.main(["calls", "--format", "jsonl", str(capture_set), "--workers", "2"]) != 0
+    assert "the capture went away" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bounds", [{"max_connections": 5}, {"dormant_memory": 2}, {"max_other_connections": 3},
+                                    {"closed_memory": 4}])
+def test_the_reassemblers_bounds_reached_split_alike(resuming, bounds, monkeypatch, capsys):
+    """The TCP stage's tables at their bounds (evictions, forgotten idle connections, closed
+    5-tuples forgotten): the reading process decides them as one process does, the idle
+    checks settled first where their order could tell."""
+    from wmiscope import cli
+    from wmiscope.dissectors import tcp
+
+    init = tcp.TcpReassembler.__init__
+
+    def bounded(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, **bounds})
+
+    monkeypatch.setattr(tcp.TcpReassembler, "__init__", bounded)
+    outs = []
+    for n in ("1", "2"):
+        for command in (["stats", "--json"], ["calls", "--format", "jsonl"]):
+            capsys.readouterr()
+            assert cli.main([*command, str(resuming), "--workers", n]) == 0
+            outs.append(capsys.readouterr().out)
+    assert outs[:2] == outs[2:]
