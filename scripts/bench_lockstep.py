@@ -15,6 +15,10 @@ time lost to the shards running in lockstep, where one shard's heavy stretch of 
 capture coincides with another's light one. About 2 MB was the bound before the parent
 read every worker's pipe while waiting (a 1 MB pipe, a batch of up to 1 MB held by the
 parent and one being written); `inf` is the parent that sets aside what it cannot merge yet.
+
+The shards here each read the whole capture: the split that Dask and capture sets of
+several files run. Local workers on one file read it once in a reading process
+(dissectors/routed.py), which scripts/bench_processes.py measures.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ takes each figure's median. Wall-clock figures on a shared machine measure the
 machine's load as much as the program; these do not. --together forks the shards of a
 split at once, as a real run does: on an idle machine the difference from the default
 (one after the other) is what two processes side by side cost each other in CPU.
+
+The shards here each read the whole capture: the split that Dask and capture sets of
+several files run. Local workers on one file read it once in a reading process
+(dissectors/routed.py), which scripts/bench_processes.py measures.
 """
 
 from __future__ import annotations
