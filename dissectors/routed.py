@@ -40,7 +40,7 @@ import select
 from collections import deque
 
 from .capture import Decapsulation, open_sources, tcp_segment
-from .parallel import PAIRS_MAX, ShardAnalysis, _HEADER, _Outbox, shard_of
+from .parallel import ShardAnalysis, _HEADER, _Outbox
 from .pipeline import Stats, _Detector, _drain, _SetAside
 from .records import ErrorRecord
 from .tcp import TcpConnection, TcpReassembler, _asleep_name, _describe
@@ -211,7 +211,7 @@ class Router:
         self.stats = Stats()
         self._undecided = 0
         self.load = [0] * shards            # TCP payload octets handed to each shard's connections
-        self.pair_shard: dict[tuple[str, str], int] = {}
+        self.pair_shard: dict[str, int] = {}
         self.conn_shard: dict[int, int] = {}    # live connection -> its shard, for the TCP stage's records
         self.out: list[list] = [[] for _ in range(shards)]      # each shard's events
         self.blobs: list[list] = [[] for _ in range(shards)]    # and the octets of its DATA events
@@ -221,17 +221,9 @@ class Router:
         self._aside = _SetAside(self)           # idle connections' state, compact
         self._resume = _Resume(self._aside)
 
-    def shard_of_pair(self, a: str, b: str) -> int:
-        """As ShardAnalysis.shard_of_pair: the least loaded shard when the pair is first seen."""
-        key = (a, b) if a < b else (b, a)
-        k = self.pair_shard.get(key)
-        if k is None:
-            if len(self.pair_shard) >= PAIRS_MAX:
-                return shard_of(a, b, self.shards)
-            load = self.load
-            k = load.index(min(load))
-            self.pair_shard[key] = k
-        return k
+    # The same balance over the same attributes (pair_shard, load, shards): the reading
+    # process decides what each shard's own ShardAnalysis would have decided.
+    shard_of_pair = ShardAnalysis.shard_of_pair
 
     def stream_handler(self, conn) -> _Route:
         k = self.shard_of_pair(conn.client[0], conn.server[0])
