@@ -209,7 +209,7 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
             if body_end < start:
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
-            stub = buf[start:body_end] if type(buf) is bytes else _octets(buf, start, body_end)
+            stub = _octets(buf, start, body_end)
             return (Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep, frag_len, auth_len,
                         call_id, ctx_id, opnum, obj, alloc_hint, None, stub, auth),
                     (start - off, body_end - off))
@@ -219,7 +219,7 @@ def _decode(buf, off: int, conn: int, direction: int, first_frame: int, frame: i
             if body_end < start:
                 raise DecodeError("sec_trailer.auth_pad_length", body_end - off,
                                   f"auth_pad_length {auth.pad_len} exceeds the stub")
-            stub = buf[start:body_end] if type(buf) is bytes else _octets(buf, start, body_end)
+            stub = _octets(buf, start, body_end)
             pdu = Pdu(conn, direction, first_frame, frame, ts, ptype, flags, drep, frag_len, auth_len,
                       call_id, ctx_id, None, None, alloc_hint, None, stub, auth)
             if cancel:

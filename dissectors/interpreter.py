@@ -273,7 +273,7 @@ def _read_mip(r: NdrReader, ctx: _Ctx) -> InterfacePointer:
     if ctx.objects and o.flags == OBJREF_CUSTOM and o.clsid in PAYLOAD_DECODERS:
         start = o.payload_offset
         try:
-            p.obj = _PAYLOADS.decode_at(o.clsid, buf, start, min(start + o.payload_length, len(buf)))
+            p.obj = _PAYLOADS.decode(o.clsid, buf, start, min(start + o.payload_length, len(buf)))
         except DecodeError as e:
             p.error = e
             ctx.soft.append(e)
@@ -309,12 +309,8 @@ class _PayloadCache:
 
     _ENDS = 64                      # octets of each end in the key
 
-    def decode(self, clsid: str, start: int, payload: bytes):
-        """The object of `payload`, which sat at offset `start` of its stub (error offsets)."""
-        return self.decode_at(clsid, payload, 0, len(payload), start)
-
-    def decode_at(self, clsid: str, buf: bytes, start: int, end: int, base: int | None = None):
-        """The object of the payload buf[start:end]."""
+    def decode(self, clsid: str, buf: bytes, start: int, end: int):
+        """The object of the payload buf[start:end] (offsets in errors relative to buf)."""
         structure, parse = PAYLOAD_DECODERS[clsid]
         self.lookups += 1
         ends = self._ENDS
@@ -329,7 +325,7 @@ class _PayloadCache:
         self.misses += 1
         payload = buf[start:end]
         # Errors are not kept: their offsets depend on where the payload sat.
-        obj = located(structure, start if base is None else base, parse, payload)
+        obj = located(structure, start, parse, payload)
         if obj is None or len(payload) > self.largest:
             return obj
         self.used += len(payload)

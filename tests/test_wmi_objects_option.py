@@ -31,16 +31,16 @@ def test_objects_off_keeps_parameters_but_decodes_no_object():
 def test_cache_shares_identical_objects_and_keeps_to_its_budget():
     unit = encoding_units(stub("impacket_wmiexec.pcapng", 66))[0]
     cache = interpreter._PayloadCache(budget=2 * len(unit), largest=len(unit))
-    first = cache.decode(CLSID, 0, unit)
-    assert cache.decode(CLSID, 0, bytes(unit)) is first and first.name == "Win32_Process"
+    first = cache.decode(CLSID, unit, 0, len(unit))
+    assert cache.decode(CLSID, bytes(unit), 0, len(unit)) is first and first.name == "Win32_Process"
     other = unit[:-1] + b"\x00"          # different bytes, decoded anew (or failing on their own)
     try:
-        cache.decode(CLSID, 0, other)
+        cache.decode(CLSID, other, 0, len(other))
     except wmi.DecodeError:
         pass
     third = encoding_units(stub("impacket_wmiexec.pcapng", 115))[0]
-    cache.decode(CLSID, 0, third)
+    cache.decode(CLSID, third, 0, len(third))
     assert cache.used <= cache.budget
     big = interpreter._PayloadCache(budget=1 << 20, largest=10)
-    big.decode(CLSID, 0, unit)
+    big.decode(CLSID, unit, 0, len(unit))
     assert big.used == 0                 # objects larger than `largest` are never kept
