@@ -1719,6 +1719,12 @@ local function overflow_label(name, text)
     return head .. ssub(text, 1, TRUNCATED_LEN - #head)
 end
 
+-- a string item of a long value, labelled as Wireshark would without formatting all of it
+local function add_long(t, field, name, tvbr, text)
+    local label = overflow_label(name, text)
+    if label then t:add(field, tvbr, text, label) else t:add(field, tvbr, text) end
+end
+
 -- what a class part's property shows (shared, decoded once per octets): its type and name
 -- before the value, and whether it is inherited after it
 local function prop_label_parts(prop)
@@ -1728,6 +1734,12 @@ local function prop_label_parts(prop)
         prop.label_head, prop.label_tail = head, prop.inherited and " (inherited)" or ""
     end
     return head, prop.label_tail
+end
+
+-- a property's label with its value's text
+local function prop_label(prop, text)
+    local head, tail = prop_label_parts(prop)
+    return head .. label_text(text) .. tail
 end
 
 local function qualifier_label(q)
@@ -1765,15 +1777,13 @@ local function add_object(tree, tvbr, obj)
             v, text, label = prop.default, prop.default_text, prop.default_label
             if not text then
                 text = v == nil and "NULL" or tostring(v)
-                local head, tail = prop_label_parts(prop)
-                label = head .. label_text(text) .. tail
+                label = prop_label(prop, text)
                 prop.default_text, prop.default_label = text, label
             end
         else
             v = values[i]
             text = v == nil and "NULL" or tostring(v)
-            local head, tail = prop_label_parts(prop)
-            label = head .. label_text(text) .. tail
+            label = prop_label(prop, text)
         end
         local pt = t:add(F.prop_name, tvbr, prop.name or "?", label)
         if is_class then
@@ -1793,10 +1803,8 @@ local function add_object(tree, tvbr, obj)
                 pt:add(F.prop_value, tvbr, text)
                 if pf then pt:add(pf, tvbr, text) end
             else
-                local label = overflow_label("Value", text)
-                if label then pt:add(F.prop_value, tvbr, text, label) else pt:add(F.prop_value, tvbr, text) end
-                label = pf and overflow_label(prop.pfield_name, text)
-                if label then pt:add(pf, tvbr, text, label) elseif pf then pt:add(pf, tvbr, text) end
+                add_long(pt, F.prop_value, "Value", tvbr, text)
+                if pf then add_long(pt, pf, prop.pfield_name, tvbr, text) end
             end
         end
     end
